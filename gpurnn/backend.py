@@ -1,0 +1,169 @@
+"""The array-module shim: the one module that knows whether arrays live in NumPy or CuPy.
+
+Every other module takes ``xp`` from its arrays (``get_array_module``) or from a
+:class:`Device`, so the CPU and the GPU run one code path. CuPy is optional: when it
+cannot be imported, or imports but finds no GPU, ``"auto"`` falls back to the CPU and
+``"cuda"`` raises an error that carries the original cause.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+
+import numpy
+
+try:  # CuPy is an optional extra (gpurnn[cuda12] / gpurnn[cuda13]).
+    import cupy
+    import cupyx
+    _cupy_import_error: Exception | None = None
+except Exception as error:  # ImportError, or a broken CUDA install raising at import
+    cupy = None
+    cupyx = None
+    _cupy_import_error = error
+
+__all__ = [
+    "Device", "get_device", "cuda_available", "check_cuda_available", "get_array_module",
+    "is_device_array", "to_host", "to_device", "scatter_add", "host_rng", "synchronize",
+]
+
+_DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda)(?::(\d+))?$")
+
+
+def _cuda_problem() -> str | None:
+    """Why the GPU cannot be used, or None when it can."""
+    if cupy is None:
+        return (f"CuPy is not importable ({_cupy_import_error!r}); install gpurnn[cuda12] "
+                "or gpurnn[cuda13] to match your CUDA driver")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CUDARuntimeError when the driver is missing
+        return f"CuPy is installed but CUDA reports no usable device ({error})"
+    if count == 0:
+        return "CuPy is installed but no CUDA device is visible"
+    return None
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and at least one CUDA device is visible."""
+    return _cuda_problem() is None
+
+
+def check_cuda_available() -> None:
+    """Raise RuntimeError, chained to the original cause, when the GPU cannot be used."""
+    problem = _cuda_problem()
+    if problem is not None:
+        raise RuntimeError(f"device 'cuda' requested but {problem}") from _cupy_import_error
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where arrays live: ``kind`` is "cpu" or "cuda", ``index`` the GPU number."""
+
+    kind: str
+    index: int = 0
+
+    @property
+    def xp(self):
+        """The array module for this device: numpy or cupy."""
+        return numpy if self.kind == "cpu" else cupy
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+    def use(self):
+        """A context manager making this device current (a no-op on the CPU)."""
+        if self.kind == "cpu":
+            return contextlib.nullcontext()
+        return cupy.cuda.Device(self.index)
+
+
+def get_device(spec: "str | Device" = "cpu") -> Device:
+    """Parse a device string: "cpu", "cuda", "cuda:N" or "auto" (the GPU when usable)."""
+    if isinstance(spec, Device):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"device must be a string like 'cpu', 'cuda', 'cuda:0' or 'auto', "
+                        f"got {type(spec).__name__}")
+    match = _DEVICE_PATTERN.match(spec.strip().lower())
+    if match is None:
+        raise ValueError(f"unknown device {spec!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
+    kind, index = match.group(1), int(match.group(2) or 0)
+    if kind == "cpu":
+        if match.group(2) is not None:
+            raise ValueError(f"unknown device {spec!r}; the CPU takes no index")
+        return Device("cpu")
+    if kind == "auto":
+        if match.group(2) is not None:
+            raise ValueError(f"unknown device {spec!r}; 'auto' takes no index")
+        return Device("cuda", 0) if cuda_available() else Device("cpu")
+    check_cuda_available()
+    count = cupy.cuda.runtime.getDeviceCount()
+    if index >= count:
+        raise ValueError(f"device {spec!r} requested but only {count} CUDA device(s) are visible")
+    return Device("cuda", index)
+
+
+def is_device_array(array) -> bool:
+    """True for a CuPy array."""
+    return cupy is not None and isinstance(array, cupy.ndarray)
+
+
+def get_array_module(*arrays):
+    """numpy, or cupy if any argument is a CuPy array (scalars and None are ignored)."""
+    if cupy is not None:
+        return cupy.get_array_module(*arrays)
+    return numpy
+
+
+def device_of(array) -> Device:
+    """The device an array lives on."""
+    if is_device_array(array):
+        return Device("cuda", array.device.id)
+    return Device("cpu")
+
+
+def to_host(array):
+    """A NumPy array (a CuPy array is copied to the host; a NumPy array is returned as is)."""
+    if is_device_array(array):
+        return cupy.asnumpy(array)
+    return numpy.asarray(array)
+
+
+def to_device(array, device: "str | Device", dtype=None):
+    """Move ``array`` to ``device`` (optionally casting), copying only when needed."""
+    device = get_device(device)
+    if device.kind == "cpu":
+        return numpy.asarray(to_host(array), dtype=dtype)
+    with device.use():
+        return cupy.asarray(array, dtype=dtype)
+
+
+def scatter_add(target, indices, values) -> None:
+    """``target[indices] += values`` in place, with repeated indices accumulated.
+
+    Used for the gradient of a row gather (token ids selecting rows of Uᵀ). NumPy's
+    ``add.at`` is unbuffered; on CuPy ``cupyx.scatter_add`` does the same with atomics.
+    """
+    if is_device_array(target):
+        cupyx.scatter_add(target, indices, values)
+    else:
+        numpy.add.at(target, indices, values)
+
+
+def host_rng(seed) -> numpy.random.Generator:
+    """A seeded NumPy generator. Random numbers are drawn on the host and then moved,
+    so the CPU and the GPU see identical initial parameters and samples."""
+    return numpy.random.default_rng(seed)
+
+
+def synchronize(device: "str | Device | None" = None) -> None:
+    """Wait for queued GPU work (a no-op on the CPU); call it around timings."""
+    if device is None:
+        if cuda_available():
+            cupy.cuda.get_current_stream().synchronize()
+        return
+    device = get_device(device)
+    if device.kind == "cuda":
+        with device.use():
+            cupy.cuda.get_current_stream().synchronize()

@@ -1,0 +1,160 @@
+"""Recurrent cells: what one time step computes, and its vector–Jacobian products.
+
+The BPTT engine (:mod:`gpurnn.bptt`) owns the time loops; a cell only says what happens
+inside one step, so Elman nets and user-defined recurrences share the same loops.
+
+The cell protocol
+-----------------
+A recurrence S_t = f(params, x_t, S_{t-1}) over states of shape (batch, *state_shape).
+To define one, subclass :class:`Cell` and implement three methods:
+
+``step(params, x_t, s_prev) -> s_t``
+    One step forward. ``x_t`` is the step's input (batch, ...) or None when the
+    recurrence has no input.
+``vjp_state(params, x_t, s_prev, s_t, g) -> g_prev``
+    g · ∂S_t/∂S_{t-1}: the gradient reaching S_{t-1} from a gradient ``g`` on S_t.
+    ``g`` may carry extra *leading* axes (windowed truncation sends all live window
+    origins back together), so write it with broadcasting operations.
+``vjp_params(params, x_t, s_prev, s_t, g) -> {name: gradient}``
+    g · ∂S_t/∂params (the partial derivative, S_{t-1} held fixed), summed over the batch.
+
+The engine then gives dS_T/dparams = Σ_i (dS_T/dS_i)(∂S_i/∂params) (seed 003) with
+full, windowed or chunked truncation. Cells that can do better than a per-step loop
+(the Elman cell) also override the batched hooks ``project_inputs``, ``forward``,
+``backward_stepper`` and ``param_grads``.
+"""
+from __future__ import annotations
+
+from .activations import apply, check_activation, derivative_from_output
+from .backend import get_array_module, scatter_add
+
+__all__ = ["Cell", "ElmanCell"]
+
+
+class Cell:
+    """Base class of recurrent cells; see the module docstring for the protocol."""
+
+    # --- the protocol a user implements -----------------------------------------------
+    def step(self, params, x_t, s_prev):
+        raise NotImplementedError
+
+    def vjp_state(self, params, x_t, s_prev, s_t, g):
+        raise NotImplementedError
+
+    def vjp_params(self, params, x_t, s_prev, s_t, g):
+        raise NotImplementedError
+
+    # --- batched hooks the engine calls; the defaults loop over steps ----------------
+    def project_inputs(self, params, inputs):
+        """Work on the whole sequence that does not depend on the state.
+
+        ``inputs`` is time-major (time, batch, ...) or None; returns what ``step``
+        receives as x_t, indexable by t (None stays None for every step).
+        """
+        return inputs
+
+    def forward(self, params, xin, h0, steps):
+        """All states (time, batch, ...) from the initial state ``h0``."""
+        xp = get_array_module(h0)
+        states = []
+        s = h0
+        for t in range(steps):
+            s = self.step(params, _at(xin, t), s)
+            states.append(s)
+        return xp.stack(states)
+
+    def backward_stepper(self, params, xin, h0, states):
+        """A function ``back(t, g) -> (delta_t, g_prev)`` for the backward sweep.
+
+        ``g`` is dL/dS_t (possibly with extra leading axes); ``delta_t`` is what
+        ``param_grads`` needs from step t (here g itself), ``g_prev`` is dL/dS_{t-1}.
+        """
+        def back(t, g):
+            s_prev = h0 if t == 0 else states[t - 1]
+            return g, self.vjp_state(params, _at(xin, t), s_prev, states[t], g)
+        return back
+
+    def param_grads(self, params, inputs, xin, h0, states, deltas):
+        """Parameter gradients from the per-step ``deltas`` the sweep collected."""
+        xp = get_array_module(h0)
+        grads = {name: xp.zeros_like(value) for name, value in params.items()}
+        for t in range(states.shape[0]):
+            s_prev = h0 if t == 0 else states[t - 1]
+            for name, value in self.vjp_params(params, _at(xin, t), s_prev, states[t],
+                                               deltas[t]).items():
+                grads[name] += value
+        return grads
+
+
+def _at(xin, t):
+    return None if xin is None else xin[t]
+
+
+class ElmanCell(Cell):
+    """h_t = f(U x_t + W h_{t-1} + b) (seeds 000/002/004), batched over batch·time.
+
+    Parameters: U (hidden, input), W (hidden, hidden) and, with ``bias``, b (hidden,).
+    Token inputs (time, batch) select columns of U (a row gather of Uᵀ); dense inputs
+    (time, batch, input) go through one GEMM for all steps. Only the recurrence
+    W h_{t-1} and its transpose in the backward sweep run step by step.
+    """
+
+    def __init__(self, activation: str = "tanh", bias: bool = True):
+        self.activation = check_activation(activation)
+        self.bias = bool(bias)
+
+    def step(self, params, x_t, s_prev):
+        return apply(self.activation, x_t + s_prev @ params["W"].T)
+
+    def project_inputs(self, params, inputs):
+        xp = get_array_module(inputs)
+        U = params["U"]
+        if inputs.dtype.kind in "iu":
+            xin = xp.take(U.T, inputs, axis=0)                       # (T, B, H)
+        else:
+            steps, batch, size = inputs.shape
+            xin = (inputs.reshape(steps * batch, size) @ U.T).reshape(steps, batch, -1)
+        if self.bias:
+            xin += params["b"]
+        return xin
+
+    def forward(self, params, xin, h0, steps):
+        xp = get_array_module(xin)
+        WT = params["W"].T
+        states = xp.empty_like(xin)                                  # (T, B, H)
+        h = h0
+        for t in range(steps):
+            a = states[t]
+            xp.matmul(h, WT, out=a)                                  # W h_{t-1}
+            a += xin[t]                                              # + U x_t + b
+            h = apply(self.activation, a, out=a)                     # h_t = f(a_t)
+        return states
+
+    def backward_stepper(self, params, xin, h0, states):
+        fprime = derivative_from_output(self.activation, states)    # f'(a_t), all t at once
+        W = params["W"]
+        hidden = W.shape[0]
+
+        def back(t, g):
+            delta = g * fprime[t]                                    # e_h(t) = f'(a_t) ⊙ dL/dh_t
+            g_prev = (delta.reshape(-1, hidden) @ W).reshape(delta.shape)  # dL/dh_{t-1} = e_h(t) W
+            return delta, g_prev
+        return back
+
+    def param_grads(self, params, inputs, xin, h0, states, deltas):
+        xp = get_array_module(deltas)
+        steps, batch, hidden = deltas.shape
+        rows = deltas.reshape(steps * batch, hidden)                 # e_h(t) for all (t, b)
+        # dW = Σ_t e_h(t)ᵀ h_{t-1}: h_{-1} = h0 separately, saving a concatenated copy.
+        dW = rows[batch:].T @ states[:-1].reshape(-1, hidden) + deltas[0].T @ h0
+        U = params["U"]
+        if inputs.dtype.kind in "iu":
+            dUT = xp.zeros(U.shape[::-1], dtype=U.dtype)             # (I, H)
+            scatter_add(dUT, inputs.reshape(-1), rows)               # dU[:, x_t] += e_h(t)
+            dU = xp.ascontiguousarray(dUT.T)
+        else:
+            dU = rows.T @ inputs.reshape(steps * batch, -1)          # Σ e_h(t) x_tᵀ
+        grads = {"U": dU, "W": dW}
+        if self.bias:
+            grads["b"] = rows.sum(axis=0)
+        return grads

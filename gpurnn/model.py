@@ -1,0 +1,253 @@
+"""The models users build: the Elman RNN of seeds 000/002/004 and the linear RNN of seed 001.
+
+Both put a cell (:mod:`gpurnn.cells`) on the BPTT engine (:mod:`gpurnn.bptt`). The public
+arrays are batch-major, (batch, time, ...); internally everything is time-major.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy
+
+from . import bptt
+from .activations import OUTPUTS, check_activation
+from .backend import get_array_module, get_device, host_rng, to_device
+from .cells import ElmanCell
+from .losses import output_forward, output_loss_and_grads
+from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
+                         check_reduction, check_size, check_truncate, resolve_dtype)
+
+__all__ = ["LossAndGrads", "ElmanRNN", "LinearRNN"]
+
+
+class LossAndGrads(NamedTuple):
+    loss: float        # summed (or mean) loss over unmasked steps
+    grads: dict        # keyed like ``model.params``
+    last_hidden: object  # (batch, hidden): each sequence's state after its last real step
+
+
+def _time_major(array):
+    xp = get_array_module(array)
+    return xp.ascontiguousarray(array.swapaxes(0, 1))
+
+
+class _ParamsMixin:
+    """Parameters as attributes named like the seeds and as the dict ``params``."""
+
+    _param_names: tuple  # every parameter name the class knows, present or not
+    _param_shapes: dict  # name -> shape of the parameters this instance has
+
+    @property
+    def params(self) -> dict:
+        """The live parameter dict (name -> array); optimizers update it in place."""
+        return self._params
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in self._param_names:
+            self._params[name] = self._checked_param(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def _checked_param(self, name, value):
+        if name not in self._param_shapes:
+            raise AttributeError(f"{type(self).__name__} has no parameter {name!r} "
+                                 f"(it was built with bias=False)")
+        array = as_float_array(value, name, self.dtype, self.device)
+        expected = self._param_shapes[name]
+        if tuple(array.shape) != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(array.shape)}")
+        return get_array_module(array).array(array, copy=True)
+
+
+class ElmanRNN(_ParamsMixin):
+    """An Elman RNN: h_t = f(U x_t + W h_{t-1} + b), y_t = g(V h_t + c).
+
+    Args:
+        input_size: vocabulary size for token inputs, features for dense inputs.
+        hidden_size: size of the state h.
+        output_size: classes (``output="softmax"``) or output features.
+        activation: f, one of tanh | relu | sigmoid | identity.
+        output: g, one of softmax (cross-entropy loss) | identity | sigmoid | tanh
+            (squared-error loss ½Σ(y − t)², seed 004).
+        bias: with b (hidden,) and c (output,); without, the tutorial's U, V, W only.
+        dtype: float32 (training) or float64 (checks).
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        seed: initialisation seed; weights are uniform in ±1/sqrt(fan-in) as in the
+            tutorial (U: input_size, W and V: hidden_size), biases zero.
+    """
+
+    _param_names = ("U", "W", "V", "b", "c")
+
+    def __init__(self, input_size, hidden_size, output_size, *, activation="tanh",
+                 output="softmax", bias=True, dtype="float32", device="cpu", seed=0):
+        sizes = (check_size(input_size, "input_size"), check_size(hidden_size, "hidden_size"),
+                 check_size(output_size, "output_size"))
+        self.input_size, self.hidden_size, self.output_size = sizes
+        self.activation = check_activation(activation)
+        self.output = check_activation(output, argument="output", choices=OUTPUTS)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, got {type(bias).__name__}")
+        self.bias = bias
+        self.dtype = resolve_dtype(dtype)
+        self.device = get_device(device)
+        self.cell = ElmanCell(activation, bias)
+        I, H, O = sizes
+        self._param_shapes = {"U": (H, I), "W": (H, H), "V": (O, H)}
+        if bias:
+            self._param_shapes.update(b=(H,), c=(O,))
+        rng = host_rng(seed)
+        fan_in = {"U": I, "W": H, "V": H}
+        host = {}
+        for name, shape in self._param_shapes.items():
+            if name in fan_in:
+                bound = 1.0 / numpy.sqrt(fan_in[name])
+                host[name] = rng.uniform(-bound, bound, shape)
+            else:
+                host[name] = numpy.zeros(shape)
+        self._params = {name: to_device(value, self.device, self.dtype)
+                        for name, value in host.items()}
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments (without the seed): enough to rebuild the model."""
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    output_size=self.output_size, activation=self.activation,
+                    output=self.output, bias=self.bias, dtype=self.dtype.name)
+
+    def copy(self, *, dtype=None, device=None) -> "ElmanRNN":
+        """A copy with the same parameters, optionally cast or moved."""
+        config = self.config
+        if dtype is not None:
+            config["dtype"] = dtype
+        clone = ElmanRNN(**config, device=device if device is not None else self.device)
+        for name, value in self._params.items():
+            setattr(clone, name, value)
+        return clone
+
+    def __repr__(self):
+        return (f"ElmanRNN({self.input_size}, {self.hidden_size}, {self.output_size}, "
+                f"activation={self.activation!r}, output={self.output!r}, bias={self.bias}, "
+                f"dtype={self.dtype.name!r}, device={str(self.device)!r})")
+
+    # --- running ---------------------------------------------------------------------
+    def _run(self, inputs, h0):
+        x = as_inputs(inputs, self.input_size, self.dtype, self.device)
+        batch, steps = x.shape[:2]
+        h0 = as_state(h0, batch, self.hidden_size, self.dtype, self.device)
+        x_tm = _time_major(x)
+        xin, states = bptt.forward(self.cell, self._params, x_tm, h0, steps)
+        return x_tm, xin, h0, states
+
+    def forward(self, inputs, h0=None):
+        """Outputs (batch, time, output_size) and hidden states (batch, time, hidden_size)."""
+        _, _, _, states = self._run(inputs, h0)
+        y = output_forward(self.output, self.V, self._params.get("c"), states)
+        return _time_major(y), _time_major(states)
+
+    def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
+                       reduction="sum") -> LossAndGrads:
+        """Loss and its gradients by BPTT.
+
+        Args:
+            inputs: int token ids (batch, time) or floats (batch, time, input_size).
+            targets: int ids (batch, time) for softmax, else floats (batch, time, output_size).
+            truncate: None for full BPTT; k for the seeds' ``bptt_truncate``: the error of
+                output t reaches steps t, ..., max(0, t − k) and no further.
+            mask: (batch, time) of 0/1 for right-padded ragged batches.
+            h0: initial state (batch, hidden); no gradient flows into it, so feeding the
+                previous chunk's ``last_hidden`` gives chunked truncated BPTT.
+            reduction: "sum" over time and batch as the seeds do, or "mean" over
+                unmasked steps.
+        """
+        truncate = check_truncate(truncate)
+        reduction = check_reduction(reduction)
+        x_tm, xin, h0, states = self._run(inputs, h0)
+        steps, batch = states.shape[:2]
+        y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
+                       self.device)
+        m = as_mask(mask, batch, steps, self.dtype, self.device)
+        m_tm = None if m is None else _time_major(m)
+        scale = 1.0
+        if reduction == "mean":
+            scale = 1.0 / max(1.0, float(m.sum()) if m is not None else float(batch * steps))
+        out = output_loss_and_grads(self.output, self.V, self._params.get("c"), states,
+                                    _time_major(y), m_tm, scale)
+        grads = bptt.backward(self.cell, self._params, x_tm, xin, h0, states, out.dstates,
+                              truncate)
+        grads["V"] = out.dV
+        if self.bias:
+            grads["c"] = out.dc
+        grads = {name: grads[name] for name in self._params}
+        return LossAndGrads(out.loss, grads, _last_states(states, m_tm, h0))
+
+
+def _last_states(states, mask_tm, h0):
+    """Each sequence's state after its last real step (h0 where it has none)."""
+    xp = get_array_module(states)
+    if mask_tm is None:
+        return states[-1].copy()
+    lengths = mask_tm.sum(axis=0).astype(numpy.int64)               # (B,)
+    batch = states.shape[1]
+    last = states[xp.maximum(lengths - 1, 0), xp.arange(batch)]
+    return xp.where((lengths > 0)[:, None], last, h0)
+
+
+class LinearRNN(_ParamsMixin):
+    """Seed 001's linear RNN: S_k = S_{k-1}·wRec + X_k·wx, S_0 = 0, loss on the last state.
+
+    It is the Elman cell with hidden size 1, identity activation and no bias, U = [[wx]]
+    and W = [[wRec]], on the same engine; the loss is mean over samples of (S_n − t)².
+    """
+
+    _param_names = ("wx", "wRec")
+
+    def __init__(self, wx=0.5, wRec=0.5, *, dtype="float64", device="cpu"):
+        self.dtype = resolve_dtype(dtype)
+        self.device = get_device(device)
+        self.cell = ElmanCell("identity", bias=False)
+        self._param_shapes = {"wx": (), "wRec": ()}
+        self._params = {}
+        self.wx, self.wRec = wx, wRec
+
+    def _cell_params(self):
+        # (1, 1) views of the scalars, so in-place optimizer updates are seen here.
+        return {"U": self.wx.reshape(1, 1), "W": self.wRec.reshape(1, 1)}
+
+    def _run(self, X):
+        x = as_float_array(X, "X", self.dtype, self.device)
+        if x.ndim != 2 or x.size == 0:
+            raise ValueError(f"X must have shape (samples, time) with at least one of each, "
+                             f"got {tuple(x.shape)}")
+        x_tm = _time_major(x)[:, :, None]                            # (T, B, 1)
+        h0 = as_state(None, x.shape[0], 1, self.dtype, self.device)
+        xin, states = bptt.forward(self.cell, self._cell_params(), x_tm, h0, x.shape[1])
+        return x_tm, xin, h0, states
+
+    def forward(self, X):
+        """States S_1..S_n, shape (samples, time)."""
+        return _time_major(self._run(X)[3][:, :, 0])
+
+    def loss_and_grads(self, X, targets, *, truncate=None) -> LossAndGrads:
+        """mean((S_n − t)²) and its gradients {"wx", "wRec"} (seed 001's backward_gradient)."""
+        truncate = check_truncate(truncate)
+        x_tm, xin, h0, states = self._run(X)
+        samples = states.shape[1]
+        t = as_float_array(targets, "targets", self.dtype, self.device)
+        if t.shape != (samples,):
+            raise ValueError(f"targets must have shape (samples,) = ({samples},), "
+                             f"got {tuple(t.shape)}")
+        xp = get_array_module(states)
+        diff = states[-1, :, 0] - t
+        dstates = xp.zeros_like(states)
+        dstates[-1, :, 0] = 2.0 * diff / samples                     # d mean(diff²) / dS_n
+        grads = bptt.backward(self.cell, self._cell_params(), x_tm, xin, h0, states,
+                              dstates, truncate)
+        return LossAndGrads(float((diff * diff).mean()),
+                            {"wx": grads["U"].reshape(()), "wRec": grads["W"].reshape(())},
+                            states[-1, :, 0].copy())
