@@ -23,14 +23,15 @@ except Exception as error:  # ImportError, or a broken CUDA install raising at i
     _cupy_import_error = error
 
 __all__ = [
-    "Device", "get_device", "cuda_available", "check_cuda_available", "get_array_module",
-    "is_device_array", "to_host", "to_device", "scatter_add", "host_rng", "synchronize",
+    "Device", "get_device", "cuda_available", "cuda_unavailable_reason", "check_cuda_available",
+    "get_array_module",
+    "is_device_array", "device_of", "to_host", "to_device", "scatter_add", "host_rng", "synchronize",
 ]
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda)(?::(\d+))?$")
 
 
-def _cuda_problem() -> str | None:
+def cuda_unavailable_reason() -> str | None:
     """Why the GPU cannot be used, or None when it can."""
     if cupy is None:
         return (f"CuPy is not importable ({_cupy_import_error!r}); install gpurnn[cuda12] "
@@ -46,12 +47,12 @@ def _cuda_problem() -> str | None:
 
 def cuda_available() -> bool:
     """True when CuPy imports and at least one CUDA device is visible."""
-    return _cuda_problem() is None
+    return cuda_unavailable_reason() is None
 
 
 def check_cuda_available() -> None:
     """Raise RuntimeError, chained to the original cause, when the GPU cannot be used."""
-    problem = _cuda_problem()
+    problem = cuda_unavailable_reason()
     if problem is not None:
         raise RuntimeError(f"device 'cuda' requested but {problem}") from _cupy_import_error
 

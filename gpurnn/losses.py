@@ -19,9 +19,9 @@ from .backend import get_array_module
 
 __all__ = ["OutputGrads", "output_loss_and_grads", "output_forward", "LOGIT_BLOCK_ELEMENTS"]
 
-# Elements of one block of logits (16 MiB in float32): large enough that the output
+# Elements of one block of logits (8 MiB in float32): large enough that the output
 # GEMMs stay efficient, small enough that a long sequence never holds all its logits.
-LOGIT_BLOCK_ELEMENTS = 1 << 22
+LOGIT_BLOCK_ELEMENTS = 1 << 21
 
 
 class OutputGrads(NamedTuple):
@@ -31,14 +31,9 @@ class OutputGrads(NamedTuple):
     dstates: object  # (time, batch, hidden): dL/dh_t through output t only
 
 
-def _blocks(steps, batch, outputs):
-    block = max(1, LOGIT_BLOCK_ELEMENTS // max(1, batch * outputs))
-    for start in range(0, steps, block):
-        yield slice(start, min(steps, start + block))
-
-
-def _logits(states2d, V, c):
-    z = states2d @ V.T
+def _logits(states2d, V, c, out=None):
+    xp = get_array_module(states2d)
+    z = xp.matmul(states2d, V.T, out=out)
     if c is not None:
         z += c
     return z
@@ -49,22 +44,38 @@ def output_forward(output, V, c, states):
     steps, batch, hidden = states.shape
     z = _logits(states.reshape(steps * batch, hidden), V, c)
     if output == "softmax":
-        z = _softmax(z)
+        z -= z.max(axis=1, keepdims=True)
+        _normalised_exp(z)
     else:
         z = apply(output, z, out=z)
     return z.reshape(steps, batch, -1)
 
 
-def _softmax(z):
+def _normalised_exp(z):
+    """exp(z) / Σ exp(z) row by row, in place; returns log Σ exp(z) per row."""
     xp = get_array_module(z)
-    z -= z.max(axis=1, keepdims=True)
     xp.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+    total = z.sum(axis=1)
+    z *= (1 / total)[:, None]
+    return xp.log(total)
+
+
+# exp of a logit in [-SAFE, SAFE] neither overflows nor underflows to 0 in float32, even
+# summed over a large vocabulary, so the usual max-subtraction pass can be skipped.
+_SAFE_LOGIT = 60.0
+
+
+def _logits_need_shift(states2d, V, c) -> bool:
+    """True unless |logit| ≤ max_rows ‖h‖₁ · max |V| + max |c| is safely small (one sync)."""
+    xp = get_array_module(states2d)
+    bound = xp.abs(states2d).sum(axis=1).max() * xp.abs(V).max()
+    if c is not None:
+        bound = bound + xp.abs(c).max()
+    return float(bound) > _SAFE_LOGIT
 
 
 def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0) -> OutputGrads:
-    """Loss and gradients of the output layer.
+    """Loss and gradients of the output layer, a block of rows at a time.
 
     Args:
         output: "softmax" (int targets (time, batch)) or identity|sigmoid|tanh (float
@@ -76,37 +87,45 @@ def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0) -
     """
     xp = get_array_module(states)
     steps, batch, hidden = states.shape
-    dV = xp.zeros_like(V)
-    dc = xp.zeros(V.shape[0], dtype=V.dtype)
+    outputs = V.shape[0]
+    h_all = states.reshape(steps * batch, hidden)                    # rows are (t, b)
+    t_all = targets.reshape(steps * batch, -1) if output != "softmax" else targets.reshape(-1)
+    w_all = None if mask is None else mask.reshape(-1, 1)
     dstates = xp.empty_like(states)
+    d_all = dstates.reshape(steps * batch, hidden)
+    dV = xp.zeros_like(V)
+    dV_block = xp.empty_like(V)
+    dc = xp.zeros(outputs, dtype=V.dtype)
     loss = xp.zeros((), dtype=states.dtype)
-    for block in _blocks(steps, batch, V.shape[0]):
-        h = states[block].reshape(-1, hidden)                        # (rows, H)
-        z = _logits(h, V, c)                                         # (rows, O)
-        weight = None if mask is None else mask[block].reshape(-1, 1)
+    block = max(1, min(h_all.shape[0], LOGIT_BLOCK_ELEMENTS // outputs))
+    z_buffer = xp.empty((block, outputs), dtype=states.dtype)      # reused by every block
+    shift = output == "softmax" and _logits_need_shift(h_all, V, c)
+    for start in range(0, h_all.shape[0], block):
+        rows = slice(start, min(start + block, h_all.shape[0]))
+        h = h_all[rows]                                              # (rows, H)
+        z = _logits(h, V, c, out=z_buffer[:h.shape[0]])              # (rows, O)
+        weight = None if w_all is None else w_all[rows]
         if output == "softmax":
-            loss += _softmax_cross_entropy(z, targets[block].reshape(-1), weight)
+            loss += _softmax_cross_entropy(z, t_all[rows], weight, shift)
         else:
-            loss += _squared_error(output, z, targets[block].reshape(z.shape), weight)
+            loss += _squared_error(output, z, t_all[rows], weight)
         # z now holds e_y for each row
         if scale != 1.0:
             z *= scale
-        dV += z.T @ h                                                # Σ e_y(t) h_tᵀ
+        dV += xp.matmul(z.T, h, out=dV_block)                        # Σ e_y(t) h_tᵀ
         dc += z.sum(axis=0)
-        dstates[block] = (z @ V).reshape(-1, batch, hidden)          # Vᵀ e_y(t)
+        xp.matmul(z, V, out=d_all[rows])                             # Vᵀ e_y(t)
     return OutputGrads(float(loss) * scale, dV, dc, dstates)
 
 
-def _softmax_cross_entropy(z, targets, weight):
+def _softmax_cross_entropy(z, targets, weight, shift):
     """Cross-entropy summed over rows; overwrites the logits ``z`` with e_y = p − onehot."""
     xp = get_array_module(z)
     rows = xp.arange(z.shape[0])
-    z -= z.max(axis=1, keepdims=True)
+    if shift:
+        z -= z.max(axis=1, keepdims=True)
     target_logit = z[rows, targets]
-    xp.exp(z, out=z)
-    total = z.sum(axis=1)
-    nll = xp.log(total) - target_logit                               # −log p[target]
-    z /= total[:, None]
+    nll = _normalised_exp(z) - target_logit                          # −log p[target]
     z[rows, targets] -= 1
     if weight is None:
         return nll.sum()

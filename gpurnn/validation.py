@@ -79,6 +79,9 @@ def as_inputs(inputs, input_size, dtype, device):
     if x.dtype.kind == "b":
         raise TypeError("inputs must be int token ids (batch, time) or floats "
                         "(batch, time, input_size), got booleans")
+    if x.dtype.kind not in "iuf":
+        raise TypeError(f"inputs must be int token ids (batch, time) or floats "
+                        f"(batch, time, input_size), got dtype {x.dtype}")
     if x.ndim == 2:
         if x.dtype.kind not in "iu":
             raise TypeError(f"inputs of shape (batch, time) are token ids and must be integers, "
@@ -86,9 +89,6 @@ def as_inputs(inputs, input_size, dtype, device):
         _check_ids(x, "inputs", input_size, "token")
         x = x.astype(numpy.int64, copy=False)
     elif x.ndim == 3:
-        if x.dtype.kind not in "fiu":
-            raise TypeError(f"inputs of shape (batch, time, input_size) must be numbers, "
-                            f"got dtype {x.dtype}")
         if x.shape[2] != input_size:
             raise ValueError(f"inputs has {x.shape[2]} features per step; expected "
                              f"input_size={input_size}")

@@ -1,0 +1,29 @@
+"""Shared fixtures: every engine test body runs on NumPy and, where a GPU is present, on CuPy."""
+import numpy as np
+import pytest
+
+from gpurnn import backend
+
+_NO_GPU = backend.cuda_unavailable_reason()
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(_NO_GPU is not None,
+                                                  reason=f"no GPU: {_NO_GPU}")),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """The device a test body runs on: "cpu" always, "cuda" where a GPU is usable."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def host(array):
+    """A NumPy copy of a NumPy or CuPy array, for comparisons."""
+    return backend.to_host(array)
