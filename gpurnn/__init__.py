@@ -4,10 +4,10 @@ from . import bptt, reference
 from .backend import cuda_available, get_device
 from .cells import Cell, ElmanCell
 from .gradcheck import GradcheckResult, gradcheck
-from .model import ElmanRNN, LinearRNN, LossAndGrads
+from .model import ElmanRNN, LinearRNN, LossAndGrads, RecurrentModel
 
 __version__ = "0.1.0"
 
-__all__ = ["ElmanRNN", "LinearRNN", "LossAndGrads", "Cell", "ElmanCell", "gradcheck",
+__all__ = ["ElmanRNN", "LinearRNN", "LossAndGrads", "RecurrentModel", "Cell", "ElmanCell", "gradcheck",
            "GradcheckResult", "bptt", "reference", "get_device", "cuda_available",
            "__version__"]

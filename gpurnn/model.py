@@ -17,7 +17,7 @@ from .losses import output_forward, output_loss_and_grads
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
                          check_reduction, check_size, check_truncate, resolve_dtype)
 
-__all__ = ["LossAndGrads", "ElmanRNN", "LinearRNN"]
+__all__ = ["LossAndGrads", "RecurrentModel", "ElmanRNN", "LinearRNN"]
 
 
 class LossAndGrads(NamedTuple):
@@ -65,44 +65,29 @@ class _ParamsMixin:
         return get_array_module(array).array(array, copy=True)
 
 
-class ElmanRNN(_ParamsMixin):
-    """An Elman RNN: h_t = f(U x_t + W h_{t-1} + b), y_t = g(V h_t + c).
+class RecurrentModel(_ParamsMixin):
+    """A recurrent cell under an output layer y_t = g(V h_t + c), trained by BPTT.
 
-    Args:
-        input_size: vocabulary size for token inputs, features for dense inputs.
-        hidden_size: size of the state h.
-        output_size: classes (``output="softmax"``) or output features.
-        activation: f, one of tanh | relu | sigmoid | identity.
-        output: g, one of softmax (cross-entropy loss) | identity | sigmoid | tanh
-            (squared-error loss ½Σ(y − t)², seed 004).
-        bias: with b (hidden,) and c (output,); without, the tutorial's U, V, W only.
-        dtype: float32 (training) or float64 (checks).
-        device: "cpu", "cuda", "cuda:N" or "auto".
-        seed: initialisation seed; weights are uniform in ±1/sqrt(fan-in) as in the
-            tutorial (U: input_size, W and V: hidden_size), biases zero.
+    Subclasses call ``_setup`` and ``_init_params`` and set ``self.cell``; a cell whose
+    state holds more than h (an LSTM's (h, c)) overrides the four state hooks below.
     """
 
-    _param_names = ("U", "W", "V", "b", "c")
-
-    def __init__(self, input_size, hidden_size, output_size, *, activation="tanh",
-                 output="softmax", bias=True, dtype="float32", device="cpu", seed=0):
+    def _setup(self, input_size, hidden_size, output_size, output, bias, dtype, device):
         sizes = (check_size(input_size, "input_size"), check_size(hidden_size, "hidden_size"),
                  check_size(output_size, "output_size"))
         self.input_size, self.hidden_size, self.output_size = sizes
-        self.activation = check_activation(activation)
         self.output = check_activation(output, argument="output", choices=OUTPUTS)
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be True or False, got {type(bias).__name__}")
         self.bias = bias
         self.dtype = resolve_dtype(dtype)
         self.device = get_device(device)
-        self.cell = ElmanCell(activation, bias)
-        I, H, O = sizes
-        self._param_shapes = {"U": (H, I), "W": (H, H), "V": (O, H)}
-        if bias:
-            self._param_shapes.update(b=(H,), c=(O,))
+
+    def _init_params(self, shapes: dict, fan_in: dict, seed):
+        """Weights uniform in ±1/sqrt(fan-in) (the tutorial's rule), drawn on the host in
+        the order of ``shapes``; parameters missing from ``fan_in`` (biases) start at 0."""
+        self._param_shapes = dict(shapes)
         rng = host_rng(seed)
-        fan_in = {"U": I, "W": H, "V": H}
         host = {}
         for name, shape in self._param_shapes.items():
             if name in fan_in:
@@ -117,29 +102,47 @@ class ElmanRNN(_ParamsMixin):
     def config(self) -> dict:
         """Constructor arguments (without the seed): enough to rebuild the model."""
         return dict(input_size=self.input_size, hidden_size=self.hidden_size,
-                    output_size=self.output_size, activation=self.activation,
-                    output=self.output, bias=self.bias, dtype=self.dtype.name)
+                    output_size=self.output_size, output=self.output, bias=self.bias,
+                    dtype=self.dtype.name)
 
-    def copy(self, *, dtype=None, device=None) -> "ElmanRNN":
+    def copy(self, *, dtype=None, device=None):
         """A copy with the same parameters, optionally cast or moved."""
         config = self.config
         if dtype is not None:
             config["dtype"] = dtype
-        clone = ElmanRNN(**config, device=device if device is not None else self.device)
+        clone = type(self)(**config, device=device if device is not None else self.device)
         for name, value in self._params.items():
             setattr(clone, name, value)
         return clone
 
     def __repr__(self):
-        return (f"ElmanRNN({self.input_size}, {self.hidden_size}, {self.output_size}, "
-                f"activation={self.activation!r}, output={self.output!r}, bias={self.bias}, "
-                f"dtype={self.dtype.name!r}, device={str(self.device)!r})")
+        config = self.config
+        sizes = ", ".join(str(config.pop(k)) for k in ("input_size", "hidden_size", "output_size"))
+        options = ", ".join(f"{k}={v!r}" for k, v in config.items())
+        return f"{type(self).__name__}({sizes}, {options}, device={str(self.device)!r})"
+
+    # --- state hooks: the state is h itself unless a subclass says otherwise ------------
+    def _initial_state(self, h0, batch):
+        """The cell's initial state (batch, state) from the user's ``h0`` (zeros if None)."""
+        return as_state(h0, batch, self.hidden_size, self.dtype, self.device)
+
+    def _hidden(self, states):
+        """h_t, what the output layer reads, from the cell's states (time, batch, state)."""
+        return states
+
+    def _state_grads(self, dhidden, states):
+        """The gradient on the cell's states from the gradient on h_t."""
+        return dhidden
+
+    def _final_state(self, state):
+        """What ``last_hidden`` returns for a (batch, state) array: feeds back as ``h0``."""
+        return state
 
     # --- running ---------------------------------------------------------------------
     def _run(self, inputs, h0):
         x = as_inputs(inputs, self.input_size, self.dtype, self.device)
         batch, steps = x.shape[:2]
-        h0 = as_state(h0, batch, self.hidden_size, self.dtype, self.device)
+        h0 = self._initial_state(h0, batch)
         x_tm = _time_major(x)
         xin, states = bptt.forward(self.cell, self._params, x_tm, h0, steps)
         return x_tm, xin, h0, states
@@ -147,8 +150,9 @@ class ElmanRNN(_ParamsMixin):
     def forward(self, inputs, h0=None):
         """Outputs (batch, time, output_size) and hidden states (batch, time, hidden_size)."""
         _, _, _, states = self._run(inputs, h0)
-        y = output_forward(self.output, self.V, self._params.get("c"), states)
-        return _time_major(y), _time_major(states)
+        hidden = self._hidden(states)
+        y = output_forward(self.output, self._params["V"], self._params.get("c"), hidden)
+        return _time_major(y), _time_major(hidden)
 
     def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                        reduction="sum") -> LossAndGrads:
@@ -176,15 +180,51 @@ class ElmanRNN(_ParamsMixin):
         scale = 1.0
         if reduction == "mean":
             scale = 1.0 / max(1.0, float(m.sum()) if m is not None else float(batch * steps))
-        out = output_loss_and_grads(self.output, self.V, self._params.get("c"), states,
-                                    _time_major(y), m_tm, scale)
-        grads = bptt.backward(self.cell, self._params, x_tm, xin, h0, states, out.dstates,
-                              truncate)
+        out = output_loss_and_grads(self.output, self._params["V"], self._params.get("c"),
+                                    self._hidden(states), _time_major(y), m_tm, scale)
+        grads = bptt.backward(self.cell, self._params, x_tm, xin, h0, states,
+                              self._state_grads(out.dstates, states), truncate)
         grads["V"] = out.dV
         if self.bias:
             grads["c"] = out.dc
         grads = {name: grads[name] for name in self._params}
-        return LossAndGrads(out.loss, grads, _last_states(states, m_tm, h0))
+        last = self._final_state(_last_states(states, m_tm, h0))
+        return LossAndGrads(out.loss, grads, last)
+
+
+class ElmanRNN(RecurrentModel):
+    """An Elman RNN: h_t = f(U x_t + W h_{t-1} + b), y_t = g(V h_t + c).
+
+    Args:
+        input_size: vocabulary size for token inputs, features for dense inputs.
+        hidden_size: size of the state h.
+        output_size: classes (``output="softmax"``) or output features.
+        activation: f, one of tanh | relu | sigmoid | identity.
+        output: g, one of softmax (cross-entropy loss) | identity | sigmoid | tanh
+            (squared-error loss ½Σ(y − t)², seed 004).
+        bias: with b (hidden,) and c (output,); without, the tutorial's U, V, W only.
+        dtype: float32 (training) or float64 (checks).
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        seed: initialisation seed; weights are uniform in ±1/sqrt(fan-in) as in the
+            tutorial (U: input_size, W and V: hidden_size), biases zero.
+    """
+
+    _param_names = ("U", "W", "V", "b", "c")
+
+    def __init__(self, input_size, hidden_size, output_size, *, activation="tanh",
+                 output="softmax", bias=True, dtype="float32", device="cpu", seed=0):
+        self._setup(input_size, hidden_size, output_size, output, bias, dtype, device)
+        self.activation = check_activation(activation)
+        self.cell = ElmanCell(activation, bias)
+        I, H, O = self.input_size, self.hidden_size, self.output_size
+        shapes = {"U": (H, I), "W": (H, H), "V": (O, H)}
+        if bias:
+            shapes.update(b=(H,), c=(O,))
+        self._init_params(shapes, {"U": I, "W": H, "V": H}, seed)
+
+    @property
+    def config(self) -> dict:
+        return {**super().config, "activation": self.activation}
 
 
 def _last_states(states, mask_tm, h0):
