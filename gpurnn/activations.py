@@ -51,19 +51,22 @@ def apply(name: str, a, out=None):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def derivative_from_output(name: str, h):
-    """f'(a) computed from h = f(a); returns a new array (a scalar 1 for identity)."""
+def derivative_from_output(name: str, h, out=None):
+    """f'(a) computed from h = f(a), into ``out`` if given (``out`` may not be ``h``)."""
     xp = get_array_module(h)
+    if out is None:
+        out = xp.empty_like(h)
     if name == "tanh":
-        d = h * h
-        xp.subtract(1, d, out=d)
-        return d
+        xp.multiply(h, h, out=out)
+        return xp.subtract(1, out, out=out)
     if name == "sigmoid":
-        d = 1 - h
-        d *= h
-        return d
+        xp.subtract(1, h, out=out)
+        return xp.multiply(out, h, out=out)
     if name == "relu":
-        return (h > 0).astype(h.dtype)
+        out[...] = h > 0
+        return out
     if name == "identity":
-        return xp.ones_like(h)
+        out.fill(1)
+        return out
     raise ValueError(f"unknown activation {name!r}")
+

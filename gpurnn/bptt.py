@@ -16,6 +16,7 @@ Truncation, with the seeds' exact meaning (seeds 000/002 ``bptt_truncate``, seed
 from __future__ import annotations
 
 from .backend import get_array_module
+from .workspace import Workspace
 
 __all__ = ["forward", "backward", "sweep"]
 
@@ -37,41 +38,35 @@ def backward(cell, params, inputs, xin, h0, states, dstates, truncate=None):
     """Parameter gradients from ``dstates`` (time, batch, ...), the loss's gradient
     with respect to each state through that step's output only."""
     back = cell.backward_stepper(params, xin, h0, states)
-    deltas = sweep(back, dstates, truncate)
+    deltas = sweep(back, dstates, truncate, cell.workspace)
     return cell.param_grads(params, inputs, xin, h0, states, deltas)
 
 
-def sweep(back, dstates, truncate=None):
+def sweep(back, dstates, truncate=None, workspace=None):
     """The backward sweep over time; returns the per-step deltas (time, batch, ...).
 
     ``back(t, g) -> (delta_t, g_prev)`` is the cell's step backward (see
-    :meth:`gpurnn.cells.Cell.backward_stepper`).
+    :meth:`gpurnn.cells.Cell.backward_stepper`); ``workspace`` (a
+    :class:`gpurnn.workspace.Workspace`) keeps the sweep's buffers between calls.
     """
+    xp = get_array_module(dstates)
+    workspace = workspace if workspace is not None else Workspace()
     steps = dstates.shape[0]
+    deltas = workspace.empty("deltas", dstates.shape, dstates.dtype, xp)
     if truncate is None or truncate >= steps - 1:
-        return _sweep_full(back, dstates)
-    return _sweep_window(back, dstates, truncate + 1)
-
-
-def _sweep_full(back, dstates):
-    xp = get_array_module(dstates)
-    deltas = [None] * dstates.shape[0]
-    g = xp.zeros_like(dstates[0])                        # dL/dh_t from steps after t
-    for t in reversed(range(dstates.shape[0])):
-        g += dstates[t]                                  # + the error of output t
-        deltas[t], g = back(t, g)
-    return xp.stack(deltas)
-
-
-def _sweep_window(back, dstates, width):
-    """Windowed truncation: ``width`` = k + 1 origins alive at once, origin t in slot t % width."""
-    xp = get_array_module(dstates)
-    deltas = [None] * dstates.shape[0]
-    live = xp.zeros((width,) + dstates.shape[1:], dtype=dstates.dtype)
-    for t in reversed(range(dstates.shape[0])):
+        g = workspace.zeros("sweep_g", dstates.shape[1:], dstates.dtype, xp)
+        for t in reversed(range(steps)):                 # full BPTT
+            g += dstates[t]                              # dL/dh_t: later steps + output t
+            delta, g = back(t, g)
+            deltas[t] = delta
+        return deltas
+    # Windowed truncation: k + 1 live origins, origin t in slot t % (k + 1).
+    width = truncate + 1
+    live = workspace.zeros("sweep_live", (width,) + dstates.shape[1:], dstates.dtype, xp)
+    for t in reversed(range(steps)):
         # Origin t enters; the slot's previous occupant, origin t + k + 1, has reached
         # step t + 1 = its last one, so it is overwritten rather than carried further.
         live[t % width] = dstates[t]
         delta, live = back(t, live)
-        deltas[t] = delta.sum(axis=0)
-    return xp.stack(deltas)
+        delta.sum(axis=0, out=deltas[t])
+    return deltas

@@ -27,12 +27,20 @@ from __future__ import annotations
 
 from .activations import apply, check_activation, derivative_from_output
 from .backend import get_array_module, scatter_add
+from .workspace import Workspace
 
 __all__ = ["Cell", "ElmanCell"]
 
 
 class Cell:
     """Base class of recurrent cells; see the module docstring for the protocol."""
+
+    @property
+    def workspace(self) -> Workspace:
+        """Scratch buffers this cell and the engine reuse across calls (made on first use)."""
+        if "_workspace" not in self.__dict__:
+            self._workspace = Workspace()
+        return self._workspace
 
     # --- the protocol a user implements -----------------------------------------------
     def step(self, params, x_t, s_prev):
@@ -109,11 +117,13 @@ class ElmanCell(Cell):
     def project_inputs(self, params, inputs):
         xp = get_array_module(inputs)
         U = params["U"]
+        steps, batch = inputs.shape[:2]
+        xin = self.workspace.empty("xin", (steps, batch, U.shape[0]), U.dtype, xp)  # (T, B, H)
         if inputs.dtype.kind in "iu":
-            xin = xp.take(U.T, inputs, axis=0)                       # (T, B, H)
+            xp.take(U.T, inputs, axis=0, out=xin)                    # columns of U
         else:
-            steps, batch, size = inputs.shape
-            xin = (inputs.reshape(steps * batch, size) @ U.T).reshape(steps, batch, -1)
+            xp.matmul(inputs.reshape(steps * batch, -1), U.T,
+                      out=xin.reshape(steps * batch, -1))            # one GEMM for all steps
         if self.bias:
             xin += params["b"]
         return xin
@@ -121,7 +131,7 @@ class ElmanCell(Cell):
     def forward(self, params, xin, h0, steps):
         xp = get_array_module(xin)
         WT = params["W"].T
-        states = xp.empty_like(xin)                                  # (T, B, H)
+        states = self.workspace.empty("states", xin.shape, xin.dtype, xp)  # (T, B, H)
         h = h0
         for t in range(steps):
             a = states[t]
@@ -131,13 +141,19 @@ class ElmanCell(Cell):
         return states
 
     def backward_stepper(self, params, xin, h0, states):
-        fprime = derivative_from_output(self.activation, states)    # f'(a_t), all t at once
+        xp = get_array_module(states)
+        workspace = self.workspace
+        fprime = derivative_from_output(                             # f'(a_t), all t at once
+            self.activation, states, out=workspace.empty("fprime", states.shape, states.dtype, xp))
         W = params["W"]
         hidden = W.shape[0]
 
         def back(t, g):
-            delta = g * fprime[t]                                    # e_h(t) = f'(a_t) ⊙ dL/dh_t
-            g_prev = (delta.reshape(-1, hidden) @ W).reshape(delta.shape)  # dL/dh_{t-1} = e_h(t) W
+            delta = workspace.empty("delta", g.shape, g.dtype, xp)
+            xp.multiply(g, fprime[t], out=delta)                     # e_h(t) = f'(a_t) ⊙ dL/dh_t
+            # dL/dh_{t-1} = e_h(t) W, into the buffer that g (from step t + 1) is not in.
+            g_prev = workspace.empty(("g", t % 2), g.shape, g.dtype, xp)
+            xp.matmul(delta.reshape(-1, hidden), W, out=g_prev.reshape(-1, hidden))
             return delta, g_prev
         return back
 

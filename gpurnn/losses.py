@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from .activations import apply, derivative_from_output
 from .backend import get_array_module
+from .workspace import Workspace
 
 __all__ = ["OutputGrads", "output_loss_and_grads", "output_forward", "LOGIT_BLOCK_ELEMENTS"]
 
@@ -74,7 +75,8 @@ def _logits_need_shift(states2d, V, c) -> bool:
     return float(bound) > _SAFE_LOGIT
 
 
-def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0) -> OutputGrads:
+def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
+                          workspace=None) -> OutputGrads:
     """Loss and gradients of the output layer, a block of rows at a time.
 
     Args:
@@ -84,21 +86,24 @@ def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0) -
         states: (time, batch, hidden), time-major.
         mask: (time, batch) of 0/1 or None; masked steps add nothing.
         scale: multiplies the loss and every gradient (1 / count for a mean).
+        workspace: a :class:`gpurnn.workspace.Workspace` for the scratch arrays; the
+            returned ``dstates`` lives in it.
     """
     xp = get_array_module(states)
+    workspace = workspace if workspace is not None else Workspace()
     steps, batch, hidden = states.shape
     outputs = V.shape[0]
     h_all = states.reshape(steps * batch, hidden)                    # rows are (t, b)
     t_all = targets.reshape(steps * batch, -1) if output != "softmax" else targets.reshape(-1)
     w_all = None if mask is None else mask.reshape(-1, 1)
-    dstates = xp.empty_like(states)
+    dstates = workspace.empty("dstates", states.shape, states.dtype, xp)
     d_all = dstates.reshape(steps * batch, hidden)
     dV = xp.zeros_like(V)
-    dV_block = xp.empty_like(V)
+    dV_block = workspace.empty("dV_block", V.shape, V.dtype, xp)
     dc = xp.zeros(outputs, dtype=V.dtype)
     loss = xp.zeros((), dtype=states.dtype)
     block = max(1, min(h_all.shape[0], LOGIT_BLOCK_ELEMENTS // outputs))
-    z_buffer = xp.empty((block, outputs), dtype=states.dtype)      # reused by every block
+    z_buffer = workspace.empty("logits", (block, outputs), states.dtype, xp)
     shift = output == "softmax" and _logits_need_shift(h_all, V, c)
     for start in range(0, h_all.shape[0], block):
         rows = slice(start, min(start + block, h_all.shape[0]))
@@ -142,6 +147,7 @@ def _squared_error(output, z, targets, weight):
         diff *= weight
         err *= weight
     loss = 0.5 * err.sum()
-    diff *= derivative_from_output(output, y)
+    if output != "identity":
+        diff *= derivative_from_output(output, y)
     z[...] = diff
     return loss

@@ -27,8 +27,9 @@ class LossAndGrads(NamedTuple):
 
 
 def _time_major(array):
-    xp = get_array_module(array)
-    return xp.ascontiguousarray(array.swapaxes(0, 1))
+    """A C-contiguous copy with the first two axes swapped (never a view: the engine's
+    arrays live in reused buffers, and neither callers nor the engine may alias them)."""
+    return array.swapaxes(0, 1).copy()
 
 
 class _ParamsMixin:
@@ -181,7 +182,8 @@ class RecurrentModel(_ParamsMixin):
         if reduction == "mean":
             scale = 1.0 / max(1.0, float(m.sum()) if m is not None else float(batch * steps))
         out = output_loss_and_grads(self.output, self._params["V"], self._params.get("c"),
-                                    self._hidden(states), _time_major(y), m_tm, scale)
+                                    self._hidden(states), _time_major(y), m_tm, scale,
+                                    self.cell.workspace)
         grads = bptt.backward(self.cell, self._params, x_tm, xin, h0, states,
                               self._state_grads(out.dstates, states), truncate)
         grads["V"] = out.dV
