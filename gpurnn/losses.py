@@ -1,7 +1,7 @@
 """The output layer y_t = g(V h_t + c) with its loss, forward and backward in one pass.
 
 For a language model the logits (batch·time × vocabulary) dwarf everything else, so
-they are computed a block of time steps at a time and never held whole: peak memory
+they are computed a block of rows at a time and never held whole: peak memory
 grows with batch·time·hidden, not batch·time·vocabulary.
 
 Losses (summed over unmasked steps, as the seeds do):
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .activations import apply, derivative_from_output
-from .backend import get_array_module
+from .backend import get_array_module, scatter_add
 from .workspace import Workspace
 
 __all__ = ["OutputGrads", "output_loss_and_grads", "output_forward", "LOGIT_BLOCK_ELEMENTS"]
@@ -45,20 +45,13 @@ def output_forward(output, V, c, states):
     steps, batch, hidden = states.shape
     z = _logits(states.reshape(steps * batch, hidden), V, c)
     if output == "softmax":
+        xp = get_array_module(z)
         z -= z.max(axis=1, keepdims=True)
-        _normalised_exp(z)
+        xp.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
     else:
         z = apply(output, z, out=z)
     return z.reshape(steps, batch, -1)
-
-
-def _normalised_exp(z):
-    """exp(z) / Σ exp(z) row by row, in place; returns log Σ exp(z) per row."""
-    xp = get_array_module(z)
-    xp.exp(z, out=z)
-    total = z.sum(axis=1)
-    z *= (1 / total)[:, None]
-    return xp.log(total)
 
 
 # exp of a logit in [-SAFE, SAFE] neither overflows nor underflows to 0 in float32, even
@@ -92,62 +85,120 @@ def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
     xp = get_array_module(states)
     workspace = workspace if workspace is not None else Workspace()
     steps, batch, hidden = states.shape
-    outputs = V.shape[0]
     h_all = states.reshape(steps * batch, hidden)                    # rows are (t, b)
-    t_all = targets.reshape(steps * batch, -1) if output != "softmax" else targets.reshape(-1)
-    w_all = None if mask is None else mask.reshape(-1, 1)
+    w_all = None if mask is None else mask.reshape(-1)
     dstates = workspace.empty("dstates", states.shape, states.dtype, xp)
     d_all = dstates.reshape(steps * batch, hidden)
-    dV = xp.zeros_like(V)
-    dV_block = workspace.empty("dV_block", V.shape, V.dtype, xp)
-    dc = xp.zeros(outputs, dtype=V.dtype)
-    loss = xp.zeros((), dtype=states.dtype)
-    block = max(1, min(h_all.shape[0], LOGIT_BLOCK_ELEMENTS // outputs))
-    z_buffer = workspace.empty("logits", (block, outputs), states.dtype, xp)
-    shift = output == "softmax" and _logits_need_shift(h_all, V, c)
-    for start in range(0, h_all.shape[0], block):
-        rows = slice(start, min(start + block, h_all.shape[0]))
-        h = h_all[rows]                                              # (rows, H)
-        z = _logits(h, V, c, out=z_buffer[:h.shape[0]])              # (rows, O)
-        weight = None if w_all is None else w_all[rows]
-        if output == "softmax":
-            loss += _softmax_cross_entropy(z, t_all[rows], weight, shift)
-        else:
-            loss += _squared_error(output, z, t_all[rows], weight)
-        # z now holds e_y for each row
-        if scale != 1.0:
-            z *= scale
-        dV += xp.matmul(z.T, h, out=dV_block)                        # Σ e_y(t) h_tᵀ
-        dc += z.sum(axis=0)
-        xp.matmul(z, V, out=d_all[rows])                             # Vᵀ e_y(t)
+    if output == "softmax":
+        loss, dV, dc = _softmax_cross_entropy(V, c, h_all, targets.reshape(-1), w_all, scale,
+                                              d_all, workspace)
+    else:
+        loss, dV, dc = _squared_error(output, V, c, h_all, targets.reshape(steps * batch, -1),
+                                      w_all, scale, d_all, workspace)
     return OutputGrads(float(loss) * scale, dV, dc, dstates)
 
 
-def _softmax_cross_entropy(z, targets, weight, shift):
-    """Cross-entropy summed over rows; overwrites the logits ``z`` with e_y = p − onehot."""
-    xp = get_array_module(z)
-    rows = xp.arange(z.shape[0])
-    if shift:
-        z -= z.max(axis=1, keepdims=True)
-    target_logit = z[rows, targets]
-    nll = _normalised_exp(z) - target_logit                          # −log p[target]
-    z[rows, targets] -= 1
-    if weight is None:
-        return nll.sum()
-    z *= weight
-    return (nll * weight[:, 0]).sum()
+def _row_blocks(rows, outputs):
+    block = max(1, min(rows, LOGIT_BLOCK_ELEMENTS // outputs))
+    for start in range(0, rows, block):
+        yield slice(start, min(start + block, rows))
 
 
-def _squared_error(output, z, targets, weight):
-    """½ Σ (y − t)² over rows; overwrites ``z`` with e_y = g'(ŷ) ⊙ (y − t)."""
-    y = apply(output, z, out=z)
-    diff = y - targets
-    err = diff * diff
-    if weight is not None:
-        diff *= weight
-        err *= weight
-    loss = 0.5 * err.sum()
-    if output != "identity":
-        diff *= derivative_from_output(output, y)
-    z[...] = diff
-    return loss
+def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
+    """Cross-entropy −Σ w log p[target] with its gradients, e_y = p − onehot.
+
+    The logits are exponentiated in place and never normalised: with E = exp(z), row sums
+    s and row weights r = w·scale / s,
+
+        e_y V = (E V) r − V[target] w·scale        dV = Eᵀ (h r) − onehotᵀ (h w·scale)
+
+    and a column of ones beside V makes the same GEMM return s. So one elementwise pass
+    touches the (rows × vocabulary) block; everything else is GEMMs and (rows × hidden) work.
+    The one-hot terms of dV and dc are one scatter over all rows after the loop.
+    """
+    xp = get_array_module(h_all)
+    rows, hidden = h_all.shape
+    outputs = V.shape[0]
+    dtype = h_all.dtype
+    block = min(rows, max(1, LOGIT_BLOCK_ELEMENTS // outputs))
+    # [V, 1]: E [V, 1] = [E V, s].  With a bias, [h, 1] [V, c]ᵀ = V h + c in the logits GEMM.
+    V1 = workspace.empty("V1", (outputs, hidden + 1), dtype, xp)
+    V1[:, :hidden] = V
+    V1[:, hidden] = 1
+    if c is not None:
+        Vc = workspace.empty("Vc", (outputs, hidden + 1), dtype, xp)
+        Vc[:, :hidden] = V
+        Vc[:, hidden] = c
+        h1 = workspace.empty("h1", (block, hidden + 1), dtype, xp)
+        h1[:, hidden] = 1
+    z_buffer = workspace.empty("logits", (block, outputs), dtype, xp)
+    g_buffer = workspace.empty("EV", (block, hidden + 1), dtype, xp)
+    hr_buffer = workspace.empty("hr", (block, hidden + 1), dtype, xp)
+    dVc_block = workspace.empty("dVc_block", (outputs, hidden + 1), dtype, xp)
+    dVc = xp.zeros((outputs, hidden + 1), dtype=dtype)               # [dV, dc] of E's part
+    shift = _logits_need_shift(h_all, V, c)
+    loss = xp.zeros((), dtype=dtype)
+    for rows_ in _row_blocks(rows, outputs):
+        h, t = h_all[rows_], t_all[rows_]
+        n = h.shape[0]
+        index = xp.arange(n)
+        if c is not None:
+            h1[:n, :hidden] = h
+            z = xp.matmul(h1[:n], Vc.T, out=z_buffer[:n])            # V h + c
+        else:
+            z = xp.matmul(h, V.T, out=z_buffer[:n])
+        if shift:
+            z -= z.max(axis=1, keepdims=True)
+        target_logit = z[index, t]
+        xp.exp(z, out=z)                                             # E
+        g = xp.matmul(z, V1, out=g_buffer[:n])                       # [E V, s]
+        total = g[:, hidden]
+        nll = xp.log(total) - target_logit                           # −log p[target]
+        weight = scale if w_all is None else w_all[rows_] * scale    # w·scale
+        r = weight / total
+        loss += nll.sum() if w_all is None else (nll * w_all[rows_]).sum()
+        d = d_all[rows_]
+        xp.multiply(g[:, :hidden], r[:, None], out=d)                # (E V) r
+        d -= V[t] * (weight if w_all is None else weight[:, None])   # − V[target] w·scale
+        hr = hr_buffer[:n]
+        xp.multiply(h, r[:, None], out=hr[:, :hidden])
+        hr[:, hidden] = r
+        dVc += xp.matmul(z.T, hr, out=dVc_block)                     # [Eᵀ (h r), Eᵀ r]
+    weight = xp.full(rows, scale, dtype=dtype) if w_all is None else w_all * scale
+    dV = xp.ascontiguousarray(dVc[:, :hidden])
+    dc = dVc[:, hidden].copy()
+    scatter_add(dV, t_all, h_all * -weight[:, None])                # − onehotᵀ (h w·scale)
+    scatter_add(dc, t_all, -weight)
+    return loss, dV, (dc if c is not None else None)
+
+
+def _squared_error(output, V, c, h_all, t_all, w_all, scale, d_all, workspace):
+    """½ Σ w (y − t)² with its gradients, e_y = g'(ŷ) ⊙ (y − t)."""
+    xp = get_array_module(h_all)
+    outputs = V.shape[0]
+    dtype = h_all.dtype
+    block = min(h_all.shape[0], max(1, LOGIT_BLOCK_ELEMENTS // outputs))
+    z_buffer = workspace.empty("logits", (block, outputs), dtype, xp)
+    diff_buffer = workspace.empty("diff", (block, outputs), dtype, xp)
+    gprime_buffer = workspace.empty("gprime", (block, outputs), dtype, xp)
+    dV_block = workspace.empty("dV_block", V.shape, dtype, xp)
+    dV = xp.zeros_like(V)
+    dc = xp.zeros(outputs, dtype=dtype)
+    loss = xp.zeros((), dtype=dtype)
+    for rows in _row_blocks(h_all.shape[0], outputs):
+        h = h_all[rows]
+        n = h.shape[0]
+        y = _logits(h, V, c, out=z_buffer[:n])
+        apply(output, y, out=y)                                      # y = g(V h + c)
+        e = xp.subtract(y, t_all[rows], out=diff_buffer[:n])         # y − t
+        if w_all is not None:
+            e *= w_all[rows][:, None]
+        loss += 0.5 * (e * e).sum()
+        if output != "identity":
+            e *= derivative_from_output(output, y, out=gprime_buffer[:n])  # e_y = g'(ŷ) ⊙ (y − t)
+        if scale != 1.0:
+            e *= scale
+        dV += xp.matmul(e.T, h, out=dV_block)                        # Σ e_y(t) h_tᵀ
+        dc += e.sum(axis=0)
+        xp.matmul(e, V, out=d_all[rows])                             # e_y(t) V
+    return loss, dV, (dc if c is not None else None)
