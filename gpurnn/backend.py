@@ -7,7 +7,9 @@ cannot be imported, or imports but finds no GPU, ``"auto"`` falls back to the CP
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import os
 import re
 from dataclasses import dataclass
 
@@ -25,7 +27,8 @@ except Exception as error:  # ImportError, or a broken CUDA install raising at i
 __all__ = [
     "Device", "get_device", "cuda_available", "cuda_unavailable_reason", "check_cuda_available",
     "get_array_module",
-    "is_device_array", "device_of", "to_host", "to_device", "scatter_add", "host_rng", "synchronize",
+    "is_device_array", "device_of", "to_host", "to_device", "scatter_add", "exp_", "host_rng",
+    "synchronize",
 ]
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda)(?::(\d+))?$")
@@ -150,6 +153,26 @@ def scatter_add(target, indices, values) -> None:
         cupyx.scatter_add(target, indices, values)
     else:
         numpy.add.at(target, indices, values)
+
+
+_HOST_POOL = None
+_PARALLEL_MIN_ELEMENTS = 1 << 18  # below this, thread hand-off costs more than it saves
+
+
+def exp_(array):
+    """``array = exp(array)`` in place. On the host the rows are shared among the cores
+    (NumPy's ufuncs release the GIL, and the exponential of a block of logits is the one
+    large elementwise pass left in a language-model step); on the GPU it is one kernel."""
+    global _HOST_POOL
+    cores = os.cpu_count() or 1
+    if is_device_array(array) or cores == 1 or array.size < _PARALLEL_MIN_ELEMENTS:
+        return get_array_module(array).exp(array, out=array)
+    if _HOST_POOL is None:
+        _HOST_POOL = concurrent.futures.ThreadPoolExecutor(cores, "gpurnn-exp")
+    bounds = numpy.linspace(0, array.shape[0], min(cores, array.shape[0]) + 1).astype(int)
+    parts = [array[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    list(_HOST_POOL.map(lambda part: numpy.exp(part, out=part), parts))
+    return array
 
 
 def host_rng(seed) -> numpy.random.Generator:
