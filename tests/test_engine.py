@@ -236,3 +236,31 @@ def test_custom_cell_protocol_equals_the_batched_cell(truncate, device, rng):
     assert rel_error(results[0][0], results[1][0]) <= TIGHT
     for name in ("U", "W"):
         assert rel_error(results[0][1][name], results[1][1][name]) <= TIGHT
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_returned_arrays_survive_the_next_call(batch, device, rng):
+    """The engine reuses its scratch buffers; nothing it returns may alias them."""
+    model, x, y, _, _ = make_case(rng, device, batch=batch, steps=5)
+    outputs, hidden = model.forward(x)
+    first = model.loss_and_grads(x, y)
+    kept = (host(outputs).copy(), host(hidden).copy(), host(first.last_hidden).copy(),
+            {k: host(v).copy() for k, v in first.grads.items()})
+    x2, y2 = (x + 1) % model.input_size, (y + 1) % model.output_size
+    model.forward(x2)
+    model.loss_and_grads(x2, y2, truncate=1)
+    assert np.array_equal(host(outputs), kept[0]) and np.array_equal(host(hidden), kept[1])
+    assert np.array_equal(host(first.last_hidden), kept[2])
+    for name, value in kept[3].items():
+        assert np.array_equal(host(first.grads[name]), value)
+
+
+def test_shorter_and_longer_calls_reuse_buffers_correctly(device, rng):
+    """Sequence lengths that shrink and grow between calls give the same results as fresh."""
+    model, x, y, _, _ = make_case(rng, device, batch=2, steps=9)
+    fresh = [model.copy().loss_and_grads(x[:, :n], y[:, :n], truncate=2) for n in (9, 3, 9)]
+    for n, expected in zip((9, 3, 9), fresh):
+        result = model.loss_and_grads(x[:, :n], y[:, :n], truncate=2)
+        assert result.loss == pytest.approx(expected.loss, rel=1e-12)
+        for name in expected.grads:
+            assert rel_error(result.grads[name], host(expected.grads[name])) <= TIGHT
