@@ -9,14 +9,17 @@ and records them under benchmarks/results/engine_vs_reference.json.
     python benchmarks/engine_vs_reference.py [--device cpu] [--repeats 7]
 """
 import argparse
+import json
+import pathlib
 import sys
 
 import numpy as np
 
-from common import machine_info, time_call, write_json
-
 import gpurnn
 from gpurnn import reference
+from gpurnn.bench import machine_info, timed
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None):
@@ -38,8 +41,8 @@ def main(argv=None):
     y = rng.integers(0, args.vocab, (args.batch, args.seq_len))
     model = gpurnn.ElmanRNN(args.vocab, args.hidden, args.vocab, bias=False, dtype="float32",
                             device=args.device)
-    engine_s = time_call(lambda: model.loss_and_grads(x, y, truncate=args.truncate),
-                         repeats=args.repeats, device=model.device)
+    engine_s = timed(lambda: model.loss_and_grads(x, y, truncate=args.truncate),
+                     args.repeats, 1, str(model.device))
     engine_tps = args.batch * args.seq_len / engine_s
 
     U, V, W = (gpurnn.backend.to_host(model.params[k]).astype(np.float64) for k in "UVW")
@@ -48,7 +51,7 @@ def main(argv=None):
     def reference_loop():
         for b in range(n):
             reference.tutorial_bptt(U, V, W, x[b], y[b], args.truncate)
-    reference_s = time_call(reference_loop, repeats=max(3, args.repeats // 2))
+    reference_s = timed(reference_loop, max(3, args.repeats // 2), 1, "cpu")
     reference_tps = n * args.seq_len / reference_s
     ratio = engine_tps / reference_tps
 
@@ -62,10 +65,11 @@ def main(argv=None):
           f"{engine_s * 1e3:,.1f} |")
     print(f"speed-up: {ratio:.1f}x (floor 50x)")
     if not args.no_save:
-        path = write_json("engine_vs_reference", {
+        path = RESULTS / "engine_vs_reference.json"
+        path.write_text(json.dumps({
             "benchmark": "engine_vs_reference", "config": vars(args), **machine_info(),
             "device": str(model.device), "engine_tokens_per_s": engine_tps,
-            "reference_tokens_per_s": reference_tps, "ratio": ratio})
+            "reference_tokens_per_s": reference_tps, "ratio": ratio}, indent=2) + "\n")
         print(f"recorded in {path}")
     return 0
 

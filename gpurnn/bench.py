@@ -31,7 +31,7 @@ from . import backend, losses, reference
 from .model import ElmanRNN
 from .optim import SGD
 
-__all__ = ["Config", "CONFIGS", "run", "main"]
+__all__ = ["Config", "CONFIGS", "run", "timed", "machine_info", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +144,8 @@ def reference_step(config: Config, steps: int):
     return step, len(rows) * steps
 
 
-def _timed(step, repeats, warmup, device):
+def timed(step, repeats, warmup, device):
+    """Median wall time of ``step()`` in seconds after ``warmup`` calls, device synchronised."""
     for _ in range(warmup):
         step()
     _sync(device)
@@ -201,7 +202,7 @@ def gemm_seconds(shapes, repeats=3) -> float:
         def product():
             for _ in range(reps):
                 numpy.matmul(a, b, out=out)
-        total += _timed(product, repeats, 1, "cpu") * count / reps
+        total += timed(product, repeats, 1, "cpu") * count / reps
     return total
 
 
@@ -250,10 +251,10 @@ def measure_speed(system: str, config: Config, lengths, repeats: int, warmup: in
                 continue
             step, tokens = reference_step(config, steps)
             row.update(tokens=tokens, per_sequence=True)
-            seconds = _timed(step, 1, 0, device)
+            seconds = timed(step, 1, 0, device)
         else:
             make = torch_step if base == "torch" else gpurnn_step
-            seconds = _timed(make(config, steps, device), repeats, warmup, device)
+            seconds = timed(make(config, steps, device), repeats, warmup, device)
         row.update(seconds=seconds, tokens_per_s=row["tokens"] / seconds)
         if system == "gpurnn":
             row["gemm_seconds"] = gemm_seconds(gemm_shapes(config, steps))
