@@ -99,9 +99,9 @@ def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
 
 
 def _row_blocks(rows, outputs):
+    """The rows of one block of logits, and the slices that cover ``rows`` rows."""
     block = max(1, min(rows, LOGIT_BLOCK_ELEMENTS // outputs))
-    for start in range(0, rows, block):
-        yield slice(start, min(start + block, rows))
+    return block, [slice(start, min(start + block, rows)) for start in range(0, rows, block)]
 
 
 def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
@@ -120,7 +120,7 @@ def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
     rows, hidden = h_all.shape
     outputs = V.shape[0]
     dtype = h_all.dtype
-    block = min(rows, max(1, LOGIT_BLOCK_ELEMENTS // outputs))
+    block, blocks = _row_blocks(rows, outputs)
     # [V, 1]: E [V, 1] = [E V, s].  With a bias, [h, 1] [V, c]ᵀ = V h + c in the logits GEMM.
     V1 = workspace.empty("V1", (outputs, hidden + 1), dtype, xp)
     V1[:, :hidden] = V
@@ -138,7 +138,7 @@ def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
     dVc = xp.zeros((outputs, hidden + 1), dtype=dtype)               # [dV, dc] of E's part
     shift = _logits_need_shift(h_all, V, c)
     loss = xp.zeros((), dtype=dtype)
-    for rows_ in _row_blocks(rows, outputs):
+    for rows_ in blocks:
         h, t = h_all[rows_], t_all[rows_]
         n = h.shape[0]
         index = xp.arange(n)
@@ -177,7 +177,7 @@ def _squared_error(output, V, c, h_all, t_all, w_all, scale, d_all, workspace):
     xp = get_array_module(h_all)
     outputs = V.shape[0]
     dtype = h_all.dtype
-    block = min(h_all.shape[0], max(1, LOGIT_BLOCK_ELEMENTS // outputs))
+    block, blocks = _row_blocks(h_all.shape[0], outputs)
     z_buffer = workspace.empty("logits", (block, outputs), dtype, xp)
     diff_buffer = workspace.empty("diff", (block, outputs), dtype, xp)
     gprime_buffer = workspace.empty("gprime", (block, outputs), dtype, xp)
@@ -185,7 +185,7 @@ def _squared_error(output, V, c, h_all, t_all, w_all, scale, d_all, workspace):
     dV = xp.zeros_like(V)
     dc = xp.zeros(outputs, dtype=dtype)
     loss = xp.zeros((), dtype=dtype)
-    for rows in _row_blocks(h_all.shape[0], outputs):
+    for rows in blocks:
         h = h_all[rows]
         n = h.shape[0]
         y = _logits(h, V, c, out=z_buffer[:n])
