@@ -84,11 +84,191 @@ def run_gradcheck(args):
     return 0 if result.ok else 1
 
 
-SUBCOMMANDS = [add_gradcheck]
+# ------------------------------------------------------------------------------------ train
+
+_METAVARS = {"corpus": "PATH", "checkpoint": "PATH", "metrics": "PATH", "lr": "X", "clip": "X",
+             "valid_fraction": "X", "truncate": "K"}
+
+
+def add_train(subparsers):
+    import dataclasses
+    import typing
+
+    from .config import TrainConfig
+    p = subparsers.add_parser(
+        "train", help="train a language model (default: on Python's own documentation)",
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train an Elman RNN language model with batched BPTT and save it to "
+                    "--checkpoint.\nThe loss shown is the mean cross-entropy per predicted "
+                    "token (nats); perplexity = exp(loss).",
+        epilog="Settings can also come from --config FILE (TOML or JSON, keys named like the "
+               "flags,\nwith dashes or underscores); flags given here override the file.\n"
+               "--resume starts from the settings saved in the checkpoint; --steps/--epochs "
+               "count the\nwhole run, so --resume --steps 30 after 15 saved steps trains 15 more.\n"
+               "Ctrl-C saves a checkpoint after the current step and exits.\n\n"
+               "examples:\n  gpurnn train\n"
+               "  gpurnn train --corpus book.txt --level char --hidden 128 --epochs 5\n"
+               "  gpurnn train --resume --steps 3000\n")
+    hints = typing.get_type_hints(TrainConfig)
+    exclusive = p.add_mutually_exclusive_group()
+    for field in dataclasses.fields(TrainConfig):
+        flag, meta = "--" + field.name.replace("_", "-"), field.metadata
+        kind = next(t for t in typing.get_args(hints[field.name]) or (hints[field.name],)
+                    if t is not type(None))
+        text = meta["help"]
+        if field.default is not None and kind is not bool:
+            text += f" (default: {field.default})"
+        if kind is bool:
+            p.add_argument(flag, action="store_true", help=text)
+            continue
+        target = exclusive if field.name in ("steps", "epochs") else p
+        metavar = None if meta["choices"] else _METAVARS.get(field.name, "N")
+        target.add_argument(flag, type=kind, choices=meta["choices"], metavar=metavar,
+                            help=text)
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file of settings")
+    p.set_defaults(handler=run_train)
+
+
+def train_config_from_args(args, base=None):
+    """The TrainConfig a ``gpurnn train`` command line asks for: ``base`` (default:
+    TrainConfig(), or with --resume the checkpoint's settings), then --config FILE, then flags."""
+    import dataclasses
+    from pathlib import Path
+
+    from .config import TrainConfig, merge_config, read_config_file
+    from .train import read_train_config
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
+    config_file = getattr(args, "config", None)
+    from_file = read_config_file(config_file) if config_file else {}
+    config = merge_config(base or TrainConfig(), from_file, source=str(config_file))
+    config = merge_config(config, flags, source=None)
+    if config.resume:
+        if not Path(config.checkpoint).is_file():
+            raise UsageError(f"--resume: no checkpoint at {config.checkpoint} (give its path "
+                             f"with --checkpoint)")
+        saved = dataclasses.replace(read_train_config(config.checkpoint), quiet=False)
+        config = merge_config(saved, from_file, source=str(config_file))
+        config = merge_config(config, {**flags, "resume": True}, source=None)
+    return config
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from tqdm import tqdm
+    tqdm.write(f"gpurnn: warning: {message}", file=sys.stderr)
+
+
+def run_train(args, base=None):
+    import warnings
+
+    from .train import Trainer, TrainingError
+    config = train_config_from_args(args, base)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            Trainer(config).run()
+        except TrainingError as error:
+            print(f"gpurnn train: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("gpurnn train: interrupted, no checkpoint written", file=sys.stderr)
+            return 130
+    return 0
+
+
+# --------------------------------------------------------------------------------- generate
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _count(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def add_generate(subparsers):
+    p = subparsers.add_parser(
+        "generate", help="sample sentences from a trained language model",
+        description="Sample sentences from a checkpoint written by gpurnn train, one per "
+                    "line: each starts at SENTENCE_START (then the prompt) and stops at "
+                    "SENTENCE_END or --max-length tokens.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz written by gpurnn train")
+    p.add_argument("--num", type=positive_int, default=5, help="sentences (default 5)")
+    p.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="divides the log-probabilities: below 1 safer, above 1 wilder "
+                        "(default 1.0)")
+    p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
+                   help="draw only among the K most likely tokens (default: all)")
+    p.add_argument("--prompt", metavar="TEXT", default=None,
+                   help="text every sentence starts with")
+    p.add_argument("--min-length", type=_count, default=0, metavar="N",
+                   help="tokens before SENTENCE_END may be drawn (default 0)")
+    p.add_argument("--max-length", type=positive_int, default=None, metavar="N",
+                   help="stop after N tokens (default 60 words or 300 characters)")
+    p.add_argument("--resample-unknown", action="store_true",
+                   help="never produce UNKNOWN_TOKEN: draw again instead, as the tutorial does")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed, for repeatable samples (default: fresh randomness)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.set_defaults(handler=run_generate)
+
+
+def run_generate(args):
+    from .generate import load_language_model, sample
+    lm = load_language_model(args.checkpoint, device=args.device)
+    if args.min_length and args.max_length and args.min_length > args.max_length:
+        raise UsageError(f"--min-length {args.min_length} is above --max-length "
+                         f"{args.max_length}")
+    for sentence in sample(lm.model, lm.vocab, num=args.num, level=lm.level,
+                           prompt=args.prompt, temperature=args.temperature, top_k=args.top_k,
+                           min_length=args.min_length, max_length=args.max_length,
+                           resample_unknown=args.resample_unknown, seed=args.seed):
+        print(sentence)
+    return 0
+
+
+# ------------------------------------------------------------------------------------- plot
+
+def add_plot(subparsers):
+    p = subparsers.add_parser(
+        "plot", help="draw loss and perplexity curves from a metrics file to PNG",
+        description="Draw the training and validation loss and the validation perplexity "
+                    "recorded by gpurnn train (--metrics) to a PNG. Needs matplotlib: "
+                    "pip install 'gpurnn[plot]'.")
+    p.add_argument("metrics", metavar="METRICS", help="a .jsonl file written by gpurnn train")
+    p.add_argument("--output", "-o", metavar="PNG", default=None,
+                   help="image to write (default: METRICS with .png)")
+    p.set_defaults(handler=run_plot)
+
+
+def run_plot(args):
+    from .plot import plot_metrics
+    try:
+        output = plot_metrics(args.metrics, args.output)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {output}")
+    return 0
+
+
+SUBCOMMANDS = [add_train, add_generate, add_gradcheck, add_plot]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line: ``gpurnn train: error: ... (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gpurnn",
         description="Train, run and check recurrent networks with batched BPTT on NumPy or CuPy.")
     from . import __version__

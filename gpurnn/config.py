@@ -1,0 +1,245 @@
+"""Training hyperparameters: one dataclass, its checks, and the ``--config`` file reader.
+
+Every field is also a ``gpurnn train`` flag (``vocab_size`` is ``--vocab-size``), and a
+``--config`` file (TOML or JSON) uses the same names, with dashes or underscores. Layers are
+applied in order, each over the one before: the defaults below (or, with ``--resume``, the
+configuration saved in the checkpoint), then the file, then the command-line flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "MODES", "OPTIMIZERS", "REDUCTIONS",
+           "SCHEDULES", "DEVICES", "RESUMABLE_FIELDS", "read_config_file", "merge_config"]
+
+LEVELS = ("word", "char")
+MODES = ("stream", "sentence")
+OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "rprop")
+REDUCTIONS = ("mean", "sum")
+SCHEDULES = ("auto", "halve", "none")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DEFAULT_STEPS = 1800  # neither steps nor epochs given: the built-in corpus, ~19 epochs
+
+
+def _f(default, help: str, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``gpurnn train`` needs. Each field's text is its flag's ``--help``."""
+
+    # --- data -----------------------------------------------------------------------------
+    corpus: Optional[str] = _f(None, "UTF-8 text file, folder of .txt files, or .csv with a "
+                               "'body' column; default: the built-in corpus (Python's own "
+                               "documentation, pydoc_data)")
+    level: str = _f("word", "tokens are words (with punctuation) or characters", LEVELS)
+    vocab_size: int = _f(2000, "vocabulary size, the 4 special tokens included; rarer tokens "
+                         "become UNKNOWN_TOKEN")
+    mode: str = _f("stream", "stream: the corpus as one text cut into chunks, hidden state "
+                   "carried from chunk to chunk; sentence: padded batches of whole sentences",
+                   MODES)
+    valid_fraction: float = _f(0.1, "fraction of sentences held out for validation")
+    # --- model and BPTT -------------------------------------------------------------------
+    hidden: int = _f(64, "hidden state size")
+    batch_size: int = _f(32, "sequences per batch (parallel streams in stream mode)")
+    seq_len: int = _f(32, "stream mode: time steps per chunk; sentence mode: longer sentences "
+                      "are cut to this many steps")
+    truncate: Optional[int] = _f(None, "the tutorial's bptt_truncate: each output's error goes "
+                                 "back at most K steps; default: through the whole chunk or "
+                                 "sentence")
+    # --- how long -------------------------------------------------------------------------
+    steps: Optional[int] = _f(None, f"optimizer steps of the whole run, resumed parts included "
+                              f"(default {DEFAULT_STEPS} unless --epochs is given)")
+    epochs: Optional[int] = _f(None, "passes over the training data of the whole run, "
+                               "instead of --steps")
+    # --- optimization ---------------------------------------------------------------------
+    optimizer: str = _f("adam", "update rule", OPTIMIZERS)
+    lr: Optional[float] = _f(None, "learning rate (default: adam 0.003, rmsprop 0.004, "
+                             "adagrad 0.05, momentum 0.2, sgd 1.0, rprop 0.001 (its first "
+                             "step size); with --reduction sum, sgd's and momentum's are "
+                             "divided by the tokens per batch)")
+    reduction: str = _f("mean", "loss of a batch: mean cross-entropy per token, or the "
+                        "tutorial's sum over tokens (scales the gradient with the batch)",
+                        REDUCTIONS)
+    schedule: str = _f("auto", "halve: the tutorial's schedule, halve the learning rate when "
+                       "the validation loss rises; auto: halve for sgd only", SCHEDULES)
+    clip: float = _f(5.0, "scale gradients down to this global L2 norm; 0 turns clipping off")
+    max_bad_steps: int = _f(5, "stop after this many consecutive steps with a non-finite "
+                            "loss or gradient (each is skipped)")
+    # --- evaluation, logging, checkpoints -------------------------------------------------
+    eval_every: int = _f(100, "steps between validation evaluations")
+    log_every: int = _f(10, "steps between metrics records and progress-bar updates")
+    checkpoint: str = _f("gpurnn-lm.npz", "where checkpoints are written and what --resume "
+                         "reads")
+    checkpoint_every: int = _f(500, "steps between checkpoints; 0: only at the end and on "
+                               "Ctrl-C")
+    resume: bool = _f(False, "continue the run saved in --checkpoint exactly where it stopped")
+    metrics: Optional[str] = _f(None, "JSON-lines metrics file (default: the checkpoint path "
+                                "with .jsonl)")
+    samples: int = _f(3, "sentences sampled from the model at the end")
+    seed: int = _f(0, "seed for initial weights, the validation split and the batch order")
+    device: str = _f("auto", "auto (the GPU when CuPy finds one, else the CPU), cpu, cuda "
+                     "or cuda:N")
+    quiet: bool = _f(False, "no progress bar and no per-evaluation lines")
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------------------ checks
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError/TypeError naming the flag when a value is out of range."""
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{_flag(f.name)} must be one of {', '.join(choices)}, "
+                                 f"got {getattr(self, f.name)!r}")
+        from .data import SPECIAL_TOKENS
+        if self.vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 1}: "
+                             f"{len(SPECIAL_TOKENS)} ids are the special tokens "
+                             f"{', '.join(SPECIAL_TOKENS)}, got {self.vocab_size}")
+        for name in ("hidden", "batch_size", "seq_len", "max_bad_steps", "eval_every",
+                     "log_every", "steps", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{_flag(name)} must be a positive integer, got {value}")
+        for name in ("truncate", "checkpoint_every", "samples", "seed"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{_flag(name)} must be an integer >= 0, got {value}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if not (self.clip >= 0 and math.isfinite(self.clip)):
+            raise ValueError(f"--clip must be a number >= 0 (0: off), got {self.clip}")
+        if not 0 <= self.valid_fraction < 1:
+            raise ValueError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give --steps or --epochs, not both")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not self.checkpoint:
+            raise ValueError("--checkpoint must be a file path")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """A config from a dict of field values (dashes or underscores), unknown keys refused."""
+        return merge_config(cls(), values, source="config")
+
+
+# Fields that may differ between a checkpoint and the run that resumes it: how long, how
+# often to log or save, where, on which device; the corpus path too, as the trainer compares
+# a hash of the data itself. Everything else must match, or it would not be the same run.
+RESUMABLE_FIELDS = frozenset({"corpus", "steps", "epochs", "lr", "clip", "max_bad_steps",
+                              "eval_every", "log_every", "checkpoint", "checkpoint_every", "resume",
+                              "metrics", "samples", "device", "quiet"})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+_TYPES: dict = {}
+
+
+def _field_types() -> dict:
+    if not _TYPES:
+        _TYPES.update(typing.get_type_hints(TrainConfig))
+    return _TYPES
+
+
+def _check_type(name: str, value, annotation) -> None:
+    optional = typing.get_origin(annotation) is typing.Union
+    kind = next(a for a in typing.get_args(annotation) if a is not type(None)) \
+        if optional else annotation
+    if value is None and optional:
+        return
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}[kind](value)
+    if not ok:
+        expected = {bool: "true or false", int: "an integer", float: "a number",
+                    str: "a string"}[kind]
+        raise TypeError(f"{_flag(name)} must be {expected}{' or null' if optional else ''}, "
+                        f"got {value!r}")
+
+
+def merge_config(base: TrainConfig, values: dict, *,
+                 source: Optional[str] = "config") -> TrainConfig:
+    """``base`` with ``values`` (field names, dashes or underscores) applied over it.
+
+    Setting one of steps/epochs clears the other inherited from ``base``, so a layer that
+    says ``epochs`` replaces an earlier ``steps``. Unknown keys raise ValueError listing
+    the valid ones; values are type-checked (an int is accepted for a float field). Error
+    messages start with ``source`` (a file name, say) unless it is None.
+    """
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    updates = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            where = f"{source}: " if source else ""
+            raise ValueError(f"{where}unknown key {key!r}; valid keys are: "
+                             f"{', '.join(n.replace('_', '-') for n in names)}")
+        if _field_types()[name] in (float, Optional[float]) and isinstance(value, int) \
+                and not isinstance(value, bool):
+            value = float(value)
+        updates[name] = value
+    if "steps" in updates and "epochs" not in updates:
+        updates["epochs"] = None
+    if "epochs" in updates and "steps" not in updates:
+        updates["steps"] = None
+    try:
+        return dataclasses.replace(base, **updates)
+    except (TypeError, ValueError) as error:
+        if source is None:
+            raise
+        raise type(error)(f"{source}: {error}") from None
+
+
+def read_config_file(path) -> dict:
+    """The keys of a TOML (``.toml``) or JSON (any other name) file, as a flat dict.
+
+    Raises:
+        FileNotFoundError / ValueError with the file's name: missing, unreadable or invalid
+        file, or a top level that is not a table / object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_bytes()
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ValueError(f"{path}: reading TOML needs Python 3.11+ (or the tomli "
+                                 f"package); use a JSON config instead") from None
+        try:
+            values = tomllib.loads(text.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise ValueError(f"{path}: not valid TOML ({error})") from None
+    else:
+        try:
+            values = json.loads(text.decode("utf-8"))
+        except ValueError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a table of flag names and values at the top level")
+    return values

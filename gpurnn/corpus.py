@@ -1,0 +1,93 @@
+"""A language-modelling corpus ready for the trainer: vocabulary, batches, validation set.
+
+:func:`load_data` turns a :class:`~gpurnn.config.TrainConfig` into the training batcher
+(resumable, see :mod:`gpurnn.data`) and the validation batches; :func:`cross_entropy`
+measures a model on those batches.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+
+import numpy
+
+from . import data as D
+from .backend import to_device
+
+__all__ = ["Corpus", "load_data", "cross_entropy", "EVAL_BATCH"]
+
+EVAL_BATCH = 32  # validation batches hold at least this many sequences
+
+
+@dataclass
+class Corpus:
+    vocab: D.Vocabulary
+    train: object        # a StreamBatcher or SentenceBatcher (resumable)
+    valid: list          # [(inputs, targets, weights)] host arrays, each (batch, time)
+    carry_state: bool    # stream mode: validation carries the hidden state batch to batch
+    fingerprint: str     # hash of the encoded data: a resumed run must see the same
+    train_tokens: int
+
+
+def load_data(config, vocab: D.Vocabulary | None = None) -> Corpus:
+    """Read, split, encode and batch the corpus that ``config`` names.
+
+    The vocabulary is built from the training sentences only, unless ``vocab`` is given
+    (a resumed run reuses the checkpoint's). In stream mode the validation weights leave out
+    the END -> START step, which is certain, so perplexity is per token of the sentences in
+    both modes.
+    """
+    if config.corpus is None:
+        sentences = D.load_builtin_corpus(level=config.level)
+    else:
+        sentences = D.load_corpus(config.corpus, level=config.level)
+    with warnings.catch_warnings():  # a corpus too small for validation: the trainer says so
+        warnings.simplefilter("ignore")
+        train_s, valid_s = D.train_valid_split(sentences, config.valid_fraction,
+                                               seed=config.seed)
+    vocab = vocab or D.Vocabulary.build(train_s, config.vocab_size)
+    train_ids, valid_ids = D.encode_sentences(train_s, vocab), D.encode_sentences(valid_s, vocab)
+    digest = hashlib.sha256()
+    for ids in train_ids + [numpy.array([-1])] + valid_ids:
+        digest.update(ids.tobytes())
+    B, L = config.batch_size, config.seq_len
+    E = max(B, EVAL_BATCH)  # evaluation has no gradients to hold: bigger batches are cheaper
+    valid = []
+    try:
+        if config.mode == "stream":
+            train = D.StreamBatcher(numpy.concatenate(train_ids), B, L)
+            if valid_ids:
+                stream = numpy.concatenate(valid_ids)
+                rows = max(1, min(E, (len(stream) - 1) // L))
+                valid = [(b.inputs, b.targets,
+                          (b.targets != D.SENTENCE_START_ID).astype(numpy.float32))
+                         for b in D.StreamBatcher(stream, rows, L)]
+        else:
+            train = D.SentenceBatcher(train_ids, B, max_len=L, seed=config.seed)
+            if valid_ids:
+                valid = [(b.inputs, b.targets, b.mask)
+                         for b in D.SentenceBatcher(valid_ids, E, max_len=L, shuffle=False)]
+    except ValueError as error:
+        raise ValueError(f"training data: {error}") from None
+    return Corpus(vocab, train, valid, config.mode == "stream", digest.hexdigest()[:16],
+                  sum(map(len, train_ids)))
+
+
+def cross_entropy(model, batches, *, carry_state: bool) -> float | None:
+    """Mean cross-entropy per weighted token (nats) of ``model`` on ``batches`` of
+    ``(inputs, targets, weights)``; None when there are none. With ``carry_state`` each
+    batch starts from the previous batch's last hidden state (consecutive stream chunks)."""
+    xp = model.device.xp
+    total, count, hidden = 0.0, 0.0, None
+    for inputs, targets, weights in batches:
+        probs, states = model.forward(to_device(inputs, model.device), hidden)  # (B, T, V)
+        y = to_device(targets, model.device)
+        p = xp.take_along_axis(probs, y[..., None], axis=2)[..., 0]
+        nll = -xp.log(xp.maximum(p, numpy.finfo(p.dtype).tiny))
+        w = to_device(weights, model.device, p.dtype)
+        total += float((nll * w).sum())  # a device sync per batch: fine for evaluation
+        count += float(w.sum())
+        if carry_state:
+            hidden = states[:, -1]
+    return total / count if count else None
