@@ -11,3 +11,9 @@ __version__ = "0.1.0"
 __all__ = ["ElmanRNN", "LinearRNN", "LossAndGrads", "RecurrentModel", "Cell", "ElmanCell", "gradcheck",
            "GradcheckResult", "bptt", "reference", "get_device", "cuda_available",
            "__version__"]
+
+from .gated import GRU, LSTM, GRUCell, LSTMCell
+from .stack import StackedCell, StackedElmanRNN, make_model, model_spec
+
+__all__ += ["GRU", "LSTM", "GRUCell", "LSTMCell", "StackedCell", "StackedElmanRNN",
+            "make_model", "model_spec"]

@@ -93,6 +93,13 @@ class Cell:
                 grads[name] += value
         return grads
 
+    def input_grads(self, params, xin, deltas, t=None):
+        """dL/dx from the engine's ``deltas``: for all steps (time, batch, ...), or for step
+        ``t`` only (..., batch, ...), after ``backward_stepper`` ran on ``xin``. What a layer
+        stacked below this cell (or an embedding under it) receives; needed only for stacks."""
+        raise NotImplementedError(f"{type(self).__name__} does not define input_grads, "
+                                  f"so it cannot be stacked or put on an embedding")
+
 
 def _at(xin, t):
     return None if xin is None else xin[t]
@@ -174,3 +181,14 @@ class ElmanCell(Cell):
         if self.bias:
             grads["b"] = rows.sum(axis=0)
         return grads
+
+    def input_grads(self, params, xin, deltas, t=None):
+        """dL/dx_t = e_h(t) U for deltas e_h (..., batch, hidden), any step(s)."""
+        U = params["U"]
+        return (deltas.reshape(-1, U.shape[0]) @ U).reshape(deltas.shape[:-1] + (U.shape[1],))
+
+    def state_size(self, hidden: int) -> int:
+        return hidden
+
+    def delta_size(self, hidden: int) -> int:
+        return hidden

@@ -1,0 +1,510 @@
+"""Gated cells on the batched BPTT engine: GRU and LSTM, with PyTorch's equations and layout.
+
+Both follow ``torch.nn.GRU`` / ``torch.nn.LSTM`` exactly (gate order, the GRU's hidden
+bias inside the reset product), so weights move between the two libraries unchanged
+(:mod:`gpurnn.torch_interop`). With H hidden units and G gates (GRU 3, LSTM 4):
+
+    weight_ih (G·H, input)   weight_hh (G·H, H)   bias_ih (G·H,)   bias_hh (G·H,)
+
+GRU (gates r, z, n)::
+
+    r = σ(W_ir x + b_ir + W_hr h + b_hr)
+    z = σ(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
+    h' = (1 − z) ⊙ n + z ⊙ h
+
+LSTM (gates i, f, g, o); the cell's state is [h, c], shape (batch, 2H)::
+
+    i, f, o = σ(W_i· x + b_i· + W_h· h + b_h·)      g = tanh(W_ig x + b_ig + W_hg h + b_hg)
+    c' = f ⊙ c + i ⊙ g       h' = o ⊙ tanh(c')
+
+How the work is split (as for the Elman cell): the input projections of all gates for all
+steps are one GEMM over batch·time rows (a row gather for token ids); each step adds
+h_{t-1} @ weight_hhᵀ for all gates with one GEMM and applies the gate activations in
+place, so the projection buffer becomes the gate cache. The backward sweep first turns the
+cache into factors K, for all steps at once, such that the gradient on every gate's
+pre-activation is (dL/dS_t) ⊙ K_t; then each step is a few elementwise products and one
+GEMM with weight_hh. The per-step ``delta`` the engine collects is dL/dS_t itself (state
+shaped), and ``param_grads`` multiplies the collected deltas by K for all steps at once
+before the weight gradients, single GEMMs over batch·time rows. (The gate gradients are
+linear in dL/dS_t, so summing the window origins first, as windowed truncation does, is
+exact.)
+"""
+from __future__ import annotations
+
+import numpy
+
+from .backend import get_array_module, scatter_add
+from .cells import Cell
+from .stack import LayeredRNN
+
+__all__ = ["GRUCell", "LSTMCell", "GRU", "LSTM"]
+
+
+def _step_buffers(xp):
+    """Per-sweep scratch for the backward steps: one array per (name, shape), made on first
+    use, so a step costs a dict lookup rather than an allocation."""
+    cache = {}
+
+    def get(name, shape, dtype):
+        key = (name, shape)
+        array = cache.get(key)
+        if array is None:
+            array = cache[key] = xp.empty(shape, dtype=dtype)
+        return array
+    return get
+
+
+class GateCache:
+    """A gated cell's ``xin``: the gate buffer and what the backward sweep derives from it.
+
+    ``gates`` (time, batch, G·H) holds the input projections after ``project_inputs`` (with
+    the sigmoid gates' rows halved, see :meth:`_GatedCell.gate_scale`) and the gate values
+    after ``forward``; ``extra`` (GRU: W_hn h_{t-1} + b_hn, (time, batch,
+    H)); ``K`` (time, batch, G, H) and ``K2`` the backward factors, set by
+    ``backward_stepper`` and read by ``param_grads`` and ``input_grads``.
+    """
+
+    __slots__ = ("gates", "extra", "K", "K2")
+
+    def __init__(self, gates, extra=None):
+        self.gates, self.extra, self.K, self.K2 = gates, extra, None, None
+
+    def __getitem__(self, t):
+        return self.gates[t]
+
+
+class _GatedCell(Cell):
+    """What GRU and LSTM share: the fused input projection and the weight gradients.
+
+    Big arrays live in the cell's :attr:`workspace` (reused across calls); their names
+    start with ``gate_`` so they never meet the engine's or the output layer's.
+    """
+
+    gates: int  # G: gate blocks in weight_ih / weight_hh
+
+    def __init__(self, bias: bool = True):
+        self.bias = bool(bias)
+
+    def state_size(self, hidden: int) -> int:
+        return hidden
+
+    def delta_size(self, hidden: int) -> int:
+        """Width of the per-step delta: dL/dS_t, so the state's."""
+        return self.state_size(hidden)
+
+    def _buffer(self, name, shape, like):
+        return self.workspace.empty("gate_" + name, shape, like.dtype, get_array_module(like))
+
+    def gate_scale(self, hidden, like):
+        """(G·H,): ½ on the rows of sigmoid gates, 1 on tanh ones. The forward works on the
+        pre-activations scaled by it, so that one tanh serves every gate:
+        σ(a) = ½ tanh(a/2) + ½ (two cheap operations on the sigmoid blocks afterwards)."""
+        xp = get_array_module(like)
+        scale = xp.full(self.gates * hidden, 0.5, dtype=like.dtype)
+        scale[self._tanh_block * hidden:(self._tanh_block + 1) * hidden] = 1.0
+        return scale
+
+    def _project(self, W, inputs, bias, scale):
+        """Input side of every gate for all steps, (time, batch, G·H) = scale ⊙ (W x_t + bias)."""
+        xp = get_array_module(inputs)
+        steps, batch = inputs.shape[:2]
+        gates = self._buffer("gates", (steps, batch, W.shape[0]), W)
+        if inputs.dtype.kind in "iu":
+            xp.take(W.T, inputs, axis=0, out=gates)                  # columns of W_ih
+            gates *= scale                                           # (a vocabulary can be large)
+        else:
+            xp.matmul(inputs.reshape(steps * batch, -1), (W * scale[:, None]).T,
+                      out=gates.reshape(steps * batch, -1))          # one GEMM for all steps
+        if bias is not None:
+            gates += bias * scale
+        return gates
+
+    def _weight_grads(self, params, inputs, rows, rows_h, hprev, h0, batch):
+        """dW_ih = Σ_t δ_tᵀ x_t and dW_hh = Σ_t δʰ_tᵀ h_{t-1} from the gate gradients
+        ``rows`` / ``rows_h`` (time·batch, G·H) of the input / hidden side; ``hprev`` holds
+        h_0 … h_{T-2} (time − 1, batch, H), h_{-1} = h0 is taken separately (no concatenation)."""
+        xp = get_array_module(rows)
+        W = params["weight_ih"]
+        if inputs.dtype.kind in "iu":
+            dWT = xp.zeros(W.shape[::-1], dtype=W.dtype)             # (I, G·H)
+            scatter_add(dWT, inputs.reshape(-1), rows)               # dW[:, x_t] += δ_t
+            dW_ih = xp.ascontiguousarray(dWT.T)
+        else:
+            dW_ih = rows.T @ inputs.reshape(rows.shape[0], -1)
+        hidden = h0.shape[-1]
+        dW_hh = rows_h[batch:].T @ hprev.reshape(-1, hidden) + rows_h[:batch].T @ h0
+        grads = {"weight_ih": dW_ih, "weight_hh": dW_hh}
+        if self.bias:
+            grads["bias_ih"] = rows.sum(axis=0)
+            grads["bias_hh"] = rows_h.sum(axis=0) if rows_h is not rows else grads["bias_ih"].copy()
+        return grads
+
+    def input_grads(self, params, xin, deltas, t=None):
+        """dL/dx = δ W_ih: what a layer below (or an embedding) receives.
+
+        ``deltas`` are the engine's deltas (dL/dS) for all steps (time, batch, S), or for
+        step ``t`` only (..., batch, S); needs ``backward_stepper`` to have run on ``xin``.
+        """
+        W = params["weight_ih"]
+        d = self._gate_grads(xin, deltas, t)                         # (..., B, G, H)
+        return (d.reshape(-1, W.shape[0]) @ W).reshape(deltas.shape[:-1] + (W.shape[1],))
+
+
+class GRUCell(_GatedCell):
+    """PyTorch's GRU step (module docstring), batched over batch·time where it can be.
+
+    ``xin`` is a :class:`GateCache`: gates (time, batch, 3H) = W_ih x + b_ih (with b_hr,
+    b_hz folded in; r and z halved) before the forward, r, z, n after it, and ``extra`` =
+    W_hn h_{t-1} + b_hn,
+    which the reset gate's gradient needs. ``K`` gives the input-side gate gradients
+    δ = g ⊙ K, ``K2`` the hidden side (a_n's hidden part is r ⊙ (W_hn h + b_hn)).
+    """
+
+    gates = 3
+    _tanh_block = 2  # n
+
+    def project_inputs(self, params, inputs):
+        W = params["weight_ih"]
+        hidden = W.shape[0] // 3
+        scale = self.gate_scale(hidden, W)
+        bias = None
+        if self.bias:
+            bias = params["bias_ih"].copy()
+            bias[:2 * hidden] += params["bias_hh"][:2 * hidden]      # b_hr, b_hz sit outside r ⊙ ·
+        gates = self._project(W, inputs, bias, scale)
+        return GateCache(gates, self._buffer("hn", gates.shape[:2] + (hidden,), gates))
+
+    def step(self, params, x_t, s_prev):
+        """One step from the row ``x_t`` (batch, 3H) of ``project_inputs``, left intact."""
+        xp = get_array_module(s_prev)
+        H = s_prev.shape[-1]
+        gh = s_prev @ params["weight_hh"].T                          # (B, 3H)
+        if self.bias:
+            gh[:, 2 * H:] += params["bias_hh"][2 * H:]
+        rz = 0.5 * xp.tanh(x_t[:, :2 * H] + 0.5 * gh[:, :2 * H]) + 0.5   # σ; x_t holds a/2
+        r, z = rz[:, :H], rz[:, H:]
+        n = xp.tanh(x_t[:, 2 * H:3 * H] + r * gh[:, 2 * H:])
+        return n + z * (s_prev - n)
+
+    def forward(self, params, xin, h0, steps):
+        xp = get_array_module(h0)
+        gates, hn = xin.gates, xin.extra
+        batch, H = h0.shape
+        W = params["weight_hh"]
+        WT = (W * self.gate_scale(H, W)[:, None]).T                  # (H, 3H), r and z rows halved
+        b_hn = params["bias_hh"][2 * H:] if self.bias else None
+        states = self._buffer("states", (steps, batch, H), h0)       # (T, B, H)
+        gh = self._buffer("gh", (batch, 3 * H), h0)
+        rhn = self._buffer("rhn", (batch, H), h0)
+        h = h0
+        for t in range(steps):
+            a = gates[t]                                             # (B, 3H)
+            xp.matmul(h, WT, out=gh)                                 # W_hh h_{t-1}, all gates
+            rz = a[:, :2 * H]
+            rz += gh[:, :2 * H]
+            xp.tanh(rz, out=rz)
+            rz *= 0.5
+            rz += 0.5                                                # r, z = σ(a) = ½ tanh(a/2) + ½
+            if b_hn is None:
+                hn[t] = gh[:, 2 * H:]
+            else:
+                xp.add(gh[:, 2 * H:], b_hn, out=hn[t])               # W_hn h + b_hn
+            n = a[:, 2 * H:]
+            xp.multiply(rz[:, :H], hn[t], out=rhn)
+            n += rhn
+            xp.tanh(n, out=n)                                        # n = tanh(a_in + r ⊙ hn)
+            out = states[t]
+            xp.subtract(h, n, out=out)
+            out *= rz[:, H:]
+            out += n                                                 # h_t = n + z ⊙ (h_{t-1} − n)
+            h = out
+        return states
+
+    def backward_stepper(self, params, xin, h0, states):
+        xp = get_array_module(states)
+        steps, batch, H = states.shape
+        gates = xin.gates
+        r, z, n = (gates[..., k * H:(k + 1) * H] for k in range(3))
+        hn = xin.extra
+        K = self._buffer("K", (steps, batch, 3, H), states)
+        tmp = self._buffer("tmp", (steps, batch, H), states)
+        kr, kz, kn = K[:, :, 0], K[:, :, 1], K[:, :, 2]
+        xp.subtract(1, z, out=kn)
+        xp.multiply(n, n, out=tmp)
+        xp.subtract(1, tmp, out=tmp)
+        kn *= tmp                                                    # ∂h/∂a_n = (1 − z)(1 − n²)
+        xp.multiply(kn, hn, out=kr)
+        xp.subtract(1, r, out=tmp)
+        tmp *= r
+        kr *= tmp                                                    # ∂h/∂a_r = ∂h/∂a_n · hn · σ'(a_r)
+        xp.subtract(states[:-1], n[1:], out=kz[1:])
+        xp.subtract(h0, n[0], out=kz[0])
+        xp.subtract(1, z, out=tmp)
+        tmp *= z
+        kz *= tmp                                                    # ∂h/∂a_z = (h_{t-1} − n) σ'(a_z)
+        K2 = self._buffer("K2", K.shape, states)
+        K2[...] = K
+        K2[:, :, 2] *= r                                             # hidden side of a_n
+        xin.K, xin.K2 = K, K2
+        W = params["weight_hh"]                                      # (3H, H)
+        buffer = _step_buffers(xp)
+
+        def back(t, g):
+            d = buffer("d", g.shape[:-1] + (3, H), g.dtype)
+            xp.multiply(g[..., None, :], K2[t], out=d)               # hidden-side gate gradients
+            g_prev = buffer(t % 2, g.shape, g.dtype)
+            xp.matmul(d.reshape(-1, 3 * H), W, out=g_prev.reshape(-1, H))   # δʰ W_hh
+            gz = buffer("gz", g.shape, g.dtype)
+            xp.multiply(g, z[t], out=gz)
+            g_prev += gz                                             # + the direct path z ⊙ h_{t-1}
+            return g, g_prev
+        return back
+
+    def _gate_grads(self, xin, deltas, t=None, out=None):
+        """Input-side gate gradients δ = g ⊙ K, shape (..., batch, 3, H)."""
+        xp = get_array_module(deltas)
+        K = xin.K if t is None else xin.K[t]
+        return xp.multiply(deltas[..., None, :], K, out=out)
+
+    def param_grads(self, params, inputs, xin, h0, states, deltas):
+        steps, batch, H = deltas.shape
+        D = self._gate_grads(xin, deltas, out=self._buffer("D", xin.K.shape, deltas))
+        rows = D.reshape(steps * batch, 3 * H)                       # δ for all (t, b)
+        D2 = self._buffer("D2", D.shape, deltas)
+        get_array_module(D).multiply(deltas[..., None, :], xin.K2, out=D2)
+        return self._weight_grads(params, inputs, rows, D2.reshape(steps * batch, 3 * H),
+                                  states[:-1], h0, batch)
+
+    def activations(self, xin, states):
+        """Gate values after ``forward``: name -> (array (T, B, H), "sigmoid" | "tanh")."""
+        H = states.shape[-1]
+        g = xin.gates
+        return {"r": (g[..., :H], "sigmoid"), "z": (g[..., H:2 * H], "sigmoid"),
+                "n": (g[..., 2 * H:], "tanh")}
+
+
+class LSTMCell(_GatedCell):
+    """PyTorch's LSTM step (module docstring); the state is [h, c], shape (batch, 2H).
+
+    ``xin`` is a :class:`GateCache`: gates (time, batch, 4H) = W_ih x + b_ih + b_hh (i, f, o
+    halved) before the forward, i, f, g, o after it. With dL/dS_t = [dh, dc_in]: dc = dc_in + dh ⊙ K2
+    (K2 = o ⊙ (1 − tanh² c_t)), the gate gradients are dc ⊙ K[:3] for i, f, g and dh ⊙ K[3]
+    for o, the same on the input and the hidden side.
+    """
+
+    gates = 4
+    _tanh_block = 2  # g
+
+    def state_size(self, hidden: int) -> int:
+        return 2 * hidden
+
+    def project_inputs(self, params, inputs):
+        W = params["weight_ih"]
+        scale = self.gate_scale(W.shape[0] // 4, W)
+        bias = params["bias_ih"] + params["bias_hh"] if self.bias else None
+        return GateCache(self._project(W, inputs, bias, scale))
+
+    def step(self, params, x_t, s_prev):
+        """One step from the row ``x_t`` (batch, 4H) of ``project_inputs``, left intact."""
+        xp = get_array_module(s_prev)
+        H = s_prev.shape[-1] // 2
+        h, c = s_prev[:, :H], s_prev[:, H:]
+        W = params["weight_hh"]
+        a = xp.tanh(x_t + (h @ W.T) * self.gate_scale(H, W))        # x_t holds a/2 for i, f, o
+        i, f, o = (0.5 * a[:, k * H:(k + 1) * H] + 0.5 for k in (0, 1, 3))
+        g = a[:, 2 * H:3 * H]
+        c_new = f * c + i * g
+        return xp.concatenate([o * xp.tanh(c_new), c_new], axis=1)
+
+    def forward(self, params, xin, h0, steps):
+        xp = get_array_module(h0)
+        gates = xin.gates
+        batch, H = h0.shape[0], h0.shape[1] // 2
+        W = params["weight_hh"]
+        WT = (W * self.gate_scale(H, W)[:, None]).T                  # (H, 4H), i, f, o rows halved
+        states = self._buffer("states", (steps, batch, 2 * H), h0)   # (T, B, [h, c])
+        gh = self._buffer("gh", (batch, 4 * H), h0)
+        ig = self._buffer("ig", (batch, H), h0)
+        h, c = h0[:, :H], h0[:, H:]
+        for t in range(steps):
+            a = gates[t]                                             # (B, 4H)
+            xp.matmul(h, WT, out=gh)                                 # W_hh h_{t-1}, all gates
+            a += gh
+            xp.tanh(a, out=a)                                        # g, and 2σ − 1 for i, f, o
+            for block in (a[:, :2 * H], a[:, 3 * H:]):
+                block *= 0.5
+                block += 0.5                                         # i, f, o = ½ tanh(a/2) + ½
+            c_new, h_new = states[t, :, H:], states[t, :, :H]
+            xp.multiply(a[:, H:2 * H], c, out=c_new)                 # f ⊙ c_{t-1}
+            xp.multiply(a[:, :H], a[:, 2 * H:3 * H], out=ig)
+            c_new += ig                                              # + i ⊙ g
+            xp.tanh(c_new, out=h_new)
+            h_new *= a[:, 3 * H:]                                    # h_t = o ⊙ tanh(c_t)
+            h, c = h_new, c_new
+        return states
+
+    def backward_stepper(self, params, xin, h0, states):
+        xp = get_array_module(states)
+        steps, batch, width = states.shape
+        H = width // 2
+        i, f, g, o = (xin.gates[..., k * H:(k + 1) * H] for k in range(4))
+        c = states[..., H:]
+        K = self._buffer("K", (steps, batch, 4, H), states)
+        A = self._buffer("K2", (steps, batch, H), states)
+        tc = self._buffer("tc", (steps, batch, H), states)
+        tmp = self._buffer("tmp", (steps, batch, H), states)
+        xp.tanh(c, out=tc)
+        xp.subtract(1, i, out=tmp)
+        tmp *= i
+        xp.multiply(g, tmp, out=K[:, :, 0])                          # ∂c/∂a_i = g σ'(a_i)
+        xp.subtract(1, f, out=tmp)
+        tmp *= f
+        xp.multiply(c[:-1], tmp[1:], out=K[1:, :, 1])                # ∂c/∂a_f = c_{t-1} σ'(a_f)
+        xp.multiply(h0[:, H:], tmp[0], out=K[0, :, 1])
+        xp.multiply(g, g, out=tmp)
+        xp.subtract(1, tmp, out=tmp)
+        xp.multiply(i, tmp, out=K[:, :, 2])                          # ∂c/∂a_g = i (1 − g²)
+        xp.subtract(1, o, out=tmp)
+        tmp *= o
+        xp.multiply(tc, tmp, out=K[:, :, 3])                         # ∂h/∂a_o = tanh(c) σ'(a_o)
+        xp.multiply(tc, tc, out=A)
+        xp.subtract(1, A, out=A)
+        A *= o                                                       # ∂h/∂c = o (1 − tanh² c)
+        xin.K, xin.K2 = K, A
+        W = params["weight_hh"]                                      # (4H, H)
+        buffer = _step_buffers(xp)
+
+        def back(t, grad):
+            dc = buffer("dc", grad.shape[:-1] + (H,), grad.dtype)    # dL/dc_t
+            d = self._gate_grads(xin, grad, t, out=buffer("d", grad.shape[:-1] + (4, H), grad.dtype),
+                                 dc=dc)
+            g_prev = buffer(t % 2, grad.shape, grad.dtype)
+            dh_prev = buffer("dh_prev", grad.shape[:-1] + (H,), grad.dtype)
+            xp.matmul(d.reshape(-1, 4 * H), W, out=dh_prev.reshape(-1, H))   # δ W_hh
+            g_prev[..., :H] = dh_prev
+            xp.multiply(dc, f[t], out=g_prev[..., H:])               # dL/dc_{t-1} = dc ⊙ f
+            return grad, g_prev
+        return back
+
+    def _gate_grads(self, xin, deltas, t=None, out=None, dc=None):
+        """Gate gradients (..., batch, 4, H) from dL/dS = [dh, dc_in]; dL/dc goes to ``dc``."""
+        xp = get_array_module(deltas)
+        H = deltas.shape[-1] // 2
+        K, A = (xin.K, xin.K2) if t is None else (xin.K[t], xin.K2[t])
+        dh = deltas[..., :H]
+        if dc is None:
+            dc = xp.empty(deltas.shape[:-1] + (H,), dtype=deltas.dtype)
+        xp.multiply(dh, A, out=dc)
+        dc += deltas[..., H:]                                        # dc = dc_in + dh ⊙ ∂h/∂c
+        if out is None:
+            out = xp.empty(deltas.shape[:-1] + (4, H), dtype=deltas.dtype)
+        xp.multiply(dc[..., None, :], K[..., :3, :], out=out[..., :3, :])
+        xp.multiply(dh, K[..., 3, :], out=out[..., 3, :])
+        return out
+
+    def param_grads(self, params, inputs, xin, h0, states, deltas):
+        steps, batch, width = deltas.shape
+        H = width // 2
+        D = self._gate_grads(xin, deltas, out=self._buffer("D", xin.K.shape, deltas))
+        rows = D.reshape(steps * batch, 4 * H)
+        return self._weight_grads(params, inputs, rows, rows, states[:-1, :, :H],
+                                  h0[:, :H], batch)
+
+    def activations(self, xin, states):
+        """Gate values after ``forward`` and tanh(c): name -> (array (T, B, H), kind)."""
+        xp = get_array_module(states)
+        H = states.shape[-1] // 2
+        g = xin.gates
+        out = {name: (g[..., k * H:(k + 1) * H], "tanh" if name == "g" else "sigmoid")
+               for k, name in enumerate("ifgo")}
+        out["tanh(c)"] = (xp.tanh(states[..., H:]), "tanh")
+        return out
+
+
+# --------------------------------------------------------------------------- models
+
+_GATED_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+class _GatedRNN(LayeredRNN):
+    """Shared constructor of :class:`GRU` and :class:`LSTM`."""
+
+    _cell_class: type
+
+    def __init__(self, input_size, hidden_size, output_size, *, num_layers=1,
+                 embedding_size=None, output="softmax", bias=True, dtype="float32",
+                 device="cpu", seed=0):
+        self._build(input_size, hidden_size, output_size, num_layers=num_layers,
+                    embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
+                    device=device, seed=seed)
+
+    def _make_cell(self):
+        return self._cell_class(self.bias)
+
+    def _layer_specs(self, fan_in, bias):
+        # PyTorch's initialisation: every weight and bias uniform in ±1/sqrt(hidden).
+        G, H = self._cell_class.gates, self.hidden_size
+        init = ("uniform", 1 / numpy.sqrt(H))
+        shapes = {"weight_ih": (G * H, fan_in), "weight_hh": (G * H, H)}
+        if bias:
+            shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+        return {name: (shape, init) for name, shape in shapes.items()}
+
+    @classmethod
+    def from_torch(cls, rnn, linear, embedding=None, *, output="softmax", dtype=None,
+                   device="cpu"):
+        """A model with the weights of ``torch.nn.{GRU,LSTM}`` ``rnn``, the output layer
+        ``torch.nn.Linear`` ``linear`` and, optionally, ``torch.nn.Embedding`` ``embedding``
+        (see :func:`gpurnn.torch_interop.from_torch`)."""
+        from .torch_interop import from_torch
+
+        model = from_torch(rnn, linear, embedding, output=output, dtype=dtype, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{cls.__name__}, "
+                            f"got {type(rnn).__name__}")
+        return model
+
+    def to_torch(self):
+        """(rnn, linear, embedding) torch modules holding this model's weights
+        (see :func:`gpurnn.torch_interop.to_torch`)."""
+        from .torch_interop import to_torch
+
+        return to_torch(self)
+
+
+class GRU(_GatedRNN):
+    """A GRU (PyTorch's ``nn.GRU`` equations and layout) under y_t = g(V h_t + c).
+
+    Args:
+        input_size: vocabulary size for token inputs, features for dense inputs.
+        hidden_size: H, the size of h in every layer.
+        output_size: classes (``output="softmax"``) or output features.
+        num_layers: stacked layers; layer l ≥ 1 reads layer l−1's h_t.
+        embedding_size: with token inputs, look ids up in E (input_size, embedding_size)
+            instead of taking a column of weight_ih; None for no embedding.
+        output: g, one of softmax (cross-entropy) | identity | sigmoid | tanh (½Σ(y − t)²).
+        bias: with bias_ih, bias_hh and c; without, none of them.
+        dtype: float32 (training) or float64 (checks).
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        seed: initialisation seed: gate weights and biases uniform in ±1/sqrt(hidden) as
+            PyTorch does, V uniform in ±1/sqrt(hidden), c zero, E ~ N(0, 1).
+
+    Parameters: weight_ih (3H, input), weight_hh (3H, H), bias_ih (3H,), bias_hh (3H,)
+    per layer (``_l1``, ``_l2``, … above layer 0), V (output, H), c (output,), E.
+    """
+
+    cell_type = "gru"
+    _cell_class = GRUCell
+
+
+class LSTM(_GatedRNN):
+    """An LSTM (PyTorch's ``nn.LSTM`` equations and layout) under y_t = g(V h_t + c).
+
+    Arguments as for :class:`GRU`; weight_ih (4H, input), weight_hh (4H, H), bias_ih and
+    bias_hh (4H,) with the gates in the order i, f, g, o. ``h0`` and ``last_hidden`` are
+    pairs (h, c), each (batch, hidden), or (num_layers, batch, hidden) for a stack.
+    """
+
+    cell_type = "lstm"
+    _cell_class = LSTMCell
