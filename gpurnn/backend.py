@@ -146,13 +146,21 @@ def to_device(array, device: "str | Device", dtype=None):
 def scatter_add(target, indices, values) -> None:
     """``target[indices] += values`` in place, with repeated indices accumulated.
 
-    Used for the gradient of a row gather (token ids selecting rows of Uᵀ). NumPy's
-    ``add.at`` is unbuffered; on CuPy ``cupyx.scatter_add`` does the same with atomics.
+    Used for the gradient of a row gather (token ids selecting rows of Uᵀ or V). On CuPy
+    ``cupyx.scatter_add`` does it with atomics. On NumPy, rows are sorted by index and each
+    run of equal indices summed with one ``add.reduceat``: several times faster than the
+    unbuffered ``add.at`` on (rows, features) values.
     """
     if is_device_array(target):
         cupyx.scatter_add(target, indices, values)
-    else:
-        numpy.add.at(target, indices, values)
+        return
+    indices = numpy.asarray(indices).reshape(-1)
+    if indices.size == 0:
+        return
+    order = numpy.argsort(indices, kind="stable")
+    ordered = indices[order]
+    starts = numpy.flatnonzero(numpy.r_[True, ordered[1:] != ordered[:-1]])
+    target[ordered[starts]] += numpy.add.reduceat(values[order], starts, axis=0)
 
 
 _HOST_POOL = None

@@ -21,7 +21,10 @@ To define one, subclass :class:`Cell` and implement three methods:
 The engine then gives dS_T/dparams = Σ_i (dS_T/dS_i)(∂S_i/∂params) (seed 003) with
 full, windowed or chunked truncation. Cells that can do better than a per-step loop
 (the Elman cell) also override the batched hooks ``project_inputs``, ``forward``,
-``backward_stepper`` and ``param_grads``.
+``backward_stepper`` and ``param_grads``; the per-step ``delta_t`` that
+``backward_stepper`` hands the sweep must have the state's shape (the sweep stores them in
+one (time, batch, ...) array). A cell keeps scratch buffers in its ``workspace`` between
+calls, so one cell object serves one layer: a stack builds a cell per layer.
 """
 from __future__ import annotations
 

@@ -264,3 +264,16 @@ def test_shorter_and_longer_calls_reuse_buffers_correctly(device, rng):
         assert result.loss == pytest.approx(expected.loss, rel=1e-12)
         for name in expected.grads:
             assert rel_error(result.grads[name], host(expected.grads[name])) <= TIGHT
+
+
+@pytest.mark.parametrize("shape", [(40,), (40, 3), (300, 7)])
+def test_scatter_add_accumulates_repeated_indices(shape, device, rng):
+    xp = gpurnn.backend.get_device(device).xp
+    target = rng.normal(size=(9,) + shape[1:])
+    indices = rng.integers(0, 9, shape[0])
+    values = rng.normal(size=shape)
+    expected = target.copy()
+    np.add.at(expected, indices, values)
+    result = xp.asarray(target)
+    gpurnn.backend.scatter_add(result, xp.asarray(indices), xp.asarray(values))
+    np.testing.assert_allclose(host(result), expected, rtol=1e-12, atol=1e-12)
