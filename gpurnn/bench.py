@@ -30,6 +30,7 @@ import numpy
 from . import backend, losses, reference
 from .model import ElmanRNN
 from .optim import SGD
+from .stack import make_model
 
 __all__ = ["Config", "CONFIGS", "run", "timed", "machine_info", "main"]
 
@@ -45,6 +46,7 @@ class Config:
     output_size: int
     batch: int
     truncate: int | None      # None: full BPTT
+    cell: str = "elman"       # elman | gru | lstm
 
 
 CONFIGS = {c.name: c for c in [
@@ -55,6 +57,9 @@ CONFIGS = {c.name: c for c in [
     Config("dense-256", "dense", 128, 256, 128, 64, None),
     Config("dense-512", "dense", 128, 512, 128, 64, None),
     Config("dense-1024", "dense", 128, 1024, 128, 64, None),
+    # gated cells, dense inputs
+    Config("gru-256", "dense", 128, 256, 128, 64, None, "gru"),
+    Config("lstm-256", "dense", 128, 256, 128, 64, None, "lstm"),
 ]}
 LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 REFERENCE_MAX_T = 64          # the plain loop is O(T·τ) tiny ops per sequence: keep it short
@@ -75,8 +80,8 @@ def make_data(config: Config, steps: int, seed: int = 0):
 # --- one training step per system ------------------------------------------------------------
 def gpurnn_step(config: Config, steps: int, device="cpu"):
     output = "softmax" if config.kind == "lm" else "identity"
-    model = ElmanRNN(config.input_size, config.hidden, config.output_size, output=output,
-                     dtype="float32", device=device)
+    model = make_model(config.cell, config.input_size, config.hidden, config.output_size,
+                       output=output, dtype="float32", device=device)
     x, y = (backend.to_device(a, model.device) for a in make_data(config, steps))
     optimizer = SGD(lr=1e-4)
 
@@ -97,7 +102,8 @@ def torch_step(config: Config, steps: int, device="cpu"):
         loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
     else:
         embed = None
-        rnn = torch.nn.RNN(config.input_size, config.hidden, batch_first=True).to(dev)
+        layer = {"elman": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[config.cell]
+        rnn = layer(config.input_size, config.hidden, batch_first=True).to(dev)
         loss_fn = torch.nn.MSELoss(reduction="sum")
     head = torch.nn.Linear(config.hidden, config.output_size).to(dev)
     modules = [m for m in (embed, rnn, head) if m is not None]
@@ -173,18 +179,19 @@ def _sync(device):
 def gemm_shapes(config: Config, steps: int):
     """(m, k, n, count) of every matrix product in one gpurnn step (forward, BPTT, dW, dU)."""
     B, H, I, O = config.batch, config.hidden, config.input_size, config.output_size
+    G = {"elman": 1, "gru": 3, "lstm": 4}[config.cell]     # gates share one product
     rows = B * steps
     width = 1 if config.truncate is None else min(config.truncate + 1, steps)
     shapes = [
-        (B, H, H, steps),               # forward recurrence h_{t-1} Wᵀ
-        (width * B, H, H, steps),       # backward sweep: live window origins times W
-        (H, rows, H, 1),                # dW = Σ e_h(t)ᵀ h_{t-1}
+        (B, H, G * H, steps),           # forward recurrence h_{t-1} W_hhᵀ
+        (width * B, G * H, H, steps),   # backward sweep: live window origins times W_hh
+        (G * H, rows, H, 1),            # dW_hh = Σ e(t)ᵀ h_{t-1}
         (rows, H, O, 1),                # logits
         (O, rows, H, 1),                # dV
         (rows, O, H, 1),                # error into the states, e_y V
     ]
     if config.kind == "dense":
-        shapes += [(rows, I, H, 1), (H, rows, I, 1)]   # input projection, dU
+        shapes += [(rows, I, G * H, 1), (G * H, rows, I, 1)]   # input projection, dW_ih
     return shapes
 
 
@@ -247,7 +254,7 @@ def measure_speed(system: str, config: Config, lengths, repeats: int, warmup: in
         row = {"config": config.name, "T": steps, "system": system,
                "tokens": config.batch * steps}
         if base == "reference":
-            if steps > REFERENCE_MAX_T:
+            if steps > REFERENCE_MAX_T or config.cell != "elman":
                 continue
             step, tokens = reference_step(config, steps)
             row.update(tokens=tokens, per_sequence=True)
