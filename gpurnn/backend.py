@@ -28,7 +28,7 @@ __all__ = [
     "Device", "get_device", "cuda_available", "cuda_unavailable_reason", "check_cuda_available",
     "get_array_module",
     "is_device_array", "device_of", "to_host", "to_device", "scatter_add", "exp_", "host_rng",
-    "synchronize",
+    "synchronize", "cuda_device_count", "nccl_unavailable_reason", "nccl_unique_id", "NcclSum",
 ]
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda)(?::(\d+))?$")
@@ -199,3 +199,67 @@ def synchronize(device: "str | Device | None" = None) -> None:
     if device.kind == "cuda":
         with device.use():
             cupy.cuda.get_current_stream().synchronize()
+
+
+# ------------------------------------------------------------------------------------------
+# Communication helpers for data-parallel training (gpurnn.distributed). cupy.cuda.nccl is
+# imported on first use only: it loads libnccl, which single-GPU work never needs.
+
+def cuda_device_count() -> int:
+    """How many CUDA devices this process sees (0 without CuPy or a driver)."""
+    if cuda_unavailable_reason() is not None:
+        return 0
+    return cupy.cuda.runtime.getDeviceCount()
+
+
+def _nccl():
+    from cupy.cuda import nccl
+    if not getattr(nccl, "available", True):
+        raise ImportError("this CuPy was built without NCCL")
+    return nccl
+
+
+def nccl_unavailable_reason() -> str | None:
+    """Why NCCL cannot reduce CuPy buffers here, or None when it can."""
+    problem = cuda_unavailable_reason()
+    if problem is not None:
+        return problem
+    try:
+        _nccl()
+    except Exception as error:  # ImportError, or libnccl failing to load
+        return f"cupy.cuda.nccl is not usable ({error})"
+    return None
+
+
+def nccl_unique_id():
+    """A new NCCL unique id (a picklable tuple): made on one rank and sent to the others."""
+    return _nccl().get_unique_id()
+
+
+class NcclSum:
+    """Sum a CuPy buffer in place over ``size`` processes, one GPU each, with NCCL.
+
+    Every process builds one with the same ``unique_id`` (from :func:`nccl_unique_id` on one
+    of them) and its own ``rank``; ``device`` is the GPU this process reduces on. The
+    reduction is queued on the current stream, in order with the kernels that filled the
+    buffer and those that read it; reading the result on the host synchronises as usual.
+    """
+
+    def __init__(self, size: int, unique_id, rank: int, device: int):
+        nccl = _nccl()
+        self._device = device
+        self._types = {numpy.dtype(numpy.float32): nccl.NCCL_FLOAT32,
+                       numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64}
+        self._sum = nccl.NCCL_SUM
+        with cupy.cuda.Device(device):
+            self._comm = nccl.NcclCommunicator(size, unique_id, rank)
+
+    def __call__(self, buffer):
+        if buffer.dtype not in self._types or not buffer.flags.c_contiguous:
+            raise TypeError(f"NCCL sums contiguous float32/float64 buffers, got "
+                            f"{buffer.dtype} (contiguous: {buffer.flags.c_contiguous})")
+        with cupy.cuda.Device(self._device):
+            stream = cupy.cuda.get_current_stream()
+            self._comm.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size,
+                                 self._types[buffer.dtype], self._sum, stream.ptr)
+        return buffer

@@ -130,27 +130,40 @@ def add_train(subparsers):
     p.set_defaults(handler=run_train)
 
 
-def train_config_from_args(args, base=None):
+def train_config_from_args(args, base=None, *, comm=None):
     """The TrainConfig a ``gpurnn train`` command line asks for: ``base`` (default:
-    TrainConfig(), or with --resume the checkpoint's settings), then --config FILE, then flags."""
+    TrainConfig(), or with --resume the checkpoint's settings), then --config FILE, then flags.
+
+    With several processes (``comm``, see gpurnn.distributed) each builds it alike, an error
+    on any of them is raised on all, and only rank 0 reads the checkpoint's settings.
+    """
+    from .config import TrainConfig, merge_config, read_config_file
+    from .distributed import SingleProcess
+    comm = comm or SingleProcess()
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
+    config_file = getattr(args, "config", None)
+    from_file = comm.collectively(lambda: read_config_file(config_file) if config_file else {})
+
+    def layered(start, **more):
+        config = merge_config(start, from_file, source=str(config_file))
+        return merge_config(config, {**flags, **more}, source=None)
+
+    config = comm.collectively(lambda: layered(base or TrainConfig()))
+    if config.resume:
+        saved = comm.on_root(lambda: _saved_train_config(config.checkpoint))
+        config = comm.collectively(lambda: layered(saved, resume=True))
+    return config
+
+
+def _saved_train_config(checkpoint):
     import dataclasses
     from pathlib import Path
 
-    from .config import TrainConfig, merge_config, read_config_file
     from .train import read_train_config
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
-    config_file = getattr(args, "config", None)
-    from_file = read_config_file(config_file) if config_file else {}
-    config = merge_config(base or TrainConfig(), from_file, source=str(config_file))
-    config = merge_config(config, flags, source=None)
-    if config.resume:
-        if not Path(config.checkpoint).is_file():
-            raise UsageError(f"--resume: no checkpoint at {config.checkpoint} (give its path "
-                             f"with --checkpoint)")
-        saved = dataclasses.replace(read_train_config(config.checkpoint), quiet=False)
-        config = merge_config(saved, from_file, source=str(config_file))
-        config = merge_config(config, {**flags, "resume": True}, source=None)
-    return config
+    if not Path(checkpoint).is_file():
+        raise UsageError(f"--resume: no checkpoint at {checkpoint} (give its path "
+                         f"with --checkpoint)")
+    return dataclasses.replace(read_train_config(checkpoint), quiet=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -161,14 +174,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def run_train(args, base=None):
     import warnings
 
+    from .distributed import abort_all_on_failure, world
     from .train import Trainer, TrainingError
-    config = train_config_from_args(args, base)
+    comm = world()  # one process, or all those mpirun started
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            Trainer(config).run()
-        except TrainingError as error:
-            print(f"gpurnn train: {error}", file=sys.stderr)
+            with abort_all_on_failure(comm, "gpurnn train"):  # a rank failing alone stops all
+                config = train_config_from_args(args, base, comm=comm)
+                Trainer(config, comm=comm).run()
+        except TrainingError as error:  # decided on global numbers: raised by every rank
+            if comm.rank == 0:
+                print(f"gpurnn train: {error}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("gpurnn train: interrupted, no checkpoint written", file=sys.stderr)
@@ -288,7 +305,9 @@ def main(argv=None) -> int:
     try:
         return args.handler(args)
     except (UsageError, ValueError, TypeError, RuntimeError, OSError) as error:
-        print(f"gpurnn {args.command}: error: {error}", file=sys.stderr)
+        from .distributed import printing_rank
+        if printing_rank():  # under mpirun every rank raises it; rank 0 tells
+            print(f"gpurnn {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 

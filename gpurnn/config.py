@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Optional
 
 __all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "MODES", "OPTIMIZERS", "REDUCTIONS",
-           "SCHEDULES", "DEVICES", "RESUMABLE_FIELDS", "read_config_file", "merge_config"]
+           "SCHEDULES", "DEVICES", "DTYPES", "RESUMABLE_FIELDS", "read_config_file", "merge_config"]
 
 LEVELS = ("word", "char")
 MODES = ("stream", "sentence")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "rprop")
 REDUCTIONS = ("mean", "sum")
+DTYPES = ("float32", "float64")
 SCHEDULES = ("auto", "halve", "none")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DEFAULT_STEPS = 1800  # neither steps nor epochs given: the built-in corpus, ~19 epochs
@@ -50,7 +51,10 @@ class TrainConfig:
     valid_fraction: float = _f(0.1, "fraction of sentences held out for validation")
     # --- model and BPTT -------------------------------------------------------------------
     hidden: int = _f(64, "hidden state size")
-    batch_size: int = _f(32, "sequences per batch (parallel streams in stream mode)")
+    dtype: str = _f("float32", "precision of parameters and gradients (float64 for exact "
+                    "comparisons)", DTYPES)
+    batch_size: int = _f(32, "sequences per batch (parallel streams in stream mode); under "
+                         "mpirun -n N, per process: the global batch is N times this")
     seq_len: int = _f(32, "stream mode: time steps per chunk; sentence mode: longer sentences "
                       "are cut to this many steps")
     truncate: Optional[int] = _f(None, "the tutorial's bptt_truncate: each output's error goes "

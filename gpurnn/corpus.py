@@ -15,7 +15,7 @@ import numpy
 from . import data as D
 from .backend import to_device
 
-__all__ = ["Corpus", "load_data", "cross_entropy", "EVAL_BATCH"]
+__all__ = ["Corpus", "load_data", "cross_entropy", "cross_entropy_sums", "EVAL_BATCH"]
 
 EVAL_BATCH = 32  # validation batches hold at least this many sequences
 
@@ -30,13 +30,14 @@ class Corpus:
     train_tokens: int
 
 
-def load_data(config, vocab: D.Vocabulary | None = None) -> Corpus:
+def load_data(config, vocab: D.Vocabulary | None = None, *, world_size: int = 1) -> Corpus:
     """Read, split, encode and batch the corpus that ``config`` names.
 
     The vocabulary is built from the training sentences only, unless ``vocab`` is given
     (a resumed run reuses the checkpoint's). In stream mode the validation weights leave out
     the END -> START step, which is certain, so perplexity is per token of the sentences in
-    both modes.
+    both modes. With ``world_size`` ranks the batches are global, ``world_size`` times
+    ``config.batch_size`` rows, of which each rank takes its own.
     """
     if config.corpus is None:
         sentences = D.load_builtin_corpus(level=config.level)
@@ -51,7 +52,7 @@ def load_data(config, vocab: D.Vocabulary | None = None) -> Corpus:
     digest = hashlib.sha256()
     for ids in train_ids + [numpy.array([-1])] + valid_ids:
         digest.update(ids.tobytes())
-    B, L = config.batch_size, config.seq_len
+    B, L = config.batch_size * world_size, config.seq_len
     E = max(B, EVAL_BATCH)  # evaluation has no gradients to hold: bigger batches are cheaper
     valid = []
     try:
@@ -69,7 +70,9 @@ def load_data(config, vocab: D.Vocabulary | None = None) -> Corpus:
                 valid = [(b.inputs, b.targets, b.mask)
                          for b in D.SentenceBatcher(valid_ids, E, max_len=L, shuffle=False)]
     except ValueError as error:
-        raise ValueError(f"training data: {error}") from None
+        world = (f" (the global batch: --batch-size {config.batch_size} times {world_size} "
+                 f"processes)") if world_size > 1 else ""
+        raise ValueError(f"training data: {error}{world}") from None
     return Corpus(vocab, train, valid, config.mode == "stream", digest.hexdigest()[:16],
                   sum(map(len, train_ids)))
 
@@ -78,9 +81,21 @@ def cross_entropy(model, batches, *, carry_state: bool) -> float | None:
     """Mean cross-entropy per weighted token (nats) of ``model`` on ``batches`` of
     ``(inputs, targets, weights)``; None when there are none. With ``carry_state`` each
     batch starts from the previous batch's last hidden state (consecutive stream chunks)."""
+    total, count = cross_entropy_sums(model, batches, carry_state=carry_state)
+    return total / count if count else None
+
+
+def cross_entropy_sums(model, batches, *, carry_state: bool,
+                       rows: slice = slice(None)) -> tuple[float, float]:
+    """The summed weighted cross-entropy (nats) and the summed weights of
+    :func:`cross_entropy`, over the rows ``rows`` of every batch (the same rows each
+    batch, so the carried state follows them: a rank's share of the validation set)."""
     xp = model.device.xp
     total, count, hidden = 0.0, 0.0, None
     for inputs, targets, weights in batches:
+        inputs, targets, weights = inputs[rows], targets[rows], weights[rows]
+        if not len(inputs):
+            continue
         probs, states = model.forward(to_device(inputs, model.device), hidden)  # (B, T, V)
         y = to_device(targets, model.device)
         p = xp.take_along_axis(probs, y[..., None], axis=2)[..., 0]
@@ -90,4 +105,4 @@ def cross_entropy(model, batches, *, carry_state: bool) -> float | None:
         count += float(w.sum())
         if carry_state:
             hidden = states[:, -1]
-    return total / count if count else None
+    return total, count
