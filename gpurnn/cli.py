@@ -274,7 +274,22 @@ def run_plot(args):
     return 0
 
 
-SUBCOMMANDS = [add_train, add_generate, add_gradcheck, add_plot]
+def add_bench(subparsers):
+    from . import bench
+    p = subparsers.add_parser(
+        "bench", help="training throughput against sequence length, beside PyTorch",
+        description=bench.__doc__.split("\n\n")[0] + " Needs PyTorch for the torch columns "
+                    "(pip install gpurnn[bench]); each system runs in its own process.")
+    bench.add_arguments(p)
+    p.set_defaults(handler=bench.execute)
+
+
+def add_diagnose(subparsers):
+    from .diagnostics import add_diagnose as add
+    add(subparsers)
+
+
+SUBCOMMANDS = [add_train, add_generate, add_gradcheck, add_plot, add_diagnose, add_bench]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Optional
 
 __all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "MODES", "OPTIMIZERS", "REDUCTIONS",
-           "SCHEDULES", "DEVICES", "DTYPES", "RESUMABLE_FIELDS", "read_config_file", "merge_config"]
+           "SCHEDULES", "DEVICES", "DTYPES", "CELLS", "RESUMABLE_FIELDS", "read_config_file", "merge_config"]
 
 LEVELS = ("word", "char")
 MODES = ("stream", "sentence")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "rprop")
 REDUCTIONS = ("mean", "sum")
 DTYPES = ("float32", "float64")
+CELLS = ("elman", "gru", "lstm")
 SCHEDULES = ("auto", "halve", "none")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DEFAULT_STEPS = 1800  # neither steps nor epochs given: the built-in corpus, ~19 epochs
@@ -50,7 +51,10 @@ class TrainConfig:
                    MODES)
     valid_fraction: float = _f(0.1, "fraction of sentences held out for validation")
     # --- model and BPTT -------------------------------------------------------------------
-    hidden: int = _f(64, "hidden state size")
+    cell: str = _f("elman", "recurrent cell: elman (the tutorial's tanh RNN), gru or lstm "
+                   "(PyTorch's gate equations)", CELLS)
+    layers: int = _f(1, "stacked recurrent layers")
+    hidden: int = _f(64, "hidden state size (of each layer)")
     dtype: str = _f("float32", "precision of parameters and gradients (float64 for exact "
                     "comparisons)", DTYPES)
     batch_size: int = _f(32, "sequences per batch (parallel streams in stream mode); under "
@@ -112,7 +116,7 @@ class TrainConfig:
             raise ValueError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 1}: "
                              f"{len(SPECIAL_TOKENS)} ids are the special tokens "
                              f"{', '.join(SPECIAL_TOKENS)}, got {self.vocab_size}")
-        for name in ("hidden", "batch_size", "seq_len", "max_bad_steps", "eval_every",
+        for name in ("layers", "hidden", "batch_size", "seq_len", "max_bad_steps", "eval_every",
                      "log_every", "steps", "epochs"):
             value = getattr(self, name)
             if value is not None and value <= 0:

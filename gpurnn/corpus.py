@@ -96,7 +96,8 @@ def cross_entropy_sums(model, batches, *, carry_state: bool,
         inputs, targets, weights = inputs[rows], targets[rows], weights[rows]
         if not len(inputs):
             continue
-        probs, states = model.forward(to_device(inputs, model.device), hidden)  # (B, T, V)
+        probs, _, last = model.forward(to_device(inputs, model.device), hidden,
+                                       return_state=True)                  # (B, T, V)
         y = to_device(targets, model.device)
         p = xp.take_along_axis(probs, y[..., None], axis=2)[..., 0]
         nll = -xp.log(xp.maximum(p, numpy.finfo(p.dtype).tiny))
@@ -104,5 +105,5 @@ def cross_entropy_sums(model, batches, *, carry_state: bool,
         total += float((nll * w).sum())  # a device sync per batch: fine for evaluation
         count += float(w.sum())
         if carry_state:
-            hidden = states[:, -1]
+            hidden = last
     return total, count

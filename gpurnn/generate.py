@@ -19,7 +19,8 @@ import numpy
 from . import data as D
 from .backend import to_host
 from .checkpoint import CheckpointError, load_checkpoint
-from .model import ElmanRNN
+from .model import RecurrentModel
+from .stack import make_model
 
 __all__ = ["LanguageModel", "load_language_model", "sample", "join_tokens"]
 
@@ -27,7 +28,7 @@ _MAX_LENGTH = {"word": 60, "char": 300}
 
 
 class LanguageModel(NamedTuple):
-    model: ElmanRNN
+    model: RecurrentModel
     vocab: D.Vocabulary
     level: str   # "word" or "char": how tokens join into text
     step: int    # training steps behind these parameters
@@ -42,13 +43,14 @@ def load_language_model(path, device="cpu") -> LanguageModel:
     """
     saved = load_checkpoint(path)
     try:
-        config = dict(saved.config["model"])
+        spec = dict(saved.config["model"])
+        spec.setdefault("cell", "elman")           # checkpoints written before GRU/LSTM
         level = saved.config["train"]["level"]
         vocab = D.Vocabulary.from_list(saved.vocab)
-        if config["input_size"] != len(vocab) or config["output_size"] != len(vocab):
-            raise ValueError(f"model sizes {config['input_size']}/{config['output_size']} do "
+        if spec["input_size"] != len(vocab) or spec["output_size"] != len(vocab):
+            raise ValueError(f"model sizes {spec['input_size']}/{spec['output_size']} do "
                              f"not match the vocabulary of {len(vocab)} tokens")
-        model = ElmanRNN(**config, device=device)
+        model = make_model(**spec, device=device)
         for name, param in model.params.items():
             value = saved.params.get(name)
             if value is None or value.shape != param.shape:
@@ -65,7 +67,7 @@ def _check(name, value, ok, expected):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-def sample(model: ElmanRNN, vocab: D.Vocabulary, *, num: int = 1, level: str = "word",
+def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: str = "word",
            prompt: str | None = None, temperature: float = 1.0, top_k: int | None = None,
            min_length: int = 0, max_length: int | None = None,
            resample_unknown: bool = False, seed=None, rng=None) -> list[str]:
@@ -101,8 +103,7 @@ def sample(model: ElmanRNN, vocab: D.Vocabulary, *, num: int = 1, level: str = "
         tokens = [t for sentence in D.tokenize(prompt, level=level) for t in sentence]
         start += vocab.encode(tokens).tolist()
     tokens = numpy.tile(numpy.array(start, dtype=D.ID_DTYPE), (num, 1))  # (N, prompt)
-    probs, states = model.forward(tokens)
-    hidden = states[:, -1]
+    probs, _, state = model.forward(tokens, return_state=True)
     rows, done = [[] for _ in range(num)], numpy.zeros(num, dtype=bool)
     length = len(start) - 1
     while length < max_length and not done.all():
@@ -116,8 +117,7 @@ def sample(model: ElmanRNN, vocab: D.Vocabulary, *, num: int = 1, level: str = "
         for row in numpy.flatnonzero(~done):
             rows[row].append(int(choice[row]))
         done |= choice == D.SENTENCE_END_ID
-        probs, states = model.forward(choice[:, None], hidden)
-        hidden = states[:, -1]
+        probs, _, state = model.forward(choice[:, None], state, return_state=True)
     prefix = start[1:]
     return [join_tokens(vocab.decode(prefix + row), level) for row in rows]
 

@@ -139,6 +139,16 @@ class RecurrentModel(_ParamsMixin):
         """What ``last_hidden`` returns for a (batch, state) array: feeds back as ``h0``."""
         return state
 
+    def pack_state(self, state):
+        """A state as ``h0`` takes it (an array, or an LSTM's (h, c)) packed into one
+        (batch, size) array, one row per sequence: what a checkpoint stores."""
+        first = state[0] if isinstance(state, tuple) else state
+        return self._initial_state(state, first.shape[-2])
+
+    def unpack_state(self, rows):
+        """The inverse of :meth:`pack_state`."""
+        return self._final_state(rows)
+
     # --- running ---------------------------------------------------------------------
     def _run(self, inputs, h0):
         x = as_inputs(inputs, self.input_size, self.dtype, self.device)
@@ -148,12 +158,15 @@ class RecurrentModel(_ParamsMixin):
         xin, states = bptt.forward(self.cell, self._params, x_tm, h0, steps)
         return x_tm, xin, h0, states
 
-    def forward(self, inputs, h0=None):
-        """Outputs (batch, time, output_size) and hidden states (batch, time, hidden_size)."""
+    def forward(self, inputs, h0=None, *, return_state=False):
+        """Outputs (batch, time, output_size) and hidden states (batch, time, hidden_size);
+        with ``return_state``, also the state after the last step (what ``h0`` takes)."""
         _, _, _, states = self._run(inputs, h0)
         hidden = self._hidden(states)
         y = output_forward(self.output, self._params["V"], self._params.get("c"), hidden)
-        return _time_major(y), _time_major(hidden)
+        if not return_state:
+            return _time_major(y), _time_major(hidden)
+        return _time_major(y), _time_major(hidden), self._final_state(states[-1].copy())
 
     def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                        reduction="sum") -> LossAndGrads:

@@ -178,7 +178,7 @@ def general_bptt(params, x, targets, *, activation="tanh", output="softmax", tru
         raise ValueError("general_bptt needs at least one time step")
     h_hat, h, y_hat, y, h0 = _general_forward_full(params, x, activation, output, h0)
     _, f_prime = _ACTIVATIONS[activation]
-    U, W, V = params["U"], params["W"], params["V"]
+    W, V = params["W"], params["V"]
     T = len(x)
     tokens = _is_tokens(x)
 

@@ -25,7 +25,6 @@ import numpy
 from .activations import check_activation
 from .backend import get_array_module, host_rng, scatter_add, to_device
 from .cells import Cell, ElmanCell
-from .losses import output_forward
 from .model import RecurrentModel
 from .validation import as_float_array, as_state, check_size
 
@@ -33,10 +32,6 @@ __all__ = ["StackedCell", "LayeredRNN", "StackedElmanRNN", "make_model", "model_
            "CELL_TYPES", "layer_name"]
 
 CELL_TYPES = ("elman", "gru", "lstm")
-
-
-def _batch_major(array):
-    return get_array_module(array).ascontiguousarray(array.swapaxes(0, 1))
 
 
 def layer_name(name: str, layer: int) -> str:
@@ -280,17 +275,6 @@ class LayeredRNN(RecurrentModel):
                     (slice(0, H), slice(H, 2 * H)))
             return (h[0], c[0]) if L == 1 else (h, c)
         return state if L == 1 else xp.ascontiguousarray(layered)
-
-    def forward(self, inputs, h0=None, *, return_state=False):
-        """Outputs (batch, time, output_size) and the top layer's h (batch, time, hidden);
-        with ``return_state``, also the state after the last step (what ``h0`` takes)."""
-        _, _, _, states = self._run(inputs, h0)
-        hidden = self._hidden(states)
-        y = output_forward(self.output, self._params["V"], self._params.get("c"), hidden)
-        outputs, hidden = _batch_major(y), _batch_major(hidden)
-        if not return_state:
-            return outputs, hidden
-        return outputs, hidden, self._final_state(states[-1].copy())
 
 
 class StackedElmanRNN(LayeredRNN):

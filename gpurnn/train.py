@@ -39,7 +39,7 @@ from .corpus import cross_entropy, cross_entropy_sums, load_data
 from .data import Batch, Vocabulary
 from .distributed import (Communicator, FlatGradients, abort_all_on_failure, collective,
                           device_for_rank, params_digest, world)
-from .model import ElmanRNN
+from .stack import make_model, model_spec
 from .optim import HalveOnPlateau, clip_grad_norm, make_optimizer
 
 __all__ = ["DEFAULT_LR", "TrainingError", "NonFiniteStepWarning", "TrainResult",
@@ -116,8 +116,8 @@ class Trainer:
         self.data = load_data(config, Vocabulary.from_list(saved.vocab) if saved else None,
                               world_size=comm.size)
         size = len(self.data.vocab)
-        self.model = ElmanRNN(size, config.hidden, size, dtype=config.dtype, device=self.device,
-                              seed=config.seed)
+        self.model = make_model(config.cell, size, config.hidden, size, num_layers=config.layers,
+                                dtype=config.dtype, device=self.device, seed=config.seed)
         lr = self._lr()
         self.optimizer = make_optimizer(config.optimizer, lr, **(
             {"step_max": RPROP_STEP_MAX * lr} if config.optimizer == "rprop" else {}))
@@ -202,7 +202,8 @@ class Trainer:
             self.data.train.load_state_dict(position)
             if hidden is not None:  # the saved state holds every rank's rows, interleaved
                 rows = hidden[self.comm.rank::self.comm.size]
-                self.hidden = to_device(rows, self.device, self.model.dtype)
+                self.hidden = self.model.unpack_state(
+                    to_device(rows, self.device, self.model.dtype))
             if self.schedule is not None:
                 self.schedule.load_state_dict(extra["schedule"])
             self.rng.bit_generator.state = saved.rng_state
@@ -364,7 +365,7 @@ class Trainer:
             self._since_eval[1] += 1
         else:
             self._skip(loss, norm)
-            if last is not None and not bool(get_array_module(last).isfinite(last).all()):
+            if last is not None and not _finite_state(last):
                 last = None
         self.timing["engine"] += (t1 - t0) + (time.perf_counter() - t2)
         self.timing["allreduce"] += t_reduced - t1
@@ -471,7 +472,7 @@ class Trainer:
             self.comm.agree(f"the parameters at step {self.step}",
                             {"parameters (a hash)": params_digest(self.model.params)})
         if self.comm.rank == 0:
-            train_config = {"train": self.config.to_dict(), "model": self.model.config}
+            train_config = {"train": self.config.to_dict(), "model": model_spec(self.model)}
             extra = {"batcher": self.data.train.state_dict(),
                      "fingerprint": self.data.fingerprint, "hidden": hidden,
                      "schedule": self.schedule.state_dict() if self.schedule else None,
@@ -484,12 +485,14 @@ class Trainer:
         self.timing["save"] += time.perf_counter() - start
 
     def _hidden_of_all_rows(self):
-        """The carried hidden state of the whole global batch on the host (rank 0's; rows
-        interleaved as :meth:`_train_step` shares them out), or None."""
+        """The carried hidden state of the whole global batch on the host, packed as
+        (batch, size) rows (rank 0's; rows interleaved as :meth:`_train_step` shares them
+        out), or None."""
         comm = self.comm
+        mine = None if self.hidden is None else to_host(self.model.pack_state(self.hidden))
         if comm.size == 1:
-            return None if self.hidden is None else to_host(self.hidden)
-        parts = comm.gather(None if self.hidden is None else to_host(self.hidden))
+            return mine
+        parts = comm.gather(mine)
         if comm.rank != 0 or any(part is None for part in parts):
             return None
         rows = numpy.empty((sum(map(len, parts)),) + parts[0].shape[1:], parts[0].dtype)
@@ -581,6 +584,12 @@ def _moved_position(position: dict, num_batches: int) -> dict:
     if index >= num_batches:
         epoch, index = epoch + 1, 0
     return {**position, "epoch": epoch, "index": index, "num_batches": num_batches}
+
+
+def _finite_state(state) -> bool:
+    """Whether a carried state (an array, or an LSTM's (h, c) pair) holds no NaN/Inf."""
+    parts = state if isinstance(state, tuple) else (state,)
+    return all(bool(get_array_module(p).isfinite(p).all()) for p in parts)
 
 
 def _global_norm(grads: dict) -> float:

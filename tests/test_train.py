@@ -127,6 +127,8 @@ def test_epochs_count_passes_over_the_data(tmp_path):
     dict(mode="stream", optimizer="adam"),
     dict(mode="sentence", optimizer="sgd", lr=2.0, truncate=2),  # with the halving schedule
     dict(mode="stream", optimizer="rprop", clip=0.0),
+    dict(mode="stream", optimizer="adam", cell="lstm", layers=2),  # carries (h, c) per layer
+    dict(mode="sentence", optimizer="adam", cell="gru"),
 ])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, changes):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
