@@ -7,9 +7,7 @@ cannot be imported, or imports but finds no GPU, ``"auto"`` falls back to the CP
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import os
 import re
 from dataclasses import dataclass
 
@@ -27,7 +25,7 @@ except Exception as error:  # ImportError, or a broken CUDA install raising at i
 __all__ = [
     "Device", "get_device", "cuda_available", "cuda_unavailable_reason", "check_cuda_available",
     "get_array_module",
-    "is_device_array", "device_of", "to_host", "to_device", "scatter_add", "exp_", "host_rng",
+    "is_device_array", "device_of", "to_host", "to_device", "scatter_add", "host_rng",
     "synchronize", "cuda_device_count", "nccl_unavailable_reason", "nccl_unique_id", "NcclSum",
 ]
 
@@ -161,26 +159,6 @@ def scatter_add(target, indices, values) -> None:
     ordered = indices[order]
     starts = numpy.flatnonzero(numpy.r_[True, ordered[1:] != ordered[:-1]])
     target[ordered[starts]] += numpy.add.reduceat(values[order], starts, axis=0)
-
-
-_HOST_POOL = None
-_PARALLEL_MIN_ELEMENTS = 1 << 18  # below this, thread hand-off costs more than it saves
-
-
-def exp_(array):
-    """``array = exp(array)`` in place. On the host the rows are shared among the cores
-    (NumPy's ufuncs release the GIL, and the exponential of a block of logits is the one
-    large elementwise pass left in a language-model step); on the GPU it is one kernel."""
-    global _HOST_POOL
-    cores = os.cpu_count() or 1
-    if is_device_array(array) or cores == 1 or array.size < _PARALLEL_MIN_ELEMENTS:
-        return get_array_module(array).exp(array, out=array)
-    if _HOST_POOL is None:
-        _HOST_POOL = concurrent.futures.ThreadPoolExecutor(cores, "gpurnn-exp")
-    bounds = numpy.linspace(0, array.shape[0], min(cores, array.shape[0]) + 1).astype(int)
-    parts = [array[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    list(_HOST_POOL.map(lambda part: numpy.exp(part, out=part), parts))
-    return array
 
 
 def host_rng(seed) -> numpy.random.Generator:

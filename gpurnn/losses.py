@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .activations import apply, derivative_from_output
-from .backend import exp_, get_array_module, scatter_add
+from .backend import get_array_module, scatter_add
 from .workspace import Workspace
 
 __all__ = ["OutputGrads", "output_loss_and_grads", "output_forward", "LOGIT_BLOCK_ELEMENTS"]
@@ -150,7 +150,7 @@ def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
         if shift:
             z -= z.max(axis=1, keepdims=True)
         target_logit = z[index, t]
-        exp_(z)                                                      # E
+        xp.exp(z, out=z)                                             # E
         g = xp.matmul(z, V1, out=g_buffer[:n])                       # [E V, s]
         total = g[:, hidden]
         nll = xp.log(total) - target_logit                           # −log p[target]
