@@ -186,10 +186,12 @@ def gemm_shapes(config: Config, steps: int):
         (B, H, G * H, steps),           # forward recurrence h_{t-1} W_hhᵀ
         (width * B, G * H, H, steps),   # backward sweep: live window origins times W_hh
         (G * H, rows, H, 1),            # dW_hh = Σ e(t)ᵀ h_{t-1}
-        (rows, H, O, 1),                # logits
-        (O, rows, H, 1),                # dV
-        (rows, O, H, 1),                # error into the states, e_y V
     ]
+    # The output layer works a block of rows at a time (gpurnn.losses): logits, dV, e_y V.
+    block = max(1, min(rows, losses.LOGIT_BLOCK_ELEMENTS // O))
+    for n, count in ((block, rows // block), (rows % block, 1)):
+        if n and count:
+            shapes += [(n, H, O, count), (O, n, H, count), (n, O, H, count)]
     if config.kind == "dense":
         shapes += [(rows, I, G * H, 1), (G * H, rows, I, 1)]   # input projection, dW_ih
     return shapes
@@ -258,7 +260,7 @@ def measure_speed(system: str, config: Config, lengths, repeats: int, warmup: in
                 continue
             step, tokens = reference_step(config, steps)
             row.update(tokens=tokens, per_sequence=True)
-            seconds = timed(step, 1, 0, device)
+            seconds = timed(step, 1, 1, device)
         else:
             make = torch_step if base == "torch" else gpurnn_step
             seconds = timed(make(config, steps, device), repeats, warmup, device)
@@ -412,6 +414,10 @@ def markdown(results) -> str:
     return "\n".join(lines)
 
 
+_COLORS = {"reference": "tab:gray", "gpurnn": "tab:blue", "torch": "tab:orange",
+           "gpurnn-cuda": "tab:green", "torch-cuda": "tab:red"}
+
+
 def plot(results, path_prefix) -> list[str]:
     """tokens/s against T (log–log) and step memory against T, one line per system."""
     try:
@@ -428,9 +434,13 @@ def plot(results, path_prefix) -> list[str]:
                                   ("step_bytes", "peak memory of a step (MiB)", "memory")):
         if not any(metric in r for r in results):
             continue
-        fig, axes = plt.subplots(1, len(configs), figsize=(4.2 * len(configs), 3.6),
+        columns = min(4, len(configs))
+        grid_rows = -(-len(configs) // columns)
+        fig, axes = plt.subplots(grid_rows, columns, figsize=(4.2 * columns, 3.6 * grid_rows),
                                  squeeze=False)
-        for ax, config in zip(axes[0], configs):
+        for ax in axes.flat[len(configs):]:
+            ax.set_visible(False)
+        for ax, config in zip(axes.flat, configs):
             for system in dict.fromkeys(r["system"] for r in results):
                 rows = [r for r in results if r["config"] == config and r["system"] == system
                         and metric in r]
@@ -438,6 +448,7 @@ def plot(results, path_prefix) -> list[str]:
                     continue
                 scale = 2**20 if metric == "step_bytes" else 1
                 ax.plot([r["T"] for r in rows], [r[metric] / scale for r in rows], "o-",
+                        color=_COLORS.get(system),
                         label=system + (" (per-seq)" if rows[0].get("per_sequence") else ""))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
