@@ -20,11 +20,18 @@ class UsageError(Exception):
     """A problem the user can fix; reported as one line, exit code 2."""
 
 
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+def int_at_least(minimum: int):
+    """An argparse ``type`` for integers >= ``minimum``, with a message that says so."""
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    return parse
+
+
+positive_int = int_at_least(1)
 
 
 def add_gradcheck(subparsers):
@@ -202,13 +209,6 @@ def _positive_float(text):
     return value
 
 
-def _count(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
 def add_generate(subparsers):
     p = subparsers.add_parser(
         "generate", help="sample sentences from a trained language model",
@@ -224,7 +224,7 @@ def add_generate(subparsers):
                    help="draw only among the K most likely tokens (default: all)")
     p.add_argument("--prompt", metavar="TEXT", default=None,
                    help="text every sentence starts with")
-    p.add_argument("--min-length", type=_count, default=0, metavar="N",
+    p.add_argument("--min-length", type=int_at_least(0), default=0, metavar="N",
                    help="tokens before SENTENCE_END may be drawn (default 0)")
     p.add_argument("--max-length", type=positive_int, default=None, metavar="N",
                    help="stop after N tokens (default 60 words or 300 characters)")

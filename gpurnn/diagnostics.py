@@ -18,7 +18,6 @@ with the lag t − k. This module measures that for any model on the engine:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass, field
@@ -416,15 +415,9 @@ def plot_gradient_flow(flows: dict, path, title=None, heatmaps=None) -> Path:
 # --------------------------------------------------------------------------- command
 
 
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def add_diagnose(subparsers):
     """Register ``gpurnn diagnose`` on an argparse ``subparsers`` object."""
+    from .cli import positive_int as _positive_int
     p = subparsers.add_parser(
         "diagnose", help="gradient flow over time, spectral radius, saturated units",
         description="Build a model (random weights, or rescaled with --spectral-radius) and a "

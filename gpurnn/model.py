@@ -69,7 +69,7 @@ class _ParamsMixin:
 class RecurrentModel(_ParamsMixin):
     """A recurrent cell under an output layer y_t = g(V h_t + c), trained by BPTT.
 
-    Subclasses call ``_setup`` and ``_init_params`` and set ``self.cell``; a cell whose
+    Subclasses call ``_setup`` and ``_draw_params`` and set ``self.cell``; a cell whose
     state holds more than h (an LSTM's (h, c)) overrides the four state hooks below.
     """
 
@@ -84,16 +84,18 @@ class RecurrentModel(_ParamsMixin):
         self.dtype = resolve_dtype(dtype)
         self.device = get_device(device)
 
-    def _init_params(self, shapes: dict, fan_in: dict, seed):
-        """Weights uniform in ±1/sqrt(fan-in) (the tutorial's rule), drawn on the host in
-        the order of ``shapes``; parameters missing from ``fan_in`` (biases) start at 0."""
-        self._param_shapes = dict(shapes)
+    def _draw_params(self, specs: dict, seed):
+        """Parameters from ``specs`` {name: (shape, init)}, init ("uniform", bound),
+        ("normal", std) or ("zeros",); drawn on the host in the order of ``specs`` (so a
+        seed gives the same numbers on every device), then moved."""
+        self._param_shapes = {name: shape for name, (shape, _) in specs.items()}
         rng = host_rng(seed)
         host = {}
-        for name, shape in self._param_shapes.items():
-            if name in fan_in:
-                bound = 1.0 / numpy.sqrt(fan_in[name])
-                host[name] = rng.uniform(-bound, bound, shape)
+        for name, (shape, init) in specs.items():
+            if init[0] == "uniform":
+                host[name] = rng.uniform(-init[1], init[1], shape)
+            elif init[0] == "normal":
+                host[name] = rng.normal(0.0, init[1], shape)
             else:
                 host[name] = numpy.zeros(shape)
         self._params = {name: to_device(value, self.device, self.dtype)
@@ -232,10 +234,13 @@ class ElmanRNN(RecurrentModel):
         self.activation = check_activation(activation)
         self.cell = ElmanCell(activation, bias)
         I, H, O = self.input_size, self.hidden_size, self.output_size
-        shapes = {"U": (H, I), "W": (H, H), "V": (O, H)}
+        # The tutorial's initialisation: uniform in ±1/sqrt(fan-in); biases start at zero.
+        specs = {"U": ((H, I), ("uniform", 1 / numpy.sqrt(I))),
+                 "W": ((H, H), ("uniform", 1 / numpy.sqrt(H))),
+                 "V": ((O, H), ("uniform", 1 / numpy.sqrt(H)))}
         if bias:
-            shapes.update(b=(H,), c=(O,))
-        self._init_params(shapes, {"U": I, "W": H, "V": H}, seed)
+            specs.update(b=((H,), ("zeros",)), c=((O,), ("zeros",)))
+        self._draw_params(specs, seed)
 
     @property
     def config(self) -> dict:

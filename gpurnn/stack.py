@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy
 
 from .activations import check_activation
-from .backend import get_array_module, host_rng, scatter_add, to_device
+from .backend import get_array_module, scatter_add, to_device
 from .cells import Cell, ElmanCell
 from .model import RecurrentModel
 from .validation import as_float_array, as_state, check_size
@@ -195,21 +195,6 @@ class LayeredRNN(RecurrentModel):
             cells = [layer_cell] + [self._make_cell() for _ in range(1, self.num_layers)]
             self.cell = StackedCell(cells, self._layer_names, H,
                                     embedding=embedding_size is not None)
-
-    def _draw_params(self, specs, seed):
-        """Drawn on the host in the order of ``specs``, then moved; zeros draw nothing."""
-        self._param_shapes = {name: shape for name, (shape, _) in specs.items()}
-        rng = host_rng(seed)
-        host = {}
-        for name, (shape, init) in specs.items():
-            if init[0] == "uniform":
-                host[name] = rng.uniform(-init[1], init[1], shape)
-            elif init[0] == "normal":
-                host[name] = rng.normal(0.0, init[1], shape)
-            else:
-                host[name] = numpy.zeros(shape)
-        self._params = {name: to_device(value, self.device, self.dtype)
-                        for name, value in host.items()}
 
     @property
     def config(self) -> dict:
