@@ -186,7 +186,7 @@ def recurrent_stats(model) -> list:
     """
     stats = []
     for label, W in _blocks(model):
-        W = numpy.asarray(W, dtype=numpy.float64)
+        W = to_host(W).astype(numpy.float64)             # eigenvalues on the host, in float64
         stats.append({"block": label,
                       "spectral_radius": float(numpy.abs(numpy.linalg.eigvals(W)).max()),
                       "spectral_norm": float(numpy.linalg.norm(W, 2))})
