@@ -153,14 +153,16 @@ class ElmanCell(Cell):
     def backward_stepper(self, params, xin, h0, states):
         xp = get_array_module(states)
         workspace = self.workspace
-        fprime = derivative_from_output(                             # f'(a_t), all t at once
-            self.activation, states, out=workspace.empty("fprime", states.shape, states.dtype, xp))
+        # f'(a_t) one step at a time: two small operations per step instead of a fifth
+        # (time, batch, hidden) array.
+        fprime = workspace.empty("fprime", states.shape[1:], states.dtype, xp)
         W = params["W"]
         hidden = W.shape[0]
 
         def back(t, g):
+            derivative_from_output(self.activation, states[t], out=fprime)
             delta = workspace.empty("delta", g.shape, g.dtype, xp)
-            xp.multiply(g, fprime[t], out=delta)                     # e_h(t) = f'(a_t) ⊙ dL/dh_t
+            xp.multiply(g, fprime, out=delta)                        # e_h(t) = f'(a_t) ⊙ dL/dh_t
             # dL/dh_{t-1} = e_h(t) W, into the buffer that g (from step t + 1) is not in.
             g_prev = workspace.empty(("g", t % 2), g.shape, g.dtype, xp)
             xp.matmul(delta.reshape(-1, hidden), W, out=g_prev.reshape(-1, hidden))
