@@ -335,6 +335,7 @@ def memory_sweep(lengths, vocabularies, *, at_length=256, progress=print) -> lis
 def plot_memory_sweep(rows, path) -> str | None:
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -354,6 +355,9 @@ def plot_memory_sweep(rows, path) -> str | None:
              ylabel="step memory (MiB)", title="LM, batch 32, hidden 100")
     by_vocab.set(xscale="log", yscale="log", xlabel="vocabulary size (T = 256)",
                  ylabel="step memory (MiB)", title="LM, batch 32, hidden 100")
+    vocabs = sorted({r["vocab"] for r in rows})
+    by_vocab.set_xticks(vocabs, [f"{v:,}" for v in vocabs])
+    by_vocab.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for ax in (by_t, by_vocab):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
