@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy
 
 from . import data as D
-from .backend import to_device
 
 __all__ = ["Corpus", "load_data", "cross_entropy", "cross_entropy_sums", "EVAL_BATCH"]
 
@@ -90,20 +89,14 @@ def cross_entropy_sums(model, batches, *, carry_state: bool,
     """The summed weighted cross-entropy (nats) and the summed weights of
     :func:`cross_entropy`, over the rows ``rows`` of every batch (the same rows each
     batch, so the carried state follows them: a rank's share of the validation set)."""
-    xp = model.device.xp
     total, count, hidden = 0.0, 0.0, None
     for inputs, targets, weights in batches:
         inputs, targets, weights = inputs[rows], targets[rows], weights[rows]
         if not len(inputs):
             continue
-        probs, _, last = model.forward(to_device(inputs, model.device), hidden,
-                                       return_state=True)                  # (B, T, V)
-        y = to_device(targets, model.device)
-        p = xp.take_along_axis(probs, y[..., None], axis=2)[..., 0]
-        nll = -xp.log(xp.maximum(p, numpy.finfo(p.dtype).tiny))
-        w = to_device(weights, model.device, p.dtype)
-        total += float((nll * w).sum())  # a device sync per batch: fine for evaluation
-        count += float(w.sum())
+        loss, last = model.loss(inputs, targets, weights=weights, h0=hidden, return_state=True)
+        total += loss
+        count += float(weights.sum())
         if carry_state:
             hidden = last
     return total, count

@@ -18,7 +18,8 @@ from .activations import apply, derivative_from_output
 from .backend import get_array_module, scatter_add
 from .workspace import Workspace
 
-__all__ = ["OutputGrads", "output_loss_and_grads", "output_forward", "LOGIT_BLOCK_ELEMENTS"]
+__all__ = ["OutputGrads", "output_loss_and_grads", "output_loss", "output_forward",
+           "LOGIT_BLOCK_ELEMENTS"]
 
 # Elements of one block of logits (8 MiB in float32): large enough that the output
 # GEMMs stay efficient, small enough that a long sequence never holds all its logits.
@@ -96,6 +97,31 @@ def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
         loss, dV, dc = _squared_error(output, V, c, h_all, targets.reshape(steps * batch, -1),
                                       w_all, scale, d_all, workspace)
     return OutputGrads(float(loss) * scale, dV, dc, dstates)
+
+
+def output_loss(output, V, c, states, targets, weights=None) -> float:
+    """The loss alone, without gradients, a block of rows at a time like
+    :func:`output_loss_and_grads`; ``weights`` (time, batch) may be any non-negative
+    numbers (no recurrence is differentiated, so they need not be a right-padded mask)."""
+    xp = get_array_module(states)
+    steps, batch, hidden = states.shape
+    h_all = states.reshape(steps * batch, hidden)
+    t_all = targets.reshape(-1) if output == "softmax" else targets.reshape(steps * batch, -1)
+    w_all = None if weights is None else weights.reshape(-1)
+    loss = xp.zeros((), dtype=states.dtype)
+    for rows in _row_blocks(h_all.shape[0], V.shape[0])[1]:
+        z = _logits(h_all[rows], V, c)
+        if output == "softmax":
+            top = z.max(axis=1)
+            target_logit = z[xp.arange(z.shape[0]), t_all[rows]]
+            z -= top[:, None]
+            xp.exp(z, out=z)
+            per_row = xp.log(z.sum(axis=1)) + top - target_logit     # −log p[target]
+        else:
+            e = apply(output, z, out=z) - t_all[rows]
+            per_row = 0.5 * (e * e).sum(axis=1)                      # ½ Σ (y − t)²
+        loss += per_row.sum() if w_all is None else (per_row * w_all[rows]).sum()
+    return float(loss)
 
 
 def _row_blocks(rows, outputs):

@@ -13,7 +13,7 @@ from . import bptt
 from .activations import OUTPUTS, check_activation
 from .backend import get_array_module, get_device, host_rng, to_device
 from .cells import ElmanCell
-from .losses import output_forward, output_loss_and_grads
+from .losses import output_forward, output_loss, output_loss_and_grads
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
                          check_reduction, check_size, check_truncate, resolve_dtype)
 
@@ -169,6 +169,33 @@ class RecurrentModel(_ParamsMixin):
         if not return_state:
             return _time_major(y), _time_major(hidden)
         return _time_major(y), _time_major(hidden), self._final_state(states[-1].copy())
+
+    def loss(self, inputs, targets, *, weights=None, h0=None, return_state=False):
+        """The summed loss Σ w_t · loss_t alone (no BPTT): for evaluation.
+
+        Args:
+            weights: (batch, time) of non-negative numbers, default all ones; unlike a
+                ``mask`` they need not be right-padded.
+            return_state: also return the state after the last step (what ``h0`` takes).
+        """
+        _, _, h0, states = self._run(inputs, h0)
+        steps, batch = states.shape[:2]
+        y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
+                       self.device)
+        w = None
+        if weights is not None:
+            w = as_float_array(weights, "weights", self.dtype, self.device)
+            if w.shape != (batch, steps):
+                raise ValueError(f"weights must have shape (batch, time) = {(batch, steps)}, "
+                                 f"got {tuple(w.shape)}")
+            if bool((w < 0).any()):
+                raise ValueError("weights must be >= 0")
+            w = _time_major(w)
+        loss = output_loss(self.output, self._params["V"], self._params.get("c"),
+                           self._hidden(states), _time_major(y), w)
+        if not return_state:
+            return loss
+        return loss, self._final_state(states[-1].copy())
 
     def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                        reduction="sum") -> LossAndGrads:

@@ -277,3 +277,24 @@ def test_scatter_add_accumulates_repeated_indices(shape, device, rng):
     result = xp.asarray(target)
     gpurnn.backend.scatter_add(result, xp.asarray(indices), xp.asarray(values))
     np.testing.assert_allclose(host(result), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_loss_alone_equals_the_loss_of_loss_and_grads(output, device, rng):
+    """The evaluation path: same loss as training's for a mask, any non-negative weights
+    (not right-padded) as −Σ w log p from the forward probabilities, and the carried state."""
+    model, x, y, mask, h0 = make_case(rng, device, output=output, masked=True, with_h0=True)
+    assert model.loss(x, y, weights=mask, h0=h0) == pytest.approx(
+        model.loss_and_grads(x, y, mask=mask, h0=h0).loss, rel=1e-12)
+    weights = rng.random(mask.shape)
+    outputs, _, last = model.forward(x, h0=h0, return_state=True)
+    outputs = host(outputs)
+    if output == "softmax":
+        per_step = -np.log(np.take_along_axis(outputs, y[..., None], axis=2)[..., 0])
+    else:
+        per_step = 0.5 * ((outputs - y) ** 2).sum(axis=2)
+    loss, state = model.loss(x, y, weights=weights, h0=h0, return_state=True)
+    assert loss == pytest.approx((per_step * weights).sum(), rel=1e-10)
+    assert rel_error(state, host(last)) <= TIGHT
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        model.loss(x, y, weights=-weights)
