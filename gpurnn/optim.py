@@ -16,7 +16,7 @@ import numpy
 from .backend import device_of, get_array_module, to_device, to_host
 
 __all__ = ["Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "Rprop",
-           "make_optimizer", "HalveOnPlateau", "clip_grad_norm", "grads_finite"]
+           "make_optimizer", "HalveOnPlateau", "global_norm", "clip_grad_norm", "grads_finite"]
 
 
 def _check_positive(name: str, value) -> float:
@@ -344,6 +344,14 @@ class HalveOnPlateau:
         self.last_loss = None if state["last_loss"] is None else float(state["last_loss"])
 
 
+def global_norm(grads: dict) -> float:
+    """The L2 norm of all grads together (a Python float: one device sync)."""
+    if not grads:
+        return 0.0
+    xp = get_array_module(*grads.values())
+    return float(xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads.values())))
+
+
 def clip_grad_norm(grads: dict, max_norm: float) -> float:
     """Scale all grads in place so their global L2 norm is at most ``max_norm``.
 
@@ -351,11 +359,7 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     returned without scaling anything; check it (or :func:`grads_finite`) before stepping.
     """
     max_norm = _check_positive("max_norm", max_norm)
-    if not grads:
-        return 0.0
-    xp = get_array_module(*grads.values())
-    total = sum(xp.vdot(g.ravel(), g.ravel()) for g in grads.values())
-    norm = float(xp.sqrt(total))
+    norm = global_norm(grads)
     if math.isfinite(norm) and norm > max_norm:
         scale = max_norm / norm
         for grad in grads.values():

@@ -40,7 +40,7 @@ from .data import Batch, Vocabulary
 from .distributed import (Communicator, FlatGradients, abort_all_on_failure, collective,
                           device_for_rank, params_digest, world)
 from .stack import make_model, model_spec
-from .optim import HalveOnPlateau, clip_grad_norm, make_optimizer
+from .optim import HalveOnPlateau, clip_grad_norm, global_norm, make_optimizer
 
 __all__ = ["DEFAULT_LR", "TrainingError", "NonFiniteStepWarning", "TrainResult",
            "read_train_config", "Trainer", "train"]
@@ -352,7 +352,7 @@ class Trainer:
         if comm.size > 1:
             loss, grads, tokens = self._all_reduce(loss, grads, tokens)
         t_reduced = time.perf_counter()
-        norm = clip_grad_norm(grads, config.clip) if config.clip else _global_norm(grads)
+        norm = clip_grad_norm(grads, config.clip) if config.clip else global_norm(grads)
         loss = loss if config.reduction == "mean" else loss / tokens
         t2 = time.perf_counter()
         if math.isfinite(loss) and math.isfinite(norm):
@@ -590,11 +590,6 @@ def _finite_state(state) -> bool:
     """Whether a carried state (an array, or an LSTM's (h, c) pair) holds no NaN/Inf."""
     parts = state if isinstance(state, tuple) else (state,)
     return all(bool(get_array_module(p).isfinite(p).all()) for p in parts)
-
-
-def _global_norm(grads: dict) -> float:
-    xp = get_array_module(*grads.values())
-    return float(xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads.values())))
 
 
 def train(config: TrainConfig | None = None, *, comm: Communicator | None = None,
