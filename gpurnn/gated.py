@@ -41,20 +41,6 @@ from .stack import LayeredRNN
 __all__ = ["GRUCell", "LSTMCell", "GRU", "LSTM"]
 
 
-def _step_buffers(xp):
-    """Per-sweep scratch for the backward steps: one array per (name, shape), made on first
-    use, so a step costs a dict lookup rather than an allocation."""
-    cache = {}
-
-    def get(name, shape, dtype):
-        key = (name, shape)
-        array = cache.get(key)
-        if array is None:
-            array = cache[key] = xp.empty(shape, dtype=dtype)
-        return array
-    return get
-
-
 class GateCache:
     """A gated cell's ``xin``: the gate buffer and what the backward sweep derives from it.
 
@@ -248,7 +234,8 @@ class GRUCell(_GatedCell):
         K2[:, :, 2] *= r                                             # hidden side of a_n
         xin.K, xin.K2 = K, K2
         W = params["weight_hh"]                                      # (3H, H)
-        buffer = _step_buffers(xp)
+        def buffer(name, shape, dtype):                              # per-step scratch
+            return self.workspace.empty(("step", name), shape, dtype, xp)
 
         def back(t, g):
             d = buffer("d", g.shape[:-1] + (3, H), g.dtype)
@@ -373,7 +360,8 @@ class LSTMCell(_GatedCell):
         A *= o                                                       # ∂h/∂c = o (1 − tanh² c)
         xin.K, xin.K2 = K, A
         W = params["weight_hh"]                                      # (4H, H)
-        buffer = _step_buffers(xp)
+        def buffer(name, shape, dtype):                              # per-step scratch
+            return self.workspace.empty(("step", name), shape, dtype, xp)
 
         def back(t, grad):
             dc = buffer("dc", grad.shape[:-1] + (H,), grad.dtype)    # dL/dc_t
