@@ -17,7 +17,7 @@ import numpy as np
 
 import gpurnn
 from gpurnn import reference
-from gpurnn.bench import machine_info, timed
+from gpurnn.tools.bench import machine_info, timed
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -45,7 +45,7 @@ def main(argv=None):
                      args.repeats, 1, str(model.device))
     engine_tps = args.batch * args.seq_len / engine_s
 
-    U, V, W = (gpurnn.backend.to_host(model.params[k]).astype(np.float64) for k in "UVW")
+    U, V, W = (gpurnn.engine.backend.to_host(model.params[k]).astype(np.float64) for k in "UVW")
     n = min(args.ref_sequences, args.batch)
 
     def reference_loop():

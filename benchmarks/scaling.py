@@ -156,7 +156,7 @@ def mpiexec() -> str | None:
 
 def measure(processes: int, batch: int, threads: int, steps: int, folder: Path) -> dict:
     checkpoint = folder / f"p{processes}-b{batch}-t{threads}.npz"
-    argv = [sys.executable, "-m", "gpurnn.cli", "train", "--device", "cpu", "--steps",
+    argv = [sys.executable, "-m", "gpurnn", "train", "--device", "cpu", "--steps",
             str(steps), "--batch-size", str(batch), "--eval-every", str(10 * steps),
             "--checkpoint-every", "0", "--samples", "0", "--log-every", "10", "--quiet",
             "--checkpoint", str(checkpoint)]
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
         print("no mpiexec: pip install -e '.[mpi]'", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))
-    from gpurnn.bench import machine_info
+    from gpurnn.tools.bench import machine_info
     from importlib.metadata import PackageNotFoundError, version
     machine = machine_info()
     for package in ("mpi4py", "mpich", "openmpi"):

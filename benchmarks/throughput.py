@@ -1,6 +1,6 @@
 """Training throughput against sequence length: gpurnn, the seeds' loop and PyTorch, one run.
 
-The harness itself is ``gpurnn.bench`` (also ``gpurnn bench``); this program runs the full
+The harness itself is ``gpurnn.tools.bench`` (also ``gpurnn bench``); this program runs the full
 sweep and records it under benchmarks/results/:
 
     pip install -e ".[bench]"            # PyTorch (CPU build) and matplotlib
@@ -14,7 +14,7 @@ and vocabulary, logits blocked and whole). Extra arguments go to the harness
 import pathlib
 import sys
 
-from gpurnn import bench
+from gpurnn.tools import bench
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

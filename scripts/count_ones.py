@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 from gpurnn import LinearRNN
-from gpurnn.optim import Rprop
+from gpurnn.training.optim import Rprop
 
 
 def make_data(samples=20, length=10, seed=0):

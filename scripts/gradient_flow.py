@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 
 import gpurnn
-from gpurnn import diagnostics
+from gpurnn.tools import diagnostics
 
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 RADII = (0.5, 0.9, 1.0, 1.5, 3.0)

@@ -12,7 +12,7 @@ counts as solved when |y_T − target| < 0.04 (Hochreiter & Schmidhuber's criter
 
 For each cell the script reports test MSE and accuracy, the training time, and how much of
 the last output's gradient reaches earlier steps: ‖∂h_T/∂h_{T−k} u‖ for unit vectors u,
-lag k, at initialisation and after training (gpurnn.diagnostics.gradient_flow). The plain
+lag k, at initialisation and after training (gpurnn.tools.diagnostics.gradient_flow). The plain
 cell's product of Jacobians vanishes long before lag 100; the gated cells learn to keep it
 near 1 (z → 1, f → 1), which is why the seeds point to GRU and LSTM.
 
@@ -36,9 +36,9 @@ import time
 import numpy as np
 
 import gpurnn
-from gpurnn import diagnostics
-from gpurnn.backend import to_host
-from gpurnn.optim import Adam, clip_grad_norm
+from gpurnn.tools import diagnostics
+from gpurnn.engine.backend import to_host
+from gpurnn.training.optim import Adam, clip_grad_norm
 
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
@@ -147,7 +147,7 @@ def plot(results, args, path):
 
 def machine() -> dict:
     try:
-        from gpurnn.bench import machine_info
+        from gpurnn.tools.bench import machine_info
         info = machine_info()
     except ImportError:
         info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -160,7 +160,7 @@ def machine() -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", nargs="+", default=["elman", "gru", "lstm"],
-                        choices=gpurnn.stack.CELL_TYPES)
+                        choices=gpurnn.engine.factory.CELL_TYPES)
     parser.add_argument("--steps", type=int, default=200, help="sequence length T (default 200)")
     parser.add_argument("--iterations", type=int, default=5000, help="Adam steps (default 5000)")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")

@@ -10,7 +10,9 @@ import argparse
 
 import numpy as np
 
-from gpurnn import Cell, bptt
+from gpurnn import Cell
+
+from gpurnn.engine import bptt
 
 
 class NestedSquare(Cell):

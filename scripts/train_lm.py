@@ -11,8 +11,8 @@ built-in corpus; with the tutorial's Reddit CSV, the 'body' column is read. Ever
 """
 import sys
 
-from gpurnn import cli
-from gpurnn.config import TrainConfig
+from gpurnn.tools import cli
+from gpurnn.training.config import TrainConfig
 
 TUTORIAL = TrainConfig(
     vocab_size=8000,        # the tutorial's vocabulary_size

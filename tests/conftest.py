@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gpurnn import backend
+from gpurnn.engine import backend
 
 _NO_GPU = backend.cuda_unavailable_reason()
 

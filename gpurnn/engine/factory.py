@@ -1,0 +1,44 @@
+"""Models by cell name: ``make_model("gru", ...)`` and ``model_spec`` to rebuild one."""
+from __future__ import annotations
+
+from .gated import GRU, LSTM
+from .model import ElmanRNN
+from .stack import LayeredRNN, StackedElmanRNN
+from .validation import check_size
+
+__all__ = ["CELL_TYPES", "make_model", "model_spec"]
+
+CELL_TYPES = ("elman", "gru", "lstm")
+
+
+def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw):
+    """A model by cell name: ``"elman"`` | ``"gru"`` | ``"lstm"``.
+
+    ``kw`` are the constructors' keywords (``embedding_size``, ``output``, ``bias``,
+    ``dtype``, ``device``, ``seed``; ``activation`` for Elman only). One Elman layer without
+    an embedding gives :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
+    rebuilds a model like ``m``.
+    """
+    if cell not in CELL_TYPES:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELL_TYPES)}")
+    if cell == "elman":
+        if check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None:
+            kw.pop("embedding_size", None)
+            return ElmanRNN(input_size, hidden_size, output_size, **kw)
+        return StackedElmanRNN(input_size, hidden_size, output_size, num_layers=num_layers, **kw)
+    activation = kw.pop("activation", "tanh")
+    if activation != "tanh":
+        raise ValueError(f"activation={activation!r} applies to the elman cell only; "
+                         f"the {cell} cell's activations are fixed (sigmoid gates, tanh)")
+    model_class = GRU if cell == "gru" else LSTM
+    return model_class(input_size, hidden_size, output_size, num_layers=num_layers, **kw)
+
+
+def model_spec(model) -> dict:
+    """``{"cell": ..., **model.config}``: JSON-able, and ``make_model(**spec)`` rebuilds it."""
+    if isinstance(model, LayeredRNN):
+        return {"cell": model.cell_type, **model.config}
+    if isinstance(model, ElmanRNN):
+        return {"cell": "elman", "num_layers": 1, **model.config}
+    raise TypeError(f"model_spec takes a gpurnn Elman, GRU or LSTM model, "
+                    f"got {type(model).__name__}")

@@ -1,0 +1,294 @@
+"""Stacked layers and token embeddings on the one BPTT engine.
+
+A stack of L layers is one recurrence whose state is the concatenation of the layers'
+states, [s⁰, s¹, …, s^{L−1}] (each layer's s is h, or [h, c] for an LSTM), so the engine's
+sweeps run on it unchanged. Layer l reads layer l−1's h_t at the same step; with an
+embedding E (input_size, embedding_size) token x_t enters layer 0 as the row E[x_t]
+instead of a column of layer 0's input weights.
+
+Forward is layer by layer: each layer's input projection is one GEMM over batch·time rows
+(the layer below has finished all its steps), then that layer's time loop. The backward
+step handles all layers at step t, top down: the gradient a layer sends to its input,
+δ_t W_ih, joins the state gradient of the layer below at the same step.
+
+Truncation on a stack: ``truncate=k`` lets the error of output t reach steps t … t − k in
+every layer (the window is on the stacked state, exactly as for one layer), and chunked
+truncation carries every layer's state. Full BPTT is unaffected by the definition.
+
+Parameters of layer 0 keep the single-layer names (U, W, b for Elman; weight_ih, weight_hh,
+bias_ih, bias_hh for GRU/LSTM); layer l ≥ 1 appends ``_l{l}`` as PyTorch does.
+"""
+from __future__ import annotations
+
+import numpy
+
+from .activations import check_activation
+from .backend import get_array_module, scatter_add, to_device
+from .cells import Cell, ElmanCell
+from .model import RecurrentModel
+from .validation import as_float_array, as_state, check_size
+
+__all__ = ["StackedCell", "LayeredRNN", "StackedElmanRNN", "layer_name"]
+
+
+def layer_name(name: str, layer: int) -> str:
+    """The model's name for a layer's parameter: ``name`` for layer 0, ``name_l{k}`` above."""
+    return name if layer == 0 else f"{name}_l{layer}"
+
+
+class _StackWork:
+    """The stack's workspace (its ``xin``): per layer, the inputs, the cell's own workspace,
+    the initial state and the states, filled by ``project_inputs`` and ``forward``."""
+
+    def __init__(self, layers: int):
+        self.inputs = [None] * layers
+        self.xin = [None] * layers
+        self.h0 = [None] * layers
+        self.states = [None] * layers
+
+
+class StackedCell(Cell):
+    """``num_layers`` copies of ``cell`` stacked, optionally over an embedding ``E``.
+
+    Args:
+        cells: one cell per layer (bottom first), each with ``state_size``, ``delta_size``
+            and ``input_grads`` (Elman, GRU, LSTM); separate objects, since a cell keeps
+            its scratch buffers in its own workspace.
+        names: the cells' parameter names (layer 0's); layer l's are ``layer_name(n, l)``.
+        hidden_size: H of every layer; a layer's h is the first H entries of its state.
+        embedding: True to look token ids up in ``params["E"]`` (input_size, embedding_size).
+    """
+
+    def __init__(self, cells, names, hidden_size: int, embedding: bool = False):
+        self.cells = list(cells)
+        self.num_layers = len(self.cells)
+        self.names = tuple(names)
+        self.hidden = hidden_size
+        self.embedding = bool(embedding)
+        self.state_width = self.cells[0].state_size(hidden_size)     # S per layer
+        self.delta_width = self.cells[0].delta_size(hidden_size)     # D per layer
+
+    def layer_params(self, params, layer):
+        return {n: params[layer_name(n, layer)] for n in self.names
+                if layer_name(n, layer) in params}
+
+    def _slice(self, layer, width):
+        return slice(layer * width, (layer + 1) * width)
+
+    def project_inputs(self, params, inputs):
+        xp = get_array_module(inputs)
+        if self.embedding:
+            if inputs.dtype.kind not in "iu":
+                raise ValueError("inputs must be int token ids (batch, time) for a model with "
+                                 "an embedding; dense inputs have no embedding to look up")
+            inputs = xp.take(params["E"], inputs, axis=0)           # rows E[x_t], (T, B, D)
+        work = _StackWork(self.num_layers)
+        work.inputs[0] = inputs
+        work.xin[0] = self.cells[0].project_inputs(self.layer_params(params, 0), inputs)
+        return work
+
+    def forward(self, params, work, h0, steps):
+        xp = get_array_module(h0)
+        H, S = self.hidden, self.state_width
+        for layer in range(self.num_layers):
+            p = self.layer_params(params, layer)
+            if layer > 0:
+                below = work.states[layer - 1]
+                work.inputs[layer] = below if S == H else xp.ascontiguousarray(below[..., :H])
+                work.xin[layer] = self.cells[layer].project_inputs(p, work.inputs[layer])
+            work.h0[layer] = xp.ascontiguousarray(h0[:, self._slice(layer, S)])
+            work.states[layer] = self.cells[layer].forward(p, work.xin[layer], work.h0[layer],
+                                                           steps)
+        return xp.concatenate(work.states, axis=-1)                  # (T, B, L·S)
+
+    def backward_stepper(self, params, work, h0, states):
+        xp = get_array_module(states)
+        H, S = self.hidden, self.state_width
+        layers = [self.layer_params(params, layer) for layer in range(self.num_layers)]
+        backs = [self.cells[layer].backward_stepper(layers[layer], work.xin[layer],
+                                                    work.h0[layer], work.states[layer])
+                 for layer in range(self.num_layers)]
+
+        def back(t, g):
+            deltas, g_prev = [None] * self.num_layers, [None] * self.num_layers
+            dx = None
+            for layer in reversed(range(self.num_layers)):
+                g_layer = g[..., self._slice(layer, S)]
+                if dx is not None:                                   # from the layer above at t
+                    g_layer = g_layer.copy()
+                    g_layer[..., :H] += dx
+                deltas[layer], g_prev[layer] = backs[layer](t, g_layer)
+                if layer > 0:
+                    dx = self.cells[layer].input_grads(layers[layer], work.xin[layer],
+                                                       deltas[layer], t)
+            return xp.concatenate(deltas, axis=-1), xp.concatenate(g_prev, axis=-1)
+        return back
+
+    def param_grads(self, params, inputs, work, h0, states, deltas):
+        xp = get_array_module(deltas)
+        grads = {}
+        for layer in range(self.num_layers):
+            p = self.layer_params(params, layer)
+            d = xp.ascontiguousarray(deltas[..., self._slice(layer, self.delta_width)])
+            layer_grads = self.cells[layer].param_grads(p, work.inputs[layer], work.xin[layer],
+                                                        work.h0[layer], work.states[layer], d)
+            grads.update({layer_name(n, layer): v for n, v in layer_grads.items()})
+            if layer == 0 and self.embedding:
+                E = params["E"]
+                dx = self.cells[0].input_grads(p, work.xin[0], d)    # (T, B, D)
+                dE = xp.zeros_like(E)
+                scatter_add(dE, inputs.reshape(-1), dx.reshape(-1, E.shape[1]))  # dE[x_t] += dx_t
+                grads["E"] = dE
+        return grads
+
+    def layers(self, params, work):
+        """(cell, params, xin, states) of each layer after ``forward``, bottom first."""
+        return [(self.cells[layer], self.layer_params(params, layer), work.xin[layer],
+                 work.states[layer]) for layer in range(self.num_layers)]
+
+
+class LayeredRNN(RecurrentModel):
+    """A cell type in ``num_layers`` stacked layers, optionally on an embedding, under the
+    output layer y_t = g(V h_t + c) of the top layer; subclasses name the cell.
+
+    ``h0`` and ``last_hidden``: (batch, hidden) for one layer, (num_layers, batch, hidden)
+    for several; an LSTM's are pairs (h, c) of those. Subclasses define ``cell_type``,
+    ``_make_cell()`` and ``_layer_specs(layer_input_size, bias)`` (name -> (shape, init)).
+    """
+
+    cell_type = ""
+    _param_names: tuple = ()  # set per instance: the names depend on the layers
+
+    def _build(self, input_size, hidden_size, output_size, *, num_layers, embedding_size,
+               output, bias, dtype, device, seed):
+        self._setup(input_size, hidden_size, output_size, output, bias, dtype, device)
+        self.num_layers = check_size(num_layers, "num_layers")
+        if embedding_size is not None:
+            embedding_size = check_size(embedding_size, "embedding_size")
+        self.embedding_size = embedding_size
+        layer_cell = self._make_cell()
+        H = self.hidden_size
+        def all_specs(bias):
+            specs = {}
+            if embedding_size is not None:
+                specs["E"] = ((self.input_size, embedding_size), ("normal", 1.0))
+            for layer in range(self.num_layers):
+                fan_in = H if layer else (embedding_size or self.input_size)
+                for name, spec in self._layer_specs(fan_in, bias).items():
+                    specs[layer_name(name, layer)] = spec
+            specs["V"] = ((self.output_size, H), ("uniform", 1 / numpy.sqrt(H)))
+            if bias:
+                specs["c"] = ((self.output_size,), ("zeros",))
+            return specs
+
+        # Every name the model knows, so that setting a bias of a bias=False model is refused.
+        object.__setattr__(self, "_param_names", tuple(all_specs(True)))
+        self._draw_params(all_specs(bias), seed)
+        self._layer_names = tuple(self._layer_specs(1, True))
+        self._state_width = layer_cell.state_size(H)                 # S per layer
+        if self.num_layers == 1 and embedding_size is None:
+            self.cell = layer_cell
+        else:
+            cells = [layer_cell] + [self._make_cell() for _ in range(1, self.num_layers)]
+            self.cell = StackedCell(cells, self._layer_names, H,
+                                    embedding=embedding_size is not None)
+
+    @property
+    def config(self) -> dict:
+        return {**super().config, "num_layers": self.num_layers,
+                "embedding_size": self.embedding_size}
+
+    # --- state hooks ----------------------------------------------------------------
+    @property
+    def _pair_state(self) -> bool:
+        return self._state_width != self.hidden_size                # LSTM: [h, c]
+
+    def _layer_states(self, value, batch, name):
+        """(num_layers, batch, hidden) from the user's value, or (batch, hidden) for one layer."""
+        L, H = self.num_layers, self.hidden_size
+        if value is None:
+            return to_device(numpy.zeros((L, batch, H)), self.device, self.dtype)
+        if L == 1 and numpy.ndim(value) != 3:
+            return as_state(value, batch, H, self.dtype, self.device, name=name)[None]
+        s = as_float_array(value, name, self.dtype, self.device)
+        if s.shape != (L, batch, H):
+            one = f"(batch, hidden) = {(batch, H)} or " if L == 1 else ""
+            raise ValueError(f"{name} must have shape {one}(num_layers, batch, hidden) = "
+                             f"{(L, batch, H)}, got {tuple(s.shape)}")
+        return s
+
+    def _initial_state(self, h0, batch):
+        xp = get_array_module(self.V)
+        if self._pair_state:
+            if h0 is None:
+                h0 = (None, None)
+            if not isinstance(h0, (tuple, list)) or len(h0) != 2:
+                raise TypeError(f"h0 for an LSTM must be a pair (h, c) or None, "
+                                f"got {type(h0).__name__}")
+            h = self._layer_states(h0[0], batch, "h0[0] (h)")
+            c = self._layer_states(h0[1], batch, "h0[1] (c)")
+            layered = xp.concatenate([h, c], axis=-1)                # (L, B, 2H)
+        else:
+            layered = self._layer_states(h0, batch, "h0")            # (L, B, H)
+        return xp.ascontiguousarray(layered.transpose(1, 0, 2)).reshape(batch, -1)
+
+    def _top(self):
+        start = (self.num_layers - 1) * self._state_width
+        return slice(start, start + self.hidden_size)
+
+    def _hidden(self, states):
+        if states.shape[-1] == self.hidden_size:
+            return states
+        return states[..., self._top()]
+
+    def _state_grads(self, dhidden, states):
+        if states.shape[-1] == self.hidden_size:
+            return dhidden
+        out = get_array_module(states).zeros_like(states)
+        out[..., self._top()] = dhidden
+        return out
+
+    def _final_state(self, state):
+        xp = get_array_module(state)
+        L, H = self.num_layers, self.hidden_size
+        layered = state.reshape(state.shape[0], L, -1).transpose(1, 0, 2)   # (L, B, S)
+        if self._pair_state:
+            h, c = (xp.ascontiguousarray(layered[..., part]) for part in
+                    (slice(0, H), slice(H, 2 * H)))
+            return (h[0], c[0]) if L == 1 else (h, c)
+        return state if L == 1 else xp.ascontiguousarray(layered)
+
+
+class StackedElmanRNN(LayeredRNN):
+    """Elman layers h^l_t = f(U_l h^{l−1}_t + W_l h^l_{t−1} + b_l) under y_t = g(V h_t + c).
+
+    The stacked (and embedded) form of :class:`gpurnn.ElmanRNN`; with one layer and no
+    embedding it is the same model (same parameters, same initialisation for a seed).
+    Parameters U, W, b (layer 0), U_l1, W_l1, b_l1, … and E (input_size, embedding_size)
+    with ``embedding_size``. Weights uniform in ±1/sqrt(fan-in), biases zero, E ~ N(0, 1).
+    """
+
+    cell_type = "elman"
+
+    def __init__(self, input_size, hidden_size, output_size, *, num_layers=1,
+                 embedding_size=None, activation="tanh", output="softmax", bias=True,
+                 dtype="float32", device="cpu", seed=0):
+        self.activation = check_activation(activation)
+        self._build(input_size, hidden_size, output_size, num_layers=num_layers,
+                    embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
+                    device=device, seed=seed)
+
+    def _make_cell(self):
+        return ElmanCell(self.activation, self.bias)
+
+    def _layer_specs(self, fan_in, bias):
+        H = self.hidden_size
+        specs = {"U": ((H, fan_in), ("uniform", 1 / numpy.sqrt(fan_in))),
+                 "W": ((H, H), ("uniform", 1 / numpy.sqrt(H)))}
+        if bias:
+            specs["b"] = ((H,), ("zeros",))
+        return specs
+
+    @property
+    def config(self) -> dict:
+        return {**super().config, "activation": self.activation}

@@ -1,0 +1,308 @@
+"""The ``gpurnn`` command: one subcommand per job.
+
+Each subcommand lives in a function ``add_<name>(subparsers)`` that registers its flags
+and sets ``handler``; errors the user can fix (bad values, missing files) end in a
+one-line message and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy
+
+from ..engine.activations import ACTIVATIONS, OUTPUTS
+from .arguments import UsageError, int_at_least, positive_float, positive_int
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+
+
+
+def add_gradcheck(subparsers):
+    p = subparsers.add_parser(
+        "gradcheck", help="check BPTT gradients against central differences",
+        description="Build a small random Elman RNN in float64 and compare its BPTT "
+                    "gradients with central differences of the loss, parameter by parameter.")
+    p.add_argument("--input-size", type=positive_int, default=10,
+                   help="vocabulary size (token inputs) or features (--dense); default 10")
+    p.add_argument("--hidden", type=positive_int, default=6, help="hidden size (default 6)")
+    p.add_argument("--output-size", type=positive_int, default=None,
+                   help="output size (default: the input size)")
+    p.add_argument("--batch-size", type=positive_int, default=3, help="sequences (default 3)")
+    p.add_argument("--seq-len", type=positive_int, default=8, help="time steps (default 8)")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="tanh",
+                   help="hidden activation f (default tanh)")
+    p.add_argument("--output", choices=OUTPUTS, default="softmax",
+                   help="output g: softmax with cross-entropy, else squared error (default softmax)")
+    p.add_argument("--no-bias", action="store_true", help="drop the biases b and c")
+    p.add_argument("--dense", action="store_true",
+                   help="random float inputs instead of token ids")
+    p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (default 1e-6)")
+    p.add_argument("--tolerance", type=float, default=1e-6,
+                   help="largest relative error that passes (default 1e-6)")
+    p.add_argument("--max-checks", type=positive_int, default=50,
+                   help="entries checked per parameter, sampled when larger (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.set_defaults(handler=run_gradcheck)
+
+
+def run_gradcheck(args):
+    from .gradcheck import gradcheck
+    from ..engine.model import ElmanRNN
+
+    output_size = args.output_size or args.input_size
+    model = ElmanRNN(args.input_size, args.hidden, output_size, activation=args.activation,
+                     output=args.output, bias=not args.no_bias, dtype="float64",
+                     device=args.device, seed=args.seed)
+    rng = numpy.random.default_rng(args.seed)
+    shape = (args.batch_size, args.seq_len)
+    if args.dense:
+        inputs = rng.normal(size=shape + (args.input_size,))
+    else:
+        inputs = rng.integers(0, args.input_size, shape)
+    if args.output == "softmax":
+        targets = rng.integers(0, output_size, shape)
+    else:
+        targets = rng.normal(size=shape + (output_size,))
+    result = gradcheck(model, inputs, targets, eps=args.eps, tolerance=args.tolerance,
+                       max_checks=args.max_checks, seed=args.seed)
+    print(f"{model!r}: batch {args.batch_size}, {args.seq_len} steps, full BPTT, "
+          f"central differences with eps={args.eps:g}")
+    print(result.table())
+    print("gradient check passed" if result.ok
+          else f"gradient check FAILED (tolerance {args.tolerance:g})")
+    return 0 if result.ok else 1
+
+
+# ------------------------------------------------------------------------------------ train
+
+_METAVARS = {"corpus": "PATH", "checkpoint": "PATH", "metrics": "PATH", "lr": "X", "clip": "X",
+             "valid_fraction": "X", "truncate": "K"}
+
+
+def add_train(subparsers):
+    import dataclasses
+    import typing
+
+    from ..training.config import TrainConfig
+    p = subparsers.add_parser(
+        "train", help="train a language model (default: on Python's own documentation)",
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train an Elman RNN language model with batched BPTT and save it to "
+                    "--checkpoint.\nThe loss shown is the mean cross-entropy per predicted "
+                    "token (nats); perplexity = exp(loss).",
+        epilog="Settings can also come from --config FILE (TOML or JSON, keys named like the "
+               "flags,\nwith dashes or underscores); flags given here override the file.\n"
+               "--resume starts from the settings saved in the checkpoint; --steps/--epochs "
+               "count the\nwhole run, so --resume --steps 30 after 15 saved steps trains 15 more.\n"
+               "Ctrl-C saves a checkpoint after the current step and exits.\n\n"
+               "examples:\n  gpurnn train\n"
+               "  gpurnn train --corpus book.txt --level char --hidden 128 --epochs 5\n"
+               "  gpurnn train --resume --steps 3000\n")
+    hints = typing.get_type_hints(TrainConfig)
+    exclusive = p.add_mutually_exclusive_group()
+    for field in dataclasses.fields(TrainConfig):
+        flag, meta = "--" + field.name.replace("_", "-"), field.metadata
+        kind = next(t for t in typing.get_args(hints[field.name]) or (hints[field.name],)
+                    if t is not type(None))
+        text = meta["help"]
+        if field.default is not None and kind is not bool:
+            text += f" (default: {field.default})"
+        if kind is bool:
+            p.add_argument(flag, action="store_true", help=text)
+            continue
+        target = exclusive if field.name in ("steps", "epochs") else p
+        metavar = None if meta["choices"] else _METAVARS.get(field.name, "N")
+        target.add_argument(flag, type=kind, choices=meta["choices"], metavar=metavar,
+                            help=text)
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file of settings")
+    p.set_defaults(handler=run_train)
+
+
+def train_config_from_args(args, base=None, *, comm=None):
+    """The TrainConfig a ``gpurnn train`` command line asks for: ``base`` (default:
+    TrainConfig(), or with --resume the checkpoint's settings), then --config FILE, then flags.
+
+    With several processes (``comm``, see gpurnn.distributed) each builds it alike, an error
+    on any of them is raised on all, and only rank 0 reads the checkpoint's settings.
+    """
+    from ..training.config import TrainConfig, merge_config, read_config_file
+    from ..training.distributed import SingleProcess
+    comm = comm or SingleProcess()
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
+    config_file = getattr(args, "config", None)
+    from_file = comm.collectively(lambda: read_config_file(config_file) if config_file else {})
+
+    def layered(start, **more):
+        config = merge_config(start, from_file, source=str(config_file))
+        return merge_config(config, {**flags, **more}, source=None)
+
+    config = comm.collectively(lambda: layered(base or TrainConfig()))
+    if config.resume:
+        saved = comm.on_root(lambda: _saved_train_config(config.checkpoint))
+        config = comm.collectively(lambda: layered(saved, resume=True))
+    return config
+
+
+def _saved_train_config(checkpoint):
+    import dataclasses
+    from pathlib import Path
+
+    from ..training.train import read_train_config
+    if not Path(checkpoint).is_file():
+        raise UsageError(f"--resume: no checkpoint at {checkpoint} (give its path "
+                         f"with --checkpoint)")
+    return dataclasses.replace(read_train_config(checkpoint), quiet=False)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from tqdm import tqdm
+    tqdm.write(f"gpurnn: warning: {message}", file=sys.stderr)
+
+
+def run_train(args, base=None):
+    import warnings
+
+    from ..training.distributed import abort_all_on_failure, world
+    from ..training.train import Trainer, TrainingError
+    comm = world()  # one process, or all those mpirun started
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            with abort_all_on_failure(comm, "gpurnn train"):  # a rank failing alone stops all
+                config = train_config_from_args(args, base, comm=comm)
+                Trainer(config, comm=comm).run()
+        except TrainingError as error:  # decided on global numbers: raised by every rank
+            if comm.rank == 0:
+                print(f"gpurnn train: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("gpurnn train: interrupted, no checkpoint written", file=sys.stderr)
+            return 130
+    return 0
+
+
+# --------------------------------------------------------------------------------- generate
+
+def add_generate(subparsers):
+    p = subparsers.add_parser(
+        "generate", help="sample sentences from a trained language model",
+        description="Sample sentences from a checkpoint written by gpurnn train, one per "
+                    "line: each starts at SENTENCE_START (then the prompt) and stops at "
+                    "SENTENCE_END or --max-length tokens.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz written by gpurnn train")
+    p.add_argument("--num", type=positive_int, default=5, help="sentences (default 5)")
+    p.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="divides the log-probabilities: below 1 safer, above 1 wilder "
+                        "(default 1.0)")
+    p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
+                   help="draw only among the K most likely tokens (default: all)")
+    p.add_argument("--prompt", metavar="TEXT", default=None,
+                   help="text every sentence starts with")
+    p.add_argument("--min-length", type=int_at_least(0), default=0, metavar="N",
+                   help="tokens before SENTENCE_END may be drawn (default 0)")
+    p.add_argument("--max-length", type=positive_int, default=None, metavar="N",
+                   help="stop after N tokens (default 60 words or 300 characters)")
+    p.add_argument("--resample-unknown", action="store_true",
+                   help="never produce UNKNOWN_TOKEN: draw again instead, as the tutorial does")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed, for repeatable samples (default: fresh randomness)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.set_defaults(handler=run_generate)
+
+
+def run_generate(args):
+    from ..training.generate import load_language_model, sample
+    lm = load_language_model(args.checkpoint, device=args.device)
+    if args.min_length and args.max_length and args.min_length > args.max_length:
+        raise UsageError(f"--min-length {args.min_length} is above --max-length "
+                         f"{args.max_length}")
+    for sentence in sample(lm.model, lm.vocab, num=args.num, level=lm.level,
+                           prompt=args.prompt, temperature=args.temperature, top_k=args.top_k,
+                           min_length=args.min_length, max_length=args.max_length,
+                           resample_unknown=args.resample_unknown, seed=args.seed):
+        print(sentence)
+    return 0
+
+
+# ------------------------------------------------------------------------------------- plot
+
+def add_plot(subparsers):
+    p = subparsers.add_parser(
+        "plot", help="draw loss and perplexity curves from a metrics file to PNG",
+        description="Draw the training and validation loss and the validation perplexity "
+                    "recorded by gpurnn train (--metrics) to a PNG. Needs matplotlib: "
+                    "pip install 'gpurnn[plot]'.")
+    p.add_argument("metrics", metavar="METRICS", help="a .jsonl file written by gpurnn train")
+    p.add_argument("--output", "-o", metavar="PNG", default=None,
+                   help="image to write (default: METRICS with .png)")
+    p.set_defaults(handler=run_plot)
+
+
+def run_plot(args):
+    from .plot import plot_metrics
+    try:
+        output = plot_metrics(args.metrics, args.output)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {output}")
+    return 0
+
+
+def add_bench(subparsers):
+    from . import bench
+    p = subparsers.add_parser(
+        "bench", help="training throughput against sequence length, beside PyTorch",
+        description=bench.__doc__.split("\n\n")[0] + " Needs PyTorch for the torch columns "
+                    "(pip install gpurnn[bench]); each system runs in its own process.")
+    bench.add_arguments(p)
+    p.set_defaults(handler=bench.execute)
+
+
+def add_diagnose(subparsers):
+    from .diagnostics import add_diagnose as add
+    add(subparsers)
+
+
+SUBCOMMANDS = [add_train, add_generate, add_gradcheck, add_plot, add_diagnose, add_bench]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line: ``gpurnn train: error: ... (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gpurnn",
+        description="Train, run and check recurrent networks with batched BPTT on NumPy or CuPy.")
+    from .._version import __version__
+    parser.add_argument("--version", action="version", version=f"gpurnn {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (UsageError, ValueError, TypeError, RuntimeError, OSError) as error:
+        from ..training.distributed import printing_rank
+        if printing_rank():  # under mpirun every rank raises it; rank 0 tells
+            print(f"gpurnn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Checkpoints: one ``.npz`` file, written atomically, read back without pickle.
+
+Layout inside the zip: ``params/<name>`` arrays; ``optimizer/<path>`` and ``extra/<path>``
+arrays taken out of those nested dicts; and ``__gpurnn__``, a uint8 array holding UTF-8 JSON
+with the format name and version, step, vocab, config, rng_state and the two dicts with each
+array replaced by ``{"__array__": "<key>"}``.
+
+Saving writes a temporary file beside the target, fsyncs it and ``os.replace``-s it over the
+target, so a crash leaves the old checkpoint or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+
+from ..engine.backend import is_device_array, to_host
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "Checkpoint",
+           "save_checkpoint", "load_checkpoint"]
+
+FORMAT_NAME = "gpurnn-checkpoint"
+FORMAT_VERSION = 1
+_META_KEY = "__gpurnn__"
+_META_FIELDS = ("format", "version", "step", "vocab", "config", "rng_state", "params",
+                "optimizer", "extra")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What :func:`load_checkpoint` returns; all arrays are NumPy arrays."""
+
+    params: dict          # name -> array
+    optimizer_state: dict  # as Optimizer.state_dict() gave it
+    vocab: list           # Vocabulary.to_list()
+    config: dict
+    rng_state: dict | None
+    step: int
+    extra: dict | None
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, numpy.ndarray) or is_device_array(value)
+
+
+def _split_arrays(tree, prefix: str, arrays: dict):
+    """A JSON-able copy of ``tree`` with each array moved into ``arrays`` under a key."""
+    if _is_array(tree):
+        arrays[prefix] = to_host(tree)
+        return {"__array__": prefix}
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            if not isinstance(key, str) or "/" in key or not key:
+                raise ValueError(f"{prefix}: dict keys must be non-empty strings without '/', "
+                                 f"got {key!r}")
+            out[key] = _split_arrays(value, f"{prefix}/{key}", arrays)
+        return out
+    if isinstance(tree, (list, tuple)):
+        return [_split_arrays(value, f"{prefix}/{i}", arrays) for i, value in enumerate(tree)]
+    return tree
+
+
+def _join_arrays(tree, arrays: dict):
+    if isinstance(tree, dict):
+        if set(tree) == {"__array__"}:
+            return arrays[tree["__array__"]]  # KeyError: reported as a missing array
+        return {key: _join_arrays(value, arrays) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_join_arrays(value, arrays) for value in tree]
+    return tree
+
+
+def _to_json(name: str, value) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be JSON-serialisable (dicts, lists, strings, finite "
+                        f"numbers, bools, None; arrays only in optimizer_state and extra): "
+                        f"{error}") from None
+
+
+def save_checkpoint(path, *, params: dict, optimizer_state: dict, vocab, config: dict,
+                    rng_state: dict | None, step: int, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically to ``path`` (the exact name; ``.npz`` is conventional).
+
+    Args:
+        params: name -> array (NumPy or CuPy), all finite.
+        optimizer_state: ``Optimizer.state_dict()``; nested dicts of arrays and JSON scalars.
+        vocab: a list of token strings, or an object with ``to_list()`` (a Vocabulary).
+        config: JSON-able hyperparameters.
+        rng_state: JSON-able RNG state (e.g. ``generator.bit_generator.state``) or None.
+        step: training steps taken, >= 0.
+        extra: optional nested dict of arrays and JSON scalars (e.g. batcher state, history).
+    Raises:
+        ValueError: a parameter holds NaN or Inf, or a bad argument; TypeError: a field is
+            not JSON-serialisable. Nothing is written then.
+    """
+    path = Path(path)
+    if not isinstance(params, dict) or not params:
+        raise ValueError("params must be a non-empty dict of name -> array")
+    if isinstance(step, bool) or not isinstance(step, (int, numpy.integer)) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    if hasattr(vocab, "to_list"):
+        vocab = vocab.to_list()
+    if not isinstance(vocab, (list, tuple)) or not all(isinstance(t, str) for t in vocab):
+        raise TypeError("vocab must be a list of strings or have a to_list() method")
+    arrays = {}
+    for name, value in params.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"params names must be non-empty strings without '/', got {name!r}")
+        if not _is_array(value):
+            raise TypeError(f"params[{name!r}] must be an array, got {type(value).__name__}")
+        array = arrays[f"params/{name}"] = to_host(value)
+        # Refused here so that a diverged run can never overwrite good parameters with NaN.
+        if array.dtype.kind in "fc" and not numpy.isfinite(array).all():
+            raise ValueError(f"params[{name!r}] contains NaN or Inf; refusing to save {path}")
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": int(step),
+            "vocab": list(vocab), "config": config, "rng_state": rng_state,
+            "params": list(params),
+            "optimizer": _split_arrays(optimizer_state, "optimizer", arrays),
+            "extra": _split_arrays(extra, "extra", arrays)}
+    for field in ("config", "rng_state", "optimizer", "extra"):
+        _to_json(field, meta[field])
+    arrays[_META_KEY] = numpy.frombuffer(_to_json("checkpoint", meta).encode("utf-8"),
+                                         dtype=numpy.uint8)
+    _write_atomically(path, arrays)
+    return path
+
+
+def _write_atomically(path: Path, arrays: dict) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot save checkpoint {path}: folder {folder} does not exist")
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            numpy.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not possible on every OS / file system
+        directory = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(directory)
+    except OSError:
+        pass
+    finally:
+        os.close(directory)
+
+
+def _read_arrays(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not head:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if head != b"PK\x03\x04":  # every .npz is a zip archive
+        raise CheckpointError(f"{path}: not a gpurnn checkpoint (not an .npz/zip file)")
+    try:
+        with numpy.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except Exception as error:  # zipfile/numpy/OS errors from a damaged file, all alike to us
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint "
+                              f"({type(error).__name__}: {error})") from None
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: missing, empty, truncated or corrupt file, not a gpurnn checkpoint,
+            another format version, or missing fields/arrays; the message names the file.
+    """
+    path = Path(path)
+    arrays = _read_arrays(path)
+    raw = arrays.pop(_META_KEY, None)
+    if not isinstance(raw, numpy.ndarray) or raw.dtype != numpy.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"{path}: not a gpurnn checkpoint (no {_META_KEY} metadata)")
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a gpurnn checkpoint (metadata format is "
+                              f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')!r}; "
+                              f"this gpurnn reads version {FORMAT_VERSION}")
+    missing = [field for field in _META_FIELDS if field not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint metadata lacks {', '.join(missing)}")
+    try:
+        params = {name: arrays[f"params/{name}"] for name in meta["params"]}
+        optimizer_state = _join_arrays(meta["optimizer"], arrays)
+        extra = _join_arrays(meta["extra"], arrays)
+    except KeyError as error:
+        raise CheckpointError(f"{path}: checkpoint lacks the array {error.args[0]!r}") from None
+    return Checkpoint(params=params, optimizer_state=optimizer_state, vocab=meta["vocab"],
+                      config=meta["config"], rng_state=meta["rng_state"], step=meta["step"],
+                      extra=extra)

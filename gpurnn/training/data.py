@@ -1,0 +1,545 @@
+"""Corpora, tokens, vocabulary and batches for language models (all on the host, in NumPy).
+
+The pipeline, as the trainer uses it::
+
+    sentences = load_corpus("comments.csv")             # or load_builtin_corpus()
+    train_s, valid_s = train_valid_split(sentences, 0.1, seed=0)
+    vocab = Vocabulary.build(train_s, size=8000)        # validation words never leak in
+    train = encode_sentences(train_s, vocab)            # [START, w1, …, wn, END] int64 arrays
+    batches = SentenceBatcher(train, batch_size=32, seed=0)       # padded, masked, bucketed
+    # or: StreamBatcher(numpy.concatenate(train), batch_size=32, seq_len=64)
+
+As in the WildML tutorial every sentence becomes ``[SENTENCE_START] + tokens + [SENTENCE_END]``
+and a training pair is X = sentence[:-1], y = sentence[1:].
+
+Special token ids are fixed: ``PAD_ID = 0``, ``UNKNOWN_ID = 1``, ``SENTENCE_START_ID = 2``,
+``SENTENCE_END_ID = 3``; ordinary tokens follow from id 4, most frequent first.
+
+Batchers are resumable: epoch e's order depends only on (seed, e), so the position
+``(epoch, index)`` in :meth:`state_dict` is all a checkpoint needs to continue with exactly the
+next batch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy
+
+from ..engine.validation import check_size
+
+__all__ = [
+    "PAD_TOKEN", "UNKNOWN_TOKEN", "SENTENCE_START", "SENTENCE_END", "SPECIAL_TOKENS",
+    "PAD_ID", "UNKNOWN_ID", "SENTENCE_START_ID", "SENTENCE_END_ID", "ID_DTYPE",
+    "read_documents", "split_sentences", "tokenize_words", "tokenize", "detokenize",
+    "load_corpus", "load_builtin_corpus", "Vocabulary", "encode_sentences",
+    "train_valid_split", "Batch", "SentenceBatcher", "StreamBatcher",
+]
+
+PAD_TOKEN = "PAD_TOKEN"
+UNKNOWN_TOKEN = "UNKNOWN_TOKEN"
+SENTENCE_START = "SENTENCE_START"
+SENTENCE_END = "SENTENCE_END"
+SPECIAL_TOKENS = (PAD_TOKEN, UNKNOWN_TOKEN, SENTENCE_START, SENTENCE_END)
+PAD_ID, UNKNOWN_ID, SENTENCE_START_ID, SENTENCE_END_ID = range(len(SPECIAL_TOKENS))
+_SPECIAL_SET = frozenset(SPECIAL_TOKENS)
+ID_DTYPE = numpy.int64  # what the model's input checks convert token ids to anyway
+
+_LEVELS = ("word", "char")
+_TOKENIZERS = ("regex", "nltk")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+def _read_text(file: Path) -> str:
+    data = file.read_bytes()
+    nul = data.find(b"\x00")
+    if nul >= 0:  # UTF-8 text never contains NUL; binaries almost always do
+        raise ValueError(f"{file}: looks like a binary file (NUL byte at offset {nul}); "
+                         "expected UTF-8 text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file}: not valid UTF-8 (byte 0x{data[error.start]:02x} at offset "
+                         f"{error.start}); expected UTF-8 text") from None
+
+
+def _read_csv_column(file: Path, column: str) -> list[str]:
+    rows = csv.reader(io.StringIO(_read_text(file), newline=""))
+    header = next(rows, None)
+    if not header:
+        raise ValueError(f"{file}: CSV file is empty; expected a header row naming a "
+                         f"{column!r} column")
+    if column not in header:
+        raise ValueError(f"{file}: CSV has no column {column!r}; its columns are: "
+                         f"{', '.join(map(repr, header))}")
+    index = header.index(column)
+    return [row[index] for row in rows if len(row) > index]
+
+
+def read_documents(path, *, column: str = "body") -> list[str]:
+    """Read raw texts: one per ``.txt`` file, or one per CSV row.
+
+    Args:
+        path: a UTF-8 text file; a folder (every ``*.txt`` below it, recursively, in sorted
+            path order); or a ``.csv`` file with a header row.
+        column: the CSV column holding the text (``body`` in the tutorial's Reddit comments).
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or a folder holds no ``.txt`` file.
+        ValueError: a binary or non-UTF-8 file (named), or a CSV without ``column``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus path {path} does not exist")
+    if path.is_dir():
+        files = sorted(file for file in path.rglob("*.txt") if file.is_file())
+        if not files:
+            raise FileNotFoundError(f"corpus folder {path} contains no .txt files")
+        return [_read_text(file) for file in files]
+    if path.suffix.lower() == ".csv":
+        return _read_csv_column(path, column)
+    return [_read_text(path)]
+
+
+# ------------------------------------------------------------------------------------ tokenising
+
+# A sentence ends at . ! or ? (possibly repeated, possibly inside closing quotes/brackets)
+# followed by whitespace; "x.name", "3.14" and "e.g. this" are not ends.
+_SENTENCE_END_RE = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s)")
+_ABBREVIATIONS = frozenset({"e.g", "i.e", "cf", "vs", "mr", "mrs", "ms", "dr", "prof", "st"})
+_PARAGRAPH_RE = re.compile(r"\n[ \t\r\f\v]*\n")
+_WORD_RE = re.compile(r"""
+      \d+(?:[.,]\d+)+             # numbers with separators: 3.14, 1,000
+    | \w+(?:'\w+)*                # words and numbers, contractions whole: don't, it's, o'clock
+    | ([^\w\s])\1*                # any other character, runs kept together: , ( ... !!
+""", re.VERBOSE)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences with regexes (no NLTK).
+
+    Blank lines end paragraphs; inside a paragraph a sentence ends at ``.``, ``!`` or ``?``
+    followed by whitespace, except after a few abbreviations (e.g., i.e., Mr., …) and list
+    markers ("1.", "a."). Whitespace
+    runs, newlines included, become single spaces.
+    """
+    sentences = []
+    for paragraph in _PARAGRAPH_RE.split(text):
+        paragraph = " ".join(paragraph.split())
+        start = 0
+        for match in _SENTENCE_END_RE.finditer(paragraph):
+            words = paragraph[start:match.start()].split(" ")
+            last = words[-1].lstrip("(\"'[").lower()
+            # "e.g. this" and list numbers "1. First" do not end a sentence
+            if match.group() == "." and (last in _ABBREVIATIONS or (len(words) == 1 and (
+                    last.isdigit() or len(last) == 1))):
+                continue
+            sentences.append(paragraph[start:match.end()])
+            start = match.end() + 1
+        sentences.append(paragraph[start:])
+    return [sentence for sentence in sentences if sentence]
+
+
+def tokenize_words(sentence: str, *, lowercase: bool = True) -> list[str]:
+    """Words, numbers and punctuation of one sentence (no NLTK).
+
+    Contractions and possessives stay whole (``don't``, ``it's``); every other visible
+    character is its own token, with runs kept together (``...``).
+    Example: ``"Don't panic, it's 3.14!"`` -> ``["don't", "panic", ",", "it's", "3.14", "!"]``.
+    """
+    sentence = sentence.replace("\u2019", "'")  # curly apostrophe: "don’t" is "don't"
+    if lowercase:
+        sentence = sentence.lower()
+    return [match.group() for match in _WORD_RE.finditer(sentence)]
+
+
+def _nltk():
+    try:
+        import nltk
+    except ImportError as error:
+        raise ImportError("tokenizer='nltk' needs the nltk package (pip install nltk); "
+                          "tokenizer='regex' needs nothing") from error
+    return nltk
+
+
+def tokenize(text: str, *, level: str = "word", lowercase: bool | None = None,
+             tokenizer: str = "regex") -> list[list[str]]:
+    """Split text into sentences of tokens.
+
+    Args:
+        text: the raw text.
+        level: ``"word"`` (words, numbers, punctuation) or ``"char"`` (each character of the
+            sentence, spaces included; sentences are still split, so SENTENCE_START/END mark
+            sentence boundaries in both modes).
+        lowercase: lower-case the text; None means True for words and False for characters.
+        tokenizer: ``"regex"`` (built in) or ``"nltk"`` (``sent_tokenize``/``word_tokenize``;
+            only if installed with its ``punkt`` data).
+    Returns:
+        One list of tokens per non-empty sentence.
+    """
+    _check_choice("level", level, _LEVELS)
+    _check_choice("tokenizer", tokenizer, _TOKENIZERS)
+    if lowercase is None:
+        lowercase = level == "word"
+    if tokenizer == "nltk":
+        nltk = _nltk()
+        try:
+            sentences = [" ".join(s.split()) for p in _PARAGRAPH_RE.split(text)
+                         for s in nltk.sent_tokenize(p)]
+        except LookupError as error:
+            raise LookupError("tokenizer='nltk' needs NLTK's punkt data: run "
+                              "python -m nltk.downloader punkt punkt_tab") from error
+    else:
+        sentences = split_sentences(text)
+    if level == "char":
+        return [list(s.lower() if lowercase else s) for s in sentences if s]
+    if tokenizer == "nltk":
+        tokenized = [nltk.word_tokenize(s.lower() if lowercase else s) for s in sentences]
+    else:
+        tokenized = [tokenize_words(s, lowercase=lowercase) for s in sentences]
+    return [tokens for tokens in tokenized if tokens]
+
+
+def detokenize(tokens: Iterable[str], *, level: str = "word") -> str:
+    """Join tokens into text, dropping the special tokens: spaces between words, none between
+    characters."""
+    _check_choice("level", level, _LEVELS)
+    kept = [token for token in tokens if token not in _SPECIAL_SET or token == UNKNOWN_TOKEN]
+    return ("" if level == "char" else " ").join(kept)
+
+
+def load_corpus(path, *, level: str = "word", lowercase: bool | None = None,
+                tokenizer: str = "regex", column: str = "body") -> list[list[str]]:
+    """Read and tokenise a corpus (see :func:`read_documents` and :func:`tokenize`).
+
+    Raises:
+        ValueError: the corpus holds no tokens (besides the errors of :func:`read_documents`).
+    """
+    sentences = [tokens for document in read_documents(path, column=column)
+                 for tokens in tokenize(document, level=level, lowercase=lowercase,
+                                        tokenizer=tokenizer)]
+    if not sentences:
+        raise ValueError(f"corpus {path} contains no tokens")
+    return sentences
+
+
+def load_builtin_corpus(*, level: str = "word", lowercase: bool | None = None) -> list[list[str]]:
+    """A corpus that is on every machine offline: Python's own reference documentation.
+
+    The text is ``pydoc_data.topics.topics``, shipped with CPython for ``help()`` (about
+    0.5-0.7 MB of English prose and code examples, roughly 100k words; PSF licence). Topics
+    are read in sorted order so the corpus is deterministic for a given Python version.
+    Tokenised with the regex tokenizer; see :func:`tokenize` for ``level`` and ``lowercase``.
+
+    Raises:
+        FileNotFoundError: this Python installation lacks ``pydoc_data`` (some distributions
+            split it out); pass a corpus path instead.
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as error:
+        raise FileNotFoundError("the built-in corpus needs the standard library module "
+                                "pydoc_data.topics, which this Python installation lacks; "
+                                "give a corpus path instead") from error
+    return [tokens for key in sorted(topics)
+            for tokens in tokenize(topics[key], level=level, lowercase=lowercase)]
+
+
+# ------------------------------------------------------------------------------------ vocabulary
+
+
+class Vocabulary:
+    """Token <-> id mapping: the special tokens (ids 0-3, see the module docstring) followed by
+    ordinary tokens, most frequent first. Unknown tokens encode to ``UNKNOWN_ID``.
+
+    Saved in checkpoints as :meth:`to_list` and rebuilt with :meth:`from_list`.
+    """
+
+    def __init__(self, tokens: Sequence[str]):
+        tokens = list(tokens)
+        if tuple(tokens[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"tokens must start with the special tokens {list(SPECIAL_TOKENS)}, "
+                             f"got {tokens[:len(SPECIAL_TOKENS)]}")
+        if not all(isinstance(token, str) for token in tokens):
+            raise TypeError("tokens must all be strings")
+        self._tokens = tokens
+        self._ids = {token: index for index, token in enumerate(tokens)}
+        if len(self._ids) != len(tokens):
+            repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)
+            raise ValueError(f"tokens must be unique; repeated: {repeated[:10]}")
+
+    @classmethod
+    def build(cls, sentences: Iterable[Sequence[str]], size: int) -> "Vocabulary":
+        """The ``size - 4`` most frequent tokens of ``sentences`` after the 4 specials.
+
+        Ties are broken by the token's string order, so the result does not depend on the
+        order of the sentences. The vocabulary is smaller when the corpus has fewer tokens.
+        """
+        if isinstance(size, bool) or not isinstance(size, (int, numpy.integer)):
+            raise TypeError(f"size must be an integer, got {type(size).__name__}")
+        if size < len(SPECIAL_TOKENS):
+            raise ValueError(f"size must be at least {len(SPECIAL_TOKENS)} (the special tokens "
+                             f"{', '.join(SPECIAL_TOKENS)}), got {size}")
+        counts = Counter(token for sentence in sentences for token in sentence)
+        ranked = sorted((t for t in counts if t not in _SPECIAL_SET), key=lambda t: (-counts[t], t))
+        return cls(SPECIAL_TOKENS + tuple(ranked[:size - len(SPECIAL_TOKENS)]))
+
+    @classmethod
+    def from_list(cls, tokens: Sequence[str]) -> "Vocabulary":
+        """The inverse of :meth:`to_list`."""
+        return cls(tokens)
+
+    def to_list(self) -> list[str]:
+        """All tokens in id order (JSON-able)."""
+        return list(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __contains__(self, token) -> bool:
+        return token in self._ids
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocabulary) and self._tokens == other._tokens
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({len(self)} tokens)"
+
+    def encode(self, tokens: Iterable[str]) -> numpy.ndarray:
+        """Token ids, shape (n,), dtype ``ID_DTYPE``; unknown tokens map to ``UNKNOWN_ID``."""
+        ids = self._ids
+        return numpy.fromiter((ids.get(token, UNKNOWN_ID) for token in tokens), dtype=ID_DTYPE)
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens for ids (any int sequence or array)."""
+        size = len(self._tokens)
+        tokens = []
+        for index in numpy.asarray(ids).reshape(-1).tolist():
+            if not 0 <= index < size:
+                raise ValueError(f"ids must lie in [0, {size}), got {index}")
+            tokens.append(self._tokens[index])
+        return tokens
+
+
+def encode_sentences(sentences: Iterable[Sequence[str]], vocab: Vocabulary) -> list[numpy.ndarray]:
+    """Each sentence as ids ``[SENTENCE_START_ID, …, SENTENCE_END_ID]``, shape (len + 2,)."""
+    start, end = numpy.array([SENTENCE_START_ID], ID_DTYPE), numpy.array([SENTENCE_END_ID], ID_DTYPE)
+    return [numpy.concatenate([start, vocab.encode(sentence), end]) for sentence in sentences]
+
+
+def train_valid_split(items: Sequence, valid_fraction: float = 0.1, *,
+                      seed: int = 0) -> tuple[list, list]:
+    """Split sentences (token lists or id arrays) into (train, valid), deterministically.
+
+    ``round(len(items) * valid_fraction)`` items, drawn by ``default_rng(seed)``, form the
+    validation set; both parts keep the corpus order. A corpus too small for one validation
+    sentence gives an empty validation set and a warning.
+    """
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
+    n_valid = round(len(items) * valid_fraction)
+    if n_valid == 0 and valid_fraction > 0:
+        warnings.warn(f"corpus of {len(items)} sentences is too small for a validation set at "
+                      f"valid_fraction={valid_fraction}; validation set is empty", stacklevel=2)
+    is_valid = numpy.zeros(len(items), dtype=bool)
+    is_valid[numpy.random.default_rng(seed).permutation(len(items))[:n_valid]] = True
+    train = [item for item, v in zip(items, is_valid) if not v]
+    if not train:
+        raise ValueError(f"valid_fraction={valid_fraction} leaves no training sentences "
+                         f"out of {len(items)}")
+    return train, [item for item, v in zip(items, is_valid) if v]
+
+
+# -------------------------------------------------------------------------------------- batching
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch on the host. ``inputs``/``targets`` are (batch, time) ``ID_DTYPE`` token ids
+    with ``PAD_ID`` after a sequence ends; ``mask`` is (batch, time) float32, 1.0 on real steps
+    and 0.0 on padding. ``index`` is the batch's number within ``epoch`` (0 starts an epoch:
+    in stream mode, reset the carried hidden state there)."""
+
+    inputs: numpy.ndarray
+    targets: numpy.ndarray
+    mask: numpy.ndarray
+    epoch: int
+    index: int
+
+
+class _Batcher:
+    """Resumable iteration: ``iter()`` yields the rest of the current epoch from the saved
+    position, which always names the next batch to produce."""
+
+    kind = ""
+
+    def __init__(self, num_batches: int, seed: int | None):
+        self.num_batches, self.seed = num_batches, seed
+        self.epoch, self.index = 0, 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _plan(self, epoch: int) -> list:  # what each batch of the epoch holds
+        raise NotImplementedError
+
+    def _make(self, item) -> tuple:  # (inputs, targets, mask) for one plan entry
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, plan = self.epoch, self._plan(self.epoch)
+        for index in range(self.index, self.num_batches):
+            # Advance before yielding: a state saved while batch `index` is in use resumes
+            # at the batch after it.
+            last = index + 1 == self.num_batches
+            self.epoch, self.index = (epoch + 1, 0) if last else (epoch, index + 1)
+            yield Batch(*self._make(plan[index]), epoch=epoch, index=index)
+
+    def state_dict(self) -> dict:
+        """The position of the next batch, JSON-able: kind, seed, epoch, index, num_batches."""
+        return {"kind": self.kind, "seed": self.seed, "epoch": self.epoch, "index": self.index,
+                "num_batches": self.num_batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at a position from :meth:`state_dict` (same data and batch size)."""
+        missing = {"kind", "seed", "epoch", "index", "num_batches"} - set(state)
+        if missing:
+            raise ValueError(f"batcher state lacks {sorted(missing)}")
+        if state["kind"] != self.kind or state["num_batches"] != self.num_batches:
+            raise ValueError(f"batcher state is for a {state['kind']} batcher of "
+                             f"{state['num_batches']} batches per epoch; this is a {self.kind} "
+                             f"batcher of {self.num_batches} (different data or batch size?)")
+        if not (0 <= state["index"] < self.num_batches and state["epoch"] >= 0):
+            raise ValueError(f"batcher state position (epoch {state['epoch']}, index "
+                             f"{state['index']}) is out of range")
+        self.seed, self.epoch, self.index = state["seed"], state["epoch"], state["index"]
+
+
+class SentenceBatcher(_Batcher):
+    """Padded, masked batches of whole sentences, bucketed by length.
+
+    Each epoch, sentences are shuffled by ``default_rng([seed, epoch])``; every pool of
+    ``pool * batch_size`` of them is sorted by length and cut into batches (so batches hold
+    sentences of similar length and little padding), and the batch order is shuffled. With
+    ``shuffle=False`` (evaluation) all sentences are sorted by length once, the same every epoch.
+
+    Args:
+        sequences: id arrays ``[START, …, END]`` from :func:`encode_sentences`, each of length
+            >= 2; a sentence of n+1 ids gives n steps (X = s[:-1], y = s[1:]).
+        batch_size: sentences per batch (the last batch of an epoch may be smaller).
+        max_len: cut longer sentences to their first ``max_len`` steps; None keeps all.
+        shuffle: shuffle as above, else deterministic length order.
+        seed: an int, or a ``numpy.random.Generator`` from which one int seed is drawn now.
+        pool: batches per sorting pool; larger pools pad less but shuffle less.
+    Yields:
+        :class:`Batch` with inputs/targets/mask of shape (B, T), T the longest in the batch.
+    """
+
+    kind = "sentence"
+
+    def __init__(self, sequences: Sequence[numpy.ndarray], batch_size: int, *,
+                 max_len: int | None = None, shuffle: bool = True,
+                 seed: "int | numpy.random.Generator" = 0, pool: int = 50):
+        self.batch_size = check_size(batch_size, "batch_size")
+        self.pool = check_size(pool, "pool")
+        if max_len is not None:
+            max_len = check_size(max_len, "max_len")
+        if isinstance(seed, numpy.random.Generator):
+            seed = int(seed.integers(2**63))
+        if isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int or a numpy.random.Generator, "
+                             f"got {seed!r}")
+        if len(sequences) == 0:
+            raise ValueError("sequences must hold at least one sentence, got none")
+        self._sequences = [numpy.asarray(s, dtype=ID_DTYPE) for s in sequences]
+        short = [i for i, s in enumerate(self._sequences) if s.ndim != 1 or len(s) < 2]
+        if short:
+            raise ValueError(f"sequences must be 1-D with at least 2 ids (START and END); "
+                             f"sequence {short[0]} is not")
+        steps = numpy.array([len(s) - 1 for s in self._sequences])
+        self._steps = steps if max_len is None else numpy.minimum(steps, max_len)
+        self.shuffle = shuffle
+        super().__init__(math.ceil(len(self._sequences) / self.batch_size), int(seed))
+
+    def _plan(self, epoch: int) -> list[numpy.ndarray]:
+        size = self.batch_size
+        if not self.shuffle:
+            order = numpy.argsort(self._steps, kind="stable")
+            return [order[i:i + size] for i in range(0, len(order), size)]
+        rng = numpy.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self._sequences))
+        batches = []
+        for start in range(0, len(order), size * self.pool):
+            chunk = order[start:start + size * self.pool]
+            chunk = chunk[numpy.argsort(self._steps[chunk], kind="stable")]
+            batches.extend(chunk[i:i + size] for i in range(0, len(chunk), size))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _make(self, rows: numpy.ndarray) -> tuple:
+        steps = self._steps[rows]
+        shape = (len(rows), int(steps.max()))
+        inputs = numpy.full(shape, PAD_ID, dtype=ID_DTYPE)
+        targets = numpy.full(shape, PAD_ID, dtype=ID_DTYPE)
+        mask = numpy.zeros(shape, dtype=numpy.float32)
+        for row, (index, n) in enumerate(zip(rows, steps)):
+            sequence = self._sequences[index]
+            inputs[row, :n] = sequence[:n]
+            targets[row, :n] = sequence[1:n + 1]
+            mask[row, :n] = 1.0
+        return inputs, targets, mask
+
+
+class StreamBatcher(_Batcher):
+    """Consecutive chunks of one long id stream, for chunked truncated BPTT.
+
+    The stream is cut into ``batch_size`` equal parallel streams (row b continues where row
+    b-1 stops; the leftover tail is dropped) and each epoch walks them in order, ``seq_len``
+    steps at a time: chunk k holds inputs ``s[kL : kL+L]`` and targets ``s[kL+1 : kL+L+1]`` of
+    each row, so the last target of chunk k is the first input of chunk k+1 and the trainer
+    can carry the hidden state from chunk to chunk (resetting it when ``batch.index == 0``).
+    The last chunk may be shorter than ``seq_len``. No shuffling: every epoch is the same.
+
+    Args:
+        stream: 1-D token ids, e.g. ``numpy.concatenate(encode_sentences(...))``.
+        batch_size: parallel streams B.
+        seq_len: steps per chunk L.
+    Yields:
+        :class:`Batch` with inputs/targets of shape (B, L) and an all-ones mask.
+    """
+
+    kind = "stream"
+
+    def __init__(self, stream: numpy.ndarray, batch_size: int, seq_len: int):
+        self.batch_size = check_size(batch_size, "batch_size")
+        self.seq_len = check_size(seq_len, "seq_len")
+        stream = numpy.asarray(stream, dtype=ID_DTYPE)
+        if stream.ndim != 1:
+            raise ValueError(f"stream must be 1-D token ids, got shape {stream.shape}")
+        per_row = (len(stream) - 1) // self.batch_size  # -1: the final target needs a successor
+        if per_row < 1:
+            raise ValueError(f"stream of {len(stream)} ids is too short for batch_size="
+                             f"{self.batch_size}; need at least {self.batch_size + 1} ids")
+        used = self.batch_size * per_row
+        self._inputs = stream[:used].reshape(self.batch_size, per_row)
+        self._targets = stream[1:used + 1].reshape(self.batch_size, per_row)
+        super().__init__(math.ceil(per_row / self.seq_len), None)
+
+    def _plan(self, epoch: int) -> range:
+        return range(0, self._inputs.shape[1], self.seq_len)
+
+    def _make(self, start: int) -> tuple:
+        window = slice(start, start + self.seq_len)
+        inputs = numpy.ascontiguousarray(self._inputs[:, window])
+        targets = numpy.ascontiguousarray(self._targets[:, window])
+        return inputs, targets, numpy.ones(inputs.shape, dtype=numpy.float32)

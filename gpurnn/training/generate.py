@@ -1,0 +1,151 @@
+"""Sampling sentences from a trained language model.
+
+    from gpurnn.generate import load_language_model, sample
+    lm = load_language_model("gpurnn-lm.npz")
+    print(sample(lm.model, lm.vocab, num=5, level=lm.level, temperature=0.8, seed=1))
+
+A sentence starts from ``SENTENCE_START`` (then the prompt's tokens, if any) and grows one
+token at a time, drawn from the model's next-token distribution, until ``SENTENCE_END`` or
+``max_length`` tokens. All ``num`` sentences are drawn together as one batch; the random
+numbers come from a NumPy generator on the host, so a seed gives the same text on any device.
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import numpy
+
+from . import data as D
+from ..engine.backend import to_host
+from .checkpoint import CheckpointError, load_checkpoint
+from ..engine.model import RecurrentModel
+from ..engine.factory import make_model
+
+__all__ = ["LanguageModel", "load_language_model", "sample", "join_tokens"]
+
+_MAX_LENGTH = {"word": 60, "char": 300}
+
+
+class LanguageModel(NamedTuple):
+    model: RecurrentModel
+    vocab: D.Vocabulary
+    level: str   # "word" or "char": how tokens join into text
+    step: int    # training steps behind these parameters
+
+
+def load_language_model(path, device="cpu") -> LanguageModel:
+    """The model, vocabulary and token level saved by ``gpurnn train`` at ``path``.
+
+    Raises:
+        CheckpointError: unreadable file, or not a language-model checkpoint, or parameters
+            that do not fit the saved configuration.
+    """
+    saved = load_checkpoint(path)
+    try:
+        spec = dict(saved.config["model"])
+        spec.setdefault("cell", "elman")           # checkpoints written before GRU/LSTM
+        level = saved.config["train"]["level"]
+        vocab = D.Vocabulary.from_list(saved.vocab)
+        if spec["input_size"] != len(vocab) or spec["output_size"] != len(vocab):
+            raise ValueError(f"model sizes {spec['input_size']}/{spec['output_size']} do "
+                             f"not match the vocabulary of {len(vocab)} tokens")
+        model = make_model(**spec, device=device)
+        for name, param in model.params.items():
+            value = saved.params.get(name)
+            if value is None or value.shape != param.shape:
+                raise ValueError(f"parameter {name} is missing or has the wrong shape")
+            setattr(model, name, value)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a usable language-model checkpoint "
+                              f"({type(error).__name__}: {error})") from None
+    return LanguageModel(model, vocab, level, saved.step)
+
+
+def _check(name, value, ok, expected):
+    if isinstance(value, bool) or not ok(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: str = "word",
+           prompt: str | None = None, temperature: float = 1.0, top_k: int | None = None,
+           min_length: int = 0, max_length: int | None = None,
+           resample_unknown: bool = False, seed=None, rng=None) -> list[str]:
+    """Draw ``num`` sentences.
+
+    Args:
+        prompt: text the sentences start with (tokenised like the corpus; words outside the
+            vocabulary become UNKNOWN_TOKEN).
+        temperature: divides the log-probabilities; < 1 is more conservative, > 1 wilder.
+        top_k: draw only among the k most likely tokens; None: all.
+        min_length: tokens (prompt included) before ``SENTENCE_END`` may be drawn.
+        max_length: stop a sentence after this many tokens (default 60 words / 300 chars).
+        resample_unknown: never produce UNKNOWN_TOKEN (the tutorial's "re-sample" loop,
+            done exactly by giving it probability 0).
+        seed, rng: an int seed, or a ``numpy.random.Generator`` to draw from.
+    Returns:
+        One string per sentence, the prompt included, special tokens dropped.
+    """
+    _check("num", num, lambda v: isinstance(v, int) and v > 0, "a positive integer")
+    _check("temperature", temperature,
+           lambda v: isinstance(v, (int, float)) and 0 < v < float("inf"), "a positive number")
+    _check("top_k", top_k, lambda v: v is None or (isinstance(v, int) and v > 0),
+           "None or a positive integer")
+    _check("min_length", min_length, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    max_length = _MAX_LENGTH.get(level, 60) if max_length is None else max_length
+    _check("max_length", max_length, lambda v: isinstance(v, int) and v > 0,
+           "a positive integer")
+    if level not in ("word", "char"):
+        raise ValueError(f"level must be 'word' or 'char', got {level!r}")
+    rng = rng if rng is not None else numpy.random.default_rng(seed)
+    start = [D.SENTENCE_START_ID]
+    if prompt:
+        tokens = [t for sentence in D.tokenize(prompt, level=level) for t in sentence]
+        start += vocab.encode(tokens).tolist()
+    tokens = numpy.tile(numpy.array(start, dtype=D.ID_DTYPE), (num, 1))  # (N, prompt)
+    probs, _, state = model.forward(tokens, return_state=True)
+    rows, done = [[] for _ in range(num)], numpy.zeros(num, dtype=bool)
+    length = len(start) - 1
+    while length < max_length and not done.all():
+        p = to_host(probs[:, -1]).astype(numpy.float64)      # (N, V)
+        banned = [D.PAD_ID, D.SENTENCE_START_ID] + ([D.UNKNOWN_ID] if resample_unknown else [])
+        if length < min_length:
+            banned.append(D.SENTENCE_END_ID)
+        p[:, banned] = 0.0
+        choice = _draw(p, temperature, top_k, rng)
+        length += 1
+        for row in numpy.flatnonzero(~done):
+            rows[row].append(int(choice[row]))
+        done |= choice == D.SENTENCE_END_ID
+        probs, _, state = model.forward(choice[:, None], state, return_state=True)
+    prefix = start[1:]
+    return [join_tokens(vocab.decode(prefix + row), level) for row in rows]
+
+
+def _draw(p, temperature, top_k, rng):
+    """One index per row of the unnormalised probabilities ``p`` (N, V)."""
+    if temperature != 1.0:
+        with numpy.errstate(divide="ignore"):
+            logp = numpy.log(p) / temperature
+        p = numpy.exp(logp - logp.max(axis=1, keepdims=True))
+    if top_k is not None and top_k < p.shape[1]:
+        kth = numpy.partition(p, -top_k, axis=1)[:, -top_k][:, None]
+        p = numpy.where(p >= kth, p, 0.0)
+    empty = p.sum(axis=1) == 0  # everything banned (a vocabulary of special tokens only)
+    p[empty, D.SENTENCE_END_ID] = 1.0
+    cdf = numpy.cumsum(p, axis=1)
+    u = rng.random(len(p)) * cdf[:, -1]
+    return numpy.minimum((cdf <= u[:, None]).sum(axis=1), p.shape[1] - 1).astype(D.ID_DTYPE)
+
+
+_NO_SPACE_BEFORE = re.compile(r" ([.,;:!?)\]}%]|'s\b|n't\b)")
+_NO_SPACE_AFTER = re.compile(r"([(\[{]) ")
+
+
+def join_tokens(tokens, level: str = "word") -> str:
+    """Text from tokens, special tokens dropped (UNKNOWN_TOKEN kept); for words, no space
+    before closing punctuation or after opening brackets."""
+    text = D.detokenize(tokens, level=level)
+    if level == "word":
+        text = _NO_SPACE_AFTER.sub(r"\1", _NO_SPACE_BEFORE.sub(r"\1", text))
+    return text

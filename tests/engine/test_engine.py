@@ -1,0 +1,302 @@
+"""The batched engine against the seeds' plain loops (gpurnn.reference), in float64."""
+import numpy as np
+import pytest
+from conftest import host
+
+import gpurnn
+from gpurnn import Cell, ElmanRNN, reference
+from gpurnn.engine import bptt
+from gpurnn import gradcheck
+from gpurnn.engine.activations import ACTIVATIONS, OUTPUTS
+
+TIGHT = 1e-9  # max relative error allowed between engine and reference in float64
+
+
+def rel_error(actual, expected):
+    actual, expected = host(actual), np.asarray(expected)
+    scale = max(np.abs(expected).max(), 1e-300)
+    return np.abs(actual - expected).max() / scale
+
+
+def make_case(rng, device, *, tokens=True, activation="tanh", output="softmax", bias=True,
+              batch=3, steps=6, sizes=(7, 5, 4), masked=False, with_h0=False):
+    """A float64 model with random O(1) parameters and matching random data (made on the host)."""
+    I, H, O = sizes
+    model = ElmanRNN(I, H, O, activation=activation, output=output, bias=bias,
+                     dtype="float64", device=device, seed=int(rng.integers(1000)))
+    for name in model.params:
+        setattr(model, name, rng.normal(scale=0.6, size=model.params[name].shape))
+    x = rng.integers(0, I, (batch, steps)) if tokens else rng.normal(size=(batch, steps, I))
+    y = rng.integers(0, O, (batch, steps)) if output == "softmax" else rng.normal(size=(batch, steps, O))
+    mask = None
+    if masked:
+        lengths = rng.integers(0, steps + 1, batch)
+        lengths[0] = steps  # at least one full row
+        mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(float)
+    h0 = rng.normal(size=(batch, H)) if with_h0 else None
+    return model, x, y, mask, h0
+
+
+def host_params(model):
+    return {name: host(value) for name, value in model.params.items()}
+
+
+def assert_matches_reference(model, x, y, mask, h0, truncate, reduction="sum"):
+    result = model.loss_and_grads(x, y, truncate=truncate, mask=mask, h0=h0,
+                                  reduction=reduction)
+    loss, grads, last = reference.batch_bptt(host_params(model), x, y,
+                                             activation=model.activation, output=model.output,
+                                             truncate=truncate, h0=h0, mask=mask)
+    if reduction == "mean":
+        count = mask.sum() if mask is not None else y.shape[0] * y.shape[1]
+        loss, grads = loss / count, {k: v / count for k, v in grads.items()}
+    assert set(result.grads) == set(grads)
+    assert abs(result.loss - loss) <= TIGHT * abs(loss)
+    for name in grads:
+        assert rel_error(result.grads[name], grads[name]) <= TIGHT, name
+    assert rel_error(result.last_hidden, last) <= TIGHT
+
+
+def random_configs(count, seed=7):
+    """Random engine configurations covering the grid of the engine's options."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        steps = int(rng.integers(1, 51))
+        truncate = [None, int(rng.integers(0, steps + 4))][int(rng.integers(2))]
+        yield dict(tokens=bool(rng.integers(2)), activation=str(rng.choice(ACTIVATIONS)),
+                   output=str(rng.choice(OUTPUTS)), bias=bool(rng.integers(2)),
+                   batch=int(rng.integers(1, 9)), steps=steps, masked=bool(rng.integers(2)),
+                   with_h0=bool(rng.integers(2)), truncate=truncate,
+                   sizes=(int(rng.integers(2, 8)), int(rng.integers(2, 6)),
+                          int(rng.integers(2, 6))))
+
+
+@pytest.mark.parametrize("config", list(random_configs(60)), ids=lambda c: (
+    f"{'tok' if c['tokens'] else 'dense'}-{c['activation']}-{c['output']}-T{c['steps']}"
+    f"-k{c['truncate']}-B{c['batch']}{'-bias' if c['bias'] else ''}"
+    f"{'-mask' if c['masked'] else ''}{'-h0' if c['with_h0'] else ''}"))
+def test_engine_equals_reference_on_random_configs(config, device):
+    config = dict(config)
+    truncate = config.pop("truncate")
+    rng = np.random.default_rng(config["steps"] * 31 + config["batch"])
+    model, x, y, mask, h0 = make_case(rng, device, **config)
+    assert_matches_reference(model, x, y, mask, h0, truncate)
+
+
+@pytest.mark.parametrize("truncate", [0, 1, 2, 4, 7, 100])
+def test_engine_equals_the_tutorial_bptt_code(truncate, device, rng):
+    """Seeds 000/002 verbatim: tanh, softmax, no biases, one sentence at a time, summed."""
+    model, x, y, _, _ = make_case(rng, device, bias=False, batch=4, steps=8, sizes=(9, 6, 9))
+    U, V, W = (host(model.U), host(model.V), host(model.W))
+    expected = {"U": 0, "V": 0, "W": 0}
+    for b in range(x.shape[0]):
+        dU, dV, dW = reference.tutorial_bptt(U, V, W, x[b], y[b], truncate)
+        expected["U"] += dU
+        expected["V"] += dV
+        expected["W"] += dW
+    result = model.loss_and_grads(x, y, truncate=truncate)
+    for name in expected:
+        assert rel_error(result.grads[name], expected[name]) <= TIGHT
+    loss = sum(reference.tutorial_loss(U, V, W, x[b], y[b]) for b in range(x.shape[0]))
+    assert abs(result.loss - loss) <= TIGHT * loss
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_gradients_match_central_differences(activation, output, device, rng):
+    model, x, y, mask, h0 = make_case(rng, device, tokens=output != "identity",
+                                      activation=activation, output=output, masked=True,
+                                      with_h0=True, batch=3, steps=5)
+    result = gradcheck(model, x, y, mask=mask, h0=h0, max_checks=None)
+    assert result.ok, result.table()
+    assert set(result.errors) == set(model.params)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_reductions(reduction, device, rng):
+    model, x, y, mask, h0 = make_case(rng, device, masked=True, tokens=False, output="sigmoid")
+    assert_matches_reference(model, x, y, mask, h0, truncate=2, reduction=reduction)
+
+
+def test_truncate_at_or_beyond_length_is_full_bptt(device, rng):
+    model, x, y, _, _ = make_case(rng, device, steps=7)
+    full = model.loss_and_grads(x, y).grads
+    for truncate in (6, 7, 50):
+        windowed = model.loss_and_grads(x, y, truncate=truncate).grads
+        for name in full:
+            assert rel_error(windowed[name], host(full[name])) <= TIGHT
+
+
+def test_truncation_changes_the_gradient(device, rng):
+    """A shorter window really cuts paths (so the equality tests above can fail)."""
+    model, x, y, _, _ = make_case(rng, device, steps=7)
+    full = host(model.loss_and_grads(x, y).grads["W"])
+    cut = host(model.loss_and_grads(x, y, truncate=1).grads["W"])
+    assert rel_error(cut, full) > 1e-3
+
+
+def test_chunked_truncation_carries_the_state_and_stops_the_gradient(device, rng):
+    """A stream fed in chunks: states continue exactly; each chunk's gradient is the
+    reference gradient of that chunk alone from the carried state."""
+    model, x, y, _, _ = make_case(rng, device, batch=2, steps=12)
+    whole_states = host(model.forward(x)[1])
+    h, total = None, {name: 0 for name in model.params}
+    for start in range(0, 12, 4):
+        xs, ys = x[:, start:start + 4], y[:, start:start + 4]
+        h_in = None if h is None else host(h)
+        states = host(model.forward(xs, h0=h)[1])
+        assert rel_error(states, whole_states[:, start:start + 4]) <= TIGHT
+        result = model.loss_and_grads(xs, ys, h0=h, truncate=2)
+        _, grads, _ = reference.batch_bptt(host_params(model), xs, ys, truncate=2, h0=h_in)
+        for name in grads:
+            assert rel_error(result.grads[name], grads[name]) <= TIGHT
+            total[name] = total[name] + host(result.grads[name])
+        h = result.last_hidden
+    assert rel_error(h, whole_states[:, -1]) <= TIGHT
+
+
+def test_padded_steps_add_nothing(device, rng):
+    model, x, y, _, _ = make_case(rng, device, batch=3, steps=6, masked=False)
+    mask = np.ones((3, 6))
+    mask[1, 3:] = 0
+    mask[2, 1:] = 0
+    base = model.loss_and_grads(x, y, mask=mask, truncate=3)
+    x2, y2 = x.copy(), y.copy()
+    x2[mask == 0] = (x2[mask == 0] + 1) % model.input_size   # junk in the padding
+    y2[mask == 0] = (y2[mask == 0] + 2) % model.output_size
+    other = model.loss_and_grads(x2, y2, mask=mask, truncate=3)
+    assert other.loss == pytest.approx(base.loss, rel=1e-12)
+    for name in base.grads:
+        assert rel_error(other.grads[name], host(base.grads[name])) <= TIGHT
+    states = host(model.forward(x)[1])
+    expected_last = np.stack([states[0, 5], states[1, 2], states[2, 0]])
+    assert rel_error(base.last_hidden, expected_last) <= TIGHT
+
+
+def test_fully_padded_sequence_keeps_h0(device, rng):
+    model, x, y, _, _ = make_case(rng, device, batch=2, steps=3)
+    h0 = rng.normal(size=(2, model.hidden_size))
+    mask = np.array([[1, 1, 0], [0, 0, 0]])
+    result = model.loss_and_grads(x, y, mask=mask, h0=h0)
+    assert rel_error(result.last_hidden[1], h0[1]) <= TIGHT
+
+
+def test_forward_matches_reference(device, rng):
+    for output in OUTPUTS:
+        model, x, _, _, h0 = make_case(rng, device, output=output, tokens=False, with_h0=True)
+        outputs, hidden = model.forward(x, h0=h0)
+        assert outputs.shape == (3, 6, 4) and hidden.shape == (3, 6, 5)
+        for b in range(3):
+            y, h = reference.general_forward(host_params(model), x[b], activation="tanh",
+                                             output=output, h0=h0[b])
+            assert rel_error(outputs[b], y) <= TIGHT
+            assert rel_error(hidden[b], h) <= TIGHT
+
+
+def test_float32_agrees_with_float64(device, rng):
+    model, x, y, _, _ = make_case(rng, device, steps=20, batch=4)
+    single = model.copy(dtype="float32")
+    r64 = model.loss_and_grads(x, y, truncate=4)
+    r32 = single.loss_and_grads(x, y, truncate=4)
+    assert r32.grads["W"].dtype == np.float32
+    assert r32.loss == pytest.approx(r64.loss, rel=1e-5)
+    for name in r64.grads:
+        assert rel_error(r32.grads[name], host(r64.grads[name])) <= 1e-4
+
+
+class GenericElman(Cell):
+    """The Elman recurrence written only through the per-step protocol (no batched hooks)."""
+
+    def step(self, params, x_t, s_prev):
+        xp = gpurnn.engine.backend.get_array_module(s_prev)
+        return xp.tanh(params["U"].T[x_t] + s_prev @ params["W"].T)
+
+    def vjp_state(self, params, x_t, s_prev, s_t, g):
+        return (g * (1 - s_t ** 2)) @ params["W"]
+
+    def vjp_params(self, params, x_t, s_prev, s_t, g):
+        xp = gpurnn.engine.backend.get_array_module(s_prev)
+        e = g * (1 - s_t ** 2)
+        dUT = xp.zeros(params["U"].shape[::-1])
+        gpurnn.engine.backend.scatter_add(dUT, x_t, e)
+        return {"U": dUT.T, "W": e.T @ s_prev}
+
+
+@pytest.mark.parametrize("truncate", [None, 0, 2, 5])
+def test_custom_cell_protocol_equals_the_batched_cell(truncate, device, rng):
+    """A user cell on the default per-step hooks gives the Elman cell's gradients."""
+    model, x, _, _, h0 = make_case(rng, device, bias=False, with_h0=True, steps=7)
+    params = {"U": model.U, "W": model.W}
+    xp = gpurnn.engine.backend.get_device(device).xp
+    x_tm, h0_dev = xp.asarray(x.T.copy()), xp.asarray(h0)
+    dstates = xp.asarray(rng.normal(size=(7, 3, 5)))
+    results = []
+    for cell in (GenericElman(), gpurnn.ElmanCell("tanh", bias=False)):
+        xin, states = bptt.forward(cell, params, x_tm, h0_dev, 7)
+        grads = bptt.backward(cell, params, x_tm, xin, h0_dev, states, dstates, truncate)
+        results.append((host(states), {k: host(v) for k, v in grads.items()}))
+    assert rel_error(results[0][0], results[1][0]) <= TIGHT
+    for name in ("U", "W"):
+        assert rel_error(results[0][1][name], results[1][1][name]) <= TIGHT
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_returned_arrays_survive_the_next_call(batch, device, rng):
+    """The engine reuses its scratch buffers; nothing it returns may alias them."""
+    model, x, y, _, _ = make_case(rng, device, batch=batch, steps=5)
+    outputs, hidden = model.forward(x)
+    first = model.loss_and_grads(x, y)
+    kept = (host(outputs).copy(), host(hidden).copy(), host(first.last_hidden).copy(),
+            {k: host(v).copy() for k, v in first.grads.items()})
+    x2, y2 = (x + 1) % model.input_size, (y + 1) % model.output_size
+    model.forward(x2)
+    model.loss_and_grads(x2, y2, truncate=1)
+    assert np.array_equal(host(outputs), kept[0]) and np.array_equal(host(hidden), kept[1])
+    assert np.array_equal(host(first.last_hidden), kept[2])
+    for name, value in kept[3].items():
+        assert np.array_equal(host(first.grads[name]), value)
+
+
+def test_shorter_and_longer_calls_reuse_buffers_correctly(device, rng):
+    """Sequence lengths that shrink and grow between calls give the same results as fresh."""
+    model, x, y, _, _ = make_case(rng, device, batch=2, steps=9)
+    fresh = [model.copy().loss_and_grads(x[:, :n], y[:, :n], truncate=2) for n in (9, 3, 9)]
+    for n, expected in zip((9, 3, 9), fresh):
+        result = model.loss_and_grads(x[:, :n], y[:, :n], truncate=2)
+        assert result.loss == pytest.approx(expected.loss, rel=1e-12)
+        for name in expected.grads:
+            assert rel_error(result.grads[name], host(expected.grads[name])) <= TIGHT
+
+
+@pytest.mark.parametrize("shape", [(40,), (40, 3), (300, 7)])
+def test_scatter_add_accumulates_repeated_indices(shape, device, rng):
+    xp = gpurnn.engine.backend.get_device(device).xp
+    target = rng.normal(size=(9,) + shape[1:])
+    indices = rng.integers(0, 9, shape[0])
+    values = rng.normal(size=shape)
+    expected = target.copy()
+    np.add.at(expected, indices, values)
+    result = xp.asarray(target)
+    gpurnn.engine.backend.scatter_add(result, xp.asarray(indices), xp.asarray(values))
+    np.testing.assert_allclose(host(result), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_loss_alone_equals_the_loss_of_loss_and_grads(output, device, rng):
+    """The evaluation path: same loss as training's for a mask, any non-negative weights
+    (not right-padded) as −Σ w log p from the forward probabilities, and the carried state."""
+    model, x, y, mask, h0 = make_case(rng, device, output=output, masked=True, with_h0=True)
+    assert model.loss(x, y, weights=mask, h0=h0) == pytest.approx(
+        model.loss_and_grads(x, y, mask=mask, h0=h0).loss, rel=1e-12)
+    weights = rng.random(mask.shape)
+    outputs, _, last = model.forward(x, h0=h0, return_state=True)
+    outputs = host(outputs)
+    if output == "softmax":
+        per_step = -np.log(np.take_along_axis(outputs, y[..., None], axis=2)[..., 0])
+    else:
+        per_step = 0.5 * ((outputs - y) ** 2).sum(axis=2)
+    loss, state = model.loss(x, y, weights=weights, h0=h0, return_state=True)
+    assert loss == pytest.approx((per_step * weights).sum(), rel=1e-10)
+    assert rel_error(state, host(last)) <= TIGHT
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        model.loss(x, y, weights=-weights)

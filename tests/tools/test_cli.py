@@ -1,0 +1,228 @@
+"""The gpurnn command end to end: train, generate, resume, plot, and its errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy
+import pytest
+
+from gpurnn.tools import cli
+from gpurnn.training.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = numpy.random.default_rng(0)
+    text = " ".join(f"{rng.choice(['The cat', 'A dog', 'My friend'])} "
+                    f"{rng.choice(['sees', 'likes', 'eats'])} "
+                    f"{rng.choice(['the fish', 'a ball', 'some bread'])}." for _ in range(240))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    return path
+
+
+def small(corpus, tmp_path, *extra):
+    """A train command line that runs in well under a second."""
+    return ["train", "--corpus", str(corpus), "--vocab-size", "40", "--hidden", "12",
+            "--batch-size", "4", "--seq-len", "8", "--lr", "0.02", "--eval-every", "10",
+            "--log-every", "5", "--samples", "2", "--checkpoint", str(tmp_path / "lm.npz"),
+            "--device", "cpu", *extra]
+
+
+def records(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_train_then_generate(corpus, tmp_path, capsys):
+    assert cli.main(small(corpus, tmp_path, "--steps", "40")) == 0
+    out = capsys.readouterr().out
+    assert "step 0: valid loss" in out and "step 40:" in out and "perplexity" in out
+    assert "outside loss_and_grads" in out
+    valid = [r["valid_loss"] for r in records(tmp_path / "lm.jsonl") if "valid_loss" in r]
+    assert len(valid) == 5 and valid[-1] < valid[0] - 1.0
+    vocab = set(load_checkpoint(tmp_path / "lm.npz").vocab)
+    assert cli.main(["generate", str(tmp_path / "lm.npz"), "--num", "3", "--seed", "1",
+                     "--temperature", "0.7", "--top-k", "5", "--resample-unknown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        words = line.replace(".", " .").split()
+        assert words and set(words) <= vocab
+    cli.main(["generate", str(tmp_path / "lm.npz"), "--num", "3", "--seed", "1",
+              "--temperature", "0.7", "--top-k", "5", "--resample-unknown"])
+    assert capsys.readouterr().out.splitlines() == lines  # seeded
+    assert cli.main(["generate", str(tmp_path / "lm.npz"), "--prompt", "The dog",
+                     "--num", "1", "--min-length", "3"]) == 0
+    assert capsys.readouterr().out.startswith("the dog")
+
+
+def test_resume_from_the_command_line_equals_one_run(corpus, tmp_path, capsys):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir(), parts.mkdir()
+    assert cli.main(small(corpus, whole, "--steps", "30", "--mode", "sentence")) == 0
+    assert cli.main(small(corpus, parts, "--steps", "15", "--mode", "sentence")) == 0
+    # only --resume, --checkpoint and --steps: every other setting comes from the checkpoint
+    assert cli.main(["train", "--resume", "--checkpoint", str(parts / "lm.npz"), "--steps",
+                     "30", "--quiet"]) == 0
+    a, b = load_checkpoint(whole / "lm.npz"), load_checkpoint(parts / "lm.npz")
+    assert a.step == b.step == 30
+    for name in a.params:
+        assert numpy.array_equal(a.params[name], b.params[name])
+    steps = [r["step"] for r in records(parts / "lm.jsonl") if "loss" in r]
+    assert steps == list(range(5, 31, 5))  # appended, no step twice
+
+
+def test_config_file_with_flag_overrides(corpus, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(f'corpus = "{corpus}"\nvocab-size = 40\nhidden = 10\nbatch_size = 4\n'
+                      f'seq-len = 8\nsteps = 6\neval-every = 3\nquiet = true\n'
+                      f'checkpoint = "{tmp_path / "lm.npz"}"\n')
+    assert cli.main(["train", "--config", str(config), "--hidden", "8", "--device", "cpu"]) == 0
+    saved = load_checkpoint(tmp_path / "lm.npz")
+    assert saved.config["train"]["hidden"] == 8 and saved.config["train"]["seq_len"] == 8
+    assert saved.step == 6
+    (tmp_path / "bad.json").write_text('{"hiden": 8}')
+    assert cli.main(["train", "--config", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown key 'hiden'; valid keys are: corpus, level, vocab-size" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    ("empty", ["--corpus", "{dir}/empty.txt"], "contains no tokens"),
+    ("binary", ["--corpus", "{dir}/binary.txt"], "looks like a binary file"),
+    (None, ["--corpus", "{dir}/missing.txt"], "does not exist"),
+    (None, ["--corpus", "{dir}/c.txt"], "too short for batch_size=32"),
+    (None, ["--corpus", "{dir}/folder"], "contains no .txt files"),
+    (None, ["--vocab-size", "3"], "--vocab-size must be at least 5"),
+    (None, ["--vocab-size", "4"], "--vocab-size must be at least 5"),
+    (None, ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (None, ["--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs'"),
+    (None, ["--hidden", "many"], "argument --hidden: invalid int value"),
+    (None, ["--steps", "5", "--epochs", "1"], "not allowed with argument"),
+    (None, ["--resume", "--checkpoint", "{dir}/none.npz"], "--resume: no checkpoint at"),
+    (None, ["--checkpoint", "{dir}/no/such/lm.npz", "--corpus", "{dir}/c.txt"],
+     "folder {dir}/no/such for lm.npz does not exist"),
+    ("junk", ["--resume", "--checkpoint", "{dir}/junk.npz"], "not a gpurnn checkpoint"),
+    (None, ["--config", "{dir}/missing.toml"], "config file {dir}/missing.toml does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, setup, args, message):
+    (tmp_path / "c.txt").write_text("A tiny corpus. It has two sentences.")
+    (tmp_path / "folder").mkdir()
+    if setup == "empty":
+        (tmp_path / "empty.txt").write_text("")
+    elif setup == "binary":
+        (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    elif setup == "junk":
+        (tmp_path / "junk.npz").write_bytes(b"junk" * 100)
+    argv = ["train", *(a.replace("{dir}", str(tmp_path)) for a in args), "--quiet"]
+    with pytest.raises(SystemExit) if "argument" in message else _no_exit() as exit_info:
+        code = cli.main(argv)
+    if exit_info is not None and getattr(exit_info, "value", None) is not None:
+        code = exit_info.value.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message.replace("{dir}", str(tmp_path)) in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+class _no_exit:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_damaged_checkpoints_are_rejected_clearly(corpus, tmp_path, capsys):
+    assert cli.main(small(corpus, tmp_path, "--steps", "3", "--quiet")) == 0
+    good = (tmp_path / "lm.npz").read_bytes()
+    for name, content in [("cut.npz", good[:len(good) // 2]), ("junk.npz", b"\x00" * 2000),
+                          ("empty.npz", b"")]:
+        (tmp_path / name).write_bytes(content)
+        for argv in (["generate", str(tmp_path / name)],
+                     ["train", "--resume", "--checkpoint", str(tmp_path / name)]):
+            assert cli.main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert name in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_sigint_saves_a_loadable_checkpoint_and_exits_cleanly(corpus, tmp_path):
+    argv = small(corpus, tmp_path, "--steps", "100000", "--log-every", "1",
+                 "--eval-every", "1000", "--checkpoint-every", "0")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "gpurnn", *argv], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "lm.jsonl"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until it is training
+        if metrics.exists() and sum(1 for _ in open(metrics)) > 5:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "stopped at step" in out and "--resume" in out
+    saved = load_checkpoint(tmp_path / "lm.npz")
+    assert 0 < saved.step < 100000
+    assert all(numpy.isfinite(p).all() for p in saved.params.values())
+    assert records(metrics)[-1]["event"] == "end" and records(metrics)[-1]["interrupted"]
+
+
+def test_help_explains_every_flag(capsys):
+    for command, flags in [
+        ("train", ["--corpus", "--level", "--vocab-size", "--hidden", "--batch-size",
+                   "--seq-len", "--truncate", "--steps", "--epochs", "--optimizer", "--lr",
+                   "--clip", "--seed", "--device", "--checkpoint", "--checkpoint-every",
+                   "--resume", "--metrics", "--config"]),
+        ("generate", ["--num", "--temperature", "--top-k", "--prompt", "--seed",
+                      "--min-length", "--resample-unknown"]),
+        ("plot", ["--output"]),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        for flag in flags:
+            assert f"  {flag}" in text, (command, flag)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "sgd,momentum,adagrad,rmsprop,adam,rprop" in text and "perplexity" in text
+
+
+def test_plot(corpus, tmp_path, capsys, monkeypatch):
+    assert cli.main(small(corpus, tmp_path, "--steps", "10", "--quiet")) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert cli.main(["plot", str(tmp_path / "lm.jsonl")]) == 2
+    assert "pip install 'gpurnn[plot]'" in capsys.readouterr().err
+    monkeypatch.undo()
+    (tmp_path / "bad.jsonl").write_text('{"step": 1}\nnot json\n')
+    assert cli.main(["plot", str(tmp_path / "bad.jsonl")]) == 2
+    assert "bad.jsonl:2: not a JSON object" in capsys.readouterr().err
+    pytest.importorskip("matplotlib")
+    assert cli.main(["plot", str(tmp_path / "lm.jsonl"), "-o", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_lm_script_uses_the_tutorials_settings(corpus, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import train_lm
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert train_lm.main(["--corpus", str(corpus), "--steps", "12", "--vocab-size", "40",
+                          "--hidden", "8", "--eval-every", "4", "--quiet",
+                          "--checkpoint", str(tmp_path / "t.npz")]) == 0
+    train = load_checkpoint(tmp_path / "t.npz").config["train"]
+    assert (train["optimizer"], train["lr"], train["truncate"], train["reduction"],
+            train["schedule"], train["mode"], train["batch_size"]) == \
+        ("sgd", 0.005, 4, "sum", "halve", "sentence", 1)
+    assert train["steps"] == 12 and train["epochs"] is None

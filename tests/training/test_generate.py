@@ -1,0 +1,123 @@
+"""Sampling from a trained language model (gpurnn.generate)."""
+import numpy
+import pytest
+
+from gpurnn.training import data as D
+from gpurnn.training.checkpoint import CheckpointError
+from gpurnn.training.config import TrainConfig
+from gpurnn.training.generate import join_tokens, load_language_model, sample
+from gpurnn.training.train import Trainer
+
+WORDS = ["the", "cat", "a", "dog", "sees", "likes", "fish", "ball", "."]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    """A language model trained for a few steps on a tiny regular corpus."""
+    folder = tmp_path_factory.mktemp("lm")
+    rng = numpy.random.default_rng(0)
+    text = " ".join(f"{rng.choice(['The cat', 'A dog'])} {rng.choice(['sees', 'likes'])} "
+                    f"{rng.choice(['the fish', 'a ball'])}." for _ in range(200))
+    (folder / "corpus.txt").write_text(text)
+    Trainer(TrainConfig(corpus=str(folder / "corpus.txt"), vocab_size=50, hidden=12,
+                        batch_size=4, seq_len=8, steps=60, lr=0.02, checkpoint_every=0,
+                        checkpoint=str(folder / "lm.npz"), samples=0, quiet=True,
+                        device="cpu")).run()
+    return load_language_model(folder / "lm.npz")
+
+
+def test_loaded_model_has_the_vocabulary_and_level(lm):
+    assert set(WORDS) <= set(lm.vocab.to_list()) and lm.level == "word" and lm.step == 60
+    assert lm.model.input_size == len(lm.vocab)
+
+
+def test_samples_use_the_vocabulary_and_are_seedable(lm):
+    first = sample(lm.model, lm.vocab, num=4, seed=3)
+    assert first == sample(lm.model, lm.vocab, num=4, seed=3)
+    assert len(first) == 4
+    for sentence in first:
+        assert set(sentence.replace(".", " .").split()) <= set(WORDS) | {"UNKNOWN_TOKEN"}
+    rng = numpy.random.default_rng(3)
+    assert sample(lm.model, lm.vocab, num=4, rng=rng) == first
+
+
+def test_trained_model_mostly_ends_sentences_like_the_corpus(lm):
+    sentences = sample(lm.model, lm.vocab, num=20, seed=0, temperature=0.5)
+    assert sum(s.endswith(".") for s in sentences) >= 15
+
+
+def test_top_k_1_is_greedy_and_the_prompt_comes_first(lm):
+    greedy = sample(lm.model, lm.vocab, num=3, top_k=1, seed=0, prompt="The dog")
+    assert greedy == sample(lm.model, lm.vocab, num=3, top_k=1, seed=99, prompt="The dog")
+    assert len(set(greedy)) == 1 and greedy[0].startswith("the dog ")
+
+
+def test_min_and_max_length(lm):
+    for sentence in sample(lm.model, lm.vocab, num=10, seed=1, min_length=8, max_length=9):
+        assert len(sentence.replace(".", " .").split()) in (8, 9)
+    for sentence in sample(lm.model, lm.vocab, num=10, seed=1, max_length=2):
+        assert len(sentence.replace(".", " .").split()) <= 2
+
+
+def test_resample_unknown_never_produces_it(lm):
+    # a hot temperature makes the rare UNKNOWN_TOKEN likely; resampling rules it out
+    hot = sample(lm.model, lm.vocab, num=30, seed=0, temperature=5.0)
+    assert any("UNKNOWN_TOKEN" in s for s in hot)
+    cold = sample(lm.model, lm.vocab, num=30, seed=0, temperature=5.0, resample_unknown=True)
+    assert not any("UNKNOWN_TOKEN" in s for s in cold)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num=0), "num must be a positive integer"),
+    (dict(temperature=0.0), "temperature must be a positive number"),
+    (dict(top_k=0), "top_k must be None or a positive integer"),
+    (dict(min_length=-1), "min_length must be an integer >= 0"),
+    (dict(level="byte"), "level must be 'word' or 'char'"),
+])
+def test_bad_arguments(lm, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample(lm.model, lm.vocab, **kwargs)
+
+
+def test_a_vocabulary_of_special_tokens_only_still_ends(lm):
+    from gpurnn import ElmanRNN
+    vocab = D.Vocabulary(D.SPECIAL_TOKENS)
+    model = ElmanRNN(4, 3, 4)
+    assert sample(model, vocab, num=2, resample_unknown=True, seed=0) == ["", ""]
+
+
+def test_join_tokens():
+    assert join_tokens(["SENTENCE_START", "hello", ",", "(", "world", ")", "!", "it", "'s",
+                        "SENTENCE_END"]) == "hello, (world)! it's"
+    assert join_tokens(list("hi there"), level="char") == "hi there"
+
+
+def test_junk_and_foreign_checkpoints_are_rejected(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"PK\x03\x04 not really a zip file")
+    with pytest.raises(CheckpointError, match="junk.npz: truncated or corrupt"):
+        load_language_model(junk)
+    from gpurnn.training.checkpoint import save_checkpoint
+    other = save_checkpoint(tmp_path / "other.npz", params={"w": numpy.ones(2)},
+                            optimizer_state={}, vocab=list(D.SPECIAL_TOKENS), config={},
+                            rng_state=None, step=0)
+    with pytest.raises(CheckpointError, match="other.npz: not a usable language-model"):
+        load_language_model(other)
+
+
+@pytest.mark.parametrize("cell, layers", [("lstm", 1), ("gru", 2), ("elman", 2)])
+def test_gated_and_stacked_models_train_and_generate(tmp_path, cell, layers):
+    """The checkpoint rebuilds the cell it was trained with, and sampling carries its whole
+    state (an LSTM's (h, c), every layer) from token to token."""
+    from gpurnn.training.train import train
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 40, encoding="utf-8")
+    train(corpus=str(corpus), cell=cell, layers=layers, hidden=8, steps=20, batch_size=4,
+          seq_len=8, checkpoint=str(tmp_path / "m.npz"), quiet=True, samples=0)
+    lm = load_language_model(tmp_path / "m.npz")
+    assert type(lm.model).__name__ != "ElmanRNN" or (cell, layers) == ("elman", 1)
+    first = sample(lm.model, lm.vocab, num=3, seed=5, max_length=12)
+    assert first == sample(lm.model, lm.vocab, num=3, seed=5, max_length=12)
+    tokens = {t for s in first for sentence in D.tokenize(s.replace("UNKNOWN_TOKEN", ""))
+              for t in sentence}
+    assert tokens and tokens <= set(lm.vocab.to_list())
