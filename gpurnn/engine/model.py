@@ -14,6 +14,7 @@ from .activations import OUTPUTS, check_activation
 from .backend import get_array_module, get_device, host_rng, to_device
 from .cells import ElmanCell
 from .losses import output_forward, output_loss, output_loss_and_grads
+from .plan import Plan
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
                          check_reduction, check_size, check_truncate, resolve_dtype)
 
@@ -83,6 +84,8 @@ class RecurrentModel(_ParamsMixin):
         self.bias = bias
         self.dtype = resolve_dtype(dtype)
         self.device = get_device(device)
+        # How steps are computed (kernels, memory budget): see gpurnn.engine.plan.
+        self.plan = Plan()
 
     def _draw_params(self, specs: dict, seed):
         """Parameters from ``specs`` {name: (shape, init)}, init ("uniform", bound),
@@ -116,6 +119,7 @@ class RecurrentModel(_ParamsMixin):
         clone = type(self)(**config, device=device if device is not None else self.device)
         for name, value in self._params.items():
             setattr(clone, name, value)
+        clone.plan = self.plan
         return clone
 
     def __repr__(self):

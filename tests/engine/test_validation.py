@@ -153,3 +153,31 @@ def test_linear_rnn_bad_input():
         model.loss_and_grads(np.zeros(3), np.zeros(3))
     with pytest.raises(ValueError, match=r"targets must have shape \(samples,\) = \(2,\)"):
         model.loss_and_grads(np.zeros((2, 3)), np.zeros(3))
+
+
+# --- the execution plan -------------------------------------------------------------------
+
+def test_plan_parses_byte_sizes_and_refuses_bad_values():
+    from gpurnn.engine.plan import Plan, parse_bytes
+
+    assert parse_bytes("64MB") == 64_000_000
+    assert parse_bytes("1.5 GiB") == 3 * 2**29
+    assert parse_bytes(4096) == 4096
+    assert Plan(memory_budget="2KiB").memory_budget == 2048
+    assert Plan().replace(kernels=None, memory_budget="1kb") == Plan(memory_budget=1000)
+    for bad, error in [("64 parsecs", ValueError), (0, ValueError), ("-3MB", ValueError),
+                       (True, TypeError), (1.5, TypeError)]:
+        with pytest.raises(error, match="memory_budget"):
+            parse_bytes(bad)
+    with pytest.raises(ValueError, match="unknown kernels 'fast'"):
+        Plan(kernels="fast")
+
+
+def test_models_carry_a_plan_and_copies_keep_it():
+    import gpurnn
+    from gpurnn.engine.plan import Plan
+
+    model = gpurnn.GRU(5, 4, 5)
+    assert model.plan == Plan()
+    model.plan = Plan(memory_budget="1MB")
+    assert model.copy(dtype="float64").plan.memory_budget == 1_000_000

@@ -1,0 +1,81 @@
+"""How the engine runs a step: the one place where kernels and schedules are chosen.
+
+A :class:`Plan` says *how* a model computes, never *what*: every plan gives the same loss
+and gradients (to the last bit where the same operations run in the same order, to
+rounding otherwise), and tests hold every choice to the plain one. A model holds one plan
+(``model.plan``); ``loss_and_grads`` takes per-call overrides of its fields. The time loops,
+cells and output layer do not take flags of their own: they ask the plan they are handed.
+
+Fields:
+
+* ``kernels``: ``"plain"`` runs every step as array-module operations, the same code on
+  NumPy and CuPy and the reference for everything else; ``"fused"`` runs the cells' step
+  maths, the softmax row blocks and the optimizer updates as the CUDA kernels under
+  ``gpurnn/engine/kernels/`` where the arrays are CuPy's (NumPy arrays always run plain).
+* ``memory_budget``: None keeps every state for the backward sweep; a byte count (an int,
+  or a string such as ``"64MB"``) bounds what the engine holds during a step, and the sweep
+  recomputes the states it did not keep.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import re
+
+__all__ = ["Plan", "KERNELS", "parse_bytes"]
+
+KERNELS = ("plain", "fused")
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value, name: str = "memory_budget"):
+    """None, or a positive byte count from an int or a string like ``"64MB"``/``"1.5GiB"``
+    (k/M/G/T are powers of 1000, Ki/Mi/Gi/Ti powers of 1024)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be None, a number of bytes or a string like '64MB', "
+                        f"got {value!r}")
+    if isinstance(value, numbers.Integral):
+        size = int(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(f"{name} must be a number of bytes or a string like '64MB', "
+                             f"'512KiB', '1.5GB'; got {value!r}")
+        size = int(float(match.group(1)) * _UNITS[unit])
+    else:
+        raise TypeError(f"{name} must be None, a number of bytes or a string like '64MB', "
+                        f"got {type(value).__name__}")
+    if size <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a model computes a step (see the module docstring).
+
+    Args:
+        kernels: "plain" (array-module operations, the reference) or "fused" (CUDA kernels
+            on CuPy arrays; NumPy arrays run plain).
+        memory_budget: None to keep every state, or bytes (int or "64MB") for the step.
+    """
+
+    kernels: str = "plain"
+    memory_budget: object = None
+
+    def __post_init__(self):
+        if self.kernels not in KERNELS:
+            raise ValueError(f"unknown kernels {self.kernels!r}; expected one of "
+                             f"{', '.join(map(repr, KERNELS))}")
+        object.__setattr__(self, "memory_budget", parse_bytes(self.memory_budget))
+
+    def replace(self, **changes) -> "Plan":
+        """This plan with some fields changed (``None`` values in ``changes`` are ignored,
+        so per-call keywords that were not given leave the model's plan as it is)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
