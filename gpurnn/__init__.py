@@ -10,7 +10,7 @@ from ._version import __version__
 from .engine import bptt
 from .engine.backend import cuda_available, get_device
 from .engine.cells import Cell, ElmanCell
-from .engine.factory import make_model, model_spec
+from .engine.factory import from_torch, make_model, model_spec
 from .engine.gated import GRU, LSTM, GRUCell, LSTMCell
 from .engine.model import ElmanRNN, LinearRNN, LossAndGrads, RecurrentModel
 from .engine.stack import StackedCell, StackedElmanRNN
@@ -21,6 +21,6 @@ from .tools.gradcheck import GradcheckResult, gradcheck
 from .training import generate, train
 
 __all__ = ["ElmanRNN", "GRU", "LSTM", "LinearRNN", "StackedElmanRNN", "RecurrentModel",
-           "make_model", "model_spec", "LossAndGrads", "Cell", "ElmanCell", "GRUCell",
+           "make_model", "model_spec", "from_torch", "LossAndGrads", "Cell", "ElmanCell", "GRUCell",
            "LSTMCell", "StackedCell", "gradcheck", "GradcheckResult", "bptt", "reference",
            "train", "generate", "get_device", "cuda_available", "__version__"]

@@ -6,7 +6,7 @@ from .model import ElmanRNN
 from .stack import LayeredRNN, StackedElmanRNN
 from .validation import check_size
 
-__all__ = ["CELL_TYPES", "make_model", "model_spec"]
+__all__ = ["CELL_TYPES", "make_model", "model_spec", "from_torch"]
 
 CELL_TYPES = ("elman", "gru", "lstm")
 
@@ -42,3 +42,17 @@ def model_spec(model) -> dict:
         return {"cell": "elman", "num_layers": 1, **model.config}
     raise TypeError(f"model_spec takes a gpurnn Elman, GRU or LSTM model, "
                     f"got {type(model).__name__}")
+
+
+def from_torch(rnn, linear, embedding=None, **kw):
+    """The gpurnn model that matches torch modules, holding a copy of their weights:
+    ``torch.nn.RNN`` → :class:`ElmanRNN` (one layer, no embedding) or
+    :class:`StackedElmanRNN`, ``torch.nn.GRU`` → :class:`GRU`, ``torch.nn.LSTM`` →
+    :class:`LSTM`. ``kw`` as for ``Model.from_torch`` (``output``, ``dtype``, ``device``)."""
+    kinds = {"RNN": ElmanRNN, "GRU": GRU, "LSTM": LSTM}
+    model_class = kinds.get(type(rnn).__name__)
+    if model_class is None or type(rnn).__module__.split(".")[0] != "torch":
+        raise TypeError(f"rnn must be a torch.nn.RNN, GRU or LSTM, got {type(rnn).__name__}")
+    if model_class is ElmanRNN and (rnn.num_layers != 1 or embedding is not None):
+        model_class = StackedElmanRNN
+    return model_class.from_torch(rnn, linear, embedding, **kw)

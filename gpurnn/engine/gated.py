@@ -37,6 +37,7 @@ import numpy
 from .backend import get_array_module, scatter_add
 from .cells import Cell
 from .stack import LayeredRNN
+from .torch_interop import TorchInterop
 
 __all__ = ["GRUCell", "LSTMCell", "GRU", "LSTM"]
 
@@ -415,7 +416,7 @@ class LSTMCell(_GatedCell):
 _GATED_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-class _GatedRNN(LayeredRNN):
+class _GatedRNN(TorchInterop, LayeredRNN):
     """Shared constructor of :class:`GRU` and :class:`LSTM`."""
 
     _cell_class: type
@@ -438,27 +439,6 @@ class _GatedRNN(LayeredRNN):
         if bias:
             shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
         return {name: (shape, init) for name, shape in shapes.items()}
-
-    @classmethod
-    def from_torch(cls, rnn, linear, embedding=None, *, output="softmax", dtype=None,
-                   device="cpu"):
-        """A model with the weights of ``torch.nn.{GRU,LSTM}`` ``rnn``, the output layer
-        ``torch.nn.Linear`` ``linear`` and, optionally, ``torch.nn.Embedding`` ``embedding``
-        (see :func:`gpurnn.torch_interop.from_torch`)."""
-        from .torch_interop import from_torch
-
-        model = from_torch(rnn, linear, embedding, output=output, dtype=dtype, device=device)
-        if not isinstance(model, cls):
-            raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{cls.__name__}, "
-                            f"got {type(rnn).__name__}")
-        return model
-
-    def to_torch(self):
-        """(rnn, linear, embedding) torch modules holding this model's weights
-        (see :func:`gpurnn.torch_interop.to_torch`)."""
-        from .torch_interop import to_torch
-
-        return to_torch(self)
 
 
 class GRU(_GatedRNN):

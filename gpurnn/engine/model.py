@@ -15,6 +15,7 @@ from .backend import get_array_module, get_device, host_rng, to_device
 from .cells import ElmanCell
 from .losses import output_forward, output_loss, output_loss_and_grads
 from .plan import Plan
+from .torch_interop import TorchInterop
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
                          check_reduction, check_size, check_truncate, resolve_dtype)
 
@@ -240,7 +241,7 @@ class RecurrentModel(_ParamsMixin):
         return LossAndGrads(out.loss, grads, last)
 
 
-class ElmanRNN(RecurrentModel):
+class ElmanRNN(TorchInterop, RecurrentModel):
     """An Elman RNN: h_t = f(U x_t + W h_{t-1} + b), y_t = g(V h_t + c).
 
     Args:
@@ -258,6 +259,8 @@ class ElmanRNN(RecurrentModel):
     """
 
     _param_names = ("U", "W", "V", "b", "c")
+    cell_type = "elman"
+    single_layer = True  # for from_torch: a stack or an embedding is a StackedElmanRNN
 
     def __init__(self, input_size, hidden_size, output_size, *, activation="tanh",
                  output="softmax", bias=True, dtype="float32", device="cpu", seed=0):

@@ -26,14 +26,11 @@ from .activations import check_activation
 from .backend import get_array_module, scatter_add, to_device
 from .cells import Cell, ElmanCell
 from .model import RecurrentModel
+from .parameters import layer_name
+from .torch_interop import TorchInterop
 from .validation import as_float_array, as_state, check_size
 
 __all__ = ["StackedCell", "LayeredRNN", "StackedElmanRNN", "layer_name"]
-
-
-def layer_name(name: str, layer: int) -> str:
-    """The model's name for a layer's parameter: ``name`` for layer 0, ``name_l{k}`` above."""
-    return name if layer == 0 else f"{name}_l{layer}"
 
 
 class _StackWork:
@@ -259,7 +256,7 @@ class LayeredRNN(RecurrentModel):
         return state if L == 1 else xp.ascontiguousarray(layered)
 
 
-class StackedElmanRNN(LayeredRNN):
+class StackedElmanRNN(TorchInterop, LayeredRNN):
     """Elman layers h^l_t = f(U_l h^{l−1}_t + W_l h^l_{t−1} + b_l) under y_t = g(V h_t + c).
 
     The stacked (and embedded) form of :class:`gpurnn.ElmanRNN`; with one layer and no

@@ -1,25 +1,39 @@
-"""Weights between gpurnn's GRU/LSTM and PyTorch's ``nn.GRU`` / ``nn.LSTM``.
+"""Weights between gpurnn's models and PyTorch's ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``.
 
-The cells use PyTorch's equations, gate order and parameter layout, so the conversion is a
-copy: ``weight_ih_l{k}`` ↔ ``weight_ih`` (layer 0) or ``weight_ih_l{k}`` (layer k ≥ 1), and
-likewise for ``weight_hh``, ``bias_ih``, ``bias_hh``; the output layer ``nn.Linear`` ↔ V, c;
-``nn.Embedding.weight`` (vocabulary, embedding) ↔ E. torch is imported only when these
-functions are called.
+Every model with a torch counterpart takes :class:`TorchInterop` as a base and so has
+``Model.from_torch(rnn, linear, embedding=None)`` and ``model.to_torch()``.
+
+* GRU and LSTM use PyTorch's equations, gate order and layout, so the conversion is a copy:
+  ``weight_ih_l{k}`` ↔ ``weight_ih`` (layer 0) or ``weight_ih_l{k}`` (layer k ≥ 1), and
+  likewise ``weight_hh``, ``bias_ih``, ``bias_hh``.
+* Elman ↔ ``nn.RNN`` (``nonlinearity`` tanh or relu): ``weight_ih`` ↔ U, ``weight_hh`` ↔ W.
+  PyTorch adds two biases where the seeds have one, h_t = f(U x_t + W h_{t−1} + b), so
+  ``from_torch`` takes b = bias_ih + bias_hh and ``to_torch`` writes bias_ih = b and
+  bias_hh = 0: the same function, and the round trip gpurnn → torch → gpurnn is exact.
+* The output layer ``nn.Linear`` ↔ V, c; ``nn.Embedding.weight`` (vocabulary, embedding)
+  ↔ E. A model without an embedding takes token ids as one-hot columns of U (or
+  ``weight_ih``): torch sees the same model with one-hot float inputs.
+
+torch is imported only when these are called; it is never a dependency of gpurnn.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 from .backend import to_host
-from .stack import layer_name
+from .parameters import layer_name
 
-__all__ = ["TorchModules", "from_torch", "to_torch"]
+__all__ = ["TorchInterop", "TorchModules"]
 
-_GATED = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_TORCH_RNN = {"elman": "RNN", "gru": "GRU", "lstm": "LSTM"}
+# gpurnn's name for each torch weight, per cell; Elman's two biases are handled apart.
+_NAMES = {"elman": {"weight_ih": "U", "weight_hh": "W"},
+          "gru": {n: n for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}}
+_NAMES["lstm"] = _NAMES["gru"]
 
 
 class TorchModules(NamedTuple):
-    rnn: object        # torch.nn.GRU or torch.nn.LSTM, batch_first=True
+    rnn: object        # torch.nn.RNN, GRU or LSTM, batch_first=True
     linear: object     # torch.nn.Linear: the output layer V h + c
     embedding: object  # torch.nn.Embedding, or None
 
@@ -33,23 +47,7 @@ def _torch():
     return torch
 
 
-def from_torch(rnn, linear, embedding=None, *, output="softmax", dtype=None, device="cpu"):
-    """A :class:`gpurnn.GRU` or :class:`gpurnn.LSTM` holding the weights of torch modules.
-
-    Args:
-        rnn: ``torch.nn.GRU`` or ``torch.nn.LSTM`` (unidirectional, no ``proj_size``).
-        linear: ``torch.nn.Linear`` (hidden → outputs), the output layer.
-        embedding: optional ``torch.nn.Embedding`` under the first layer (token inputs).
-        output: the output nonlinearity g, as in the models (softmax by default).
-        dtype: float32 or float64; by default the dtype of the torch weights.
-    """
-    torch = _torch()
-    from .gated import GRU, LSTM
-
-    kinds = {torch.nn.GRU: GRU, torch.nn.LSTM: LSTM}
-    model_class = kinds.get(type(rnn))
-    if model_class is None:
-        raise TypeError(f"rnn must be a torch.nn.GRU or torch.nn.LSTM, got {type(rnn).__name__}")
+def _check_modules(torch, rnn, linear, embedding):
     if rnn.bidirectional:
         raise ValueError("bidirectional torch RNNs have no gpurnn counterpart")
     if getattr(rnn, "proj_size", 0):
@@ -66,57 +64,110 @@ def from_torch(rnn, linear, embedding=None, *, output="softmax", dtype=None, dev
         if embedding.embedding_dim != rnn.input_size:
             raise ValueError(f"embedding_dim ({embedding.embedding_dim}) must equal the rnn's "
                              f"input_size ({rnn.input_size})")
-    if dtype is None:
-        dtype = "float64" if rnn.weight_hh_l0.dtype == torch.float64 else "float32"
-    input_size = rnn.input_size if embedding is None else embedding.num_embeddings
-    model = model_class(input_size, rnn.hidden_size, linear.out_features,
-                        num_layers=rnn.num_layers,
-                        embedding_size=None if embedding is None else embedding.embedding_dim,
-                        output=output, bias=bool(rnn.bias), dtype=dtype, device=device)
-
-    def host(tensor):
-        return tensor.detach().cpu().double().numpy()
-
-    for layer in range(rnn.num_layers):
-        for name in _GATED:
-            if layer_name(name, layer) in model.params:
-                setattr(model, layer_name(name, layer), host(getattr(rnn, f"{name}_l{layer}")))
-    model.V = host(linear.weight)
-    if linear.bias is not None:
-        model.c = host(linear.bias)
-    if embedding is not None:
-        model.E = host(embedding.weight)
-    return model
 
 
-def to_torch(model) -> TorchModules:
-    """``(rnn, linear, embedding)`` torch modules (CPU, the model's dtype, ``batch_first``)
-    holding a copy of the weights of a :class:`gpurnn.GRU` or :class:`gpurnn.LSTM`."""
-    torch = _torch()
-    kind = getattr(model, "cell_type", None)
-    if kind not in ("gru", "lstm"):
-        raise TypeError(f"to_torch takes a gpurnn GRU or LSTM, got {type(model).__name__}")
-    dtype = torch.float64 if model.dtype.name == "float64" else torch.float32
-    input_size = model.embedding_size or model.input_size
-    rnn_class = torch.nn.GRU if kind == "gru" else torch.nn.LSTM
-    rnn = rnn_class(input_size, model.hidden_size, num_layers=model.num_layers, bias=model.bias,
-                    batch_first=True, dtype=dtype)
-    linear = torch.nn.Linear(model.hidden_size, model.output_size, bias=model.bias, dtype=dtype)
-    embedding = None
-    if model.embedding_size is not None:
-        embedding = torch.nn.Embedding(model.input_size, model.embedding_size, dtype=dtype)
+class TorchInterop:
+    """``from_torch`` / ``to_torch`` for a model class with ``cell_type`` elman, gru or lstm.
 
-    def tensor(name):
-        return torch.as_tensor(to_host(model.params[name]), dtype=dtype)
+    ``single_layer`` classes (:class:`gpurnn.ElmanRNN`) take neither ``num_layers`` nor
+    ``embedding_size``; stacked classes take both.
+    """
 
-    with torch.no_grad():
-        for layer in range(model.num_layers):
-            for name in _GATED:
-                if layer_name(name, layer) in model.params:
-                    getattr(rnn, f"{name}_l{layer}").copy_(tensor(layer_name(name, layer)))
-        linear.weight.copy_(tensor("V"))
-        if model.bias:
-            linear.bias.copy_(tensor("c"))
+    cell_type: str
+    single_layer = False
+
+    @classmethod
+    def from_torch(cls, rnn, linear, embedding=None, *, output="softmax", dtype=None,
+                   device="cpu"):
+        """A model holding a copy of the weights of torch modules.
+
+        Args:
+            rnn: ``torch.nn.RNN`` (Elman models), ``torch.nn.GRU`` or ``torch.nn.LSTM``:
+                unidirectional, no ``proj_size``; ``batch_first`` does not matter.
+            linear: ``torch.nn.Linear`` (hidden → outputs), the output layer.
+            embedding: optional ``torch.nn.Embedding`` under the first layer (token inputs).
+            output: the output nonlinearity g, as in the models (softmax by default).
+            dtype: float32 or float64; by default the dtype of the torch weights.
+        """
+        torch = _torch()
+        expected = _TORCH_RNN[cls.cell_type]
+        if type(rnn) is not getattr(torch.nn, expected):
+            raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{expected}, "
+                            f"got {type(rnn).__name__}")
+        _check_modules(torch, rnn, linear, embedding)
+        options = dict(output=output, bias=bool(rnn.bias), device=device,
+                       dtype=dtype or ("float64" if rnn.weight_hh_l0.dtype == torch.float64
+                                       else "float32"))
+        if cls.cell_type == "elman":
+            options["activation"] = rnn.nonlinearity
+        if cls.single_layer:
+            if rnn.num_layers != 1 or embedding is not None:
+                raise ValueError(f"{cls.__name__} has one layer and no embedding; for "
+                                 f"num_layers={rnn.num_layers}"
+                                 f"{' with an embedding' if embedding is not None else ''} "
+                                 f"use gpurnn.StackedElmanRNN.from_torch")
+        else:
+            options.update(num_layers=rnn.num_layers,
+                           embedding_size=None if embedding is None else embedding.embedding_dim)
+        input_size = rnn.input_size if embedding is None else embedding.num_embeddings
+        model = cls(input_size, rnn.hidden_size, linear.out_features, **options)
+
+        def host(tensor):
+            return tensor.detach().cpu().double().numpy()
+
+        for layer in range(rnn.num_layers):
+            for torch_name, name in _NAMES[cls.cell_type].items():
+                if hasattr(rnn, f"{torch_name}_l{layer}"):
+                    setattr(model, layer_name(name, layer),
+                            host(getattr(rnn, f"{torch_name}_l{layer}")))
+            if cls.cell_type == "elman" and rnn.bias:
+                setattr(model, layer_name("b", layer),
+                        host(getattr(rnn, f"bias_ih_l{layer}"))
+                        + host(getattr(rnn, f"bias_hh_l{layer}")))
+        model.V = host(linear.weight)
+        if linear.bias is not None:
+            model.c = host(linear.bias)
         if embedding is not None:
-            embedding.weight.copy_(tensor("E"))
-    return TorchModules(rnn, linear, embedding)
+            model.E = host(embedding.weight)
+        return model
+
+    def to_torch(self) -> TorchModules:
+        """``(rnn, linear, embedding)`` torch modules (CPU, the model's dtype,
+        ``batch_first``) holding a copy of this model's weights; ``embedding`` is None
+        for a model without one."""
+        torch = _torch()
+        kind = self.cell_type
+        dtype = torch.float64 if self.dtype.name == "float64" else torch.float32
+        embedding_size = getattr(self, "embedding_size", None)
+        num_layers = getattr(self, "num_layers", 1)
+        options = {"nonlinearity": self.activation} if kind == "elman" else {}
+        if kind == "elman" and self.activation not in ("tanh", "relu"):
+            raise ValueError(f"torch.nn.RNN has tanh and relu only; this model's activation "
+                             f"is {self.activation!r}")
+        rnn = getattr(torch.nn, _TORCH_RNN[kind])(
+            embedding_size or self.input_size, self.hidden_size, num_layers=num_layers,
+            bias=self.bias, batch_first=True, dtype=dtype, **options)
+        linear = torch.nn.Linear(self.hidden_size, self.output_size, bias=self.bias,
+                                 dtype=dtype)
+        embedding = None
+        if embedding_size is not None:
+            embedding = torch.nn.Embedding(self.input_size, embedding_size, dtype=dtype)
+
+        def tensor(name):
+            return torch.as_tensor(to_host(self.params[name]), dtype=dtype)
+
+        with torch.no_grad():
+            for layer in range(num_layers):
+                for torch_name, name in _NAMES[kind].items():
+                    if layer_name(name, layer) in self.params:
+                        getattr(rnn, f"{torch_name}_l{layer}").copy_(
+                            tensor(layer_name(name, layer)))
+                if kind == "elman" and self.bias:
+                    getattr(rnn, f"bias_ih_l{layer}").copy_(tensor(layer_name("b", layer)))
+                    getattr(rnn, f"bias_hh_l{layer}").zero_()
+            linear.weight.copy_(tensor("V"))
+            if self.bias:
+                linear.bias.copy_(tensor("c"))
+            if embedding is not None:
+                embedding.weight.copy_(tensor("E"))
+        return TorchModules(rnn, linear, embedding)

@@ -452,7 +452,7 @@ def test_torch_conversion_errors():
     linear = torch.nn.Linear(4, 2)
     with pytest.raises(ValueError, match="bidirectional"):
         gpurnn.GRU.from_torch(torch.nn.GRU(3, 4, bidirectional=True), linear)
-    with pytest.raises(TypeError, match="torch.nn.GRU or torch.nn.LSTM"):
+    with pytest.raises(TypeError, match="GRU.from_torch needs a torch.nn.GRU, got RNN"):
         gpurnn.GRU.from_torch(torch.nn.RNN(3, 4), linear)
     with pytest.raises(TypeError, match="needs a torch.nn.GRU"):
         gpurnn.GRU.from_torch(torch.nn.LSTM(3, 4), linear)
