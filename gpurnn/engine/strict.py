@@ -115,10 +115,14 @@ def transfer_guard(level: str = "disallow"):
         stack.remove(guard)
 
 
+_SHIM_FILES = (__file__, os.path.join(os.path.dirname(__file__), "backend.py"))
+
+
 def _caller() -> str:
-    """file:line of the first frame outside this module (where the user's code did it)."""
+    """file:line of the first frame outside this module and the backend shim (where the
+    user's code did it)."""
     frame = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename == __file__:
+    while frame is not None and frame.f_code.co_filename in _SHIM_FILES:
         frame = frame.f_back
     if frame is None:
         return "?"
