@@ -19,10 +19,10 @@ NumPy array that refuses the same things, copied from CuPy's source (``core.pyx`
 * Results are device arrays: a reduction to one value is a 0-d array, never a NumPy scalar.
 
 CuPy also lets through operations that each cost a device synchronisation or a silent
-host-to-device copy: ``float()``, ``int()``, ``bool()``, ``.item()``, ``.tolist()`` on a
-device array, an index array (or list) from the host, a boolean-mask index and the
-``nonzero`` family (the result's size must be read back). They are correct but, inside a
-time loop, slow. :func:`transfer_guard` handles them as JAX's ``jax.transfer_guard``
+host-to-device copy: ``float()``, ``int()``, ``bool()``, ``.item()``, ``.tolist()``,
+``str()`` and f-string formatting of a device array, an index array (or list) from the
+host, a boolean-mask index and the ``nonzero`` family (the result's size must be read
+back). They are correct but, inside a time loop, slow. :func:`transfer_guard` handles them as JAX's ``jax.transfer_guard``
 does: ``"allow"`` (the default), ``"log"`` (recorded in the guard and logged) or
 ``"disallow"`` (raise :class:`TransferGuardError`). Explicit transfers (``to_host``,
 ``to_device``, ``xp.asarray(host_array)``, ``.get()``) are always allowed; a guard counts
@@ -526,6 +526,12 @@ class StrictArray:
 
     def __complex__(self):
         return self._scalar(complex, "complex()")
+
+    def __format__(self, spec):                  # CuPy formats a copy read back: a sync
+        return self._scalar(lambda a: format(a, spec), "format()")
+
+    def __str__(self):
+        return self._scalar(str, "str()")
 
     def item(self):
         _record("method", "item", 0, ())

@@ -81,7 +81,7 @@ def test_transfer_guard_levels(a):
     host_index = np.array([1, 0])
     implicit = [lambda: float(a.sum()), lambda: int(a[0, 0]), lambda: bool(a.any()),
                 lambda: a.sum().item(), lambda: a.tolist(), lambda: a[host_index],
-                lambda: a[a > 2], lambda: xp.flatnonzero(a)]
+                lambda: a[a > 2], lambda: xp.flatnonzero(a), lambda: f"{a.sum():.1f}"]
     for make in implicit:
         make()                                                       # "allow": as CuPy does
         with transfer_guard("log") as guard:
