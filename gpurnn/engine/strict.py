@@ -22,12 +22,12 @@ CuPy also lets through operations that each cost a device synchronisation or a s
 host-to-device copy: ``float()``, ``int()``, ``bool()``, ``.item()``, ``.tolist()``,
 ``str()`` and f-string formatting of a device array, an index array (or list) from the
 host, a boolean-mask index and the ``nonzero`` family (the result's size must be read
-back). They are correct but, inside a time loop, slow. :func:`transfer_guard` handles them as JAX's ``jax.transfer_guard``
-does: ``"allow"`` (the default), ``"log"`` (recorded in the guard and logged) or
-``"disallow"`` (raise :class:`TransferGuardError`). Explicit transfers (``to_host``,
-``to_device``, ``xp.asarray(host_array)``, ``.get()``) are always allowed; a guard counts
-them separately. The default level can be set with the environment variable
-``GPURNN_TRANSFER_GUARD``.
+back). They are correct but, inside a time loop, slow. :func:`transfer_guard` handles
+them as JAX's ``jax.transfer_guard`` does: ``"allow"`` (the default), ``"log"``
+(recorded in the guard and logged) or ``"disallow"`` (raise :class:`TransferGuardError`).
+Explicit transfers (``to_host``, ``to_device``, ``xp.asarray(host_array)``, ``.get()``)
+are always allowed; a guard counts them separately. The default level can be set with the
+environment variable ``GPURNN_TRANSFER_GUARD``.
 
 What this cannot show: anything about kernels (launch configuration, races, occupancy),
 speed, or CuPy lacking a function or keyword that NumPy has; for the last, every

@@ -6,7 +6,7 @@ from conftest import host
 
 import gpurnn
 from gpurnn import make_model
-from gpurnn.engine import backend, bptt, strict
+from gpurnn.engine import backend, bptt
 from gpurnn.engine.cells import Cell
 from gpurnn.engine.strict import TransferGuardError, transfer_guard
 
