@@ -220,3 +220,44 @@ def test_a_training_step_synchronises_a_fixed_number_of_times(cell, rng):
             optimizer.step(model.params, out.grads)
         counts.append(len(guard.events))
     assert counts[0] == counts[1] <= 7, guard.events
+
+
+# --- the shim's side ---------------------------------------------------------------------------
+def test_the_shim_knows_cpu_strict(rng):
+    import copy
+    import pickle
+
+    device = backend.get_device(" CPU-Strict ")
+    assert str(device) == "cpu-strict" and device.xp is xp and backend.get_device(device) is device
+    with pytest.raises(ValueError, match="takes no index"):
+        backend.get_device("cpu-strict:1")
+    host_array = rng.normal(size=(2, 3))
+    a = backend.to_device(host_array, device, dtype="float32")
+    host_array[0, 0] = 99.0                                          # a copy, not a view
+    assert backend.is_device_array(a) and not backend.is_device_array(host_array)
+    assert backend.device_of(a) == device and a.dtype == np.float32 and host(a)[0, 0] != 99
+    assert backend.to_device(a, device) is a                         # already there
+    assert type(backend.to_device(a, "cpu")) is np.ndarray
+    assert backend.get_array_module(None, 1.0, host_array, a) is xp
+    for twin in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
+        assert backend.is_device_array(twin) and np.array_equal(host(twin), host(a))
+    backend.synchronize(device)
+
+
+def test_the_default_level_comes_from_the_environment(monkeypatch, a):
+    import threading
+
+    float(a.sum())                             # this thread's guards exist: level "allow"
+    monkeypatch.setenv("GPURNN_TRANSFER_GUARD", "disallow")
+    caught = []
+
+    def work():                                # a new thread reads the default afresh
+        try:
+            float(a.sum())
+        except TransferGuardError as error:
+            caught.append(error)
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert len(caught) == 1
+    float(a.sum())                             # and stay so
