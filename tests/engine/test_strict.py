@@ -46,6 +46,8 @@ def test_assigning_a_host_array_into_a_device_array_raises(a):
         a[...] = np.ones((2, 3))
     with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):
         a.fill(np.ones(3))
+    with pytest.raises(TypeError, match="Implicit conversion"):     # and the other way round
+        np.zeros((2, 3))[...] = a
     a[0] = xp.asarray(np.zeros(3))                                    # moved first: fine
     a[1, 2] = 7.0
     assert host(a).tolist() == [[0, 0, 0], [3, 4, 7]]
