@@ -35,12 +35,13 @@ def train(corpus, folder, device, **changes):
 
 @pytest.mark.parametrize("changes", [
     dict(cell="elman", optimizer="adam"),
-    dict(cell="lstm", layers=2, optimizer="rprop", mode="sentence", truncate=2),
+    dict(cell="lstm", layers=2, optimizer="adagrad", mode="sentence", truncate=2),
     dict(cell="gru", optimizer="momentum", reduction="sum"),
 ], ids=["elman-stream", "lstm-sentence", "gru-sum"])
 def test_training_resuming_and_sampling_agree_with_numpy(corpus, tmp_path, device, changes):
     """A run stopped and resumed on ``device`` ends where an uninterrupted NumPy run does
-    (to the last bit on cpu-strict, which computes with NumPy), and samples alike."""
+    (to the last bit on cpu-strict, which computes with NumPy), and samples alike. (No
+    sign-based optimizer here: on CuPy, rounding-level gradients may change sign.)"""
     (tmp_path / "cpu").mkdir(), (tmp_path / "dev").mkdir()
     expected = train(corpus, tmp_path / "cpu", "cpu", **changes)
     train(corpus, tmp_path / "dev", device, **changes, steps=3)
