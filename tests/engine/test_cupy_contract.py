@@ -99,6 +99,7 @@ def workload():
     from gpurnn import make_model
     from gpurnn.engine.backend import to_device
     from gpurnn.tools.diagnostics import diagnose
+    from gpurnn.training.distributed import FlatGradients
     from gpurnn.training.optim import _OPTIMIZERS, clip_grad_norm, grads_finite, make_optimizer
 
     rng = np.random.default_rng(0)
@@ -125,6 +126,11 @@ def workload():
             optimizer.step(model.params, result.grads)
         clip_grad_norm(result.grads, 0.1)
         grads_finite(result.grads)
+        flat = FlatGradients(model.params, extra=2)
+        flat.pack(result.grads)
+        flat.set_extra([1.0, 2.0])
+        flat.get_extra()
+        flat.zero()
     to_device(model.pack_state(result.last_hidden), "cpu")
 
 
