@@ -1,4 +1,5 @@
-"""Shared fixtures: every engine test body runs on NumPy and, where a GPU is present, on CuPy."""
+"""Shared fixtures: every engine test body runs on NumPy, on cpu-strict (NumPy with CuPy's
+rules, see gpurnn.engine.strict) and, where a GPU is present, on CuPy."""
 import numpy as np
 import pytest
 
@@ -8,6 +9,7 @@ _NO_GPU = backend.cuda_unavailable_reason()
 
 DEVICES = [
     "cpu",
+    "cpu-strict",
     pytest.param("cuda", marks=pytest.mark.skipif(_NO_GPU is not None,
                                                   reason=f"no GPU: {_NO_GPU}")),
 ]
@@ -15,7 +17,8 @@ DEVICES = [
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """The device a test body runs on: "cpu" always, "cuda" where a GPU is usable."""
+    """The device a test body runs on: "cpu" and "cpu-strict" always, "cuda" where a GPU
+    is usable."""
     return request.param
 
 
@@ -27,3 +30,10 @@ def rng():
 def host(array):
     """A NumPy copy of a NumPy or CuPy array, for comparisons."""
     return backend.to_host(array)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The CuPy contract test checks every call cpu-strict recorded in this session, so it
+    runs after everything else."""
+    last = [item for item in items if item.path.name == "test_cupy_contract.py"]
+    items[:] = [item for item in items if item.path.name != "test_cupy_contract.py"] + last

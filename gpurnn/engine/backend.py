@@ -4,6 +4,12 @@ Every other module takes ``xp`` from its arrays (``get_array_module``) or from a
 :class:`Device`, so the CPU and the GPU run one code path. CuPy is optional: when it
 cannot be imported, or imports but finds no GPU, ``"auto"`` falls back to the CPU and
 ``"cuda"`` raises an error that carries the original cause.
+
+A third device, ``"cpu-strict"``, computes with NumPy but holds its arrays as
+:class:`gpurnn.engine.strict.StrictArray`, which refuse what CuPy refuses (implicit
+conversion to NumPy, host arrays mixed into device work) and can count or refuse implicit
+synchronisations (:func:`gpurnn.engine.strict.transfer_guard`). Its arrays are "device
+arrays" here: they move only through :func:`to_device` and :func:`to_host`.
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import re
 from dataclasses import dataclass
 
 import numpy
+
+from . import strict
 
 try:  # CuPy is an optional extra (gpurnn[cuda12] / gpurnn[cuda13]).
     import cupy
@@ -29,7 +37,7 @@ __all__ = [
     "synchronize", "cuda_device_count", "nccl_unavailable_reason", "nccl_unique_id", "NcclSum",
 ]
 
-_DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda)(?::(\d+))?$")
+_DEVICE_PATTERN = re.compile(r"^(cpu-strict|cpu|auto|cuda)(?::(\d+))?$")
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -60,28 +68,32 @@ def check_cuda_available() -> None:
 
 @dataclass(frozen=True)
 class Device:
-    """Where arrays live: ``kind`` is "cpu" or "cuda", ``index`` the GPU number."""
+    """Where arrays live: ``kind`` is "cpu", "cpu-strict" or "cuda", ``index`` the GPU
+    number."""
 
     kind: str
     index: int = 0
 
     @property
     def xp(self):
-        """The array module for this device: numpy or cupy."""
-        return numpy if self.kind == "cpu" else cupy
+        """The array module for this device: numpy, cupy, or cpu-strict's ``strict.xp``."""
+        if self.kind == "cuda":
+            return cupy
+        return numpy if self.kind == "cpu" else strict.xp
 
     def __str__(self) -> str:
-        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+        return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
 
     def use(self):
         """A context manager making this device current (a no-op on the CPU)."""
-        if self.kind == "cpu":
+        if self.kind != "cuda":
             return contextlib.nullcontext()
         return cupy.cuda.Device(self.index)
 
 
 def get_device(spec: "str | Device" = "cpu") -> Device:
-    """Parse a device string: "cpu", "cuda", "cuda:N" or "auto" (the GPU when usable)."""
+    """Parse a device string: "cpu", "cuda", "cuda:N", "auto" (the GPU when usable) or
+    "cpu-strict" (NumPy with CuPy's rules, see :mod:`gpurnn.engine.strict`)."""
     if isinstance(spec, Device):
         return spec
     if not isinstance(spec, str):
@@ -89,12 +101,13 @@ def get_device(spec: "str | Device" = "cpu") -> Device:
                         f"got {type(spec).__name__}")
     match = _DEVICE_PATTERN.match(spec.strip().lower())
     if match is None:
-        raise ValueError(f"unknown device {spec!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
+        raise ValueError(f"unknown device {spec!r}; expected 'cpu', 'cuda', 'cuda:N', 'auto' "
+                         f"or 'cpu-strict'")
     kind, index = match.group(1), int(match.group(2) or 0)
-    if kind == "cpu":
+    if kind in ("cpu", "cpu-strict"):
         if match.group(2) is not None:
             raise ValueError(f"unknown device {spec!r}; the CPU takes no index")
-        return Device("cpu")
+        return Device(kind)
     if kind == "auto":
         if match.group(2) is not None:
             raise ValueError(f"unknown device {spec!r}; 'auto' takes no index")
@@ -107,12 +120,17 @@ def get_device(spec: "str | Device" = "cpu") -> Device:
 
 
 def is_device_array(array) -> bool:
-    """True for a CuPy array."""
-    return cupy is not None and isinstance(array, cupy.ndarray)
+    """True for a CuPy array or a cpu-strict one (arrays that need explicit transfers)."""
+    return type(array) is strict.StrictArray or (cupy is not None
+                                                 and isinstance(array, cupy.ndarray))
 
 
 def get_array_module(*arrays):
-    """numpy, or cupy if any argument is a CuPy array (scalars and None are ignored)."""
+    """numpy, cupy if any argument is a CuPy array, ``strict.xp`` if any is a cpu-strict
+    array (scalars and None are ignored)."""
+    for array in arrays:
+        if type(array) is strict.StrictArray:
+            return strict.xp
     if cupy is not None:
         return cupy.get_array_module(*arrays)
     return numpy
@@ -120,13 +138,18 @@ def get_array_module(*arrays):
 
 def device_of(array) -> Device:
     """The device an array lives on."""
+    if type(array) is strict.StrictArray:
+        return Device("cpu-strict")
     if is_device_array(array):
         return Device("cuda", array.device.id)
     return Device("cpu")
 
 
 def to_host(array):
-    """A NumPy array (a CuPy array is copied to the host; a NumPy array is returned as is)."""
+    """A NumPy array (a device array is copied to the host; a NumPy array is returned as
+    is)."""
+    if type(array) is strict.StrictArray:
+        return array.get()
     if is_device_array(array):
         return cupy.asnumpy(array)
     return numpy.asarray(array)
@@ -137,6 +160,11 @@ def to_device(array, device: "str | Device", dtype=None):
     device = get_device(device)
     if device.kind == "cpu":
         return numpy.asarray(to_host(array), dtype=dtype)
+    if device.kind == "cpu-strict":
+        return strict.from_host(array if type(array) is strict.StrictArray else to_host(array),
+                                dtype)
+    if type(array) is strict.StrictArray:
+        array = array.get()
     with device.use():
         return cupy.asarray(array, dtype=dtype)
 
@@ -149,9 +177,16 @@ def scatter_add(target, indices, values) -> None:
     run of equal indices summed with one ``add.reduceat``: several times faster than the
     unbuffered ``add.at`` on (rows, features) values.
     """
+    if type(target) is strict.StrictArray:
+        strict.scatter_add(target, indices, values, _host_scatter_add)
+        return
     if is_device_array(target):
         cupyx.scatter_add(target, indices, values)
         return
+    _host_scatter_add(target, indices, values)
+
+
+def _host_scatter_add(target, indices, values) -> None:
     indices = numpy.asarray(indices).reshape(-1)
     if indices.size == 0:
         return

@@ -68,7 +68,8 @@ def _check_finite(array, name):
 
 
 def _check_ids(ids, name, limit, what):
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= limit):
+    # One read-back for both bounds: on a GPU each int() of a device value is a sync.
+    if ids.size and bool((ids.min() < 0) | (ids.max() >= limit)):
         raise ValueError(f"{name} holds ids from {int(ids.min())} to {int(ids.max())}; "
                          f"expected {what} ids in [0, {limit})")
 
@@ -134,13 +135,14 @@ def as_mask(mask, batch, steps, dtype, device):
         raise ValueError(f"mask must have shape (batch, time) = {(batch, steps)}, "
                          f"got {tuple(m.shape)}")
     xp = get_array_module(m)
-    if not bool(((m == 0) | (m == 1)).all()):
-        raise ValueError("mask must hold only 0 and 1")
-    m = m.astype(dtype)
-    if steps > 1 and bool((m[:, 1:] > m[:, :-1]).any()):
+    not_binary = ~((m == 0) | (m == 1))
+    # One read-back for both checks (a sync on a GPU); which one failed is found after.
+    if bool(not_binary.any() | (m[:, 1:] > m[:, :-1]).any()):
+        if bool(not_binary.any()):
+            raise ValueError("mask must hold only 0 and 1")
         raise ValueError("mask must be right-padded: in each row the ones come first, "
                          "then only zeros")
-    return xp.ascontiguousarray(m)
+    return xp.ascontiguousarray(m.astype(dtype))
 
 
 def as_state(state, batch, size, dtype, device, name="h0"):

@@ -27,7 +27,7 @@ REDUCTIONS = ("mean", "sum")
 DTYPES = ("float32", "float64")
 CELLS = ("elman", "gru", "lstm")
 SCHEDULES = ("auto", "halve", "none")
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "cpu-strict")
 DEFAULT_STEPS = 1800  # neither steps nor epochs given: the built-in corpus, ~19 epochs
 
 
@@ -95,8 +95,8 @@ class TrainConfig:
                                 "with .jsonl)")
     samples: int = _f(3, "sentences sampled from the model at the end")
     seed: int = _f(0, "seed for initial weights, the validation split and the batch order")
-    device: str = _f("auto", "auto (the GPU when CuPy finds one, else the CPU), cpu, cuda "
-                     "or cuda:N")
+    device: str = _f("auto", "auto (the GPU when CuPy finds one, else the CPU), cpu, cuda, "
+                     "cuda:N or cpu-strict (the CPU with CuPy's rules, to check code for the GPU)")
     quiet: bool = _f(False, "no progress bar and no per-evaluation lines")
 
     def __post_init__(self):
@@ -133,7 +133,7 @@ class TrainConfig:
             raise ValueError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give --steps or --epochs, not both")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        if not re.fullmatch(r"auto|cpu|cpu-strict|cuda(:\d+)?", self.device):
             raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not self.checkpoint:
             raise ValueError("--checkpoint must be a file path")

@@ -273,6 +273,8 @@ class MPICommunicator(Communicator):
 
     # --- GPU buffers ----------------------------------------------------------------------
     def _choose_gpu_sum(self, buffer):
+        if device_of(buffer).kind == "cpu-strict":  # host memory, reached by explicit copies
+            return self._host_sum
         asked = os.environ.get(GPU_REDUCE_ENV, "").strip().lower()
         if asked not in ("", "nccl", "mpi", "host"):
             raise ValueError(f"{GPU_REDUCE_ENV} must be nccl, mpi or host, got {asked!r}")
@@ -299,13 +301,13 @@ class MPICommunicator(Communicator):
             warnings.warn("GPU gradients are summed through host memory: no NCCL in this CuPy "
                           "and no CUDA-aware MPI; install CuPy with NCCL for GPU-to-GPU sums",
                           RuntimeWarning, stacklevel=4)
+        return self._host_sum
 
-        def host_sum(array):
-            host = to_host(array)
-            self.comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
-            array[...] = get_array_module(array).asarray(host)
-            return array
-        return host_sum
+    def _host_sum(self, array):
+        host = to_host(array)
+        self.comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
+        array[...] = get_array_module(array).asarray(host)
+        return array
 
 
 _WORLD: Communicator | None = None
