@@ -45,6 +45,21 @@ class Cell:
             self._workspace = Workspace()
         return self._workspace
 
+    def use_workspace(self, workspace: Workspace) -> Workspace:
+        """Make ``workspace`` this cell's scratch space; returns the one it replaces. The
+        engine gives each block of a long sequence whose cache it keeps its own."""
+        previous = self.workspace
+        self._workspace = workspace
+        return previous
+
+    def cache_bytes(self, params, batch, steps, state_size, itemsize):
+        """Estimated (forward, backward) bytes for ``steps`` steps: the cache ``forward``
+        leaves for the backward sweep, and what ``backward_stepper``, the sweep's steps and
+        ``param_grads`` add while they run (a memory budget's bookkeeping). This default
+        fits the per-step loops here (a list of states and its stacked copy); a cell with
+        large per-step intermediates should say so."""
+        return 2 * steps * batch * state_size * itemsize, 4 * batch * state_size * itemsize
+
     # --- the protocol a user implements -----------------------------------------------
     def step(self, params, x_t, s_prev):
         raise NotImplementedError
@@ -197,3 +212,7 @@ class ElmanCell(Cell):
 
     def delta_size(self, hidden: int) -> int:
         return hidden
+
+    def cache_bytes(self, params, batch, steps, state_size, itemsize):
+        # xin and states; the sweep's steps use four (batch, hidden) buffers.
+        return 2 * steps * batch * state_size * itemsize, 4 * batch * state_size * itemsize
