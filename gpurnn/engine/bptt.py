@@ -137,7 +137,9 @@ def run(cell, params, inputs, h0, schedule, head, truncate=None, first=None):
     window = _window(truncate, schedule.steps)
     home = cell.workspace                                # the engine's own buffers
     prefix = schedule.blocks - schedule.kept
-    keep_all = prefix == 0
+    # Without a budget the caches stay for the next call (no page faults); in one, each
+    # kept cache is freed as soon as its block is done.
+    keep_all = schedule.policy == "keep"
     carries = [home.empty(("carry", k), h0.shape, h0.dtype, xp) for k in range(2)]
     checkpoints = {0: h0}
     cursor, flip, seen = h0, 0, 0

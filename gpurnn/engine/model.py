@@ -183,24 +183,54 @@ class RecurrentModel(_ParamsMixin):
                 ``mask`` they need not be right-padded.
             return_state: also return the state after the last step (what ``h0`` takes).
         """
+        if self.plan.memory_budget is not None or self.plan.checkpoint_every is not None:
+            return self._blocked_loss(inputs, targets, weights, h0, return_state)
         _, _, h0, states = self._run(inputs, h0)
         steps, batch = states.shape[:2]
         y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
                        self.device)
-        w = None
-        if weights is not None:
-            w = as_float_array(weights, "weights", self.dtype, self.device)
-            if w.shape != (batch, steps):
-                raise ValueError(f"weights must have shape (batch, time) = {(batch, steps)}, "
-                                 f"got {tuple(w.shape)}")
-            if bool((w < 0).any()):
-                raise ValueError("weights must be >= 0")
-            w = _time_major(w)
+        w = self._weights(weights, batch, steps)
         loss = output_loss(self.output, self._params["V"], self._params.get("c"),
-                           self._hidden(states), _time_major(y), w)
+                           self._hidden(states), _time_major(y),
+                           None if w is None else _time_major(w))
         if not return_state:
             return loss
         return loss, self._final_state(states[-1].copy())
+
+    def _weights(self, weights, batch, steps):
+        if weights is None:
+            return None
+        w = as_float_array(weights, "weights", self.dtype, self.device)
+        if w.shape != (batch, steps):
+            raise ValueError(f"weights must have shape (batch, time) = {(batch, steps)}, "
+                             f"got {tuple(w.shape)}")
+        if bool((w < 0).any()):
+            raise ValueError("weights must be >= 0")
+        return w
+
+    def _blocked_loss(self, inputs, targets, weights, h0, return_state):
+        """:meth:`loss` one block of the plan's grid at a time, in one working cache: what
+        evaluation on a long sequence holds in a memory budget."""
+        x = as_inputs(inputs, self.input_size, self.dtype, self.device)
+        batch, steps = x.shape[:2]
+        h0 = self._initial_state(h0, batch)
+        y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
+                       self.device)
+        w = self._weights(weights, batch, steps)
+        block = recompute.block_steps(batch, steps, self.plan.checkpoint_every,
+                                      self.plan.block_steps)
+        schedule = recompute.Schedule(steps, block, 0, 0, "forward", -(-steps // block))
+        loss, last = 0.0, None
+        for a, states in bptt.forward_blocks(self.cell, self._params,
+                                             lambda a, b: _time_major(x[:, a:b]), h0, schedule):
+            b = a + states.shape[0]
+            loss += output_loss(self.output, self._params["V"], self._params.get("c"),
+                                self._hidden(states), _time_major(y[:, a:b]),
+                                None if w is None else _time_major(w[:, a:b]))
+            last = states[-1]
+        if not return_state:
+            return loss
+        return loss, self._final_state(last.copy())
 
     def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                        reduction="sum", memory_budget=None,
@@ -235,7 +265,7 @@ class RecurrentModel(_ParamsMixin):
         scale = 1.0
         if reduction == "mean":
             scale = 1.0 / max(1.0, float(m.sum()) if m is not None else float(batch * steps))
-        schedule = self.schedule(plan, x, y, h0, truncate, m is not None)
+        schedule = self._schedule(plan, x, y, h0, truncate, m is not None)
         V, c = self._params["V"], self._params.get("c")
         workspace = self.cell.workspace
         out = {"loss": 0.0, "dV": None, "dc": None}
@@ -264,15 +294,25 @@ class RecurrentModel(_ParamsMixin):
         return LossAndGrads(out["loss"], grads,
                             self._final_state(final if m is None else last.states))
 
-    def schedule(self, plan=None, inputs=None, targets=None, h0=None, truncate=None,
-                 masked=False):
-        """The :class:`gpurnn.engine.recompute.Schedule` a step on these arrays runs
-        (``plan`` defaults to ``model.plan``): what is kept and recomputed, and the
-        estimated peak bytes. Raises ValueError if the plan's budget cannot be met."""
-        plan = self.plan if plan is None else plan
-        batch, steps = inputs.shape[:2]
+    def schedule(self, inputs, targets, *, truncate=None, mask=None, h0=None,
+                 memory_budget=None, checkpoint_every=None) -> recompute.Schedule:
+        """What ``loss_and_grads`` with these arguments would keep and recompute: a
+        :class:`gpurnn.engine.recompute.Schedule` with the estimated peak bytes. Raises
+        ValueError, as the step would, when the budget cannot be met."""
+        truncate = check_truncate(truncate)
+        plan = self.plan.replace(memory_budget=memory_budget, checkpoint_every=checkpoint_every)
+        x = as_inputs(inputs, self.input_size, self.dtype, self.device)
+        batch, steps = x.shape[:2]
+        y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
+                       self.device)
+        m = as_mask(mask, batch, steps, self.dtype, self.device)
+        return self._schedule(plan, x, y, self._initial_state(h0, batch), truncate,
+                              m is not None)
+
+    def _schedule(self, plan, x, y, h0, truncate, masked):
+        batch, steps = x.shape[:2]
         block = recompute.block_steps(batch, steps, plan.checkpoint_every, plan.block_steps)
-        footprint = self._footprint(inputs, targets, h0, block, truncate, masked)
+        footprint = self._footprint(x, y, h0, block, truncate, masked)
         return recompute.make_schedule(steps, block, plan.memory_budget, footprint,
                                        every=plan.checkpoint_every is not None)
 

@@ -10,7 +10,8 @@ cache was not kept is recomputed from the nearest checkpoint before it.
 
 Schedules, cheapest first (``forwards`` counts block forwards, the first pass included):
 
-* keep everything: n block caches, n forwards;
+* keep everything: n block caches, n forwards ("keep" without a budget, whose buffers stay
+  for the next call; "fits" in a budget, each cache freed once its block is done);
 * keep the last ``kept`` caches of the first pass and a checkpoint at every other block
   boundary: each remaining block is recomputed once (Chen et al. 2016's schedule; with
   blocks of √T steps, memory ~ √T and one extra forward pass);
@@ -144,6 +145,7 @@ class Schedule:
     policy: str
     forwards: int
     bytes: int = None
+    footprint: Footprint = None
 
     @property
     def blocks(self) -> int:
@@ -173,12 +175,14 @@ def make_schedule(steps: int, block: int, budget=None, footprint: Footprint = No
     n = -(-steps // block)
     if every:
         bytes_ = footprint.need(1, n - 1) if footprint else None
-        return Schedule(steps, block, 0, n - 1, "every", _forwards(n, 0, n - 1), bytes_)
+        return Schedule(steps, block, 0, n - 1, "every", _forwards(n, 0, n - 1), bytes_,
+                        footprint)
     if budget is None:
-        bytes_ = footprint.need(n, 0) if footprint else None
-        return Schedule(steps, block, n, 0, "keep", n, bytes_)
-    if footprint.need(n, 0) <= budget:
-        return Schedule(steps, block, n, 0, "keep", n, footprint.need(n, 0))
+        # Every block's backward buffers are kept too, for the next call to reuse.
+        bytes_ = footprint.need(n, 0) + (n - 1) * footprint.backward if footprint else None
+        return Schedule(steps, block, n, 0, "keep", n, bytes_, footprint)
+    if footprint.need(n, 0) <= budget:                   # each cache freed after its block
+        return Schedule(steps, block, n, 0, "fits", n, footprint.need(n, 0), footprint)
     least = footprint.need(1, 0)
     if least > budget:
         raise ValueError(
@@ -194,10 +198,10 @@ def make_schedule(steps: int, block: int, budget=None, footprint: Footprint = No
         kept = min(n - 1, spare // max(1, footprint.forward - footprint.checkpoint))
         slots = n - 1 - kept
         return Schedule(steps, block, kept, slots, "checkpoints",
-                        _forwards(n, kept, slots), footprint.need(kept + 1, slots))
+                        _forwards(n, kept, slots), footprint.need(kept + 1, slots), footprint)
     slots = (budget - footprint.need(1, 0)) // footprint.checkpoint
     return Schedule(steps, block, 0, slots, "nested", _forwards(n, 0, slots),
-                    footprint.need(1, slots))
+                    footprint.need(1, slots), footprint)
 
 
 # --------------------------------------------------------------------- the actions
@@ -283,7 +287,8 @@ def _reverse(blocks, slots):
 
 
 def format_bytes(size: int) -> str:
+    """``"70,254,592 bytes (67.0 MiB)"``: exact, and readable."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
+            return f"{size:,} bytes ({size / scale:.1f} {unit})"
+    return f"{size:,} bytes"
