@@ -141,7 +141,11 @@ def run(cell, params, inputs, h0, schedule, head, truncate=None, first=None):
     # kept cache is freed as soon as its block is done.
     keep_all = schedule.policy == "keep"
     carries = [home.empty(("carry", k), h0.shape, h0.dtype, xp) for k in range(2)]
-    checkpoints = {0: h0}
+    # The checkpoints live in one array of the schedule's slots, not in thousands of small
+    # allocations between the blocks' large ones (which would fragment the heap).
+    pool = home.empty("checkpoints", (max(1, schedule.slots),) + h0.shape, h0.dtype, xp)
+    free_slots = list(range(schedule.slots))
+    checkpoints, slot_of = {0: h0}, {}
     cursor, flip, seen = h0, 0, 0
     caches, grads, carry, final = {}, None, None, None
     work = home.child(("block", 0))
@@ -153,9 +157,12 @@ def run(cell, params, inputs, h0, schedule, head, truncate=None, first=None):
             if kind == "load":
                 cursor = checkpoints[action[1]]
             elif kind == "save":
-                checkpoints[action[1]] = cursor.copy()
+                slot_of[action[1]] = free_slots.pop()
+                checkpoints[action[1]] = pool[slot_of[action[1]]]
+                checkpoints[action[1]][...] = cursor
             elif kind == "free":
                 del checkpoints[action[1]]
+                free_slots.append(slot_of.pop(action[1]))
             elif kind == "advance":
                 i, mode = action[1], action[2]
                 a, b = schedule.bounds(i)

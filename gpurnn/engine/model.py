@@ -341,7 +341,7 @@ class RecurrentModel(_ParamsMixin):
             backward += rows * (H + S) * item
         window = truncate + 1 if truncate is not None and truncate < x.shape[1] - 1 else 1
         params = sum(value.nbytes for value in self._params.values())
-        fixed = (3 * params + 6 * O * (H + 1) * item     # gradients, the output's buffers
+        fixed = (4 * params + 6 * O * (H + 1) * item     # gradients, weight copies, output
                  + 6 * window * batch * S * item)         # carried states and errors
         return recompute.Footprint(forward, backward, batch * S * item, fixed)
 
