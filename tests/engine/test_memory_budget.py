@@ -312,3 +312,36 @@ def test_step_stays_in_its_budget_flat_in_time(cell, layers, kib):
     kept_everything, _ = traced_peak(model, x, y, None)
     assert kept_everything > 8 * budget                 # a budget that actually bites
     assert peaks[1] <= 1.25 * peaks[0] + SLACK          # flat in T, not 4× for 4× the steps
+
+
+# --------------------------------------------------------------------- trainer and CLI
+
+@pytest.mark.filterwarnings("ignore:the corpus is too small")
+def test_trainer_in_a_budget_trains_the_same_weights(tmp_path):
+    from gpurnn.tools.cli import build_parser, train_config_from_args
+    from gpurnn.training.config import TrainConfig
+    from gpurnn.training.train import Trainer
+
+    args = build_parser().parse_args(["train", "--memory-budget", "256MB", "--truncate", "none",
+                                      "--seq-len", "100000"])
+    config = train_config_from_args(args)
+    assert (config.memory_budget, config.truncate, config.seq_len) == ("256MB", None, 100000)
+    with pytest.raises(ValueError, match="--memory-budget"):
+        TrainConfig(memory_budget="lots")
+
+    words = np.random.default_rng(0).choice(["the cat", "a dog", "sees", "eats", "fish"], 900)
+    (tmp_path / "corpus.txt").write_text(" ".join(words) + ".\n", encoding="utf-8")
+    weights = []
+    for budget in (None, "700KB"):
+        config = TrainConfig(corpus=str(tmp_path / "corpus.txt"), vocab_size=12, hidden=12,
+                             batch_size=4, seq_len=300, steps=3, eval_every=3,
+                             checkpoint_every=0, checkpoint=str(tmp_path / "lm.npz"),
+                             samples=0, quiet=True, device="cpu", memory_budget=budget)
+        trainer = Trainer(config)
+        batch = next(iter(trainer.data.train))
+        schedule = trainer.model.schedule(batch.inputs, batch.targets, mask=batch.mask)
+        assert schedule.policy == ("keep" if budget is None else "checkpoints")
+        trainer.run()
+        weights.append({k: np.array(v) for k, v in trainer.model.params.items()})
+    for name in weights[0]:
+        assert np.array_equal(weights[0][name], weights[1][name]), name
