@@ -193,11 +193,11 @@ def run(cell, params, inputs, h0, schedule, head, truncate=None, first=None):
                 dstates = head(a, b, c.states)
                 back = cell.backward_stepper(params, c.xin, c.h0, c.states)
                 deltas, carry = _sweep_block(back, dstates, window, home, a, carry)
-                block = cell.param_grads(params, c.inputs, c.xin, c.h0, c.states, deltas)
+                block_grads = cell.param_grads(params, c.inputs, c.xin, c.h0, c.states, deltas)
                 if grads is None:
-                    grads = {name: value.copy() for name, value in block.items()}
+                    grads = {name: value.copy() for name, value in block_grads.items()}
                 else:
-                    for name, value in block.items():
+                    for name, value in block_grads.items():
                         grads[name] += value
                 if not keep_all and c.workspace is not work:
                     c.workspace.clear()                  # a kept cache: free it now

@@ -23,10 +23,11 @@ Schedules, cheapest first (``forwards`` counts block forwards, the first pass in
 
   for t blocks and m free checkpoint slots: run y blocks ahead, checkpoint, reverse the
   right part with one slot fewer, then the left part with the slot back. Its solution has
-  the closed form of binomial checkpointing (Griewank 1992), used here for speed and held
-  to the programme by the tests: with s = m + 1 and r the least integer with
-  C(s + r, s) ≥ t,  F(t, m) = (r + 1) t − C(s + r, s + 1)·[r ≥ 1]... written out in
-  :func:`min_forwards`.
+  the closed form of binomial checkpointing (Griewank 1992): with s = m + 1 and r the
+  least integer with C(s + r, s) ≥ t,  F(t, m) = (r + 1) t − C(s + r, s + 1).
+  :func:`min_forwards` computes that (fast, for thousands of blocks),
+  :func:`min_forwards_table` the programme itself, and the tests hold the two equal;
+  :func:`optimal_split` takes the programme's y from the closed form.
 
 :func:`make_schedule` picks the fastest of these that fits a budget, from a
 :class:`Footprint` (the bytes of one cache, of one checkpoint...); :func:`actions` lists
