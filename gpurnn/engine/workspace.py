@@ -36,12 +36,6 @@ class Workspace:
         for child in self._children.values():
             child.clear()
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the buffers, children included."""
-        return (sum(b.nbytes for b in self._buffers.values())
-                + sum(c.nbytes for c in self._children.values()))
-
     def empty(self, name, shape, dtype, xp):
         """An uninitialised array of ``shape`` backed by the buffer ``name``."""
         shape = tuple(int(n) for n in shape)
