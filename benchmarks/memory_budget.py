@@ -209,7 +209,7 @@ def plot(result, path=PNG):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
     styles = {"keep": ("-", "o"), "budget": ("-", "s"), "torch": (":", "^"), "tight": ("", "*")}
     for series in sorted({(r["cell"], r["hidden"], r["batch"]) for r in result["rows"]}):
         rows = [r for r in result["rows"] if (r["cell"], r["hidden"], r["batch"]) == series]
@@ -235,11 +235,11 @@ def plot(result, path=PNG):
              ylabel="peak step memory (MiB)", title="memory of one training step")
     right.set(xscale="log", yscale="log", xlabel="sequence length T (steps)", ylabel="tokens / s",
               title="throughput (median, min–max)")
-    left.legend(fontsize=7, loc="upper left")
+    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     m = result["machine"]
     fig.suptitle(f"full BPTT in a memory budget — {m.get('cpu', '')} {m.get('cores', '')} cores, "
                  f"shared (loaded), {m['date']}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     return str(path)
 
