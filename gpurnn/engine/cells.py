@@ -56,8 +56,9 @@ class Cell:
         """Estimated (forward, backward) bytes for ``steps`` steps: the cache ``forward``
         leaves for the backward sweep, and what ``backward_stepper``, the sweep's steps and
         ``param_grads`` add while they run (a memory budget's bookkeeping). This default
-        fits the per-step loops here (a list of states and its stacked copy); a cell with
-        large per-step intermediates should say so."""
+        counts two (time, batch, state) arrays (the per-step loops' list of states and its
+        stacked copy; the Elman cell's xin and states) and four per-step buffers; a cell
+        with larger intermediates should say so."""
         return 2 * steps * batch * state_size * itemsize, 4 * batch * state_size * itemsize
 
     # --- the protocol a user implements -----------------------------------------------
@@ -213,6 +214,3 @@ class ElmanCell(Cell):
     def delta_size(self, hidden: int) -> int:
         return hidden
 
-    def cache_bytes(self, params, batch, steps, state_size, itemsize):
-        # xin and states; the sweep's steps use four (batch, hidden) buffers.
-        return 2 * steps * batch * state_size * itemsize, 4 * batch * state_size * itemsize
