@@ -12,13 +12,24 @@ Truncation, with the seeds' exact meaning (seeds 000/002 ``bptt_truncate``, seed
   parameters see is their sum. With k ≥ T−1 no window ever closes and this is full BPTT.
 * chunked (stateful) truncation is done by the caller: pass the last state of one chunk
   as ``h0`` of the next; no gradient crosses ``h0``.
+
+Long sequences (:func:`run`): time is cut into blocks (a
+:class:`gpurnn.engine.recompute.Schedule`); each block is projected, run, put through the
+output layer, swept back and reduced into the gradients on its own, last block first, in
+the same order whatever the schedule. A schedule only says which blocks' caches are kept
+from the first pass and where checkpoints of the state are kept; the others are
+recomputed from a checkpoint when the sweep reaches them, repeating the same operations,
+so the gradients are the same to the last bit. The error the sweep carries from one block
+to the one before (the k + 1 live window origins with truncation) crosses block borders
+unchanged.
 """
 from __future__ import annotations
 
+from . import recompute
 from .backend import get_array_module
 from .workspace import Workspace
 
-__all__ = ["forward", "backward", "sweep"]
+__all__ = ["forward", "backward", "sweep", "run", "forward_blocks"]
 
 
 def forward(cell, params, inputs, h0, steps):
@@ -49,24 +60,168 @@ def sweep(back, dstates, truncate=None, workspace=None):
     :meth:`gpurnn.cells.Cell.backward_stepper`); ``workspace`` (a
     :class:`gpurnn.workspace.Workspace`) keeps the sweep's buffers between calls.
     """
-    xp = get_array_module(dstates)
     workspace = workspace if workspace is not None else Workspace()
+    deltas, _ = _sweep_block(back, dstates, _window(truncate, dstates.shape[0]), workspace)
+    return deltas
+
+
+def _window(truncate, steps):
+    """Live window origins k + 1, or None for full BPTT (no window closes before step 0)."""
+    return None if truncate is None or truncate >= steps - 1 else truncate + 1
+
+
+def _sweep_block(back, dstates, window, workspace, start=0, carry=None):
+    """Sweep back over one block of steps start … start + len(dstates) − 1.
+
+    ``carry`` is what the sweep of the next block left (None for the last block): the
+    state gradient, or the (k + 1, batch, ...) live origins. Returns the block's deltas
+    and the carry for the block before it (both in ``workspace``).
+    """
+    xp = get_array_module(dstates)
     steps = dstates.shape[0]
     deltas = workspace.empty("deltas", dstates.shape, dstates.dtype, xp)
-    if truncate is None or truncate >= steps - 1:
-        g = workspace.zeros("sweep_g", dstates.shape[1:], dstates.dtype, xp)
+    if window is None:
+        g = carry if carry is not None else workspace.zeros("sweep_g", dstates.shape[1:],
+                                                            dstates.dtype, xp)
         for t in reversed(range(steps)):                 # full BPTT
             g += dstates[t]                              # dL/dh_t: later steps + output t
             delta, g = back(t, g)
             deltas[t] = delta
-        return deltas
-    # Windowed truncation: k + 1 live origins, origin t in slot t % (k + 1).
-    width = truncate + 1
-    live = workspace.zeros("sweep_live", (width,) + dstates.shape[1:], dstates.dtype, xp)
-    for t in reversed(range(steps)):
-        # Origin t enters; the slot's previous occupant, origin t + k + 1, has reached
-        # step t + 1 = its last one, so it is overwritten rather than carried further.
-        live[t % width] = dstates[t]
-        delta, live = back(t, live)
-        delta.sum(axis=0, out=deltas[t])
-    return deltas
+        name = "sweep_g"
+    else:
+        # k + 1 live origins, origin t in slot t % (k + 1).
+        g = carry if carry is not None else workspace.zeros(
+            "sweep_live", (window,) + dstates.shape[1:], dstates.dtype, xp)
+        for t in reversed(range(steps)):
+            # Origin t enters; the slot's previous occupant, origin t + k + 1, has reached
+            # step t + 1 = its last one, so it is overwritten rather than carried further.
+            g[(start + t) % window] = dstates[t]
+            delta, g = back(t, g)
+            delta.sum(axis=0, out=deltas[t])
+        name = "sweep_live"
+    # The cell's buffers are reused by the next block: carry a copy of our own.
+    kept = workspace.empty(name, g.shape, g.dtype, xp)
+    kept[...] = g
+    return deltas, kept
+
+
+class _Cache:
+    """What a block's backward step needs: its workspace, inputs, xin, h0 and states."""
+
+    __slots__ = ("workspace", "inputs", "xin", "h0", "states")
+
+    def __init__(self, workspace, inputs, xin, h0, states):
+        self.workspace, self.inputs, self.xin, self.h0, self.states = (workspace, inputs, xin,
+                                                                       h0, states)
+
+
+def run(cell, params, inputs, h0, schedule, head, truncate=None, first=None):
+    """BPTT over a sequence in the blocks of ``schedule``, keeping and recomputing as it says.
+
+    Args:
+        cell: the cell; its workspace holds the engine's buffers, and one child workspace
+            per cache alive at once (``cell.use_workspace`` points it there per block).
+        inputs: ``inputs(a, b)`` -> the time-major inputs of steps a … b − 1, or None.
+        h0: the initial state (batch, ...).
+        schedule: a :class:`gpurnn.engine.recompute.Schedule`.
+        head: ``head(a, b, states) -> dstates``: the loss's gradient with respect to the
+            states of steps a … b − 1 through their outputs (the model's output layer,
+            which also adds up the loss and its own gradients); called once per block,
+            last block first.
+        truncate: None (full BPTT) or k, as in :func:`sweep`, over the whole sequence.
+        first: ``first(a, states)``, called once per block, in order, on its first forward.
+    Returns:
+        (grads, final): the parameter gradients and the state after the last step.
+    """
+    xp = get_array_module(h0)
+    window = _window(truncate, schedule.steps)
+    home = cell.workspace                                # the engine's own buffers
+    prefix = schedule.blocks - schedule.kept
+    # Without a budget the caches stay for the next call (no page faults); in one, each
+    # kept cache is freed as soon as its block is done.
+    keep_all = schedule.policy == "keep"
+    carries = [home.empty(("carry", k), h0.shape, h0.dtype, xp) for k in range(2)]
+    # The checkpoints live in one array of the schedule's slots, not in thousands of small
+    # allocations between the blocks' large ones (which would fragment the heap).
+    pool = home.empty("checkpoints", (max(1, schedule.slots),) + h0.shape, h0.dtype, xp)
+    free_slots = list(range(schedule.slots))
+    checkpoints, slot_of = {0: h0}, {}
+    cursor, flip, seen = h0, 0, 0
+    caches, grads, carry, final = {}, None, None, None
+    work = home.child(("block", 0))
+    if not keep_all:
+        home.clear_children()                            # caches kept by earlier calls
+    try:
+        for action in recompute.actions(schedule):
+            kind = action[0]
+            if kind == "load":
+                cursor = checkpoints[action[1]]
+            elif kind == "save":
+                slot_of[action[1]] = free_slots.pop()
+                checkpoints[action[1]] = pool[slot_of[action[1]]]
+                checkpoints[action[1]][...] = cursor
+            elif kind == "free":
+                del checkpoints[action[1]]
+                free_slots.append(slot_of.pop(action[1]))
+            elif kind == "advance":
+                i, mode = action[1], action[2]
+                a, b = schedule.bounds(i)
+                slot = home.child(("block", 1 + i - prefix)) if mode == "keep" else work
+                cell.use_workspace(slot)
+                x = inputs(a, b)
+                start = cursor
+                if mode is not None:                     # a cache keeps its own h0
+                    start = slot.empty(("engine", "h0"), h0.shape, h0.dtype, xp)
+                    start[...] = cursor
+                xin = cell.project_inputs(params, x) if x is not None else None
+                states = cell.forward(params, xin, start, b - a)
+                if i == seen:
+                    if first is not None:
+                        first(a, states)
+                    seen += 1
+                cursor, flip = carries[flip], 1 - flip
+                cursor[...] = states[-1]
+                if i == schedule.blocks - 1 and final is None:
+                    final = cursor.copy()
+                if mode is not None:
+                    caches[i] = _Cache(slot, x, xin, start, states)
+            else:                                        # "back"
+                i = action[1]
+                a, b = schedule.bounds(i)
+                c = caches.pop(i)
+                cell.use_workspace(c.workspace)
+                dstates = head(a, b, c.states)
+                back = cell.backward_stepper(params, c.xin, c.h0, c.states)
+                deltas, carry = _sweep_block(back, dstates, window, home, a, carry)
+                block_grads = cell.param_grads(params, c.inputs, c.xin, c.h0, c.states, deltas)
+                if grads is None:
+                    grads = {name: value.copy() for name, value in block_grads.items()}
+                else:
+                    for name, value in block_grads.items():
+                        grads[name] += value
+                if not keep_all and c.workspace is not work:
+                    c.workspace.clear()                  # a kept cache: free it now
+    finally:
+        cell.use_workspace(home)
+    return grads, final
+
+
+def forward_blocks(cell, params, inputs, h0, schedule):
+    """The states block by block, in one working cache: yields (a, states) for each block
+    (valid until the next one); for losses without gradients in a memory budget."""
+    xp = get_array_module(h0)
+    home = cell.workspace
+    slot = home.child(("block", 0))
+    cursor = home.empty(("carry", 0), h0.shape, h0.dtype, xp)
+    cursor[...] = h0
+    for i in range(schedule.blocks):
+        a, b = schedule.bounds(i)
+        cell.use_workspace(slot)
+        try:
+            x = inputs(a, b)
+            xin = cell.project_inputs(params, x) if x is not None else None
+            states = cell.forward(params, xin, cursor, b - a)
+        finally:
+            cell.use_workspace(home)
+        yield a, states
+        cursor[...] = states[-1]

@@ -45,6 +45,22 @@ class Cell:
             self._workspace = Workspace()
         return self._workspace
 
+    def use_workspace(self, workspace: Workspace) -> Workspace:
+        """Make ``workspace`` this cell's scratch space; returns the one it replaces. The
+        engine gives each block of a long sequence whose cache it keeps its own."""
+        previous = self.workspace
+        self._workspace = workspace
+        return previous
+
+    def cache_bytes(self, params, batch, steps, state_size, itemsize):
+        """Estimated (forward, backward) bytes for ``steps`` steps: the cache ``forward``
+        leaves for the backward sweep, and what ``backward_stepper``, the sweep's steps and
+        ``param_grads`` add while they run (a memory budget's bookkeeping). This default
+        counts two (time, batch, state) arrays (the per-step loops' list of states and its
+        stacked copy; the Elman cell's xin and states) and four per-step buffers; a cell
+        with larger intermediates should say so."""
+        return 2 * steps * batch * state_size * itemsize, 4 * batch * state_size * itemsize
+
     # --- the protocol a user implements -----------------------------------------------
     def step(self, params, x_t, s_prev):
         raise NotImplementedError
@@ -197,3 +213,4 @@ class ElmanCell(Cell):
 
     def delta_size(self, hidden: int) -> int:
         return hidden
+

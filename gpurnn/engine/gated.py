@@ -80,6 +80,17 @@ class _GatedCell(Cell):
         """Width of the per-step delta: dL/dS_t, so the state's."""
         return self.state_size(hidden)
 
+    # (forward, backward) arrays of (time, batch, hidden) each: the cache (gates, extra,
+    # states) and the backward factors (K, K2, temporaries, the gate gradients D, D2).
+    _cache_widths = (0, 0)
+
+    def cache_bytes(self, params, batch, steps, state_size, itemsize):
+        H = params["weight_hh"].shape[1]
+        forward, backward = self._cache_widths
+        step = 8 * self.gates * batch * H * itemsize                # per-step scratch
+        return (forward * steps * batch * H * itemsize + step,
+                backward * steps * batch * H * itemsize + step)
+
     def _buffer(self, name, shape, like):
         return self.workspace.empty("gate_" + name, shape, like.dtype, get_array_module(like))
 
@@ -150,6 +161,7 @@ class GRUCell(_GatedCell):
 
     gates = 3
     _tanh_block = 2  # n
+    _cache_widths = (5, 13)
 
     def project_inputs(self, params, inputs):
         W = params["weight_ih"]
@@ -283,6 +295,7 @@ class LSTMCell(_GatedCell):
 
     gates = 4
     _tanh_block = 2  # g
+    _cache_widths = (6, 11)
 
     def state_size(self, hidden: int) -> int:
         return 2 * hidden

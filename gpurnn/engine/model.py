@@ -9,11 +9,12 @@ from typing import NamedTuple
 
 import numpy
 
-from . import bptt
+from . import bptt, recompute
 from .activations import OUTPUTS, check_activation
 from .backend import get_array_module, get_device, host_rng, to_device
 from .cells import ElmanCell
-from .losses import output_forward, output_loss, output_loss_and_grads
+from .losses import (LOGIT_BLOCK_ELEMENTS, output_forward, output_loss,
+                     output_loss_and_grads)
 from .plan import Plan
 from .torch_interop import TorchInterop
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
@@ -183,27 +184,58 @@ class RecurrentModel(_ParamsMixin):
                 ``mask`` they need not be right-padded.
             return_state: also return the state after the last step (what ``h0`` takes).
         """
+        if self.plan.memory_budget is not None or self.plan.checkpoint_every is not None:
+            return self._blocked_loss(inputs, targets, weights, h0, return_state)
         _, _, h0, states = self._run(inputs, h0)
         steps, batch = states.shape[:2]
         y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
                        self.device)
-        w = None
-        if weights is not None:
-            w = as_float_array(weights, "weights", self.dtype, self.device)
-            if w.shape != (batch, steps):
-                raise ValueError(f"weights must have shape (batch, time) = {(batch, steps)}, "
-                                 f"got {tuple(w.shape)}")
-            if bool((w < 0).any()):
-                raise ValueError("weights must be >= 0")
-            w = _time_major(w)
+        w = self._weights(weights, batch, steps)
         loss = output_loss(self.output, self._params["V"], self._params.get("c"),
-                           self._hidden(states), _time_major(y), w)
+                           self._hidden(states), _time_major(y),
+                           None if w is None else _time_major(w))
         if not return_state:
             return loss
         return loss, self._final_state(states[-1].copy())
 
+    def _weights(self, weights, batch, steps):
+        if weights is None:
+            return None
+        w = as_float_array(weights, "weights", self.dtype, self.device)
+        if w.shape != (batch, steps):
+            raise ValueError(f"weights must have shape (batch, time) = {(batch, steps)}, "
+                             f"got {tuple(w.shape)}")
+        if bool((w < 0).any()):
+            raise ValueError("weights must be >= 0")
+        return w
+
+    def _blocked_loss(self, inputs, targets, weights, h0, return_state):
+        """:meth:`loss` one block of the plan's grid at a time, in one working cache: what
+        evaluation on a long sequence holds in a memory budget."""
+        x = as_inputs(inputs, self.input_size, self.dtype, self.device)
+        batch, steps = x.shape[:2]
+        h0 = self._initial_state(h0, batch)
+        y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
+                       self.device)
+        w = self._weights(weights, batch, steps)
+        block = recompute.block_steps(batch, steps, self.plan.checkpoint_every,
+                                      self.plan.block_steps)
+        schedule = recompute.Schedule(steps, block, 0, 0, "forward", -(-steps // block))
+        loss, last = 0.0, None
+        for a, states in bptt.forward_blocks(self.cell, self._params,
+                                             lambda a, b: _time_major(x[:, a:b]), h0, schedule):
+            b = a + states.shape[0]
+            loss += output_loss(self.output, self._params["V"], self._params.get("c"),
+                                self._hidden(states), _time_major(y[:, a:b]),
+                                None if w is None else _time_major(w[:, a:b]))
+            last = states[-1]
+        if not return_state:
+            return loss
+        return loss, self._final_state(last.copy())
+
     def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
-                       reduction="sum") -> LossAndGrads:
+                       reduction="sum", memory_budget=None,
+                       checkpoint_every=None) -> LossAndGrads:
         """Loss and its gradients by BPTT.
 
         Args:
@@ -216,29 +248,124 @@ class RecurrentModel(_ParamsMixin):
                 previous chunk's ``last_hidden`` gives chunked truncated BPTT.
             reduction: "sum" over time and batch as the seeds do, or "mean" over
                 unmasked steps.
+            memory_budget: bytes (int, or a string like "64MB") the step may hold; the
+                engine keeps what fits and recomputes the rest, with the same gradients.
+                Overrides ``model.plan.memory_budget`` (see :mod:`gpurnn.engine.plan`).
+            checkpoint_every: instead of a budget, keep the state every k steps and
+                recompute each k-step block once; "sqrt" for k = ⌈√T⌉.
         """
         truncate = check_truncate(truncate)
         reduction = check_reduction(reduction)
-        x_tm, xin, h0, states = self._run(inputs, h0)
-        steps, batch = states.shape[:2]
+        plan = self.plan.replace(memory_budget=memory_budget, checkpoint_every=checkpoint_every)
+        x = as_inputs(inputs, self.input_size, self.dtype, self.device)
+        batch, steps = x.shape[:2]
+        h0 = self._initial_state(h0, batch)
         y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
                        self.device)
         m = as_mask(mask, batch, steps, self.dtype, self.device)
-        m_tm = None if m is None else _time_major(m)
         scale = 1.0
         if reduction == "mean":
             scale = 1.0 / max(1.0, float(m.sum()) if m is not None else float(batch * steps))
-        out = output_loss_and_grads(self.output, self._params["V"], self._params.get("c"),
-                                    self._hidden(states), _time_major(y), m_tm, scale,
-                                    self.cell.workspace)
-        grads = bptt.backward(self.cell, self._params, x_tm, xin, h0, states,
-                              self._state_grads(out.dstates, states), truncate)
-        grads["V"] = out.dV
+        schedule = self._schedule(plan, x, y, h0, truncate, m is not None)
+        V, c = self._params["V"], self._params.get("c")
+        workspace = self.cell.workspace
+        out = {"loss": 0.0, "dV": None, "dc": None}
+
+        def head(a, b, states):                          # the output layer of steps a … b − 1
+            block = output_loss_and_grads(self.output, V, c, self._hidden(states),
+                                          _time_major(y[:, a:b]),
+                                          None if m is None else _time_major(m[:, a:b]),
+                                          scale, workspace)
+            out["loss"] += block.loss
+            if out["dV"] is None:
+                out["dV"], out["dc"] = block.dV, block.dc
+            else:
+                out["dV"] += block.dV
+                if c is not None:
+                    out["dc"] += block.dc
+            return self._state_grads(block.dstates, states)
+
+        last = _LastStates(m, h0)
+        grads, final = bptt.run(self.cell, self._params, lambda a, b: _time_major(x[:, a:b]),
+                                h0, schedule, head, truncate, last.see)
+        grads["V"] = out["dV"]
         if self.bias:
-            grads["c"] = out.dc
+            grads["c"] = out["dc"]
         grads = {name: grads[name] for name in self._params}
-        last = self._final_state(_last_states(states, m_tm, h0))
-        return LossAndGrads(out.loss, grads, last)
+        return LossAndGrads(out["loss"], grads,
+                            self._final_state(final if m is None else last.states))
+
+    def schedule(self, inputs, targets, *, truncate=None, mask=None, h0=None,
+                 memory_budget=None, checkpoint_every=None) -> recompute.Schedule:
+        """What ``loss_and_grads`` with these arguments would keep and recompute: a
+        :class:`gpurnn.engine.recompute.Schedule` with the estimated peak bytes. Raises
+        ValueError, as the step would, when the budget cannot be met."""
+        truncate = check_truncate(truncate)
+        plan = self.plan.replace(memory_budget=memory_budget, checkpoint_every=checkpoint_every)
+        x = as_inputs(inputs, self.input_size, self.dtype, self.device)
+        batch, steps = x.shape[:2]
+        y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
+                       self.device)
+        m = as_mask(mask, batch, steps, self.dtype, self.device)
+        return self._schedule(plan, x, y, self._initial_state(h0, batch), truncate,
+                              m is not None)
+
+    def _schedule(self, plan, x, y, h0, truncate, masked):
+        batch, steps = x.shape[:2]
+        block = recompute.block_steps(batch, steps, plan.checkpoint_every, plan.block_steps)
+        footprint = self._footprint(x, y, h0, block, truncate, masked)
+        return recompute.make_schedule(steps, block, plan.memory_budget, footprint,
+                                       every=plan.checkpoint_every is not None)
+
+    def _footprint(self, x, y, h0, block, truncate, masked) -> recompute.Footprint:
+        """Bytes a step allocates, by block (see :class:`gpurnn.engine.recompute.Footprint`).
+        The caller's arrays are not counted; everything the engine makes is, estimated
+        from the shapes: the blocks of inputs, targets and mask it copies, the cell's
+        cache (:meth:`gpurnn.engine.cells.Cell.cache_bytes`), the output layer's row
+        blocks, the sweep's deltas and window, the gradients."""
+        batch, S = h0.shape
+        H, O = self.hidden_size, self.output_size
+        item = self.dtype.itemsize
+        rows = block * batch
+        cell_forward, cell_backward = self.cell.cache_bytes(self._params, batch, block, S, item)
+        forward = cell_forward + x[:1, :1].nbytes * rows + 2 * batch * S * item
+        out_rows = min(rows, LOGIT_BLOCK_ELEMENTS // O)
+        if self.output == "softmax":                     # logits; [h, 1], E V, h r; gathers
+            output = out_rows * (O + 5 * (H + 1) + 8) * item
+        else:                                            # z, y − t, g', (y − t)²
+            output = out_rows * 4 * O * item
+        output += rows * (H + 4) * item                  # the shift bound and scatter rows
+        backward = (cell_backward + y[:1, :1].nbytes * rows + masked * rows * item
+                    + rows * (H + S) * item              # dL/dh_t, the deltas
+                    + output)
+        if S != H:                                       # h read out of [h, c] / layers
+            backward += rows * (H + S) * item
+        window = truncate + 1 if truncate is not None and truncate < x.shape[1] - 1 else 1
+        params = sum(value.nbytes for value in self._params.values())
+        fixed = (4 * params + 6 * O * (H + 1) * item     # gradients, weight copies, output
+                 + 6 * window * batch * S * item)         # carried states and errors
+        return recompute.Footprint(forward, backward, batch * S * item, fixed)
+
+
+class _LastStates:
+    """Each sequence's state after its last real step, picked block by block on the first
+    forward (``see``) from a right-padded mask; h0 where a sequence has no step."""
+
+    def __init__(self, mask, h0):
+        self.states = None
+        if mask is not None:
+            self.lengths = mask.sum(axis=1).astype(numpy.int64)     # (B,)
+            self.states = h0.copy()
+
+    def see(self, a, states):
+        if self.states is None:
+            return
+        xp = get_array_module(states)
+        steps, batch = states.shape[:2]
+        last = self.lengths - 1 - a                                  # row in this block
+        inside = (last >= 0) & (last < steps)
+        picked = states[xp.clip(last, 0, steps - 1), xp.arange(batch)]
+        self.states = xp.where(inside[:, None], picked, self.states)
 
 
 class ElmanRNN(TorchInterop, RecurrentModel):
@@ -279,17 +406,6 @@ class ElmanRNN(TorchInterop, RecurrentModel):
     @property
     def config(self) -> dict:
         return {**super().config, "activation": self.activation}
-
-
-def _last_states(states, mask_tm, h0):
-    """Each sequence's state after its last real step (h0 where it has none)."""
-    xp = get_array_module(states)
-    if mask_tm is None:
-        return states[-1].copy()
-    lengths = mask_tm.sum(axis=0).astype(numpy.int64)               # (B,)
-    batch = states.shape[1]
-    last = states[xp.maximum(lengths - 1, 0), xp.arange(batch)]
-    return xp.where((lengths > 0)[:, None], last, h0)
 
 
 class LinearRNN(_ParamsMixin):

@@ -14,7 +14,15 @@ Fields:
   ``gpurnn/engine/kernels/`` where the arrays are CuPy's (NumPy arrays always run plain).
 * ``memory_budget``: None keeps every state for the backward sweep; a byte count (an int,
   or a string such as ``"64MB"``) bounds what the engine holds during a step, and the sweep
-  recomputes the states it did not keep.
+  recomputes the states it did not keep, on the fastest schedule that fits
+  (:mod:`gpurnn.engine.recompute`: Chen et al.'s, or Gruslys et al.'s nested checkpoints).
+* ``checkpoint_every``: the plain every-k policy instead of a budget: keep the state every
+  k steps and recompute each k-step block once (one extra forward pass); ``"sqrt"`` takes
+  k = ⌈√T⌉ (Chen et al.: memory ~ 2√T states).
+* ``block_steps``: the time grid, steps per block (None: about 1024 batch·time rows). The
+  engine projects, runs the output layer and reduces the gradients block by block, in the
+  same order under every schedule, so a budget changes what is kept and never a bit of the
+  gradients; recomputation works in whole blocks.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ import dataclasses
 import numbers
 import re
 
-__all__ = ["Plan", "KERNELS", "parse_bytes"]
+__all__ = ["Plan", "KERNELS", "parse_bytes", "parse_steps"]
 
 KERNELS = ("plain", "fused")
 
@@ -55,6 +63,16 @@ def parse_bytes(value, name: str = "memory_budget"):
     return size
 
 
+def parse_steps(value, name: str, allow_sqrt: bool = False):
+    """None, a positive int of steps, or (``allow_sqrt``) the string "sqrt"."""
+    if value is None or (allow_sqrt and value == "sqrt"):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        choices = "a positive int or 'sqrt'" if allow_sqrt else "a positive int"
+        raise ValueError(f"{name} must be None or {choices}, got {value!r}")
+    return int(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """How a model computes a step (see the module docstring).
@@ -63,19 +81,34 @@ class Plan:
         kernels: "plain" (array-module operations, the reference) or "fused" (CUDA kernels
             on CuPy arrays; NumPy arrays run plain).
         memory_budget: None to keep every state, or bytes (int or "64MB") for the step.
+        checkpoint_every: None, k steps (keep a state every k steps), or "sqrt".
+        block_steps: None (about 1024 batch·time rows) or steps per block of the grid.
     """
 
     kernels: str = "plain"
     memory_budget: object = None
+    checkpoint_every: object = None
+    block_steps: object = None
 
     def __post_init__(self):
         if self.kernels not in KERNELS:
             raise ValueError(f"unknown kernels {self.kernels!r}; expected one of "
                              f"{', '.join(map(repr, KERNELS))}")
         object.__setattr__(self, "memory_budget", parse_bytes(self.memory_budget))
+        object.__setattr__(self, "checkpoint_every",
+                           parse_steps(self.checkpoint_every, "checkpoint_every", True))
+        object.__setattr__(self, "block_steps", parse_steps(self.block_steps, "block_steps"))
+        if self.memory_budget is not None and self.checkpoint_every is not None:
+            raise ValueError("give memory_budget or checkpoint_every, not both: the budget "
+                             "chooses where to checkpoint")
 
     def replace(self, **changes) -> "Plan":
         """This plan with some fields changed (``None`` values in ``changes`` are ignored,
         so per-call keywords that were not given leave the model's plan as it is)."""
         changes = {k: v for k, v in changes.items() if v is not None}
+        # The two memory policies exclude each other: the one given replaces the other.
+        for given, other in (("memory_budget", "checkpoint_every"),
+                             ("checkpoint_every", "memory_budget")):
+            if given in changes and other not in changes:
+                changes[other] = None
         return dataclasses.replace(self, **changes) if changes else self

@@ -65,6 +65,30 @@ class StackedCell(Cell):
         self.state_width = self.cells[0].state_size(hidden_size)     # S per layer
         self.delta_width = self.cells[0].delta_size(hidden_size)     # D per layer
 
+    def use_workspace(self, workspace):
+        previous = super().use_workspace(workspace)
+        for layer, cell in enumerate(self.cells):                    # one child per layer
+            cell.use_workspace(workspace.child(("layer", layer)))
+        return previous
+
+    def cache_bytes(self, params, batch, steps, state_size, itemsize):
+        rows = steps * batch * itemsize
+        H, S = self.hidden, self.state_width
+        forward = backward = 0
+        for layer, cell in enumerate(self.cells):
+            f, b = cell.cache_bytes(self.layer_params(params, layer), batch, steps, S, itemsize)
+            forward, backward = forward + f, backward + b
+        forward += rows * state_size                                  # the concatenated states
+        forward += rows * H * (self.num_layers - 1) * (S != H)        # h of the layers below
+        # param_grads: one layer's deltas made contiguous, the input gradients of layer 0
+        # (gate gradients and dL/dx) for an embedding.
+        backward += rows * self.delta_width
+        if self.embedding:
+            width = params["E"].shape[1]
+            forward += rows * width                                   # the rows E[x_t]
+            backward += rows * (width + 4 * S)
+        return forward, backward
+
     def layer_params(self, params, layer):
         return {n: params[layer_name(n, layer)] for n in self.names
                 if layer_name(n, layer) in params}

@@ -61,10 +61,20 @@ def _asarray(value, name, device):
         raise TypeError(f"{name} must be an array-like of numbers ({error})") from None
 
 
+# Elements checked at a time: the check's temporaries stay small next to a long sequence.
+_FINITE_CHUNK = 1 << 20
+
+
 def _check_finite(array, name):
     xp = get_array_module(array)
-    if not bool(xp.isfinite(array).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
+    if array.ndim < 2:
+        parts = [array]
+    else:
+        step = max(1, _FINITE_CHUNK // max(1, array[:, :1].size))
+        parts = [array[:, start:start + step] for start in range(0, array.shape[1], step)]
+    for part in parts:
+        if not bool(xp.isfinite(part).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
 
 
 def _check_ids(ids, name, limit, what):

@@ -22,6 +22,19 @@ class Workspace:
 
     def __init__(self):
         self._buffers = {}
+        self._children = {}
+
+    def child(self, key) -> "Workspace":
+        """A workspace of its own under ``key`` (made on first use): the engine gives each
+        block of a long sequence whose cache it keeps one, and a stack one per layer."""
+        if key not in self._children:
+            self._children[key] = Workspace()
+        return self._children[key]
+
+    def clear_children(self):
+        """Free the children's buffers, keeping this workspace's own."""
+        for child in self._children.values():
+            child.clear()
 
     def empty(self, name, shape, dtype, xp):
         """An uninitialised array of ``shape`` backed by the buffer ``name``."""
@@ -41,5 +54,7 @@ class Workspace:
         return array
 
     def clear(self):
-        """Free every buffer (they are made again on the next use)."""
+        """Free every buffer, children's too (they are made again on the next use)."""
         self._buffers.clear()
+        for child in self._children.values():
+            child.clear()

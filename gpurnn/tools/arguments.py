@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["UsageError", "int_at_least", "positive_int", "positive_float"]
+__all__ = ["UsageError", "int_at_least", "positive_int", "positive_float", "int_or_none"]
 
 
 class UsageError(Exception):
@@ -29,3 +29,8 @@ def positive_float(text):
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+def int_or_none(text):
+    """An integer, or None for the text "none" (``--truncate none``: full BPTT)."""
+    return None if text.strip().lower() == "none" else int(text)

@@ -12,7 +12,7 @@ import sys
 import numpy
 
 from ..engine.activations import ACTIVATIONS, OUTPUTS
-from .arguments import UsageError, int_at_least, positive_float, positive_int
+from .arguments import UsageError, int_at_least, int_or_none, positive_float, positive_int
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -116,6 +116,7 @@ def add_train(subparsers):
             continue
         target = exclusive if field.name in ("steps", "epochs") else p
         metavar = None if meta["choices"] else _METAVARS.get(field.name, "N")
+        kind = int_or_none if field.name == "truncate" else kind       # --truncate none
         target.add_argument(flag, type=kind, choices=meta["choices"], metavar=metavar,
                             help=text)
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file of settings")

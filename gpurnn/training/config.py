@@ -64,6 +64,10 @@ class TrainConfig:
     truncate: Optional[int] = _f(None, "the tutorial's bptt_truncate: each output's error goes "
                                  "back at most K steps; default: through the whole chunk or "
                                  "sentence")
+    memory_budget: Optional[str] = _f(None, "bytes one training step may hold, e.g. 256MB: "
+                                      "the engine keeps what fits and recomputes the rest, "
+                                      "with the same gradients (for long --seq-len); "
+                                      "default: keep everything")
     # --- how long -------------------------------------------------------------------------
     steps: Optional[int] = _f(None, f"optimizer steps of the whole run, resumed parts included "
                               f"(default {DEFAULT_STEPS} unless --epochs is given)")
@@ -137,6 +141,8 @@ class TrainConfig:
             raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not self.checkpoint:
             raise ValueError("--checkpoint must be a file path")
+        from ..engine.plan import parse_bytes
+        parse_bytes(self.memory_budget, "--memory-budget")
         return self
 
     def to_dict(self) -> dict:
@@ -153,7 +159,7 @@ class TrainConfig:
 # a hash of the data itself. Everything else must match, or it would not be the same run.
 RESUMABLE_FIELDS = frozenset({"corpus", "steps", "epochs", "lr", "clip", "max_bad_steps",
                               "eval_every", "log_every", "checkpoint", "checkpoint_every", "resume",
-                              "metrics", "samples", "device", "quiet"})
+                              "metrics", "samples", "device", "quiet", "memory_budget"})
 
 
 def _flag(name: str) -> str:

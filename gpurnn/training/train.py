@@ -118,6 +118,7 @@ class Trainer:
         size = len(self.data.vocab)
         self.model = make_model(config.cell, size, config.hidden, size, num_layers=config.layers,
                                 dtype=config.dtype, device=self.device, seed=config.seed)
+        self.model.plan = self.model.plan.replace(memory_budget=config.memory_budget)
         lr = self._lr()
         self.optimizer = make_optimizer(config.optimizer, lr, **(
             {"step_max": RPROP_STEP_MAX * lr} if config.optimizer == "rprop" else {}))
