@@ -11,6 +11,7 @@
 //           phase, as they do on the device.
 #include "emulate.h"
 
+#include <barrier>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -19,19 +20,22 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 thread_local dim3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 
 namespace gpurnn_emu {
-thread_local std::barrier<>* block_barrier = nullptr;
+thread_local std::barrier<>* block_barrier = nullptr;  // null in a launch without barriers
 thread_local unsigned char* block_shared = nullptr;
 
-struct NoBarrier : std::runtime_error {
-  NoBarrier() : std::runtime_error("__syncthreads() called in a launch emulated without barriers") {}
-};
-void no_barrier() { throw NoBarrier(); }
+void sync_block() {
+  if (!block_barrier)
+    throw std::runtime_error("__syncthreads() called in a launch emulated without barriers");
+  block_barrier->arrive_and_wait();
+}
+void yield() { std::this_thread::yield(); }
 
 struct Kernel {
   void* fn;

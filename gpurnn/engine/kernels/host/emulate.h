@@ -4,18 +4,17 @@
 #pragma once
 #define GPURNN_HOST_EMULATION 1
 
-#include <atomic>
-#include <barrier>
+// Only light headers here (this is included by every kernel source); the threads and
+// barriers live in emulate.cpp behind the out-of-line functions below.
 #include <cmath>
 #include <cstddef>
-#include <thread>
 #include <utility>
 
 #define __host__
 #define __device__
 #define __global__
 #define __forceinline__ inline
-#define GPURNN_SPIN_PAUSE() std::this_thread::yield()
+#define GPURNN_SPIN_PAUSE() gpurnn_emu::yield()
 
 struct dim3 {
   unsigned int x = 1, y = 1, z = 1;
@@ -26,9 +25,9 @@ extern thread_local dim3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
 
 namespace gpurnn_emu {
-extern thread_local std::barrier<>* block_barrier;  // null in a launch without barriers
-extern thread_local unsigned char* block_shared;    // this block's dynamic shared memory
-[[noreturn]] void no_barrier();
+extern thread_local unsigned char* block_shared;  // this block's dynamic shared memory
+void sync_block();  // __syncthreads: an error in a launch emulated without barriers
+void yield();       // lets the other emulated threads run while one spins
 typedef void (*Thunk)(void*, void**);
 bool add_kernel(const char* name, void* fn, Thunk thunk, const std::size_t* sizes, int nargs);
 
@@ -50,11 +49,8 @@ template <class... A> bool add(const char* name, void (*fn)(A...)) {
 #define GPURNN_EXPORT(kernel) \
   static const bool gpurnn_registered_##kernel = gpurnn_emu::add(#kernel, &kernel);
 
-inline void __syncthreads() {
-  if (!gpurnn_emu::block_barrier) gpurnn_emu::no_barrier();
-  gpurnn_emu::block_barrier->arrive_and_wait();
-}
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __syncthreads() { gpurnn_emu::sync_block(); }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
   return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST);
 }

@@ -1,0 +1,134 @@
+"""The kernel sources built for the host, and a launcher that runs them on NumPy arrays.
+
+``host/emulate.cpp`` defines the CUDA built-ins away and launches a kernel as the GPU
+would: every (blockIdx, threadIdx) of the grid runs the kernel's own ``__global__`` body,
+kernels with ``__syncthreads`` as concurrent threads per block, grid-synchronised ones with
+every block at once. So tests run the GPU's maths *and* indexing on the CPU and compare them
+with the NumPy path. Builds are cached in the temp directory, keyed by a hash of the
+sources and the compiler flags.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import numpy
+
+from . import KERNELS, function_name, pack_args, source_dir, source_names, sources_hash
+
+__all__ = ["compiler", "build", "HostLauncher"]
+
+_MODES = {"none": 0, "block": 1, "grid": 2}
+_FLAGS = ("-std=c++20", "-O1", "-fPIC", "-pthread", "-fno-fast-math")
+
+
+def compiler() -> str | None:
+    """The host C++ compiler (``$CXX``, else g++), or None when there is none."""
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def _run_all(commands) -> None:
+    """Run compiler commands in parallel; RuntimeError with the output of a failure."""
+    running = [(c, subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)) for c in commands]
+    failures = []
+    for command, process in running:
+        output = process.communicate()[0]
+        if process.returncode != 0:
+            failures.append(f"$ {' '.join(command)}\n{output}")
+    if failures:
+        raise RuntimeError("host build of the kernels failed:\n" + "\n".join(failures))
+
+
+def build(directory=None, defines=(), cache_dir=None) -> pathlib.Path:
+    """Build every ``.cu`` source of ``directory`` (default: the package's) with the host
+    emulation into one shared library; returns its path (reused if already built).
+
+    ``defines`` are extra ``-D`` macros (``("GPURNN_FAULT_SIGN=-1",)`` plants a fault).
+    The sources compile in parallel; the emulation runtime (the slow part) is built once
+    per version of ``host/`` and shared by every build. Raises RuntimeError with the
+    compiler's output when the build fails.
+    """
+    directory = pathlib.Path(directory) if directory is not None else source_dir()
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no host C++ compiler (g++ or $CXX) found to build the kernels")
+    host = directory / "host"
+    cache = pathlib.Path(cache_dir or tempfile.gettempdir()) / "gpurnn-kernels"
+    cache.mkdir(parents=True, exist_ok=True)
+    flags = _FLAGS + tuple(f"-D{d}" for d in defines)
+    library = cache / f"kernels-{_key(sources_hash(directory), flags, cxx)}.so"
+    if library.exists():
+        return library
+    runtime_source = (host / "emulate.cpp").read_bytes() + (host / "emulate.h").read_bytes()
+    runtime = cache / f"emulate-{_key(runtime_source, _FLAGS, cxx)}.o"
+    with tempfile.TemporaryDirectory(dir=cache) as work:
+        work = pathlib.Path(work)
+        commands, objects = [], []
+        if not runtime.exists():
+            commands.append([cxx, *_FLAGS, "-c", str(host / "emulate.cpp"), "-o",
+                             str(work / "emulate.o")])
+        for name in source_names(directory):
+            objects.append(str(work / (name + ".o")))
+            commands.append([cxx, *flags, f"-I{directory}", "-c", "-x", "c++", "-include",
+                             str(host / "emulate.h"), str(directory / name), "-o", objects[-1]])
+        _run_all(commands)
+        if not runtime.exists():
+            os.replace(work / "emulate.o", runtime)
+        _run_all([[cxx, "-shared", "-pthread", str(runtime), *objects, "-o",
+                   str(work / "kernels.so")]])
+        os.replace(work / "kernels.so", library)  # atomic: no one loads half a file
+    return library
+
+
+class HostLauncher:
+    """Runs kernels on NumPy arrays through the emulated launch of a host build.
+
+    Same call as :class:`gpurnn.engine.kernels.CudaLauncher`:
+    ``launch(kernel, dtype, grid, block, args, shared_mem=0)``.
+    """
+
+    def __init__(self, library=None):
+        self.path = pathlib.Path(library) if library is not None else build()
+        self._lib = ctypes.CDLL(str(self.path))
+        self._lib.gpurnn_emulate_launch.restype = ctypes.c_int
+        self._lib.gpurnn_kernel_arg_sizes.restype = ctypes.c_int
+
+    def arg_sizes(self, name: str) -> list | None:
+        """The byte sizes of the registered kernel ``name``'s arguments (None if unknown)."""
+        sizes = (ctypes.c_size_t * 32)()
+        count = self._lib.gpurnn_kernel_arg_sizes(name.encode(), sizes, 32)
+        return None if count < 0 else list(sizes[:count])
+
+    def __call__(self, kernel, dtype, grid, block, args, shared_mem=0):
+        packed = pack_args(kernel, dtype, args, lambda a: isinstance(a, numpy.ndarray))
+        keep, pointers, sizes = [], [], []
+        for value in packed:
+            if value is None or isinstance(value, numpy.ndarray):
+                cell = ctypes.c_void_p(None if value is None else value.ctypes.data)
+            else:  # an exact NumPy scalar: its bytes, as the GPU would receive them
+                cell = ctypes.create_string_buffer(value.tobytes(), value.nbytes)
+            keep.append(cell)
+            pointers.append(ctypes.cast(ctypes.pointer(cell), ctypes.c_void_p))
+            sizes.append(ctypes.sizeof(cell) if value is None or
+                         isinstance(value, numpy.ndarray) else value.nbytes)
+        grid = (tuple(grid) + (1, 1, 1))[:3]
+        block = (tuple(block) + (1, 1, 1))[:3]
+        error = ctypes.create_string_buffer(512)
+        status = self._lib.gpurnn_emulate_launch(
+            function_name(kernel, dtype).encode(), (ctypes.c_uint * 3)(*grid),
+            (ctypes.c_uint * 3)(*block), ctypes.c_size_t(int(shared_mem)),
+            ctypes.c_int(_MODES[KERNELS[kernel].sync]),
+            (ctypes.c_void_p * len(pointers))(*pointers), ctypes.c_int(len(pointers)),
+            (ctypes.c_size_t * len(sizes))(*sizes), error, ctypes.c_size_t(len(error)))
+        if status != 0:
+            raise RuntimeError(f"emulated launch failed: {error.value.decode()}")
