@@ -161,6 +161,7 @@ class RecurrentModel(_ParamsMixin):
         batch, steps = x.shape[:2]
         h0 = self._initial_state(h0, batch)
         x_tm = _time_major(x)
+        self.cell.plan = self.plan
         xin, states = bptt.forward(self.cell, self._params, x_tm, h0, steps)
         return x_tm, xin, h0, states
 
@@ -229,7 +230,7 @@ class RecurrentModel(_ParamsMixin):
             scale = 1.0 / max(1.0, float(m.sum()) if m is not None else float(batch * steps))
         out = output_loss_and_grads(self.output, self._params["V"], self._params.get("c"),
                                     self._hidden(states), _time_major(y), m_tm, scale,
-                                    self.cell.workspace)
+                                    self.cell.workspace, plan=self.plan)
         grads = bptt.backward(self.cell, self._params, x_tm, xin, h0, states,
                               self._state_grads(out.dstates, states), truncate)
         grads["V"] = out.dV

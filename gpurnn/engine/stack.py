@@ -68,6 +68,15 @@ class StackedCell(Cell):
         self.state_width = self.cells[0].state_size(hidden_size)     # S per layer
         self.delta_width = self.cells[0].delta_size(hidden_size)     # D per layer
 
+    @property
+    def plan(self):
+        return self.cells[0].plan
+
+    @plan.setter
+    def plan(self, plan):  # every layer runs under the model's plan
+        for cell in self.cells:
+            cell.plan = plan
+
     def layer_params(self, params, layer):
         return {n: params[layer_name(n, layer)] for n in self.names
                 if layer_name(n, layer) in params}

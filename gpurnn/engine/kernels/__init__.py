@@ -192,12 +192,16 @@ class CudaLauncher:
     every block is resident at once, which a grid barrier needs.
     """
 
+    block_size = 256  # threads per block of the elementwise and row kernels
+
     def __init__(self):
         import cupy
 
         self._cupy = cupy
         self._modules = {}
         self._functions = {}
+        self.multiprocessors = cupy.cuda.Device().attributes["MultiProcessorCount"]
+        self.max_blocks = 32 * self.multiprocessors  # grid-stride loops cover the rest
 
     def function(self, kernel: str, dtype):
         key = (kernel, numpy.dtype(dtype))
@@ -227,7 +231,8 @@ class CudaLauncher:
         from cupy_backends.cuda.api import driver
 
         function = self.function(kernel, dtype)
+        if shared_mem > 48 * 1024:
+            function.max_dynamic_shared_size_bytes = int(shared_mem)
         per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(
             function.kernel.ptr, int(block), int(shared_mem))
-        device = self._cupy.cuda.Device()
-        return per_sm * device.attributes["MultiProcessorCount"]
+        return per_sm * self.multiprocessors

@@ -97,11 +97,19 @@ class HostLauncher:
     ``launch(kernel, dtype, grid, block, args, shared_mem=0)``.
     """
 
-    def __init__(self, library=None):
+    def __init__(self, library=None, block_size=32, max_blocks=3, multiprocessors=3):
+        # Small blocks and grids by default, so the kernels' grid-stride loops and
+        # multi-block paths run even on the small arrays of tests.
+        self.block_size, self.max_blocks = block_size, max_blocks
+        self.multiprocessors = multiprocessors
         self.path = pathlib.Path(library) if library is not None else build()
         self._lib = ctypes.CDLL(str(self.path))
         self._lib.gpurnn_emulate_launch.restype = ctypes.c_int
         self._lib.gpurnn_kernel_arg_sizes.restype = ctypes.c_int
+
+    def max_cooperative_blocks(self, kernel, dtype, block, shared_mem) -> int:
+        """Every block of an emulated grid is resident (they are all OS threads)."""
+        return self.multiprocessors
 
     def arg_sizes(self, name: str) -> list | None:
         """The byte sizes of the registered kernel ``name``'s arguments (None if unknown)."""
