@@ -14,6 +14,7 @@ the launch configurations and argument lists are checked on the CPU too.
 from __future__ import annotations
 
 import contextlib
+import math
 
 from .activations import ACTIVATIONS
 from .backend import get_array_module, is_device_array
@@ -287,14 +288,14 @@ def _adagrad(opt, n):
 
 
 def _rmsprop(opt, n):
-    return "rmsprop", (n, opt.lr, opt.decay, opt.eps)
+    return "rmsprop", (n, opt.lr, opt.decay, 1.0 - opt.decay, opt.eps)
 
 
 def _adam(opt, n):
     correction1 = 1.0 - opt.beta1 ** opt.t
     correction2 = 1.0 - opt.beta2 ** opt.t
-    return "adam", (n, opt.lr / correction1, opt.beta1, opt.beta2, opt.eps,
-                    1.0 / correction2 ** 0.5)
+    return "adam", (n, opt.lr / correction1, opt.beta1, 1.0 - opt.beta1, opt.beta2,
+                    1.0 - opt.beta2, opt.eps, 1.0 / math.sqrt(correction2))
 
 
 # Optimizer name -> (kernel, scalar arguments); the slots go in the order of ``slots``.

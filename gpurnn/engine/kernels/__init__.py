@@ -63,8 +63,9 @@ KERNELS = {
     "sgd": Kernel("optim.cu", ("T*", "T*", "i64", "T")),
     "momentum": Kernel("optim.cu", ("T*", "T*", "T*", "i64", "T", "T", "i32")),
     "adagrad": Kernel("optim.cu", ("T*", "T*", "T*", "i64", "T", "T")),
-    "rmsprop": Kernel("optim.cu", ("T*", "T*", "T*", "i64", "T", "T", "T")),
-    "adam": Kernel("optim.cu", ("T*", "T*", "T*", "T*", "i64", "T", "T", "T", "T", "T")),
+    "rmsprop": Kernel("optim.cu", ("T*", "T*", "T*", "i64", "T", "T", "T", "T")),
+    "adam": Kernel("optim.cu", ("T*", "T*", "T*", "T*", "i64", "T", "T", "T", "T", "T", "T",
+                                "T")),
     "elman_persistent_forward": Kernel("persistent.cu", ("T*", "T*", "T*", "T*", "u32*", "i32",
                                                          "i32", "i32", "i32", "i32", "i32"),
                                        "grid"),
@@ -138,7 +139,8 @@ def compile_ptx(name: str, arch: str = "compute_90", directory=None, options=())
         except nvrtc.NVRTCError as error:
             log = nvrtc.getProgramLog(program)
             raise KernelCompileError(f"{name} ({arch}) does not compile: {error}\n{log}") from None
-        return nvrtc.getPTX(program)
+        ptx = nvrtc.getPTX(program)
+        return ptx.decode() if isinstance(ptx, bytes) else ptx
     finally:
         nvrtc.destroyProgram(program)
 

@@ -19,19 +19,22 @@ template <class T> GPURNN_HD T adagrad(T p, T g, T& sum_sq, T lr, T eps) {
   return p - lr * (g / (sqrt_(sum_sq) + eps));
 }
 
-// RMSprop: E = ρ E + (1 − ρ) g²; p −= lr · g / (√E + ε).
-template <class T> GPURNN_HD T rmsprop(T p, T g, T& mean_sq, T lr, T decay, T eps) {
-  mean_sq = decay * mean_sq + (T(1) - decay) * g * g;
+// RMSprop: E = ρ E + (1 − ρ) g²; p −= lr · g / (√E + ε). The caller passes 1 − ρ, rounded
+// once from double as the NumPy path's Python scalar is, and the products run in its order.
+template <class T> GPURNN_HD T rmsprop(T p, T g, T& mean_sq, T lr, T decay, T one_minus_decay,
+                                       T eps) {
+  mean_sq = decay * mean_sq + g * g * one_minus_decay;
   return p - lr * (g / (sqrt_(mean_sq) + eps));
 }
 
 // Adam: m = β1 m + (1 − β1) g; v = β2 v + (1 − β2) g²;
 // p −= (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε); the caller passes
-// lr_t = lr / (1 − β1^t) and inv_root_c2 = 1 / √(1 − β2^t).
+// lr_t = lr / (1 − β1^t), inv_root_c2 = 1 / √(1 − β2^t) and 1 − β1, 1 − β2 (as for RMSprop).
 template <class T>
-GPURNN_HD T adam(T p, T g, T& m, T& v, T lr_t, T beta1, T beta2, T eps, T inv_root_c2) {
-  m = beta1 * m + (T(1) - beta1) * g;
-  v = beta2 * v + (T(1) - beta2) * g * g;
+GPURNN_HD T adam(T p, T g, T& m, T& v, T lr_t, T beta1, T one_minus_beta1, T beta2,
+                 T one_minus_beta2, T eps, T inv_root_c2) {
+  m = beta1 * m + g * one_minus_beta1;
+  v = beta2 * v + g * g * one_minus_beta2;
   return p - lr_t * (m / (sqrt_(v) * inv_root_c2 + eps));
 }
 
