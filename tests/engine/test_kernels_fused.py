@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from gpurnn.engine import fused
+from gpurnn.engine.backend import get_device, to_host
+from gpurnn.engine.cells import ElmanCell
 from gpurnn.engine.factory import make_model
 from gpurnn.engine.kernels import host
 from gpurnn.engine.plan import Plan
@@ -44,23 +46,40 @@ def _state_rows(state):
 @pytest.mark.parametrize("cell,layers,embedding,truncate", [
     ("elman", 1, None, None), ("elman", 1, None, 2), ("gru", 1, None, None),
     ("gru", 2, 4, 2), ("lstm", 1, None, 2), ("lstm", 2, 4, None)])
-def test_fused_models_match_plain(cell, layers, embedding, truncate, dtype, launch):
+def test_fused_models_match_plain(cell, layers, embedding, truncate, dtype, device, launch):
+    """On "cpu" the kernels run emulated on NumPy arrays; on "cuda" they run on the GPU."""
     rng = np.random.default_rng(3)
     model = make_model(cell, 11, 6, 11, num_layers=layers, embedding_size=embedding,
-                       dtype=dtype, seed=2)
+                       dtype=dtype, seed=2, device=device)
     x, y = rng.integers(0, 11, (3, 7)), rng.integers(0, 11, (3, 7))
     mask = np.ones((3, 7))
     mask[0, 5:] = 0
     plain = model.loss_and_grads(x, y, truncate=truncate, mask=mask, reduction="mean")
     model.plan = Plan(kernels="fused")
-    with fused.emulate_on_host(launch):
+    with fused.emulate_on_host(launch if device == "cpu" else None):
         got = model.loss_and_grads(x, y, truncate=truncate, mask=mask, reduction="mean")
     tol = TOLERANCE[dtype]
     assert abs(got.loss - plain.loss) <= tol * abs(plain.loss)
     for name, expected in plain.grads.items():
-        assert relative_error(got.grads[name], expected) <= tol, name
-    assert relative_error(_state_rows(got.last_hidden), _state_rows(plain.last_hidden)) <= tol
+        assert relative_error(to_host(got.grads[name]), to_host(expected)) <= tol, name
+    assert relative_error(to_host(_state_rows(got.last_hidden)),
+                          to_host(_state_rows(plain.last_hidden))) <= tol
 
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_the_persistent_forward_matches_plain(activation, dtype, device, launch):
+    """One cooperative launch for the whole sequence against the per-step plain forward."""
+    rng = np.random.default_rng(5)
+    xp = get_device(device).xp
+    steps, batch, hidden = 9, 4, 40
+    W = xp.asarray(rng.standard_normal((hidden, hidden)) / np.sqrt(hidden), dtype=dtype)
+    xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
+    h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
+    expected = ElmanCell(activation).forward({"W": W}, xin, h0, steps)
+    runner = launch if device == "cpu" else fused.launcher_for(Plan(kernels="fused"), xin)
+    got = fused.elman_forward_persistent({"W": W}, xin, h0, activation, runner)
+    assert relative_error(to_host(got), to_host(expected)) <= TOLERANCE[dtype]
 
 def test_fused_elman_with_a_squared_error_output_matches_plain(launch):
     rng = np.random.default_rng(4)
