@@ -1,0 +1,445 @@
+"""``gpurnn selftest --device cuda``: what only a GPU can show, in one command of a few minutes.
+
+Four stages, each bounded in time so the whole fits in under 8 minutes on one H100/H200:
+
+1. **suite** — the CuPy half of the test suite (``pytest -k cuda``: every test body that
+   runs on NumPy and CuPy, the fused kernels on the GPU included), when the tests are there;
+2. **exactness** — every cell (Elman with each activation, GRU, LSTM, a stack) in float64,
+   loss and gradients on CuPy, plain and fused, against NumPy;
+3. **fused** — fused against plain on the GPU in float32, the persistent Elman forward
+   against the per-step one, the optimizer kernels against their NumPy updates;
+4. **sweep** — training throughput (forward, BPTT, SGD update; tokens/s) against the
+   sequence length T, gpurnn plain and fused beside PyTorch's cuDNN ``nn.RNN`` / ``nn.GRU``
+   / ``nn.LSTM`` on the same sizes, with peak GPU memory, TF32 off and on (matched:
+   ``CUPY_TF32`` for gpurnn, ``torch.backends.{cudnn,cuda.matmul}.allow_tf32`` for PyTorch),
+   each TF32 setting in its own process; plus the persistent forward at a small batch.
+
+It writes ``selftest.json``, ``sweep.json`` and ``sweep.png`` under ``--output``
+(default ``benchmarks/results/gpu``) and prints one summary table; the exit status is 0
+only when every check passed. Without a usable GPU it stops at once with one line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy
+
+from ..engine import backend, fused
+from ..engine.factory import make_model
+from ..engine.plan import Plan
+from ..training.optim import make_optimizer
+from .arguments import UsageError
+
+__all__ = ["add_arguments", "execute", "exactness_checks", "fused_checks", "sweep",
+           "summary_table", "plot_sweep", "main"]
+
+DEFAULT_OUTPUT = pathlib.Path("benchmarks") / "results" / "gpu"
+BUDGET_S = 450            # the whole command, startup excluded: under 8 minutes
+SUITE_S = 170             # at most this for the test suite
+LENGTHS = (64, 256, 1024)
+SWEEP = dict(vocab=1024, hidden=256, batch=64, small_batch=8)
+EXACT = 1e-10             # float64, CuPy (cuBLAS, FMA) against NumPy: rounding only
+FUSED32 = 1e-5            # float32, fused against plain on the GPU
+
+
+def _relative(got, expected) -> float:
+    got = numpy.asarray(backend.to_host(got), numpy.float64)
+    expected = numpy.asarray(backend.to_host(expected), numpy.float64)
+    return float(numpy.abs(got - expected).max() / max(numpy.abs(expected).max(), 1e-300))
+
+
+def _rows(state):
+    return numpy.concatenate([backend.to_host(s) for s in state], axis=-1) \
+        if isinstance(state, tuple) else backend.to_host(state)
+
+
+# ------------------------------------------------------------------------ checks
+CELLS = [("elman", {"activation": a}) for a in ("tanh", "relu", "sigmoid", "identity")] + [
+    ("gru", {}), ("lstm", {}), ("lstm", {"num_layers": 2, "embedding_size": 6})]
+
+
+def _loss_and_grads(cell, kw, dtype, device, kernels, data, truncate=3):
+    model = make_model(cell, 13, 8, 13, dtype=dtype, device=device, seed=1, **kw)
+    model.plan = Plan(kernels=kernels)
+    x, y, mask = data
+    return model.loss_and_grads(x, y, truncate=truncate, mask=mask)
+
+
+def _data(rng):
+    mask = numpy.ones((4, 12))
+    mask[1, 9:] = 0
+    return rng.integers(0, 13, (4, 12)), rng.integers(0, 13, (4, 12)), mask
+
+
+def _compare(name, got, expected, tolerance) -> dict:
+    errors = [_relative(got.loss, expected.loss), _relative(_rows(got.last_hidden),
+                                                           _rows(expected.last_hidden))]
+    errors += [_relative(got.grads[k], v) for k, v in expected.grads.items()]
+    worst = max(errors)
+    return {"check": name, "error": worst, "tolerance": tolerance, "passed": worst <= tolerance}
+
+
+def exactness_checks(device="cuda") -> list:
+    """float64 loss, gradients and last state of every cell on ``device``, plain and fused,
+    against NumPy."""
+    rng = numpy.random.default_rng(0)
+    results = []
+    for cell, kw in CELLS:
+        data = _data(rng)
+        expected = _loss_and_grads(cell, kw, "float64", "cpu", "plain", data)
+        for kernels in ("plain", "fused"):
+            got = _loss_and_grads(cell, kw, "float64", device, kernels, data)
+            results.append(_compare(f"float64 {cell} {kw or ''} {kernels} vs NumPy".replace(
+                "  ", " "), got, expected, EXACT))
+    return results
+
+
+def fused_checks(device="cuda", persistent_shapes=((50, 8, 256), (20, 3, 1024))) -> list:
+    """float32 fused against plain on ``device``; the persistent forward against the
+    per-step forward for each (steps, batch, hidden); the optimizer kernels against NumPy
+    (float64)."""
+    rng = numpy.random.default_rng(1)
+    results = []
+    for cell, kw in CELLS:
+        data = _data(rng)
+        plain = _loss_and_grads(cell, kw, "float32", device, "plain", data)
+        got = _loss_and_grads(cell, kw, "float32", device, "fused", data)
+        results.append(_compare(f"float32 {cell} {kw or ''} fused vs plain".replace("  ", " "),
+                                got, plain, FUSED32))
+    xp = backend.get_device(device).xp
+    from ..engine.cells import ElmanCell
+    for dtype, tolerance in (("float64", EXACT), ("float32", FUSED32)):
+        for steps, batch, hidden in persistent_shapes:
+            W = xp.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5, dtype=dtype)
+            xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
+            h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
+            expected = ElmanCell("tanh").forward({"W": W}, xin, h0, steps).copy()
+            launch = fused.launcher_for(Plan(kernels="fused"), xin)
+            got = fused.elman_forward_persistent({"W": W}, xin, h0, "tanh", launch)
+            error = _relative(got, expected)
+            results.append({"check": f"{dtype} persistent Elman forward T={steps} B={batch} "
+                                     f"H={hidden}", "error": error, "tolerance": tolerance,
+                            "passed": error <= tolerance})
+    for name in fused.OPTIMIZERS:
+        start = rng.standard_normal((64, 33))
+        grads = [rng.standard_normal(start.shape) for _ in range(3)]
+        finals = []
+        for dev, kernels in (("cpu", "plain"), (device, "fused")):
+            param = {"p": backend.to_device(start, dev)}
+            opt = make_optimizer(name, 0.01)
+            opt.plan = Plan(kernels=kernels)
+            for g in grads:
+                opt.step(param, {"p": backend.to_device(g, dev)})
+            finals.append(param["p"])
+        error = _relative(finals[1], finals[0])
+        results.append({"check": f"float64 {name} update, fused vs NumPy", "error": error,
+                        "tolerance": EXACT, "passed": error <= EXACT})
+    return results
+
+
+def suite(timeout) -> dict:
+    """The CuPy half of the test suite (``pytest -k cuda``), where the tests are present."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    if not (root / "tests").is_dir():
+        return {"check": "pytest -k cuda", "passed": False, "error": None,
+                "detail": f"no tests/ next to the package ({root}): run from a checkout"}
+    command = [sys.executable, "-m", "pytest", "-q", "-k", "cuda", "-p", "no:cacheprovider",
+               "-m", "not slow", "tests"]
+    try:
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"check": "pytest -k cuda", "passed": False, "error": None,
+                "detail": f"did not finish in {timeout:.0f} s"}
+    last = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+    return {"check": "pytest -k cuda", "passed": done.returncode == 0, "error": None,
+            "detail": last, "output_tail": done.stdout[-4000:] + done.stderr[-2000:]}
+
+
+# ------------------------------------------------------------------------- sweep
+def _gpurnn_step(cell, steps, batch, kernels, device, sizes):
+    model = make_model(cell, sizes["vocab"], sizes["hidden"], sizes["vocab"],
+                       embedding_size=sizes["hidden"], dtype="float32", device=device)
+    model.plan = Plan(kernels=kernels)
+    optimizer = make_optimizer("sgd", 1e-4)
+    optimizer.plan = model.plan
+    rng = numpy.random.default_rng(0)
+    x, y = (backend.to_device(rng.integers(0, sizes["vocab"], (batch, steps)), device)
+            for _ in range(2))
+
+    def step():
+        result = model.loss_and_grads(x, y)
+        optimizer.step(model.params, result.grads)
+    return step
+
+
+def _torch_step(cell, steps, batch, device, sizes):
+    import torch
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    layer = {"elman": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
+    embed = torch.nn.Embedding(sizes["vocab"], sizes["hidden"]).to(dev)
+    rnn = layer(sizes["hidden"], sizes["hidden"]).to(dev)                 # time-major
+    head = torch.nn.Linear(sizes["hidden"], sizes["vocab"]).to(dev)
+    params = [p for m in (embed, rnn, head) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    x = torch.randint(0, sizes["vocab"], (steps, batch), device=dev)
+    y = torch.randint(0, sizes["vocab"], (steps, batch), device=dev)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        out = head(rnn(embed(x))[0])
+        loss_fn(out.reshape(-1, sizes["vocab"]), y.reshape(-1)).backward()
+        optimizer.step()
+    return step
+
+
+def _persistent_forward(steps, batch, device, sizes, persistent):
+    from ..engine.cells import ElmanCell
+    xp = backend.get_device(device).xp
+    rng = numpy.random.default_rng(0)
+    H = sizes["hidden"]
+    W = xp.asarray(rng.standard_normal((H, H)) / H ** 0.5, dtype="float32")
+    xin = xp.asarray(rng.standard_normal((steps, batch, H)), dtype="float32")
+    h0 = xp.zeros((batch, H), dtype="float32")
+    cell = ElmanCell("tanh")
+    launch = fused.launcher_for(Plan(kernels="fused"), xin)
+    if persistent:
+        return lambda: fused.elman_forward_persistent({"W": W}, xin, h0, "tanh", launch)
+    return lambda: cell.forward({"W": W}, xin, h0, steps)
+
+
+class _Memory:
+    """Peak device memory of a measurement: CuPy's pool (reserved bytes, which the pool
+    keeps at its high-water mark) or PyTorch's ``max_memory_reserved``."""
+
+    def __init__(self, device):
+        self.cuda = device.startswith("cuda")
+
+    def reset(self):
+        if self.cuda:
+            backend.cupy.get_default_memory_pool().free_all_blocks()
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+
+    def peak(self, system) -> int | None:
+        if not self.cuda:
+            return None
+        if system.startswith("torch"):
+            return int(sys.modules["torch"].cuda.max_memory_reserved())
+        return int(backend.cupy.get_default_memory_pool().total_bytes())
+
+
+def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
+          repeats=3, cells=("elman", "gru", "lstm")) -> list:
+    """Rows {cell, T, B, system, tokens_per_s, seconds, peak_bytes, tf32} of the sweep.
+
+    Runs in the process whose CUPY_TF32 matches ``tf32`` (see :func:`main`). Configurations
+    not started by ``deadline`` (time.time()) are recorded as skipped.
+    """
+    from .bench import _sync, timed
+
+    sizes = {**SWEEP, **(sizes or {})}
+    torch_ok = False
+    try:
+        import torch
+        torch_ok = torch.cuda.is_available() if device.startswith("cuda") else True
+        if torch_ok and device.startswith("cuda"):
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+    except ImportError:
+        pass
+    memory = _Memory(device)
+    plan = [(cell, T, sizes["batch"]) for cell in cells for T in lengths]
+    plan += [(cell, lengths[len(lengths) // 2], sizes["small_batch"]) for cell in cells]
+    rows = []
+
+    def measure(row, make):
+        if deadline is not None and time.time() > deadline:
+            rows.append({**row, "skipped": "time budget"})
+            return
+        try:
+            memory.reset()
+            seconds = timed(make(), repeats, 1, device)
+            rows.append({**row, "seconds": seconds, "peak_bytes": memory.peak(row["system"]),
+                         "tokens_per_s": row["B"] * row["T"] / seconds})
+        except Exception as error:  # one failing system must not hide the others' figures
+            rows.append({**row, "error": f"{type(error).__name__}: {error}"})
+        _sync(device)
+
+    for cell, T, B in plan:
+        base = {"cell": cell, "T": T, "B": B, "tf32": tf32, "step": "train"}
+        for kernels in ("plain", "fused"):
+            measure({**base, "system": f"gpurnn-{kernels}"},
+                    lambda: _gpurnn_step(cell, T, B, kernels, device, sizes))
+        if torch_ok:
+            measure({**base, "system": "torch-cudnn" if device.startswith("cuda") else "torch"},
+                    lambda: _torch_step(cell, T, B, device, sizes))
+    for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
+        base = {"cell": "elman", "T": T, "B": sizes["small_batch"], "tf32": tf32,
+                "step": "forward"}
+        for persistent in (False, True):
+            system = "gpurnn-persistent" if persistent else "gpurnn-plain"
+            measure({**base, "system": system},
+                    lambda: _persistent_forward(T, base["B"], device, sizes, persistent))
+    return rows
+
+
+# ----------------------------------------------------------------------- reports
+def summary_table(checks, rows) -> str:
+    """The one table the command prints: checks, then throughput ratios to cuDNN."""
+    lines = ["check                                                     error      result"]
+    for c in checks:
+        error = "" if c.get("error") is None else f"{c['error']:.1e}"
+        verdict = "pass" if c["passed"] else "FAIL " + str(c.get("detail", ""))
+        lines.append(f"{c['check'][:56]:<57} {error:<10} {verdict}")
+    measured = [r for r in rows if "tokens_per_s" in r]
+    if measured:
+        lines.append("")
+        lines.append("step     cell   T     B   tf32  system              tokens/s    "
+                     "peak MiB  vs cuDNN")
+        reference = {(r["cell"], r["T"], r["B"], r["tf32"], r["step"]): r["tokens_per_s"]
+                     for r in measured if r["system"].startswith("torch")}
+        for r in measured:
+            ref = reference.get((r["cell"], r["T"], r["B"], r["tf32"], r["step"]))
+            ratio = f"{r['tokens_per_s'] / ref:.2f}x" if ref else "-"
+            peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.0f}"
+            lines.append(f"{r['step']:<8} {r['cell']:<6} {r['T']:<5} {r['B']:<3} "
+                         f"{'on' if r['tf32'] else 'off':<5} {r['system']:<19} "
+                         f"{r['tokens_per_s']:>10.0f}  {peak:>8}  {ratio}")
+    failed = [r for r in rows if "error" in r or "skipped" in r]
+    for r in failed:
+        lines.append(f"not measured: {r['cell']} T={r['T']} B={r['B']} {r['system']}: "
+                     f"{r.get('error') or r.get('skipped')}")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows, path) -> str | None:
+    """tokens/s against T, one panel per cell, a line per system and TF32 setting."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    train = [r for r in rows if "tokens_per_s" in r and r["step"] == "train"]
+    batch = max((r["B"] for r in train), default=0)            # the sweep's batch, not the small one
+    measured = [r for r in train if r["B"] == batch]
+    cells = sorted({r["cell"] for r in measured})
+    if not cells:
+        return None
+    figure, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4), squeeze=False)
+    for axis, cell in zip(axes[0], cells):
+        for system in sorted({r["system"] for r in measured}):
+            for tf32 in (False, True):
+                points = sorted((r["T"], r["tokens_per_s"]) for r in measured
+                                if r["cell"] == cell and r["system"] == system
+                                and r["tf32"] == tf32 and r["step"] == "train")
+                if points:
+                    axis.plot(*zip(*points), marker="o", linestyle="-" if tf32 else "--",
+                              label=f"{system}, TF32 {'on' if tf32 else 'off'}")
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_title(cell)
+        axis.set_xlabel("T (time steps)")
+        axis.set_ylabel("training tokens/s")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return str(path)
+
+
+# ---------------------------------------------------------------------- command
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--device", default="cuda",
+                        help="the GPU to check: cuda or cuda:N (default: cuda)")
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
+                        help=f"folder for the JSON results and the plot (default: "
+                             f"{DEFAULT_OUTPUT})")
+    parser.add_argument("--budget", type=float, default=BUDGET_S,
+                        help=f"seconds for the whole command (default: {BUDGET_S})")
+    parser.add_argument("--no-suite", action="store_true", help="skip the pytest stage")
+
+
+def _sweep_in_subprocess(device, tf32, deadline, output) -> list:
+    """The sweep in a fresh process with CUPY_TF32 set: CuPy reads it at import."""
+    env = {**os.environ, "CUPY_TF32": "1" if tf32 else "0"}
+    out = output / f"sweep-tf32-{'on' if tf32 else 'off'}.part.json"
+    command = [sys.executable, "-m", "gpurnn.tools.selftest", "--sweep-worker", device,
+               str(int(tf32)), str(deadline), str(out)]
+    timeout = max(10.0, deadline - time.time() + 120)
+    try:
+        subprocess.run(command, env=env, check=True, timeout=timeout)
+        rows = json.loads(out.read_text())
+    except (subprocess.SubprocessError, OSError, ValueError) as error:
+        rows = [{"cell": "-", "T": 0, "B": 0, "system": "sweep", "tf32": tf32, "step": "train",
+                 "error": f"sweep process failed: {error}"}]
+    out.unlink(missing_ok=True)
+    return rows
+
+
+def execute(args) -> int:
+    start = time.time()
+    device = backend.get_device(args.device)   # no usable GPU: RuntimeError, one line
+    if device.kind != "cuda":
+        raise UsageError("selftest checks the GPU path: give --device cuda or cuda:N")
+    from .bench import machine_info
+
+    output = pathlib.Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    budget_end = start + args.budget
+    checks = []
+    if not args.no_suite:
+        checks.append(suite(min(SUITE_S, args.budget / 3)))
+    with device.use():
+        for stage in (exactness_checks, fused_checks):
+            try:
+                checks.extend(stage(str(device)))
+            except Exception as error:  # report it as a failed check, keep going
+                checks.append({"check": stage.__name__, "passed": False, "error": None,
+                               "detail": f"{type(error).__name__}: {error}"})
+    rows = []
+    remaining = budget_end - time.time()
+    for index, tf32 in enumerate((False, True)):
+        deadline = time.time() + remaining / (2 - index) - 20
+        rows += _sweep_in_subprocess(str(device), tf32, deadline, output)
+        remaining = budget_end - time.time()
+    info = {**machine_info(), "seconds": round(time.time() - start, 1), "device": str(device),
+            "sweep_sizes": SWEEP, "lengths": LENGTHS}
+    (output / "selftest.json").write_text(json.dumps({"machine": info, "checks": checks},
+                                                     indent=1) + "\n")
+    (output / "sweep.json").write_text(json.dumps({"machine": info, "rows": rows},
+                                                  indent=1) + "\n")
+    plot = plot_sweep(rows, output / "sweep.png")
+    print(summary_table(checks, rows))
+    print(f"wrote {output / 'selftest.json'}, {output / 'sweep.json'}"
+          + (f", {plot}" if plot else "") + f" in {time.time() - start:.0f} s")
+    return 0 if all(c["passed"] for c in checks) else 1
+
+
+def main(argv=None) -> int:
+    """``python -m gpurnn.tools.selftest`` (the same as ``gpurnn selftest``); the sweep's
+    worker processes enter here too."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--sweep-worker"]:
+        device, tf32, deadline, out = argv[1:5]
+        with backend.get_device(device).use():
+            rows = sweep(device, tf32=bool(int(tf32)), deadline=float(deadline))
+        pathlib.Path(out).write_text(json.dumps(rows))
+        return 0
+    from .cli import main as cli_main
+    return cli_main(["selftest", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

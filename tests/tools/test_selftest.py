@@ -1,0 +1,67 @@
+"""``gpurnn selftest``: one clear line without a GPU; its checks, sweep and reports run on
+the CPU here (fused kernels through the host emulation), so the code a GPU run depends on
+has run before it gets there."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpurnn.engine import backend, fused
+from gpurnn.engine.kernels import host
+from gpurnn.tools import selftest
+
+
+@pytest.mark.skipif(backend.cuda_available(), reason="a GPU is present: the command would run")
+@pytest.mark.parametrize("command", [["-m", "gpurnn", "selftest", "--device", "cuda"],
+                                     ["scripts/gpu_check.py"]])
+def test_without_a_gpu_it_fails_fast_with_one_line(command, tmp_path):
+    start = time.time()
+    done = subprocess.run([sys.executable, *command, "--output", str(tmp_path)],
+                          capture_output=True, text=True, cwd=os.path.dirname(
+                              os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode != 0
+    assert time.time() - start < 30
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cuda" in lines[0] and "error" in lines[0]
+    assert not list(tmp_path.iterdir())                         # nothing written
+
+
+@pytest.fixture(scope="module")
+def launch():
+    if host.compiler() is None and os.environ.get("GPURNN_REQUIRE_KERNEL_TOOLS") != "1":
+        pytest.skip("no host C++ compiler (g++) to build the kernels for the host")
+    return host.HostLauncher(host.build())
+
+
+def test_the_checks_run_and_pass_on_the_cpu(launch):
+    with fused.emulate_on_host(launch):
+        checks = selftest.exactness_checks("cpu") + selftest.fused_checks(
+            "cpu", persistent_shapes=((6, 2, 9),))
+    assert len(checks) == 2 * len(selftest.CELLS) + len(selftest.CELLS) + 2 + len(
+        fused.OPTIMIZERS)
+    failed = [c for c in checks if not c["passed"]]
+    assert not failed, failed
+
+
+def test_the_sweep_and_its_reports_run_on_the_cpu(launch, tmp_path):
+    pytest.importorskip("torch")
+    with fused.emulate_on_host(launch):
+        rows = selftest.sweep("cpu", lengths=(3, 5), cells=("gru",), repeats=1,
+                              sizes=dict(vocab=17, hidden=6, batch=3, small_batch=2))
+    assert not [r for r in rows if "error" in r or "skipped" in r], rows
+    systems = {r["system"] for r in rows}
+    assert systems == {"gpurnn-plain", "gpurnn-fused", "torch", "gpurnn-persistent"}
+    table = selftest.summary_table([{"check": "x", "error": 0.0, "passed": True}], rows)
+    assert "gpurnn-fused" in table and "vs cuDNN" in table
+    assert selftest.plot_sweep(rows, tmp_path / "sweep.png") is None or \
+        (tmp_path / "sweep.png").stat().st_size > 0
+    json.dumps(rows)                                            # what selftest.json holds
+
+
+def test_a_deadline_skips_what_it_cannot_start():
+    rows = selftest.sweep("cpu", lengths=(3,), cells=("elman",), deadline=0,
+                          sizes=dict(vocab=5, hidden=2, batch=1, small_batch=1))
+    assert rows and all(r.get("skipped") == "time budget" for r in rows)
