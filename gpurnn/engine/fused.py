@@ -22,6 +22,7 @@ from .backend import get_array_module, is_device_array
 __all__ = ["launcher_for", "emulate_on_host", "elman_forward", "elman_backward_stepper",
            "gru_forward", "gru_backward_stepper", "lstm_forward", "lstm_backward_stepper",
            "softmax_cross_entropy", "optimizer_update", "elman_forward_persistent",
+           "elman_backward_persistent",
            "OPTIMIZERS"]
 
 _cuda_launcher = None
@@ -107,36 +108,58 @@ def elman_backward_stepper(cell, params, xin, h0, states, launch):
     return back
 
 
-def elman_forward_persistent(params, xin, h0, activation, launch, threads=None, lanes=None):
-    """All states (T, B, H) of h_t = f(W h_{t-1} + xin_t) from one persistent cooperative
-    kernel (``kernels/persistent.cu``): W's rows stay in shared memory for the whole
-    sequence and no cuBLAS call is made, so the launch can also be captured in a CUDA graph.
-
-    ``xin`` (T, B, H) holds U x_t + b. One block per multiprocessor (fewer when H is
-    smaller), each owning ceil(H / blocks) rows of W; ValueError when those rows do not fit
-    on chip with every block resident, which a grid barrier needs.
-    """
-    xp = get_array_module(xin)
-    steps, batch, hidden = xin.shape
-    dtype = xin.dtype
+def _persistent_shape(kernel, dtype, hidden, launch, threads, lanes):
+    """(blocks, threads, lanes, rows, shared bytes) of a persistent Elman launch: one block
+    per multiprocessor (fewer when H is smaller), each owning ceil(H / blocks) units; a
+    ValueError when their slice of W does not fit on chip with every block resident."""
     threads = threads or _threads(launch)
     lanes = lanes or min(32, threads)
     blocks = max(1, min(hidden, launch.multiprocessors))
     rows = -(-hidden // blocks)
     blocks = -(-hidden // rows)
     shared = (rows * hidden + threads) * dtype.itemsize
-    fit = launch.max_cooperative_blocks("elman_persistent_forward", dtype, threads, shared)
+    fit = launch.max_cooperative_blocks(kernel, dtype, threads, shared)
     if fit < blocks:
         raise ValueError(f"the persistent kernel needs {blocks} resident blocks with "
                          f"{shared} bytes of shared memory each, only {fit} fit: hidden "
                          f"{hidden} is too large for it")
-    states = xp.empty(xin.shape, dtype=dtype)
-    barrier = xp.zeros(2, dtype=xp.uint32)
-    launch("elman_persistent_forward", dtype, (blocks,), (threads,),
+    return blocks, threads, lanes, rows, shared
+
+
+def elman_forward_persistent(params, xin, h0, activation, launch, threads=None, lanes=None):
+    """All states (T, B, H) of h_t = f(W h_{t-1} + xin_t) from one persistent cooperative
+    kernel (``kernels/persistent.cu``): W's rows stay in shared memory for the whole
+    sequence and no cuBLAS call is made, so the launch can also be captured in a CUDA graph.
+    ``xin`` (T, B, H) holds U x_t + b."""
+    xp = get_array_module(xin)
+    steps, batch, hidden = xin.shape
+    blocks, threads, lanes, rows, shared = _persistent_shape(
+        "elman_persistent_forward", xin.dtype, hidden, launch, threads, lanes)
+    states = xp.empty(xin.shape, dtype=xin.dtype)
+    launch("elman_persistent_forward", xin.dtype, (blocks,), (threads,),
            (states, _contiguous(xp, xin), _contiguous(xp, h0), _contiguous(xp, params["W"]),
-            barrier, steps, batch, hidden, rows, lanes, ACTIVATIONS.index(activation)),
-           shared_mem=shared)
+            xp.zeros(2, dtype=xp.uint32), steps, batch, hidden, rows, lanes,
+            ACTIVATIONS.index(activation)), shared_mem=shared)
     return states
+
+
+def elman_backward_persistent(params, states, dstates, activation, launch, threads=None,
+                              lanes=None):
+    """The per-step deltas e_h(t) (T, B, H) of full BPTT for the Elman cell from one
+    persistent cooperative kernel: what ``bptt.sweep`` computes with ``truncate=None`` from
+    the states (T, B, H) and each step's output gradient ``dstates`` (T, B, H); W's
+    columns stay in shared memory, one grid barrier per step."""
+    xp = get_array_module(states)
+    steps, batch, hidden = states.shape
+    blocks, threads, lanes, rows, shared = _persistent_shape(
+        "elman_persistent_backward", states.dtype, hidden, launch, threads, lanes)
+    deltas = xp.empty(states.shape, dtype=states.dtype)
+    g = xp.zeros((batch, hidden), dtype=states.dtype)
+    launch("elman_persistent_backward", states.dtype, (blocks,), (threads,),
+           (deltas, g, _contiguous(xp, dstates), _contiguous(xp, states),
+            _contiguous(xp, params["W"]), xp.zeros(2, dtype=xp.uint32), steps, batch, hidden,
+            rows, lanes, ACTIVATIONS.index(activation)), shared_mem=shared)
+    return deltas
 
 
 # --------------------------------------------------------------------------------- GRU

@@ -6,13 +6,14 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
    runs on NumPy and CuPy, the fused kernels on the GPU included), when the tests are there;
 2. **exactness** — every cell (Elman with each activation, GRU, LSTM, a stack) in float64,
    loss and gradients on CuPy, plain and fused, against NumPy;
-3. **fused** — fused against plain on the GPU in float32, the persistent Elman forward
-   against the per-step one, the optimizer kernels against their NumPy updates;
+3. **fused** — fused against plain on the GPU in float32, the persistent Elman forward and
+   backward against the per-step ones, the optimizer kernels against their NumPy updates;
 4. **sweep** — training throughput (forward, BPTT, SGD update; tokens/s) against the
    sequence length T, gpurnn plain and fused beside PyTorch's cuDNN ``nn.RNN`` / ``nn.GRU``
    / ``nn.LSTM`` on the same sizes, with peak GPU memory, TF32 off and on (matched:
    ``CUPY_TF32`` for gpurnn, ``torch.backends.{cudnn,cuda.matmul}.allow_tf32`` for PyTorch),
-   each TF32 setting in its own process; plus the persistent forward at a small batch.
+   each TF32 setting in its own process; plus the Elman recurrence alone (forward and
+   backward sweep) at a small batch, per-step launches against the persistent kernels.
 
 It writes ``selftest.json``, ``sweep.json`` and ``sweep.png`` under ``--output``
 (default ``benchmarks/results/gpu``) and prints one summary table; the exit status is 0
@@ -30,7 +31,7 @@ import time
 
 import numpy
 
-from ..engine import backend, fused
+from ..engine import backend, bptt, fused
 from ..engine.factory import make_model
 from ..engine.plan import Plan
 from ..training.optim import make_optimizer
@@ -101,9 +102,9 @@ def exactness_checks(device="cuda") -> list:
 
 
 def fused_checks(device="cuda", persistent_shapes=((50, 8, 256), (20, 3, 1024))) -> list:
-    """float32 fused against plain on ``device``; the persistent forward against the
-    per-step forward for each (steps, batch, hidden); the optimizer kernels against NumPy
-    (float64)."""
+    """float32 fused against plain on ``device``; the persistent forward and backward
+    against the per-step ones for each (steps, batch, hidden); the optimizer kernels against
+    NumPy (float64)."""
     rng = numpy.random.default_rng(1)
     results = []
     for cell, kw in CELLS:
@@ -119,13 +120,19 @@ def fused_checks(device="cuda", persistent_shapes=((50, 8, 256), (20, 3, 1024)))
             W = xp.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5, dtype=dtype)
             xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
             h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
-            expected = ElmanCell("tanh").forward({"W": W}, xin, h0, steps).copy()
+            cell = ElmanCell("tanh")
+            expected = cell.forward({"W": W}, xin, h0, steps).copy()
             launch = fused.launcher_for(Plan(kernels="fused"), xin)
             got = fused.elman_forward_persistent({"W": W}, xin, h0, "tanh", launch)
-            error = _relative(got, expected)
-            results.append({"check": f"{dtype} persistent Elman forward T={steps} B={batch} "
-                                     f"H={hidden}", "error": error, "tolerance": tolerance,
-                            "passed": error <= tolerance})
+            dstates = xp.asarray(rng.standard_normal(xin.shape), dtype=dtype)
+            deltas = bptt.sweep(cell.backward_stepper({"W": W}, xin, h0, expected), dstates)
+            got_deltas = fused.elman_backward_persistent({"W": W}, expected, dstates, "tanh",
+                                                         launch)
+            for part, error in (("forward", _relative(got, expected)),
+                                ("backward", _relative(got_deltas, deltas))):
+                results.append({"check": f"{dtype} persistent Elman {part} T={steps} "
+                                         f"B={batch} H={hidden}", "error": error,
+                                "tolerance": tolerance, "passed": error <= tolerance})
     for name in fused.OPTIMIZERS:
         start = rng.standard_normal((64, 33))
         grads = [rng.standard_normal(start.shape) for _ in range(3)]
@@ -201,19 +208,28 @@ def _torch_step(cell, steps, batch, device, sizes):
     return step
 
 
-def _persistent_forward(steps, batch, device, sizes, persistent):
+def _recurrence(steps, batch, device, sizes, persistent):
+    """The Elman recurrence alone, forward and full backward sweep: per-step launches
+    (the plain path) or the two persistent kernels."""
     from ..engine.cells import ElmanCell
     xp = backend.get_device(device).xp
     rng = numpy.random.default_rng(0)
     H = sizes["hidden"]
-    W = xp.asarray(rng.standard_normal((H, H)) / H ** 0.5, dtype="float32")
+    params = {"W": xp.asarray(rng.standard_normal((H, H)) / H ** 0.5, dtype="float32")}
     xin = xp.asarray(rng.standard_normal((steps, batch, H)), dtype="float32")
+    dstates = xp.asarray(rng.standard_normal((steps, batch, H)), dtype="float32")
     h0 = xp.zeros((batch, H), dtype="float32")
     cell = ElmanCell("tanh")
     launch = fused.launcher_for(Plan(kernels="fused"), xin)
-    if persistent:
-        return lambda: fused.elman_forward_persistent({"W": W}, xin, h0, "tanh", launch)
-    return lambda: cell.forward({"W": W}, xin, h0, steps)
+
+    def plain():
+        states = cell.forward(params, xin, h0, steps)
+        bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
+
+    def persistent_kernels():
+        states = fused.elman_forward_persistent(params, xin, h0, "tanh", launch)
+        fused.elman_backward_persistent(params, states, dstates, "tanh", launch)
+    return persistent_kernels if persistent else plain
 
 
 class _Memory:
@@ -286,11 +302,11 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
                     lambda: _torch_step(cell, T, B, device, sizes))
     for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
         base = {"cell": "elman", "T": T, "B": sizes["small_batch"], "tf32": tf32,
-                "step": "forward"}
+                "step": "recurrence"}
         for persistent in (False, True):
             system = "gpurnn-persistent" if persistent else "gpurnn-plain"
             measure({**base, "system": system},
-                    lambda: _persistent_forward(T, base["B"], device, sizes, persistent))
+                    lambda: _recurrence(T, base["B"], device, sizes, persistent))
     return rows
 
 

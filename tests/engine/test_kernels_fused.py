@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from gpurnn.engine import fused
+from gpurnn.engine import bptt, fused
 from gpurnn.engine.backend import get_device, to_host
 from gpurnn.engine.cells import ElmanCell
 from gpurnn.engine.factory import make_model
@@ -68,8 +68,9 @@ def test_fused_models_match_plain(cell, layers, embedding, truncate, dtype, devi
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_the_persistent_forward_matches_plain(activation, dtype, device, launch):
-    """One cooperative launch for the whole sequence against the per-step plain forward."""
+def test_the_persistent_recurrence_matches_plain(activation, dtype, device, launch):
+    """One cooperative launch for the whole forward, one for the whole backward sweep,
+    against the per-step plain forward and the engine's sweep."""
     rng = np.random.default_rng(5)
     xp = get_device(device).xp
     steps, batch, hidden = 9, 4, 40
@@ -80,6 +81,11 @@ def test_the_persistent_forward_matches_plain(activation, dtype, device, launch)
     runner = launch if device == "cpu" else fused.launcher_for(Plan(kernels="fused"), xin)
     got = fused.elman_forward_persistent({"W": W}, xin, h0, activation, runner)
     assert relative_error(to_host(got), to_host(expected)) <= TOLERANCE[dtype]
+    dstates = xp.asarray(rng.standard_normal(xin.shape), dtype=dtype)
+    cell = ElmanCell(activation)
+    deltas = bptt.sweep(cell.backward_stepper({"W": W}, xin, h0, expected), dstates)
+    got = fused.elman_backward_persistent({"W": W}, expected, dstates, activation, runner)
+    assert relative_error(to_host(got), to_host(deltas)) <= TOLERANCE[dtype]
 
 def test_fused_elman_with_a_squared_error_output_matches_plain(launch):
     rng = np.random.default_rng(4)

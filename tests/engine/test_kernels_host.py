@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from gpurnn.engine import fused
+from gpurnn.engine import bptt, fused
 from gpurnn.engine.activations import ACTIVATIONS, apply, derivative_from_output
 from gpurnn.engine.cells import ElmanCell
 from gpurnn.engine.gated import GRUCell, LSTMCell
@@ -79,8 +79,6 @@ def check_elman_delta(launch, dtype, rng):
 
 def _cell_run(cell, params, inputs, h0, launch):
     """forward, backward sweep and parameter gradients of ``cell`` (on the plan it has)."""
-    from gpurnn.engine import bptt
-
     with fused.emulate_on_host(launch):
         xin, states = bptt.forward(cell, params, inputs, h0, inputs.shape[0])
         states = states.copy()
@@ -177,7 +175,12 @@ def check_persistent(launch, dtype, rng):
             expected = cell.forward(params, xin.copy(), h0, T).copy()
             runner = host.HostLauncher(launch.path, multiprocessors=sms)
             got = fused.elman_forward_persistent(params, xin, h0, act, runner, threads, lanes)
-            out[f"persistent T={T} B={B} H={H} {act}"] = (got, expected)
+            out[f"persistent forward T={T} B={B} H={H} {act}"] = (got, expected)
+            dstates = random(rng, (T, B, H), dtype)
+            deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, expected), dstates)
+            got = fused.elman_backward_persistent(params, expected, dstates, act, runner,
+                                                  threads, lanes)
+            out[f"persistent backward T={T} B={B} H={H} {act}"] = (got, deltas.copy())
     return out
 
 

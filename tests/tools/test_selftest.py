@@ -40,7 +40,7 @@ def test_the_checks_run_and_pass_on_the_cpu(launch):
     with fused.emulate_on_host(launch):
         checks = selftest.exactness_checks("cpu") + selftest.fused_checks(
             "cpu", persistent_shapes=((6, 2, 9),))
-    assert len(checks) == 2 * len(selftest.CELLS) + len(selftest.CELLS) + 2 + len(
+    assert len(checks) == 2 * len(selftest.CELLS) + len(selftest.CELLS) + 4 + len(
         fused.OPTIMIZERS)
     failed = [c for c in checks if not c["passed"]]
     assert not failed, failed

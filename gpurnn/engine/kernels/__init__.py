@@ -69,6 +69,9 @@ KERNELS = {
     "elman_persistent_forward": Kernel("persistent.cu", ("T*", "T*", "T*", "T*", "u32*", "i32",
                                                          "i32", "i32", "i32", "i32", "i32"),
                                        "grid"),
+    "elman_persistent_backward": Kernel("persistent.cu", ("T*", "T*", "T*", "T*", "T*", "u32*",
+                                                          "i32", "i32", "i32", "i32", "i32",
+                                                          "i32"), "grid"),
 }
 
 _SUFFIX = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64"}

@@ -1,6 +1,8 @@
-// The persistent Elman recurrence: what one block computes between two grid barriers.
+// The persistent Elman recurrence: the dot products one block computes between two grid
+// barriers (the activation and its derivative are elman.cuh's).
 #pragma once
 #include "common.cuh"
+#include "elman.cuh"
 
 namespace gpurnn {
 
