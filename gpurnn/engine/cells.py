@@ -138,8 +138,8 @@ class ElmanCell(Cell):
         else:
             xp.matmul(inputs.reshape(steps * batch, -1), U.T,
                       out=xin.reshape(steps * batch, -1))            # one GEMM for all steps
-        if self.bias:
-            xin += params["b"]
+        if self.bias and fused.launcher_for(self.plan, xin) is None:
+            xin += params["b"]                                       # (fused: in the step kernel)
         return xin
 
     def forward(self, params, xin, h0, steps):

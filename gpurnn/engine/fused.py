@@ -73,18 +73,20 @@ def _contiguous(xp, array):
 # ------------------------------------------------------------------------------- Elman
 def elman_forward(cell, params, xin, h0, steps, launch):
     """``ElmanCell.forward``: per step the GEMM W h_{t-1} into the state buffer, then one
-    kernel for h_t = f(· + U x_t + b) (``xin`` already holds U x_t + b)."""
+    kernel for h_t = f(· + U x_t + b). Under a fused plan ``project_inputs`` leaves b out of
+    ``xin`` (U x_t only): the step kernel adds it, saving a pass over (T, B, H)."""
     xp = get_array_module(xin)
     WT = params["W"].T
     states = cell.workspace.empty("states", xin.shape, xin.dtype, xp)   # (T, B, H)
     hidden = xin.shape[-1]
     act = ACTIVATIONS.index(cell.activation)
+    bias = params["b"] if cell.bias else None
     h = _contiguous(xp, h0)
     for t in range(steps):
         a = states[t]
         xp.matmul(h, WT, out=a)                                          # W h_{t-1}
         _elementwise(launch, "elman_step", a.dtype, a.size,
-                     (a, xin[t], None, a.size, hidden, act))             # h_t = f(a_t)
+                     (a, xin[t], bias, a.size, hidden, act))             # h_t = f(a_t)
         h = a
     return states
 
