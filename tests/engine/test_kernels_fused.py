@@ -44,8 +44,8 @@ def _state_rows(state):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cell,layers,embedding,truncate", [
-    ("elman", 1, None, None), ("elman", 1, None, 2), ("elman", 2, 4, None), ("gru", 1, None, None),
-    ("gru", 2, 4, 2), ("lstm", 1, None, 2), ("lstm", 2, 4, None)])
+    ("elman", 1, None, None), ("elman", 1, None, 2), ("elman", 2, 4, None),
+    ("gru", 1, None, None), ("gru", 2, 4, 2), ("lstm", 1, None, 2), ("lstm", 2, 4, None)])
 def test_fused_models_match_plain(cell, layers, embedding, truncate, dtype, device, launch):
     """On "cpu" the kernels run emulated on NumPy arrays; on "cuda" they run on the GPU."""
     rng = np.random.default_rng(3)
