@@ -348,7 +348,7 @@ def plot_sweep(rows, path) -> str | None:
     except ImportError:
         return None
     train = [r for r in rows if "tokens_per_s" in r and r["step"] == "train"]
-    batch = max((r["B"] for r in train), default=0)            # the sweep's batch, not the small one
+    batch = max((r["B"] for r in train), default=0)  # the sweep's batch, not the small one
     measured = [r for r in train if r["B"] == batch]
     cells = sorted({r["cell"] for r in measured})
     if not cells:

@@ -99,7 +99,8 @@ def _compare_cells(make_cell, params, inputs, h0, launch):
 
 def check_gru(launch, dtype, rng):
     H, I = 5, 4
-    params = {"weight_ih": random(rng, (3 * H, I), dtype), "weight_hh": random(rng, (3 * H, H), dtype),
+    params = {"weight_ih": random(rng, (3 * H, I), dtype),
+              "weight_hh": random(rng, (3 * H, H), dtype),
               "bias_ih": random(rng, 3 * H, dtype), "bias_hh": random(rng, 3 * H, dtype)}
     return _compare_cells(GRUCell, params, random(rng, (6, 3, I), dtype),
                           random(rng, (3, H), dtype), launch)
@@ -107,7 +108,8 @@ def check_gru(launch, dtype, rng):
 
 def check_lstm(launch, dtype, rng):
     H, I = 5, 4
-    params = {"weight_ih": random(rng, (4 * H, I), dtype), "weight_hh": random(rng, (4 * H, H), dtype),
+    params = {"weight_ih": random(rng, (4 * H, I), dtype),
+              "weight_hh": random(rng, (4 * H, H), dtype),
               "bias_ih": random(rng, 4 * H, dtype), "bias_hh": random(rng, 4 * H, dtype)}
     return _compare_cells(LSTMCell, params, random(rng, (6, 3, I), dtype),
                           random(rng, (3, 2 * H), dtype), launch)

@@ -51,7 +51,8 @@ def test_the_table_lists_every_kernel_of_the_sources():
 
 def test_a_planted_error_fails_with_the_compiler_log(tmp_path):
     copy = tmp_path / "kernels"
-    shutil.copytree(kernels.source_dir(), copy, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(kernels.source_dir(), copy,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     header = copy / "common.cuh"
     header.write_text(header.read_text() + '\n#error "planted fault"\n')
     for source in kernels.source_names(copy):

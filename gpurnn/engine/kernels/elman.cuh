@@ -1,4 +1,5 @@
-// The Elman cell's elementwise maths (seeds 000/002/004): h_t = f(a_t), a_t = W h_{t-1} + U x_t + b.
+// The Elman cell's elementwise maths (seeds 000/002/004):
+// h_t = f(a_t), a_t = W h_{t-1} + U x_t + b.
 #pragma once
 #include "common.cuh"
 

@@ -21,7 +21,8 @@ template <class T, class Op> __device__ T block_reduce(T value, T* buffer, Op op
   buffer[threadIdx.x] = value;
   __syncthreads();
   for (unsigned int width = blockDim.x / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) buffer[threadIdx.x] = op(buffer[threadIdx.x], buffer[threadIdx.x + width]);
+    if (threadIdx.x < width)
+      buffer[threadIdx.x] = op(buffer[threadIdx.x], buffer[threadIdx.x + width]);
     __syncthreads();
   }
   T result = buffer[0];

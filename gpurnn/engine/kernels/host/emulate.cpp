@@ -13,7 +13,6 @@
 
 #include <barrier>
 #include <cstdio>
-#include <cstring>
 #include <exception>
 #include <map>
 #include <memory>
