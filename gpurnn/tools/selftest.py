@@ -431,7 +431,8 @@ def execute(args) -> int:
         rows += _sweep_in_subprocess(str(device), tf32, deadline, output)
         remaining = budget_end - time.time()
     info = {**machine_info(), "seconds": round(time.time() - start, 1), "device": str(device),
-            "sweep_sizes": SWEEP, "lengths": LENGTHS}
+            "sweep_sizes": SWEEP, "lengths": LENGTHS,
+            "CUPY_TF32 (checks)": os.environ.get("CUPY_TF32", "unset")}
     (output / "selftest.json").write_text(json.dumps({"machine": info, "checks": checks},
                                                      indent=1) + "\n")
     (output / "sweep.json").write_text(json.dumps({"machine": info, "rows": rows},

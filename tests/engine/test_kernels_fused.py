@@ -73,18 +73,20 @@ def test_the_persistent_recurrence_matches_plain(activation, dtype, device, laun
     against the per-step plain forward and the engine's sweep."""
     rng = np.random.default_rng(5)
     xp = get_device(device).xp
-    steps, batch, hidden = 9, 4, 40
+    steps, batch, hidden = 7, 3, 26
     W = xp.asarray(rng.standard_normal((hidden, hidden)) / np.sqrt(hidden), dtype=dtype)
     xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
     h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
     expected = ElmanCell(activation).forward({"W": W}, xin, h0, steps)
     runner = launch if device == "cpu" else fused.launcher_for(Plan(kernels="fused"), xin)
-    got = fused.elman_forward_persistent({"W": W}, xin, h0, activation, runner)
+    lanes = 8 if device == "cpu" else None  # emulated: fewer barriers, same code paths
+    got = fused.elman_forward_persistent({"W": W}, xin, h0, activation, runner, lanes=lanes)
     assert relative_error(to_host(got), to_host(expected)) <= TOLERANCE[dtype]
     dstates = xp.asarray(rng.standard_normal(xin.shape), dtype=dtype)
     cell = ElmanCell(activation)
     deltas = bptt.sweep(cell.backward_stepper({"W": W}, xin, h0, expected), dstates)
-    got = fused.elman_backward_persistent({"W": W}, expected, dstates, activation, runner)
+    got = fused.elman_backward_persistent({"W": W}, expected, dstates, activation, runner,
+                                          lanes=lanes)
     assert relative_error(to_host(got), to_host(deltas)) <= TOLERANCE[dtype]
 
 def test_fused_elman_with_a_squared_error_output_matches_plain(launch):
