@@ -128,39 +128,46 @@ def _persistent_shape(kernel, dtype, hidden, launch, threads, lanes):
     return blocks, threads, lanes, rows, shared
 
 
-def elman_forward_persistent(params, xin, h0, activation, launch, threads=None, lanes=None):
+def elman_forward_persistent(params, xin, h0, activation, launch, threads=None, lanes=None,
+                             out=None, barrier=None):
     """All states (T, B, H) of h_t = f(W h_{t-1} + xin_t) from one persistent cooperative
     kernel (``kernels/persistent.cu``): W's rows stay in shared memory for the whole
-    sequence and no cuBLAS call is made, so the launch can also be captured in a CUDA graph.
-    ``xin`` (T, B, H) holds U x_t + b."""
+    sequence and no cuBLAS call is made, so the launch can also be captured in a CUDA graph
+    (give ``out`` and ``barrier``, two zeroed uint32, to allocate nothing; a barrier is
+    back at zero after every use). ``xin`` (T, B, H) holds U x_t + b."""
     xp = get_array_module(xin)
     steps, batch, hidden = xin.shape
     blocks, threads, lanes, rows, shared = _persistent_shape(
         "elman_persistent_forward", xin.dtype, hidden, launch, threads, lanes)
-    states = xp.empty(xin.shape, dtype=xin.dtype)
+    states = xp.empty(xin.shape, dtype=xin.dtype) if out is None else out
     launch("elman_persistent_forward", xin.dtype, (blocks,), (threads,),
            (states, _contiguous(xp, xin), _contiguous(xp, h0), _contiguous(xp, params["W"]),
-            xp.zeros(2, dtype=xp.uint32), steps, batch, hidden, rows, lanes,
-            ACTIVATIONS.index(activation)), shared_mem=shared)
+            xp.zeros(2, dtype=xp.uint32) if barrier is None else barrier, steps, batch,
+            hidden, rows, lanes, ACTIVATIONS.index(activation)), shared_mem=shared)
     return states
 
 
 def elman_backward_persistent(params, states, dstates, activation, launch, threads=None,
-                              lanes=None):
+                              lanes=None, out=None, g=None, barrier=None):
     """The per-step deltas e_h(t) (T, B, H) of full BPTT for the Elman cell from one
     persistent cooperative kernel: what ``bptt.sweep`` computes with ``truncate=None`` from
     the states (T, B, H) and each step's output gradient ``dstates`` (T, B, H); W's
-    columns stay in shared memory, one grid barrier per step."""
+    columns stay in shared memory, one grid barrier per step. ``out``, ``g`` (B, H; left
+    holding dL/dh_{-1}) and ``barrier`` may be given, as for the forward."""
     xp = get_array_module(states)
     steps, batch, hidden = states.shape
     blocks, threads, lanes, rows, shared = _persistent_shape(
         "elman_persistent_backward", states.dtype, hidden, launch, threads, lanes)
-    deltas = xp.empty(states.shape, dtype=states.dtype)
-    g = xp.zeros((batch, hidden), dtype=states.dtype)
+    deltas = xp.empty(states.shape, dtype=states.dtype) if out is None else out
+    if g is None:
+        g = xp.zeros((batch, hidden), dtype=states.dtype)
+    else:
+        g.fill(0)
     launch("elman_persistent_backward", states.dtype, (blocks,), (threads,),
            (deltas, g, _contiguous(xp, dstates), _contiguous(xp, states),
-            _contiguous(xp, params["W"]), xp.zeros(2, dtype=xp.uint32), steps, batch, hidden,
-            rows, lanes, ACTIVATIONS.index(activation)), shared_mem=shared)
+            _contiguous(xp, params["W"]), xp.zeros(2, dtype=xp.uint32) if barrier is None
+            else barrier, steps, batch, hidden, rows, lanes, ACTIVATIONS.index(activation)),
+           shared_mem=shared)
     return deltas
 
 

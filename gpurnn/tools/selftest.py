@@ -133,6 +133,8 @@ def fused_checks(device="cuda", persistent_shapes=((50, 8, 256), (20, 3, 1024)))
                 results.append({"check": f"{dtype} persistent Elman {part} T={steps} "
                                          f"B={batch} H={hidden}", "error": error,
                                 "tolerance": tolerance, "passed": error <= tolerance})
+    if backend.is_device_array(xp.zeros(1)):
+        results.append(_graph_check(rng))
     for name in fused.OPTIMIZERS:
         start = rng.standard_normal((64, 33))
         grads = [rng.standard_normal(start.shape) for _ in range(3)]
@@ -148,6 +150,47 @@ def fused_checks(device="cuda", persistent_shapes=((50, 8, 256), (20, 3, 1024)))
         results.append({"check": f"float64 {name} update, fused vs NumPy", "error": error,
                         "tolerance": EXACT, "passed": error <= EXACT})
     return results
+
+
+def _graph_check(rng, steps=40, batch=8, hidden=256) -> dict:
+    """The persistent forward and backward captured in one CUDA graph (no cuBLAS inside:
+    CuPy refuses it during capture), replayed, and compared with the plain path."""
+    cupy = backend.cupy
+    from ..engine.cells import ElmanCell
+    name = f"float64 persistent forward+backward in a CUDA graph T={steps} B={batch} H={hidden}"
+    try:
+        params = {"W": cupy.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5)}
+        xin = cupy.asarray(rng.standard_normal((steps, batch, hidden)))
+        dstates = cupy.asarray(rng.standard_normal((steps, batch, hidden)))
+        h0 = cupy.asarray(rng.standard_normal((batch, hidden)))
+        cell = ElmanCell("tanh")
+        expected = cell.forward(params, xin, h0, steps).copy()
+        expected_deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, expected), dstates)
+        launch = fused.launcher_for(Plan(kernels="fused"), xin)
+        states, deltas = cupy.empty_like(xin), cupy.empty_like(xin)
+        g, barrier = cupy.empty_like(h0), cupy.zeros(2, dtype=cupy.uint32)
+
+        def run():
+            fused.elman_forward_persistent(params, xin, h0, "tanh", launch, out=states,
+                                           barrier=barrier)
+            fused.elman_backward_persistent(params, states, dstates, "tanh", launch,
+                                            out=deltas, g=g, barrier=barrier)
+        run()                                                   # compiled before capture
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            run()
+            graph = stream.end_capture()
+        states.fill(0)
+        deltas.fill(0)
+        cupy.cuda.Device().synchronize()                        # the fills, on another stream
+        graph.launch(stream=stream)
+        stream.synchronize()
+        error = max(_relative(states, expected), _relative(deltas, expected_deltas))
+    except Exception as failure:  # capture refused, launch failed: report it
+        return {"check": name, "passed": False, "error": None,
+                "detail": f"{type(failure).__name__}: {failure}"}
+    return {"check": name, "error": error, "tolerance": EXACT, "passed": error <= EXACT}
 
 
 def suite(timeout) -> dict:
