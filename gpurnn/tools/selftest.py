@@ -101,7 +101,10 @@ def exactness_checks(device="cuda") -> list:
     return results
 
 
-def fused_checks(device="cuda", persistent_shapes=((50, 8, 256), (20, 3, 1024))) -> list:
+PERSISTENT_SHAPES = ((50, 8, 256), (20, 3, 1024))  # (steps, batch, hidden) checked
+
+
+def fused_checks(device="cuda", persistent_shapes=None) -> list:
     """float32 fused against plain on ``device``; the persistent forward and backward
     against the per-step ones for each (steps, batch, hidden); the optimizer kernels against
     NumPy (float64)."""
@@ -116,7 +119,7 @@ def fused_checks(device="cuda", persistent_shapes=((50, 8, 256), (20, 3, 1024)))
     xp = backend.get_device(device).xp
     from ..engine.cells import ElmanCell
     for dtype, tolerance in (("float64", EXACT), ("float32", FUSED32)):
-        for steps, batch, hidden in persistent_shapes:
+        for steps, batch, hidden in persistent_shapes or PERSISTENT_SHAPES:
             W = xp.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5, dtype=dtype)
             xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
             h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
@@ -448,18 +451,23 @@ def _sweep_in_subprocess(device, tf32, deadline, output) -> list:
 
 
 def execute(args) -> int:
-    start = time.time()
     device = backend.get_device(args.device)   # no usable GPU: RuntimeError, one line
     if device.kind != "cuda":
         raise UsageError("selftest checks the GPU path: give --device cuda or cuda:N")
+    return run(device, pathlib.Path(args.output), args.budget, with_suite=not args.no_suite)
+
+
+def run(device, output, budget=BUDGET_S, with_suite=True) -> int:
+    """Every stage on ``device`` (a :class:`gpurnn.engine.backend.Device`); writes the
+    results under ``output``, prints the table, returns the exit status."""
+    start = time.time()
     from .bench import machine_info
 
-    output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    budget_end = start + args.budget
+    budget_end = start + budget
     checks = []
-    if not args.no_suite:
-        checks.append(suite(min(SUITE_S, args.budget / 3)))
+    if with_suite:
+        checks.append(suite(min(SUITE_S, budget / 3)))
     with device.use():
         for stage in (exactness_checks, fused_checks):
             try:

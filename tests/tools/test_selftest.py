@@ -36,16 +36,6 @@ def launch():
     return host.HostLauncher(host.build())
 
 
-def test_the_checks_run_and_pass_on_the_cpu(launch):
-    with fused.emulate_on_host(launch):
-        checks = selftest.exactness_checks("cpu") + selftest.fused_checks(
-            "cpu", persistent_shapes=((6, 2, 9),))
-    assert len(checks) == 2 * len(selftest.CELLS) + len(selftest.CELLS) + 4 + len(
-        fused.OPTIMIZERS)
-    failed = [c for c in checks if not c["passed"]]
-    assert not failed, failed
-
-
 def test_the_sweep_and_its_reports_run_on_the_cpu(launch, tmp_path):
     pytest.importorskip("torch")
     with fused.emulate_on_host(launch):
@@ -65,3 +55,25 @@ def test_a_deadline_skips_what_it_cannot_start():
     rows = selftest.sweep("cpu", lengths=(3,), cells=("elman",), deadline=0,
                           sizes=dict(vocab=5, hidden=2, batch=1, small_batch=1))
     assert rows and all(r.get("skipped") == "time budget" for r in rows)
+
+
+def test_the_whole_command_writes_its_results(launch, tmp_path, monkeypatch, capsys):
+    """``run`` end to end on the CPU: checks (emulated kernels), the sweep (in process here,
+    tiny), the JSON files, the plot and the table."""
+    monkeypatch.setattr(selftest, "PERSISTENT_SHAPES", ((5, 2, 7),))
+
+    def tiny_sweep(device, tf32, deadline, output):
+        return selftest.sweep(device, tf32=tf32, lengths=(3,), cells=("elman",), repeats=1,
+                              sizes=dict(vocab=9, hidden=4, batch=2, small_batch=1))
+
+    monkeypatch.setattr(selftest, "_sweep_in_subprocess", tiny_sweep)
+    with fused.emulate_on_host(launch):
+        status = selftest.run(backend.get_device("cpu"), tmp_path, budget=60, with_suite=False)
+    assert status == 0
+    report = json.loads((tmp_path / "selftest.json").read_text())
+    checks = report["checks"]
+    assert len(checks) == 3 * len(selftest.CELLS) + 2 + len(fused.OPTIMIZERS)  # no GPU: no graph
+    assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert {r["tf32"] for r in rows} == {False, True}
+    assert "check" in capsys.readouterr().out
