@@ -11,7 +11,7 @@ import pytest
 
 from gpurnn.engine import backend, fused
 from gpurnn.engine.kernels import host
-from gpurnn.tools import selftest
+from gpurnn.tools import gpu_sweep, selftest
 
 
 @pytest.mark.skipif(backend.cuda_available(), reason="a GPU is present: the command would run")
@@ -39,20 +39,20 @@ def launch():
 def test_the_sweep_and_its_reports_run_on_the_cpu(launch, tmp_path):
     pytest.importorskip("torch")
     with fused.emulate_on_host(launch):
-        rows = selftest.sweep("cpu", lengths=(3, 5), cells=("gru",), repeats=1,
+        rows = gpu_sweep.sweep("cpu", lengths=(3, 5), cells=("gru",), repeats=1,
                               sizes=dict(vocab=17, hidden=6, batch=3, small_batch=2))
     assert not [r for r in rows if "error" in r or "skipped" in r], rows
     systems = {r["system"] for r in rows}
     assert systems == {"gpurnn-plain", "gpurnn-fused", "torch", "gpurnn-persistent"}
-    table = selftest.summary_table([{"check": "x", "error": 0.0, "passed": True}], rows)
+    table = gpu_sweep.summary_table([{"check": "x", "error": 0.0, "passed": True}], rows)
     assert "gpurnn-fused" in table and "vs cuDNN" in table
-    assert selftest.plot_sweep(rows, tmp_path / "sweep.png") is None or \
+    assert gpu_sweep.plot_sweep(rows, tmp_path / "sweep.png") is None or \
         (tmp_path / "sweep.png").stat().st_size > 0
     json.dumps(rows)                                            # what selftest.json holds
 
 
 def test_a_deadline_skips_what_it_cannot_start():
-    rows = selftest.sweep("cpu", lengths=(3,), cells=("elman",), deadline=0,
+    rows = gpu_sweep.sweep("cpu", lengths=(3,), cells=("elman",), deadline=0,
                           sizes=dict(vocab=5, hidden=2, batch=1, small_batch=1))
     assert rows and all(r.get("skipped") == "time budget" for r in rows)
 
@@ -63,7 +63,7 @@ def test_the_whole_command_writes_its_results(launch, tmp_path, monkeypatch, cap
     monkeypatch.setattr(selftest, "PERSISTENT_SHAPES", ((5, 2, 7),))
 
     def tiny_sweep(device, tf32, deadline, output):
-        return selftest.sweep(device, tf32=tf32, lengths=(3,), cells=("elman",), repeats=1,
+        return gpu_sweep.sweep(device, tf32=tf32, lengths=(3,), cells=("elman",), repeats=1,
                               sizes=dict(vocab=9, hidden=4, batch=2, small_batch=1))
 
     monkeypatch.setattr(selftest, "_sweep_in_subprocess", tiny_sweep)

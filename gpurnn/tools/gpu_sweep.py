@@ -1,0 +1,231 @@
+"""The GPU throughput sweep of ``gpurnn selftest``, and its table and plot.
+
+Training throughput (forward, BPTT, SGD update; tokens/s) against the sequence length T:
+gpurnn plain and fused beside PyTorch's cuDNN ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` on the
+same sizes (an embedding, the recurrent layer, a linear layer and the cross-entropy), with
+peak GPU memory; plus the Elman recurrence alone at a small batch, per-step launches
+against the persistent kernels. One call measures one TF32 setting: the process's
+``CUPY_TF32`` (read by CuPy at import) must match ``tf32``, which sets PyTorch's.
+On the CPU the same code runs with PyTorch's CPU modules (what the tests use).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy
+
+from ..engine import backend, bptt, fused
+from ..engine.factory import make_model
+from ..engine.plan import Plan
+from ..training.optim import make_optimizer
+
+__all__ = ["LENGTHS", "SWEEP", "sweep", "summary_table", "plot_sweep"]
+
+LENGTHS = (64, 256, 1024)
+SWEEP = dict(vocab=1024, hidden=256, batch=64, small_batch=8)
+
+
+def _gpurnn_step(cell, steps, batch, kernels, device, sizes):
+    model = make_model(cell, sizes["vocab"], sizes["hidden"], sizes["vocab"],
+                       embedding_size=sizes["hidden"], dtype="float32", device=device)
+    model.plan = Plan(kernels=kernels)
+    optimizer = make_optimizer("sgd", 1e-4)
+    optimizer.plan = model.plan
+    rng = numpy.random.default_rng(0)
+    x, y = (backend.to_device(rng.integers(0, sizes["vocab"], (batch, steps)), device)
+            for _ in range(2))
+
+    def step():
+        result = model.loss_and_grads(x, y)
+        optimizer.step(model.params, result.grads)
+    return step
+
+
+def _torch_step(cell, steps, batch, device, sizes):
+    import torch
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    layer = {"elman": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
+    embed = torch.nn.Embedding(sizes["vocab"], sizes["hidden"]).to(dev)
+    rnn = layer(sizes["hidden"], sizes["hidden"]).to(dev)                 # time-major
+    head = torch.nn.Linear(sizes["hidden"], sizes["vocab"]).to(dev)
+    params = [p for m in (embed, rnn, head) for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    x = torch.randint(0, sizes["vocab"], (steps, batch), device=dev)
+    y = torch.randint(0, sizes["vocab"], (steps, batch), device=dev)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        out = head(rnn(embed(x))[0])
+        loss_fn(out.reshape(-1, sizes["vocab"]), y.reshape(-1)).backward()
+        optimizer.step()
+    return step
+
+
+def _recurrence(steps, batch, device, sizes, persistent):
+    """The Elman recurrence alone, forward and full backward sweep: per-step launches
+    (the plain path) or the two persistent kernels."""
+    from ..engine.cells import ElmanCell
+    xp = backend.get_device(device).xp
+    rng = numpy.random.default_rng(0)
+    H = sizes["hidden"]
+    params = {"W": xp.asarray(rng.standard_normal((H, H)) / H ** 0.5, dtype="float32")}
+    xin = xp.asarray(rng.standard_normal((steps, batch, H)), dtype="float32")
+    dstates = xp.asarray(rng.standard_normal((steps, batch, H)), dtype="float32")
+    h0 = xp.zeros((batch, H), dtype="float32")
+    cell = ElmanCell("tanh")
+    launch = fused.launcher_for(Plan(kernels="fused"), xin)
+
+    def plain():
+        states = cell.forward(params, xin, h0, steps)
+        bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
+
+    def persistent_kernels():
+        states = fused.elman_forward_persistent(params, xin, h0, "tanh", launch)
+        fused.elman_backward_persistent(params, states, dstates, "tanh", launch)
+    return persistent_kernels if persistent else plain
+
+
+class _Memory:
+    """Peak device memory of a measurement: CuPy's pool (reserved bytes, which the pool
+    keeps at its high-water mark) or PyTorch's ``max_memory_reserved``."""
+
+    def __init__(self, device):
+        self.cuda = device.startswith("cuda")
+
+    def reset(self):
+        if self.cuda:
+            backend.cupy.get_default_memory_pool().free_all_blocks()
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+
+    def peak(self, system) -> int | None:
+        if not self.cuda:
+            return None
+        if system.startswith("torch"):
+            return int(sys.modules["torch"].cuda.max_memory_reserved())
+        return int(backend.cupy.get_default_memory_pool().total_bytes())
+
+
+def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
+          repeats=3, cells=("elman", "gru", "lstm")) -> list:
+    """Rows {cell, T, B, system, tokens_per_s, seconds, peak_bytes, tf32} of the sweep.
+
+    Runs in the process whose CUPY_TF32 matches ``tf32`` (see :func:`main`). Configurations
+    not started by ``deadline`` (time.time()) are recorded as skipped.
+    """
+    from .bench import _sync, timed
+
+    sizes = {**SWEEP, **(sizes or {})}
+    torch_ok = False
+    try:
+        import torch
+        torch_ok = torch.cuda.is_available() if device.startswith("cuda") else True
+        if torch_ok and device.startswith("cuda"):
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+    except ImportError:
+        pass
+    memory = _Memory(device)
+    plan = [(cell, T, sizes["batch"]) for cell in cells for T in lengths]
+    plan += [(cell, lengths[len(lengths) // 2], sizes["small_batch"]) for cell in cells]
+    rows = []
+
+    def measure(row, make):
+        if deadline is not None and time.time() > deadline:
+            rows.append({**row, "skipped": "time budget"})
+            return
+        try:
+            memory.reset()
+            seconds = timed(make(), repeats, 1, device)
+            rows.append({**row, "seconds": seconds, "peak_bytes": memory.peak(row["system"]),
+                         "tokens_per_s": row["B"] * row["T"] / seconds})
+        except Exception as error:  # one failing system must not hide the others' figures
+            rows.append({**row, "error": f"{type(error).__name__}: {error}"})
+        _sync(device)
+
+    for cell, T, B in plan:
+        base = {"cell": cell, "T": T, "B": B, "tf32": tf32, "step": "train"}
+        for kernels in ("plain", "fused"):
+            measure({**base, "system": f"gpurnn-{kernels}"},
+                    lambda: _gpurnn_step(cell, T, B, kernels, device, sizes))
+        if torch_ok:
+            measure({**base, "system": "torch-cudnn" if device.startswith("cuda") else "torch"},
+                    lambda: _torch_step(cell, T, B, device, sizes))
+    for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
+        base = {"cell": "elman", "T": T, "B": sizes["small_batch"], "tf32": tf32,
+                "step": "recurrence"}
+        for persistent in (False, True):
+            system = "gpurnn-persistent" if persistent else "gpurnn-plain"
+            measure({**base, "system": system},
+                    lambda: _recurrence(T, base["B"], device, sizes, persistent))
+    return rows
+
+
+# ----------------------------------------------------------------------- reports
+def summary_table(checks, rows) -> str:
+    """The one table the command prints: checks, then throughput ratios to cuDNN."""
+    lines = ["check                                                     error      result"]
+    for c in checks:
+        error = "" if c.get("error") is None else f"{c['error']:.1e}"
+        verdict = "pass" if c["passed"] else "FAIL " + str(c.get("detail", ""))
+        lines.append(f"{c['check'][:56]:<57} {error:<10} {verdict}")
+    measured = [r for r in rows if "tokens_per_s" in r]
+    if measured:
+        lines.append("")
+        lines.append("step     cell   T     B   tf32  system              tokens/s    "
+                     "peak MiB  vs cuDNN")
+        reference = {(r["cell"], r["T"], r["B"], r["tf32"], r["step"]): r["tokens_per_s"]
+                     for r in measured if r["system"].startswith("torch")}
+        for r in measured:
+            ref = reference.get((r["cell"], r["T"], r["B"], r["tf32"], r["step"]))
+            ratio = f"{r['tokens_per_s'] / ref:.2f}x" if ref else "-"
+            peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.0f}"
+            lines.append(f"{r['step']:<8} {r['cell']:<6} {r['T']:<5} {r['B']:<3} "
+                         f"{'on' if r['tf32'] else 'off':<5} {r['system']:<19} "
+                         f"{r['tokens_per_s']:>10.0f}  {peak:>8}  {ratio}")
+    failed = [r for r in rows if "error" in r or "skipped" in r]
+    for r in failed:
+        lines.append(f"not measured: {r['cell']} T={r['T']} B={r['B']} {r['system']}: "
+                     f"{r.get('error') or r.get('skipped')}")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows, path) -> str | None:
+    """tokens/s against T, one panel per cell, a line per system and TF32 setting."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    train = [r for r in rows if "tokens_per_s" in r and r["step"] == "train"]
+    batch = max((r["B"] for r in train), default=0)  # the sweep's batch, not the small one
+    measured = [r for r in train if r["B"] == batch]
+    cells = sorted({r["cell"] for r in measured})
+    if not cells:
+        return None
+    figure, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4), squeeze=False)
+    for axis, cell in zip(axes[0], cells):
+        for system in sorted({r["system"] for r in measured}):
+            for tf32 in (False, True):
+                points = sorted((r["T"], r["tokens_per_s"]) for r in measured
+                                if r["cell"] == cell and r["system"] == system
+                                and r["tf32"] == tf32 and r["step"] == "train")
+                if points:
+                    axis.plot(*zip(*points), marker="o", linestyle="-" if tf32 else "--",
+                              label=f"{system}, TF32 {'on' if tf32 else 'off'}")
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_title(cell)
+        axis.set_xlabel("T (time steps)")
+        axis.set_ylabel("training tokens/s")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return str(path)
