@@ -112,14 +112,15 @@ class _Memory:
 
 
 def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
-          repeats=3, cells=("elman", "gru", "lstm")) -> list:
-    """Rows {cell, T, B, system, tokens_per_s, seconds, peak_bytes, tf32} of the sweep.
+          repeats=5, cells=("elman", "gru", "lstm")) -> list:
+    """Rows {cell, T, B, H, step, system, tf32, tokens_per_s, seconds (median), min_s,
+    max_s, peak_bytes} of the sweep; a row has ``error`` or ``skipped`` instead where a
+    system failed or the ``deadline`` (time.time()) had passed.
 
-    Runs in the process whose CUPY_TF32 matches ``tf32`` (see :func:`main`). Configurations
-    not started by ``deadline`` (time.time()) are recorded as skipped.
+    Per configuration, each system's peak memory is taken alone (one step after a reset);
+    then the systems' timed steps are interleaved, ``repeats`` rounds, so that a change in
+    the machine's state hits them alike. Runs in a process whose CUPY_TF32 matches ``tf32``.
     """
-    from .bench import _sync, timed
-
     sizes = {**SWEEP, **(sizes or {})}
     torch_ok = False
     try:
@@ -130,45 +131,70 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
             torch.backends.cuda.matmul.allow_tf32 = tf32
     except ImportError:
         pass
+    torch_name = "torch-cudnn" if device.startswith("cuda") else "torch"
     memory = _Memory(device)
-    plan = [(cell, T, sizes["batch"]) for cell in cells for T in lengths]
-    plan += [(cell, lengths[len(lengths) // 2], sizes["small_batch"]) for cell in cells]
+    H, B = sizes["hidden"], sizes["batch"]
+    configs = [(cell, T, B, H) for T in lengths for cell in cells]       # short T first
+    configs += [(cell, lengths[len(lengths) // 2], sizes["small_batch"], H) for cell in cells]
+    configs += [(cell, lengths[len(lengths) // 2], B, 2 * H) for cell in cells]
     rows = []
+    for cell, T, batch, hidden in configs:
+        size = {**sizes, "hidden": hidden}
+        makers = {f"gpurnn-{k}": (lambda k=k: _gpurnn_step(cell, T, batch, k, device, size))
+                  for k in ("plain", "fused")}
+        if torch_ok:
+            makers[torch_name] = lambda: _torch_step(cell, T, batch, device, size)
+        rows += _measure({"cell": cell, "T": T, "B": batch, "H": hidden, "tf32": tf32,
+                          "step": "train"}, makers, device, memory, repeats, deadline)
+    for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
+        makers = {name: (lambda p=persistent: _recurrence(T, sizes["small_batch"], device,
+                                                          sizes, p))
+                  for name, persistent in (("gpurnn-plain", False),
+                                           ("gpurnn-persistent", True))}
+        rows += _measure({"cell": "elman", "T": T, "B": sizes["small_batch"], "H": H,
+                          "tf32": tf32, "step": "recurrence"}, makers, device, memory,
+                         repeats, deadline)
+    return rows
 
-    def measure(row, make):
-        if deadline is not None and time.time() > deadline:
-            rows.append({**row, "skipped": "time budget"})
-            return
+
+def _measure(base, makers, device, memory, repeats, deadline) -> list:
+    from .bench import _sync
+
+    if deadline is not None and time.time() > deadline:
+        return [{**base, "system": name, "skipped": "time budget"} for name in makers]
+    failed, peaks = {}, {}
+    for name, make in makers.items():                     # peak memory, one system at a time
         try:
             memory.reset()
-            seconds = timed(make(), repeats, 1, device)
-            rows.append({**row, "seconds": seconds, "peak_bytes": memory.peak(row["system"]),
-                         "tokens_per_s": row["B"] * row["T"] / seconds})
+            make()()
+            _sync(device)
+            peaks[name] = memory.peak(name)
         except Exception as error:  # one failing system must not hide the others' figures
-            rows.append({**row, "error": f"{type(error).__name__}: {error}"})
-        _sync(device)
-
-    for cell, T, B in plan:
-        base = {"cell": cell, "T": T, "B": B, "tf32": tf32, "step": "train"}
-        for kernels in ("plain", "fused"):
-            measure({**base, "system": f"gpurnn-{kernels}"},
-                    lambda: _gpurnn_step(cell, T, B, kernels, device, sizes))
-        if torch_ok:
-            measure({**base, "system": "torch-cudnn" if device.startswith("cuda") else "torch"},
-                    lambda: _torch_step(cell, T, B, device, sizes))
-    for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
-        base = {"cell": "elman", "T": T, "B": sizes["small_batch"], "tf32": tf32,
-                "step": "recurrence"}
-        for persistent in (False, True):
-            system = "gpurnn-persistent" if persistent else "gpurnn-plain"
-            measure({**base, "system": system},
-                    lambda: _recurrence(T, base["B"], device, sizes, persistent))
+            failed[name] = f"{type(error).__name__}: {error}"
+    steps = {name: make() for name, make in makers.items() if name not in failed}
+    times = {name: [] for name in steps}
+    for name, step in steps.items():                      # warm-up (the first step allocates)
+        step()
+    _sync(device)
+    for _ in range(repeats):                              # interleaved timed rounds
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    rows = [{**base, "system": name, "error": error} for name, error in failed.items()]
+    for name, seconds in times.items():
+        median = float(numpy.median(seconds))
+        rows.append({**base, "system": name, "seconds": median, "min_s": min(seconds),
+                     "max_s": max(seconds), "peak_bytes": peaks[name],
+                     "tokens_per_s": base["B"] * base["T"] / median})
     return rows
 
 
 # ----------------------------------------------------------------------- reports
 def summary_table(checks, rows) -> str:
-    """The one table the command prints: checks, then throughput ratios to cuDNN."""
+    """The one table the command prints: checks, then throughput and its ratio to the
+    reference (cuDNN for training steps, the per-step plain path for the recurrence)."""
     lines = ["check                                                     error      result"]
     for c in checks:
         error = "" if c.get("error") is None else f"{c['error']:.1e}"
@@ -177,20 +203,23 @@ def summary_table(checks, rows) -> str:
     measured = [r for r in rows if "tokens_per_s" in r]
     if measured:
         lines.append("")
-        lines.append("step     cell   T     B   tf32  system              tokens/s    "
-                     "peak MiB  vs cuDNN")
-        reference = {(r["cell"], r["T"], r["B"], r["tf32"], r["step"]): r["tokens_per_s"]
-                     for r in measured if r["system"].startswith("torch")}
+        lines.append("step       cell   T     B   H     tf32  system              tokens/s  "
+                     "  peak MiB  vs ref   (ref: cuDNN for train, gpurnn-plain for recurrence)")
+        key = ("cell", "T", "B", "H", "tf32", "step")
+        reference = {tuple(r[k] for k in key): r["tokens_per_s"] for r in measured
+                     if r["system"].startswith("torch") or
+                     (r["step"] == "recurrence" and r["system"] == "gpurnn-plain")}
         for r in measured:
-            ref = reference.get((r["cell"], r["T"], r["B"], r["tf32"], r["step"]))
+            ref = reference.get(tuple(r[k] for k in key))
             ratio = f"{r['tokens_per_s'] / ref:.2f}x" if ref else "-"
             peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.0f}"
-            lines.append(f"{r['step']:<8} {r['cell']:<6} {r['T']:<5} {r['B']:<3} "
+            lines.append(f"{r['step']:<10} {r['cell']:<6} {r['T']:<5} {r['B']:<3} {r['H']:<5} "
                          f"{'on' if r['tf32'] else 'off':<5} {r['system']:<19} "
                          f"{r['tokens_per_s']:>10.0f}  {peak:>8}  {ratio}")
     failed = [r for r in rows if "error" in r or "skipped" in r]
     for r in failed:
-        lines.append(f"not measured: {r['cell']} T={r['T']} B={r['B']} {r['system']}: "
+        lines.append(f"not measured: {r['cell']} T={r['T']} B={r['B']} H={r.get('H')} "
+                     f"{r['system']}: "
                      f"{r.get('error') or r.get('skipped')}")
     return "\n".join(lines)
 
@@ -205,7 +234,8 @@ def plot_sweep(rows, path) -> str | None:
         return None
     train = [r for r in rows if "tokens_per_s" in r and r["step"] == "train"]
     batch = max((r["B"] for r in train), default=0)  # the sweep's batch, not the small one
-    measured = [r for r in train if r["B"] == batch]
+    hidden = min((r["H"] for r in train), default=0)  # and its hidden size
+    measured = [r for r in train if r["B"] == batch and r["H"] == hidden]
     cells = sorted({r["cell"] for r in measured})
     if not cells:
         return None
