@@ -217,6 +217,19 @@ def test_barriers_in_a_launch_without_them_are_an_error(launch, monkeypatch):
                (z, np.zeros(2), None, np.zeros(2, np.int64), None, 1.0, 2, 4), shared_mem=32)
 
 
+def test_accesses_outside_an_array_or_the_shared_memory_are_caught(launch):
+    a = np.zeros(6)
+    with pytest.raises(RuntimeError, match="argument 0 was written outside its 6 elements"):
+        launch("elman_step", np.float64, (1,), (4,), (a, a.copy(), None, 8, 3, 0))
+    a, short = np.zeros(6), np.zeros(4)          # reading past ``short`` reads NaN guards
+    launch("elman_step", np.float64, (1,), (4,), (a, short, None, 6, 3, 0))
+    assert np.isfinite(a[:4]).all() and np.isnan(a[4:]).all()
+    z = np.zeros((2, 8))
+    with pytest.raises(RuntimeError, match="past its dynamic shared memory"):
+        launch("softmax_xent", np.float64, (1,), (8,),
+               (z, np.zeros(2), None, np.zeros(2, np.int64), None, 1.0, 2, 8), shared_mem=32)
+
+
 def test_arguments_are_checked_before_a_launch(launch):
     a = np.zeros((2, 3), np.float32)
     with pytest.raises(TypeError, match="dtype float32"):

@@ -119,16 +119,23 @@ class HostLauncher:
 
     def __call__(self, kernel, dtype, grid, block, args, shared_mem=0):
         packed = pack_args(kernel, dtype, args, lambda a: isinstance(a, numpy.ndarray))
+        guarded = [_Guarded(v) if isinstance(v, numpy.ndarray) else v for v in packed]
+        self._launch(kernel, dtype, grid, block, guarded, shared_mem)
+        for position, value in enumerate(guarded):
+            if isinstance(value, _Guarded):
+                value.finish(f"{kernel} argument {position}")
+
+    def _launch(self, kernel, dtype, grid, block, packed, shared_mem):
         keep, pointers, sizes = [], [], []
         for value in packed:
-            if value is None or isinstance(value, numpy.ndarray):
-                cell = ctypes.c_void_p(None if value is None else value.ctypes.data)
+            if value is None or isinstance(value, _Guarded):
+                cell = ctypes.c_void_p(None if value is None else value.pointer)
             else:  # an exact NumPy scalar: its bytes, as the GPU would receive them
                 cell = ctypes.create_string_buffer(value.tobytes(), value.nbytes)
             keep.append(cell)
             pointers.append(ctypes.cast(ctypes.pointer(cell), ctypes.c_void_p))
             sizes.append(ctypes.sizeof(cell) if value is None or
-                         isinstance(value, numpy.ndarray) else value.nbytes)
+                         isinstance(value, _Guarded) else value.nbytes)
         grid = (tuple(grid) + (1, 1, 1))[:3]
         block = (tuple(block) + (1, 1, 1))[:3]
         error = ctypes.create_string_buffer(512)
@@ -140,3 +147,35 @@ class HostLauncher:
             (ctypes.c_size_t * len(sizes))(*sizes), error, ctypes.c_size_t(len(error)))
         if status != 0:
             raise RuntimeError(f"emulated launch failed: {error.value.decode()}")
+
+
+class _Guarded:
+    """An array argument copied between guard zones. For float arrays the guards hold
+    signalling NaNs: a kernel reading past its array computes with NaN, which the
+    comparisons catch, and anything it writes there (arithmetic quiets a NaN) changes a
+    guard, which :meth:`finish` reports. Other arrays get all-ones bytes (-1). On a GPU
+    either fault would be silent corruption or a crash."""
+
+    GUARD = 256  # bytes on each side (a multiple of every element size)
+    _SIGNALLING_NAN = {4: numpy.uint32(0x7FA00000), 8: numpy.uint64(0x7FF4000000000000)}
+
+    def __init__(self, array):
+        self.array = array
+        nbytes = array.nbytes
+        self.buffer = numpy.empty(nbytes + 2 * self.GUARD, dtype=numpy.uint8)
+        pattern = self._SIGNALLING_NAN.get(array.itemsize) if array.dtype.kind == "f" else None
+        if pattern is None:
+            self.buffer.fill(0xFF)
+        else:
+            self.buffer.view(pattern.dtype).fill(pattern)  # GUARD and nbytes are multiples
+        self.expected = self.buffer[:self.GUARD].copy()
+        self.inside = self.buffer[self.GUARD:self.GUARD + nbytes]
+        self.inside[...] = array.reshape(-1).view(numpy.uint8)
+        self.pointer = self.inside.ctypes.data
+
+    def finish(self, where: str) -> None:
+        for guard in (self.buffer[:self.GUARD], self.buffer[self.GUARD + self.array.nbytes:]):
+            if (guard != self.expected).any():
+                raise RuntimeError(f"{where} was written outside its {self.array.size} "
+                                   f"elements")
+        self.array.reshape(-1).view(numpy.uint8)[...] = self.inside

@@ -13,6 +13,7 @@
 
 #include <barrier>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <memory>
@@ -56,11 +57,19 @@ using namespace gpurnn_emu;
 namespace {
 enum Mode { SERIAL = 0, BLOCK = 1, GRID = 2 };
 const std::size_t kMaxThreads = 4096;  // OS threads alive at once in BLOCK / GRID mode
+const std::size_t kSharedGuard = 32;   // doubles after each block's shared memory
+const unsigned char kGuardByte = 0xA5;
+std::size_t shared_words(std::size_t bytes) {
+  return (bytes + sizeof(double) - 1) / sizeof(double);
+}
 std::mutex launch_mutex;               // one emulated launch at a time (gridDim is global)
 
 struct Block {
   dim3 index;
-  std::vector<double> shared;  // double-aligned, like the device's dynamic shared memory
+  // Double-aligned like the device's dynamic shared memory, all-ones bytes (NaN) so reading
+  // what was never written shows up in the results, then a guard of kGuardByte bytes that
+  // must stay as it is (any value computed and written there changes it).
+  std::vector<double> shared;
   std::unique_ptr<std::barrier<>> barrier;
 };
 
@@ -139,7 +148,10 @@ int gpurnn_emulate_launch(const char* name, const unsigned* grid, const unsigned
   std::size_t per_block = thread_ids.size();
   for (std::size_t b = 0; b < blocks.size(); ++b) {
     blocks[b].index = block_ids[b];
-    blocks[b].shared.assign((shared_bytes + sizeof(double) - 1) / sizeof(double) + 1, 0.0);
+    blocks[b].shared.resize(shared_words(shared_bytes) + kSharedGuard);
+    std::memset(blocks[b].shared.data(), 0xFF, shared_words(shared_bytes) * sizeof(double));
+    std::memset(blocks[b].shared.data() + shared_words(shared_bytes), kGuardByte,
+                kSharedGuard * sizeof(double));
     if (mode != SERIAL) blocks[b].barrier = std::make_unique<std::barrier<>>(per_block);
   }
   try {
@@ -158,6 +170,13 @@ int gpurnn_emulate_launch(const char* name, const unsigned* grid, const unsigned
     }
   } catch (const std::exception& e) {
     return fail(std::string(name) + ": " + e.what());
+  }
+  for (const Block& b : blocks) {
+    auto bytes = reinterpret_cast<const unsigned char*>(b.shared.data());
+    for (std::size_t i = shared_words(shared_bytes) * sizeof(double);
+         i < b.shared.size() * sizeof(double); ++i)
+      if (bytes[i] != kGuardByte)
+        return fail(std::string(name) + " wrote past its dynamic shared memory");
   }
   return 0;
 }
