@@ -22,7 +22,7 @@ from .backend import get_array_module, is_device_array
 __all__ = ["launcher_for", "emulate_on_host", "elman_forward", "elman_backward_stepper",
            "gru_forward", "gru_backward_stepper", "lstm_forward", "lstm_backward_stepper",
            "softmax_cross_entropy", "optimizer_update", "elman_forward_persistent",
-           "elman_backward_persistent",
+           "elman_backward_persistent", "gru_forward_persistent", "gru_backward_persistent",
            "OPTIMIZERS"]
 
 _cuda_launcher = None
@@ -110,16 +110,18 @@ def elman_backward_stepper(cell, params, xin, h0, states, launch):
     return back
 
 
-def _persistent_shape(kernel, dtype, hidden, launch, threads, lanes):
-    """(blocks, threads, lanes, rows, shared bytes) of a persistent Elman launch: one block
-    per multiprocessor (fewer when H is smaller), each owning ceil(H / blocks) units; a
-    ValueError when their slice of W does not fit on chip with every block resident."""
+def _persistent_shape(kernel, dtype, hidden, launch, threads, lanes, per_unit=None):
+    """(blocks, threads, lanes, rows, shared bytes) of a persistent launch: one block per
+    multiprocessor (fewer when H is smaller), each owning ceil(H / blocks) units and
+    ``per_unit`` values of shared memory for each (default: a row of W, H values) besides
+    one per thread; a ValueError when that does not fit on chip with every block
+    resident."""
     threads = threads or _threads(launch)
     lanes = lanes or min(32, threads)
     blocks = max(1, min(hidden, launch.multiprocessors))
     rows = -(-hidden // blocks)
     blocks = -(-hidden // rows)
-    shared = (rows * hidden + threads) * dtype.itemsize
+    shared = (rows * (per_unit or hidden) + threads) * dtype.itemsize
     fit = launch.max_cooperative_blocks(kernel, dtype, threads, shared)
     if fit < blocks:
         raise ValueError(f"the persistent kernel needs {blocks} resident blocks with "
@@ -168,6 +170,43 @@ def elman_backward_persistent(params, states, dstates, activation, launch, threa
             _contiguous(xp, params["W"]), xp.zeros(2, dtype=xp.uint32) if barrier is None
             else barrier, steps, batch, hidden, rows, lanes, ACTIVATIONS.index(activation)),
            shared_mem=shared)
+    return deltas
+
+
+def gru_forward_persistent(cell, params, xin, h0, launch, threads=None, lanes=None):
+    """``GRUCell.forward`` as one persistent cooperative kernel: the rows of W_hh for a
+    block's units (all three gates) stay in shared memory for the whole sequence; fills the
+    same gate cache (gates r, z, n and ``extra`` = W_hn h + b_hn) and returns the states."""
+    xp = get_array_module(h0)
+    gates, hn = xin.gates, xin.extra
+    steps, batch, width = gates.shape
+    H = width // 3
+    blocks, threads, lanes, rows, shared = _persistent_shape(
+        "gru_persistent_forward", h0.dtype, H, launch, threads, lanes, 3 * H + 3 * batch)
+    states = cell.workspace.empty("gate_states", (steps, batch, H), h0.dtype, xp)
+    launch("gru_persistent_forward", h0.dtype, (blocks,), (threads,),
+           (states, gates, hn, _contiguous(xp, h0), _contiguous(xp, params["weight_hh"]),
+            params["bias_hh"][2 * H:] if cell.bias else None, xp.zeros(2, dtype=xp.uint32),
+            steps, batch, H, rows, lanes), shared_mem=shared)
+    return states
+
+
+def gru_backward_persistent(cell, params, xin, h0, states, dstates, launch, threads=None,
+                            lanes=None):
+    """The GRU's full-BPTT deltas dL/dS_t (T, B, H), what ``bptt.sweep`` returns with
+    ``truncate=None``, as one persistent cooperative kernel after the factors kernel (which
+    also leaves ``xin.K``, ``xin.K2`` for ``param_grads``, as the stepper does)."""
+    xp = get_array_module(states)
+    steps, batch, H = states.shape
+    gru_backward_stepper(cell, params, xin, h0, states, launch)      # K, K2 for all steps
+    blocks, threads, lanes, rows, shared = _persistent_shape(
+        "gru_persistent_backward", states.dtype, H, launch, threads, lanes, 3 * H)
+    deltas = xp.empty(states.shape, dtype=states.dtype)
+    launch("gru_persistent_backward", states.dtype, (blocks,), (threads,),
+           (deltas, xp.zeros((batch, H), dtype=states.dtype),
+            xp.empty((2, batch, 3 * H), dtype=states.dtype), _contiguous(xp, dstates),
+            xin.K2, xin.gates, _contiguous(xp, params["weight_hh"]),
+            xp.zeros(2, dtype=xp.uint32), steps, batch, H, rows, lanes), shared_mem=shared)
     return deltas
 
 

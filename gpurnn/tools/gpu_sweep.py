@@ -3,8 +3,8 @@
 Training throughput (forward, BPTT, SGD update; tokens/s) against the sequence length T:
 gpurnn plain and fused beside PyTorch's cuDNN ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` on the
 same sizes (an embedding, the recurrent layer, a linear layer and the cross-entropy), with
-peak GPU memory; plus the Elman recurrence alone at a small batch, per-step launches
-against the persistent kernels. One call measures one TF32 setting: the process's
+peak GPU memory; plus the Elman and GRU recurrences alone at a small batch, per-step
+launches against the persistent kernels. One call measures one TF32 setting: the process's
 ``CUPY_TF32`` (read by CuPy at import) must match ``tf32``, which sets PyTorch's.
 On the CPU the same code runs with PyTorch's CPU modules (what the tests use).
 """
@@ -64,28 +64,49 @@ def _torch_step(cell, steps, batch, device, sizes):
     return step
 
 
-def _recurrence(steps, batch, device, sizes, persistent):
-    """The Elman recurrence alone, forward and full backward sweep: per-step launches
-    (the plain path) or the two persistent kernels."""
+def _recurrence(cell_name, steps, batch, device, sizes, persistent):
+    """A recurrence alone (no input projection, output layer or weight gradients): forward
+    and full backward sweep, per-step launches (the plain path) or the two persistent
+    kernels. Elman or GRU, float32."""
     from ..engine.cells import ElmanCell
+    from ..engine.gated import GRUCell
     xp = backend.get_device(device).xp
     rng = numpy.random.default_rng(0)
     H = sizes["hidden"]
-    params = {"W": xp.asarray(rng.standard_normal((H, H)) / H ** 0.5, dtype="float32")}
-    xin = xp.asarray(rng.standard_normal((steps, batch, H)), dtype="float32")
-    dstates = xp.asarray(rng.standard_normal((steps, batch, H)), dtype="float32")
-    h0 = xp.zeros((batch, H), dtype="float32")
-    cell = ElmanCell("tanh")
-    launch = fused.launcher_for(Plan(kernels="fused"), xin)
 
-    def plain():
+    def draw(*shape, scale=1.0):
+        return xp.asarray(rng.standard_normal(shape) * scale, dtype="float32")
+
+    dstates, h0 = draw(steps, batch, H), xp.zeros((batch, H), dtype="float32")
+    launch = fused.launcher_for(Plan(kernels="fused"), h0)
+    if cell_name == "elman":
+        cell, params, xin = ElmanCell("tanh"), {"W": draw(H, H, scale=H ** -0.5)}, draw(
+            steps, batch, H)
+
+        def plain():
+            states = cell.forward(params, xin, h0, steps)
+            bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
+
+        def persistent_kernels():
+            states = fused.elman_forward_persistent(params, xin, h0, "tanh", launch)
+            fused.elman_backward_persistent(params, states, dstates, "tanh", launch)
+        return persistent_kernels if persistent else plain
+    cell = GRUCell()
+    params = {"weight_ih": draw(3 * H, 1), "weight_hh": draw(3 * H, H, scale=H ** -0.5),
+              "bias_ih": draw(3 * H), "bias_hh": draw(3 * H)}
+    xin = cell.project_inputs(params, draw(steps, batch, 1))
+    projected = xin.gates.copy()            # the forward turns the gate buffer into r, z, n
+
+    def gru_plain():
+        xin.gates[...] = projected
         states = cell.forward(params, xin, h0, steps)
         bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
 
-    def persistent_kernels():
-        states = fused.elman_forward_persistent(params, xin, h0, "tanh", launch)
-        fused.elman_backward_persistent(params, states, dstates, "tanh", launch)
-    return persistent_kernels if persistent else plain
+    def gru_persistent():
+        xin.gates[...] = projected
+        states = fused.gru_forward_persistent(cell, params, xin, h0, launch)
+        fused.gru_backward_persistent(cell, params, xin, h0, states, dstates, launch)
+    return gru_persistent if persistent else gru_plain
 
 
 class _Memory:
@@ -147,13 +168,14 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
         rows += _measure({"cell": cell, "T": T, "B": batch, "H": hidden, "tf32": tf32,
                           "step": "train"}, makers, device, memory, repeats, deadline)
     for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
-        makers = {name: (lambda p=persistent: _recurrence(T, sizes["small_batch"], device,
-                                                          sizes, p))
-                  for name, persistent in (("gpurnn-plain", False),
-                                           ("gpurnn-persistent", True))}
-        rows += _measure({"cell": "elman", "T": T, "B": sizes["small_batch"], "H": H,
-                          "tf32": tf32, "step": "recurrence"}, makers, device, memory,
-                         repeats, deadline)
+        for cell in ("elman", "gru"):
+            makers = {name: (lambda p=persistent: _recurrence(cell, T, sizes["small_batch"],
+                                                              device, sizes, p))
+                      for name, persistent in (("gpurnn-plain", False),
+                                               ("gpurnn-persistent", True))}
+            rows += _measure({"cell": cell, "T": T, "B": sizes["small_batch"], "H": H,
+                              "tf32": tf32, "step": "recurrence"}, makers, device, memory,
+                             repeats, deadline)
     return rows
 
 

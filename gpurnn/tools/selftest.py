@@ -6,15 +6,15 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
    runs on NumPy and CuPy, the fused kernels on the GPU included), when the tests are there;
 2. **exactness** — every cell (Elman with each activation, GRU, LSTM, a stack) in float64,
    loss and gradients on CuPy, plain and fused, against NumPy;
-3. **fused** — fused against plain on the GPU in float32, the persistent Elman forward and
-   backward against the per-step ones (also captured in one CUDA graph and replayed), the
+3. **fused** — fused against plain on the GPU in float32, the persistent Elman and GRU
+   forward and backward against the per-step ones (also captured in one CUDA graph and replayed), the
    optimizer kernels against their NumPy updates;
 4. **sweep** (:mod:`gpurnn.tools.gpu_sweep`) — training throughput (forward, BPTT, SGD update; tokens/s) against the
    sequence length T, gpurnn plain and fused beside PyTorch's cuDNN ``nn.RNN`` / ``nn.GRU``
    / ``nn.LSTM`` on the same sizes, with peak GPU memory, TF32 off and on (matched:
    ``CUPY_TF32`` for gpurnn, ``torch.backends.{cudnn,cuda.matmul}.allow_tf32`` for PyTorch),
-   each TF32 setting in its own process; plus the Elman recurrence alone (forward and
-   backward sweep) at a small batch, per-step launches against the persistent kernels.
+   each TF32 setting in its own process; plus the Elman and GRU recurrences alone (forward
+   and backward sweep) at a small batch, per-step launches against the persistent kernels.
 
 It writes ``selftest.json``, ``sweep.json`` and ``sweep.png`` under ``--output``
 (default ``benchmarks/results/gpu``) and prints one summary table; the exit status is 0
@@ -105,9 +105,9 @@ PERSISTENT_SHAPES = ((50, 8, 256), (20, 3, 1024))  # (steps, batch, hidden) chec
 
 
 def fused_checks(device="cuda", persistent_shapes=None) -> list:
-    """float32 fused against plain on ``device``; the persistent forward and backward
-    against the per-step ones for each (steps, batch, hidden); the optimizer kernels against
-    NumPy (float64)."""
+    """float32 fused against plain on ``device``; the persistent Elman and GRU forward and
+    backward against the per-step ones for each (steps, batch, hidden); the optimizer
+    kernels against NumPy (float64)."""
     rng = numpy.random.default_rng(1)
     results = []
     for cell, kw in CELLS:
@@ -117,25 +117,10 @@ def fused_checks(device="cuda", persistent_shapes=None) -> list:
         results.append(_compare(f"float32 {cell} {kw or ''} fused vs plain".replace("  ", " "),
                                 got, plain, FUSED32))
     xp = backend.get_device(device).xp
-    from ..engine.cells import ElmanCell
     for dtype, tolerance in (("float64", EXACT), ("float32", FUSED32)):
-        for steps, batch, hidden in persistent_shapes or PERSISTENT_SHAPES:
-            W = xp.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5, dtype=dtype)
-            xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
-            h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
-            cell = ElmanCell("tanh")
-            expected = cell.forward({"W": W}, xin, h0, steps).copy()
-            launch = fused.launcher_for(Plan(kernels="fused"), xin)
-            got = fused.elman_forward_persistent({"W": W}, xin, h0, "tanh", launch)
-            dstates = xp.asarray(rng.standard_normal(xin.shape), dtype=dtype)
-            deltas = bptt.sweep(cell.backward_stepper({"W": W}, xin, h0, expected), dstates)
-            got_deltas = fused.elman_backward_persistent({"W": W}, expected, dstates, "tanh",
-                                                         launch)
-            for part, error in (("forward", _relative(got, expected)),
-                                ("backward", _relative(got_deltas, deltas))):
-                results.append({"check": f"{dtype} persistent Elman {part} T={steps} "
-                                         f"B={batch} H={hidden}", "error": error,
-                                "tolerance": tolerance, "passed": error <= tolerance})
+        for shape in persistent_shapes or PERSISTENT_SHAPES:
+            for check in (_persistent_elman, _persistent_gru):
+                results += check(xp, rng, dtype, tolerance, *shape)
     if backend.is_device_array(xp.zeros(1)):
         results.append(_graph_check(rng))
     for name in fused.OPTIMIZERS:
@@ -153,6 +138,62 @@ def fused_checks(device="cuda", persistent_shapes=None) -> list:
         results.append({"check": f"float64 {name} update, fused vs NumPy", "error": error,
                         "tolerance": EXACT, "passed": error <= EXACT})
     return results
+
+
+def _verdicts(name, dtype, tolerance, steps, batch, hidden, errors) -> list:
+    return [{"check": f"{dtype} persistent {name} {part} T={steps} B={batch} H={hidden}",
+             "error": error, "tolerance": tolerance, "passed": error <= tolerance}
+            for part, error in errors]
+
+
+def _persistent_elman(xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
+    """The persistent Elman forward and backward against the per-step ones."""
+    from ..engine.cells import ElmanCell
+    params = {"W": xp.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5,
+                              dtype=dtype)}
+    xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
+    h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
+    dstates = xp.asarray(rng.standard_normal(xin.shape), dtype=dtype)
+    cell = ElmanCell("tanh")
+    expected = cell.forward(params, xin, h0, steps).copy()
+    deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, expected), dstates)
+    launch = fused.launcher_for(Plan(kernels="fused"), xin)
+    got = fused.elman_forward_persistent(params, xin, h0, "tanh", launch)
+    got_deltas = fused.elman_backward_persistent(params, expected, dstates, "tanh", launch)
+    return _verdicts("Elman", dtype, tolerance, steps, batch, hidden,
+                     [("forward", _relative(got, expected)),
+                      ("backward", _relative(got_deltas, deltas))])
+
+
+def _persistent_gru(xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
+    """The persistent GRU forward and backward (with the plain weight gradients after
+    them) against the per-step path."""
+    from ..engine.gated import GRUCell
+
+    def draw(*shape, scale=1.0):
+        return xp.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
+
+    params = {"weight_ih": draw(3 * hidden, 16), "bias_ih": draw(3 * hidden),
+              "weight_hh": draw(3 * hidden, hidden, scale=hidden ** -0.5),
+              "bias_hh": draw(3 * hidden)}
+    inputs, h0, dstates = draw(steps, batch, 16), draw(batch, hidden), draw(steps, batch, hidden)
+    launch = fused.launcher_for(Plan(kernels="fused"), h0)
+    results = []
+    for persistent in (False, True):
+        cell = GRUCell()
+        xin = cell.project_inputs(params, inputs)
+        if persistent:
+            states = fused.gru_forward_persistent(cell, params, xin, h0, launch)
+            deltas = fused.gru_backward_persistent(cell, params, xin, h0, states, dstates,
+                                                   launch)
+        else:
+            states = cell.forward(params, xin, h0, steps)
+            deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
+        grads = cell.param_grads(params, inputs, xin, h0, states, deltas)
+        results.append((states.copy(), grads["weight_hh"]))
+    return _verdicts("GRU", dtype, tolerance, steps, batch, hidden,
+                     [("forward", _relative(results[1][0], results[0][0])),
+                      ("backward (dW_hh)", _relative(results[1][1], results[0][1]))])
 
 
 def _graph_check(rng, steps=40, batch=8, hidden=256) -> dict:

@@ -13,6 +13,7 @@ import pytest
 from gpurnn.engine import bptt, fused
 from gpurnn.engine.backend import get_device, to_host
 from gpurnn.engine.cells import ElmanCell
+from gpurnn.engine.gated import GRUCell
 from gpurnn.engine.factory import make_model
 from gpurnn.engine.kernels import host
 from gpurnn.engine.plan import Plan
@@ -64,6 +65,39 @@ def test_fused_models_match_plain(cell, layers, embedding, truncate, dtype, devi
         assert relative_error(to_host(got.grads[name]), to_host(expected)) <= tol, name
     assert relative_error(to_host(_state_rows(got.last_hidden)),
                           to_host(_state_rows(plain.last_hidden))) <= tol
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_persistent_gru_matches_plain(dtype, device, launch):
+    """The GRU's forward and full backward sweep as two persistent kernels, then the plain
+    parameter gradients, against the plain per-step path."""
+    rng = np.random.default_rng(6)
+    xp = get_device(device).xp
+    steps, batch, hidden = 6, 3, 20
+
+    def arr(*shape, scale=1.0):
+        return xp.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
+
+    params = {"weight_ih": arr(3 * hidden, 5), "weight_hh": arr(3 * hidden, hidden, scale=0.3),
+              "bias_ih": arr(3 * hidden), "bias_hh": arr(3 * hidden)}
+    inputs, h0, dstates = arr(steps, batch, 5), arr(batch, hidden), arr(steps, batch, hidden)
+    runner = launch if device == "cpu" else fused.launcher_for(Plan(kernels="fused"), h0)
+    lanes = 8 if device == "cpu" else None
+    results = []
+    for persistent in (False, True):
+        cell = GRUCell()
+        xin = cell.project_inputs(params, inputs)
+        if persistent:
+            states = fused.gru_forward_persistent(cell, params, xin, h0, runner, lanes=lanes)
+            deltas = fused.gru_backward_persistent(cell, params, xin, h0, states, dstates,
+                                                   runner, lanes=lanes)
+        else:
+            states = cell.forward(params, xin, h0, steps)
+            deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
+        grads = cell.param_grads(params, inputs, xin, h0, states, deltas)
+        results.append({"states": to_host(states), **{k: to_host(v) for k, v in grads.items()}})
+    for name, expected in results[0].items():
+        assert relative_error(results[1][name], expected) <= TOLERANCE[dtype], name
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

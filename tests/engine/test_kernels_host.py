@@ -186,11 +186,42 @@ def check_persistent(launch, dtype, rng):
     return out
 
 
+def check_persistent_gru(launch, dtype, rng):
+    out = {}
+    for T, B, H, sms, threads, lanes in ((5, 3, 7, 3, 32, 8), (3, 2, 9, 9, 16, 4)):
+        params = {"weight_ih": random(rng, (3 * H, 4), dtype),
+                  "weight_hh": random(rng, (3 * H, H), dtype, 1 / np.sqrt(H)),
+                  "bias_ih": random(rng, 3 * H, dtype), "bias_hh": random(rng, 3 * H, dtype)}
+        inputs, h0 = random(rng, (T, B, 4), dtype), random(rng, (B, H), dtype)
+        dstates = random(rng, (T, B, H), dtype)
+        results = []
+        for persistent in (False, True):
+            cell = GRUCell()
+            xin = cell.project_inputs(params, inputs)
+            if persistent:
+                runner = host.HostLauncher(launch.path, multiprocessors=sms)
+                states = fused.gru_forward_persistent(cell, params, xin, h0, runner, threads,
+                                                      lanes)
+                deltas = fused.gru_backward_persistent(cell, params, xin, h0, states, dstates,
+                                                       runner, threads, lanes)
+            else:
+                states = cell.forward(params, xin, h0, T)
+                deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
+            grads = cell.param_grads(params, inputs, xin, h0, states, deltas)
+            results.append({"states": states.copy(), "gates": xin.gates.copy(),
+                            "hn": xin.extra.copy(), "deltas": deltas.copy(), **grads})
+        for name in results[0]:
+            out[f"persistent GRU {name} T={T} B={B} H={H}"] = (results[1][name],
+                                                                results[0][name])
+    return out
+
+
 CHECKS = {"elman_step": check_elman_step, "elman_delta": check_elman_delta, "gru": check_gru,
           "lstm": check_lstm, "softmax": check_softmax, "optimizers": check_optimizers,
-          "persistent": check_persistent}
+          "persistent": check_persistent, "persistent_gru": check_persistent_gru}
 # The checks whose family carries a planted sign under -DGPURNN_FAULT_SIGN=-1.
-FAULTED = ("elman_step", "gru", "lstm", "softmax", "optimizers", "persistent")
+FAULTED = ("elman_step", "gru", "lstm", "softmax", "optimizers", "persistent",
+           "persistent_gru")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

@@ -60,21 +60,22 @@ def test_a_deadline_skips_what_it_cannot_start():
 def test_the_whole_command_writes_its_results(launch, tmp_path, monkeypatch, capsys):
     """``run`` end to end on the CPU: checks (emulated kernels), the sweep (in process here,
     tiny), the JSON files, the plot and the table."""
-    monkeypatch.setattr(selftest, "PERSISTENT_SHAPES", ((5, 2, 7),))
+    monkeypatch.setattr(selftest, "PERSISTENT_SHAPES", ((4, 2, 7),))
+    small = host.HostLauncher(launch.path, block_size=8)  # few emulated threads: fast barriers
 
     def tiny_sweep(device, tf32, deadline, output):
         return gpu_sweep.sweep(device, tf32=tf32, lengths=(3,), cells=("elman",), repeats=1,
                               sizes=dict(vocab=9, hidden=4, batch=2, small_batch=1))
 
     monkeypatch.setattr(selftest, "_sweep_in_subprocess", tiny_sweep)
-    with fused.emulate_on_host(launch):
+    with fused.emulate_on_host(small):
         status = selftest.run(backend.get_device("cpu"), tmp_path, budget=60, with_suite=False)
     assert status == 0
     report = json.loads((tmp_path / "selftest.json").read_text())
     checks = report["checks"]
-    # per cell: float64 plain and fused, float32 fused; persistent: 2 dtypes × (forward,
-    # backward); the optimizers; no CUDA graph without a GPU
-    assert len(checks) == 3 * len(selftest.CELLS) + 4 + len(fused.OPTIMIZERS)
+    # per cell: float64 plain and fused, float32 fused; persistent: 2 dtypes × (Elman, GRU)
+    # × (forward, backward); the optimizers; no CUDA graph without a GPU
+    assert len(checks) == 3 * len(selftest.CELLS) + 8 + len(fused.OPTIMIZERS)
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert {r["tf32"] for r in rows} == {False, True}

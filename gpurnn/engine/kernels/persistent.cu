@@ -1,14 +1,17 @@
-// The Elman recurrence as persistent kernels (the technique of Baidu's persistent RNNs and
-// cuDNN's PERSIST algorithms): the forward h_t = f(W h_{t-1} + xin_t) for all t in one
-// launch, and the full backward sweep e_h(t) = (dL/dh_t) ⊙ f'(a_t),
-// dL/dh_{t-1} = e_h(t) W + (output t−1's gradient), in another.
+// The Elman and GRU recurrences as persistent kernels (the technique of Baidu's persistent
+// RNNs and cuDNN's PERSIST algorithms): the whole forward over time in one launch, and the
+// whole full-BPTT backward sweep in another. Elman: h_t = f(W h_{t-1} + xin_t);
+// e_h(t) = (dL/dh_t) ⊙ f'(a_t), dL/dh_{t-1} = e_h(t) W + (output t−1's gradient). GRU: the
+// gate maths of gated.cuh around W_hh h_{t-1}; backward dL/dh_{t-1} = δʰ W_hh + z ⊙ dL/dh_t.
 //
 // Block b owns ``rows`` consecutive hidden units and keeps their slice of W in shared
-// memory for the whole sequence (rows of W forward, columns backward), so W is read from
+// memory for the whole sequence (rows of W forward, columns backward; for the GRU the rows
+// of its three gates, and the columns of all 3H rows), so W is read from
 // global memory once instead of once per step. Between steps all blocks meet at a grid
 // barrier, since a step needs all of the previous one's vector. Needs a cooperative launch
 // (every block resident) and grid·rows ≥ hidden. No cuBLAS call is involved, so a launch can
 // also be captured in a CUDA graph (CuPy refuses cuBLAS during stream capture).
+#include "gated.cuh"
 #include "persistent.cuh"
 
 namespace gpurnn {
@@ -111,6 +114,100 @@ __device__ void elman_persistent_backward(T* deltas, T* g, const T* dstates, con
   }
 }
 
+
+template <class T> struct SharedStore {  // this step's W_h· h_{t-1} of own units, in shared memory
+  T* out;
+  int width;
+  __device__ void operator()(int b, int v, T sum) const { out[b * width + v] = sum; }
+};
+
+// GRU forward: states (T, B, H) receives h_t; gates (T, B, 3H) holds the input side as the
+// NumPy path leaves it (r and z halved, biases folded) and receives r, z, n; hn (T, B, H)
+// receives W_hn h_{t-1} + b_hn; W is weight_hh (3H, H) unscaled; b_hn (H,) or null.
+// Shared memory: (3·rows·hidden + blockDim.x + 3·rows·batch) values of T.
+template <class T>
+__device__ void gru_persistent_forward(T* states, T* gates, T* hn, const T* h0, const T* W,
+                                       const T* b_hn, unsigned int* barrier, int steps,
+                                       int batch, int hidden, int rows, int lanes) {
+  T* w = dynamic_shared<T>();                    // rows of W_hr, W_hz, W_hn for own units
+  T* partial = w + (index_t)3 * rows * hidden;
+  T* gh = partial + blockDim.x;                  // (batch, 3·units)
+  const int first = blockIdx.x * rows, units = own_units(rows, hidden);
+  const index_t per_gate = (index_t)units * hidden;
+  for (index_t k = threadIdx.x; k < 3 * per_gate; k += blockDim.x) {
+    const index_t gate = k / per_gate, u = (k % per_gate) / hidden, c = k % hidden;
+    w[k] = W[(gate * hidden + first + u) * hidden + c];
+  }
+  __syncthreads();
+  const index_t bh = (index_t)batch * hidden, H = hidden;
+  for (int t = 0; t < steps; ++t) {
+    const T* h_prev = t == 0 ? h0 : states + (t - 1) * bh;
+    block_rows_times(w, h_prev, 3 * units, batch, hidden, lanes, partial,
+                     SharedStore<T>{gh, 3 * units});             // ends with __syncthreads
+    for (int o = threadIdx.x; o < units * batch; o += blockDim.x) {
+      const int b = o / units, u = o % units;
+      const index_t j = first + u, e = b * H + j, row = (t * batch + b) * 3 * H;
+      const T* ghb = gh + b * 3 * units;
+      const T hnv = ghb[2 * units + u] + (b_hn ? b_hn[j] : T(0));
+      T r, z, n;
+      states[t * bh + e] = gru_forward(gates[row + j], T(0.5) * ghb[u], gates[row + H + j],
+                                       T(0.5) * ghb[units + u], gates[row + 2 * H + j], hnv,
+                                       h_prev[e], r, z, n);
+      gates[row + j] = r;
+      gates[row + H + j] = z;
+      gates[row + 2 * H + j] = n;
+      hn[t * bh + e] = hnv;
+    }
+    grid_barrier(barrier);  // h_t complete everywhere (and gh free) before step t + 1
+  }
+}
+
+template <class T> struct GruBackwardStore {  // dL/dh_{t-1} = δʰ W_hh + z ⊙ dL/dh_t
+  T* g;
+  const T* g_t;       // dL/dh_t (B, H)
+  const T* gates_t;   // r, z, n (B, 3H)
+  int hidden, first_unit;
+  __device__ void operator()(int b, int u, T sum) const {
+    const index_t j = first_unit + u, e = (index_t)b * hidden + j;
+    g[e] = sum + g_t[e] * gates_t[(index_t)b * 3 * hidden + hidden + j];
+  }
+};
+
+// GRU full BPTT: deltas (T, B, H) receives dL/dS_t (the GRU's per-step delta); g (B, H),
+// zero on entry, the running gradient; d2 (2, B, 3H) scratch for δʰ, alternate steps in
+// alternate halves (a block may write step t − 1's while another still reads step t's);
+// dstates (T, B, H); K2 (T, B, 3, H) the hidden-side factors (gru_factors); gates (T, B, 3H)
+// = r, z, n; W = weight_hh (3H, H). Shared memory: (3·hidden·rows + blockDim.x) values.
+template <class T>
+__device__ void gru_persistent_backward(T* deltas, T* g, T* d2, const T* dstates, const T* K2,
+                                        const T* gates, const T* W, unsigned int* barrier,
+                                        int steps, int batch, int hidden, int rows,
+                                        int lanes) {
+  T* w = dynamic_shared<T>();                    // columns of W_hh (all 3H rows) of own units
+  const index_t H = hidden, width = 3 * H;
+  T* partial = w + rows * width;
+  const int first = blockIdx.x * rows, units = own_units(rows, hidden);
+  for (index_t k = threadIdx.x; k < units * width; k += blockDim.x)
+    w[k] = W[(k % width) * H + first + k / width];
+  const index_t bh = (index_t)batch * H;
+  for (int t = steps - 1; t >= 0; --t) {
+    __syncthreads();  // this block's g (and, at t = T − 1, W) written
+    T* d = d2 + (t % 2) * batch * width;
+    for (int o = threadIdx.x; o < units * batch; o += blockDim.x) {
+      const int b = o / units;
+      const index_t j = first + o % units, e = b * H + j;
+      const T gt = g[e] + GPURNN_FAULT_SIGN * dstates[t * bh + e];  // dL/dh_t
+      deltas[t * bh + e] = gt;
+      for (int k = 0; k < 3; ++k)                                   // δʰ = dL/dh_t ⊙ K2_t
+        d[b * width + k * H + j] = gt * K2[((t * batch + b) * 3 + k) * H + j];
+    }
+    grid_barrier(barrier);  // δʰ complete everywhere before any block multiplies it
+    block_rows_times(w, d, units, batch, (int)width, lanes, partial,
+                     GruBackwardStore<T>{g, deltas + t * bh, gates + t * batch * width, hidden,
+                                         first});
+  }
+}
+
 }  // namespace gpurnn
 
 #define GPURNN_PERSISTENT(S, T)                                                                \
@@ -126,8 +223,22 @@ __device__ void elman_persistent_backward(T* deltas, T* g, const T* dstates, con
     gpurnn::elman_persistent_backward(deltas, g, dstates, states, W, barrier, steps, batch,    \
                                       hidden, rows, lanes, act);                               \
   }                                                                                            \
+  extern "C" __global__ void gru_persistent_forward_##S(                                       \
+      T* states, T* gates, T* hn, const T* h0, const T* W, const T* b_hn,                      \
+      unsigned int* barrier, int steps, int batch, int hidden, int rows, int lanes) {          \
+    gpurnn::gru_persistent_forward(states, gates, hn, h0, W, b_hn, barrier, steps, batch,      \
+                                   hidden, rows, lanes);                                       \
+  }                                                                                            \
+  extern "C" __global__ void gru_persistent_backward_##S(                                      \
+      T* deltas, T* g, T* d2, const T* dstates, const T* K2, const T* gates, const T* W,       \
+      unsigned int* barrier, int steps, int batch, int hidden, int rows, int lanes) {          \
+    gpurnn::gru_persistent_backward(deltas, g, d2, dstates, K2, gates, W, barrier, steps,      \
+                                    batch, hidden, rows, lanes);                               \
+  }                                                                                            \
   GPURNN_EXPORT(elman_persistent_forward_##S)                                                  \
-  GPURNN_EXPORT(elman_persistent_backward_##S)
+  GPURNN_EXPORT(elman_persistent_backward_##S)                                                 \
+  GPURNN_EXPORT(gru_persistent_forward_##S)                                                    \
+  GPURNN_EXPORT(gru_persistent_backward_##S)
 
 GPURNN_PERSISTENT(f32, float)
 GPURNN_PERSISTENT(f64, double)
