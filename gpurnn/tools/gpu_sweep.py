@@ -220,7 +220,8 @@ def summary_table(checks, rows) -> str:
     lines = ["check                                                     error      result"]
     for c in checks:
         error = "" if c.get("error") is None else f"{c['error']:.1e}"
-        verdict = "pass" if c["passed"] else "FAIL " + str(c.get("detail", ""))
+        verdict = ("skipped: " + c["skipped"] if "skipped" in c else
+                   "pass" if c["passed"] else "FAIL " + str(c.get("detail", "")))
         lines.append(f"{c['check'][:56]:<57} {error:<10} {verdict}")
     measured = [r for r in rows if "tokens_per_s" in r]
     if measured:
