@@ -23,6 +23,7 @@ __all__ = ["launcher_for", "emulate_on_host", "elman_forward", "elman_backward_s
            "gru_forward", "gru_backward_stepper", "lstm_forward", "lstm_backward_stepper",
            "softmax_cross_entropy", "optimizer_update", "elman_forward_persistent",
            "elman_backward_persistent", "gru_forward_persistent", "gru_backward_persistent",
+           "lstm_forward_persistent", "lstm_backward_persistent",
            "OPTIMIZERS"]
 
 _cuda_launcher = None
@@ -206,6 +207,43 @@ def gru_backward_persistent(cell, params, xin, h0, states, dstates, launch, thre
            (deltas, xp.zeros((batch, H), dtype=states.dtype),
             xp.empty((2, batch, 3 * H), dtype=states.dtype), _contiguous(xp, dstates),
             xin.K2, xin.gates, _contiguous(xp, params["weight_hh"]),
+            xp.zeros(2, dtype=xp.uint32), steps, batch, H, rows, lanes), shared_mem=shared)
+    return deltas
+
+
+def lstm_forward_persistent(cell, params, xin, h0, launch, threads=None, lanes=None):
+    """``LSTMCell.forward`` as one persistent cooperative kernel (the rows of W_hh for a
+    block's units, all four gates, in shared memory); fills the same gate cache (i, f, g, o)
+    and returns the states (T, B, [h, c])."""
+    xp = get_array_module(h0)
+    gates = xin.gates
+    steps, batch, width = gates.shape
+    H = width // 4
+    blocks, threads, lanes, rows, shared = _persistent_shape(
+        "lstm_persistent_forward", h0.dtype, H, launch, threads, lanes, 4 * H + 4 * batch)
+    states = cell.workspace.empty("gate_states", (steps, batch, 2 * H), h0.dtype, xp)
+    launch("lstm_persistent_forward", h0.dtype, (blocks,), (threads,),
+           (states, gates, _contiguous(xp, h0), _contiguous(xp, params["weight_hh"]),
+            xp.zeros(2, dtype=xp.uint32), steps, batch, H, rows, lanes), shared_mem=shared)
+    return states
+
+
+def lstm_backward_persistent(cell, params, xin, h0, states, dstates, launch, threads=None,
+                             lanes=None):
+    """The LSTM's full-BPTT deltas dL/dS_t (T, B, 2H), what ``bptt.sweep`` returns with
+    ``truncate=None``, as one persistent cooperative kernel after the factors kernel (which
+    leaves ``xin.K``, ``xin.K2`` for ``param_grads``)."""
+    xp = get_array_module(states)
+    steps, batch, width = states.shape
+    H = width // 2
+    lstm_backward_stepper(cell, params, xin, h0, states, launch)     # K, ∂h/∂c for all steps
+    blocks, threads, lanes, rows, shared = _persistent_shape(
+        "lstm_persistent_backward", states.dtype, H, launch, threads, lanes, 4 * H)
+    deltas = xp.empty(states.shape, dtype=states.dtype)
+    launch("lstm_persistent_backward", states.dtype, (blocks,), (threads,),
+           (deltas, xp.zeros((batch, 2 * H), dtype=states.dtype),
+            xp.empty((2, batch, 4 * H), dtype=states.dtype), _contiguous(xp, dstates),
+            xin.K, xin.K2, xin.gates, _contiguous(xp, params["weight_hh"]),
             xp.zeros(2, dtype=xp.uint32), steps, batch, H, rows, lanes), shared_mem=shared)
     return deltas
 

@@ -3,8 +3,8 @@
 Training throughput (forward, BPTT, SGD update; tokens/s) against the sequence length T:
 gpurnn plain and fused beside PyTorch's cuDNN ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` on the
 same sizes (an embedding, the recurrent layer, a linear layer and the cross-entropy), with
-peak GPU memory; plus the Elman and GRU recurrences alone at a small batch, per-step
-launches against the persistent kernels. One call measures one TF32 setting: the process's
+peak GPU memory; plus each cell's recurrence alone at a small batch, per-step launches
+against the persistent kernels. One call measures one TF32 setting: the process's
 ``CUPY_TF32`` (read by CuPy at import) must match ``tf32``, which sets PyTorch's.
 On the CPU the same code runs with PyTorch's CPU modules (what the tests use).
 """
@@ -67,9 +67,9 @@ def _torch_step(cell, steps, batch, device, sizes):
 def _recurrence(cell_name, steps, batch, device, sizes, persistent):
     """A recurrence alone (no input projection, output layer or weight gradients): forward
     and full backward sweep, per-step launches (the plain path) or the two persistent
-    kernels. Elman or GRU, float32."""
+    kernels. Elman, GRU or LSTM, float32."""
     from ..engine.cells import ElmanCell
-    from ..engine.gated import GRUCell
+    from ..engine.gated import GRUCell, LSTMCell
     xp = backend.get_device(device).xp
     rng = numpy.random.default_rng(0)
     H = sizes["hidden"]
@@ -77,11 +77,12 @@ def _recurrence(cell_name, steps, batch, device, sizes, persistent):
     def draw(*shape, scale=1.0):
         return xp.asarray(rng.standard_normal(shape) * scale, dtype="float32")
 
-    dstates, h0 = draw(steps, batch, H), xp.zeros((batch, H), dtype="float32")
+    width = {"elman": 1, "gru": 1, "lstm": 2}[cell_name] * H               # the state's
+    dstates, h0 = draw(steps, batch, width), xp.zeros((batch, width), dtype="float32")
     launch = fused.launcher_for(Plan(kernels="fused"), h0)
     if cell_name == "elman":
-        cell, params, xin = ElmanCell("tanh"), {"W": draw(H, H, scale=H ** -0.5)}, draw(
-            steps, batch, H)
+        cell, params = ElmanCell("tanh"), {"W": draw(H, H, scale=H ** -0.5)}
+        xin = draw(steps, batch, H)
 
         def plain():
             states = cell.forward(params, xin, h0, steps)
@@ -91,22 +92,25 @@ def _recurrence(cell_name, steps, batch, device, sizes, persistent):
             states = fused.elman_forward_persistent(params, xin, h0, "tanh", launch)
             fused.elman_backward_persistent(params, states, dstates, "tanh", launch)
         return persistent_kernels if persistent else plain
-    cell = GRUCell()
-    params = {"weight_ih": draw(3 * H, 1), "weight_hh": draw(3 * H, H, scale=H ** -0.5),
-              "bias_ih": draw(3 * H), "bias_hh": draw(3 * H)}
+    cell_class, G = (GRUCell, 3) if cell_name == "gru" else (LSTMCell, 4)
+    cell = cell_class()
+    params = {"weight_ih": draw(G * H, 1), "weight_hh": draw(G * H, H, scale=H ** -0.5),
+              "bias_ih": draw(G * H), "bias_hh": draw(G * H)}
     xin = cell.project_inputs(params, draw(steps, batch, 1))
-    projected = xin.gates.copy()            # the forward turns the gate buffer into r, z, n
+    projected = xin.gates.copy()            # the forward turns the gate buffer into gates
+    forward = getattr(fused, f"{cell_name}_forward_persistent")
+    backward = getattr(fused, f"{cell_name}_backward_persistent")
 
-    def gru_plain():
+    def gated_plain():
         xin.gates[...] = projected
         states = cell.forward(params, xin, h0, steps)
         bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
 
-    def gru_persistent():
+    def gated_persistent():
         xin.gates[...] = projected
-        states = fused.gru_forward_persistent(cell, params, xin, h0, launch)
-        fused.gru_backward_persistent(cell, params, xin, h0, states, dstates, launch)
-    return gru_persistent if persistent else gru_plain
+        states = forward(cell, params, xin, h0, launch)
+        backward(cell, params, xin, h0, states, dstates, launch)
+    return gated_persistent if persistent else gated_plain
 
 
 class _Memory:
@@ -168,7 +172,7 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
         rows += _measure({"cell": cell, "T": T, "B": batch, "H": hidden, "tf32": tf32,
                           "step": "train"}, makers, device, memory, repeats, deadline)
     for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
-        for cell in ("elman", "gru"):
+        for cell in ("elman", "gru", "lstm"):
             makers = {name: (lambda p=persistent: _recurrence(cell, T, sizes["small_batch"],
                                                               device, sizes, p))
                       for name, persistent in (("gpurnn-plain", False),

@@ -6,8 +6,8 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
    runs on NumPy and CuPy, the fused kernels on the GPU included), when the tests are there;
 2. **exactness** — every cell (Elman with each activation, GRU, LSTM, a stack) in float64,
    loss and gradients on CuPy, plain and fused, against NumPy;
-3. **fused** — fused against plain on the GPU in float32, the persistent Elman and GRU
-   forward and backward against the per-step ones (also captured in one CUDA graph and replayed), the
+3. **fused** — fused against plain on the GPU in float32, the persistent Elman, GRU and
+   LSTM forward and backward against the per-step ones (also captured in one CUDA graph and replayed), the
    optimizer kernels against their NumPy updates;
 4. **sweep** (:mod:`gpurnn.tools.gpu_sweep`) — training throughput (forward, BPTT, SGD update; tokens/s) against the
    sequence length T, gpurnn plain and fused beside PyTorch's cuDNN ``nn.RNN`` / ``nn.GRU``
@@ -105,8 +105,8 @@ PERSISTENT_SHAPES = ((50, 8, 256), (20, 3, 1024))  # (steps, batch, hidden) chec
 
 
 def fused_checks(device="cuda", persistent_shapes=None) -> list:
-    """float32 fused against plain on ``device``; the persistent Elman and GRU forward and
-    backward against the per-step ones for each (steps, batch, hidden); the optimizer
+    """float32 fused against plain on ``device``; the persistent Elman, GRU and LSTM forward
+    and backward against the per-step ones for each (steps, batch, hidden); the optimizer
     kernels against NumPy (float64)."""
     rng = numpy.random.default_rng(1)
     results = []
@@ -119,7 +119,7 @@ def fused_checks(device="cuda", persistent_shapes=None) -> list:
     xp = backend.get_device(device).xp
     for dtype, tolerance in (("float64", EXACT), ("float32", FUSED32)):
         for shape in persistent_shapes or PERSISTENT_SHAPES:
-            for check in (_persistent_elman, _persistent_gru):
+            for check in (_persistent_elman, _persistent_gru, _persistent_lstm):
                 try:
                     results += check(xp, rng, dtype, tolerance, *shape)
                 except ValueError as error:  # W's slices do not fit on this GPU's chip
@@ -169,35 +169,46 @@ def _persistent_elman(xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
                       ("backward", _relative(got_deltas, deltas))])
 
 
-def _persistent_gru(xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
-    """The persistent GRU forward and backward (with the plain weight gradients after
-    them) against the per-step path."""
-    from ..engine.gated import GRUCell
+def _persistent_gated(cell_name, xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
+    """The persistent GRU or LSTM forward and backward (with the plain weight gradients
+    after them) against the per-step path."""
+    from ..engine.gated import GRUCell, LSTMCell
+    cell_class, G, S = (GRUCell, 3, 1) if cell_name == "gru" else (LSTMCell, 4, 2)
 
     def draw(*shape, scale=1.0):
         return xp.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
 
-    params = {"weight_ih": draw(3 * hidden, 16), "bias_ih": draw(3 * hidden),
-              "weight_hh": draw(3 * hidden, hidden, scale=hidden ** -0.5),
-              "bias_hh": draw(3 * hidden)}
-    inputs, h0, dstates = draw(steps, batch, 16), draw(batch, hidden), draw(steps, batch, hidden)
+    params = {"weight_ih": draw(G * hidden, 16), "bias_ih": draw(G * hidden),
+              "weight_hh": draw(G * hidden, hidden, scale=hidden ** -0.5),
+              "bias_hh": draw(G * hidden)}
+    inputs, h0 = draw(steps, batch, 16), draw(batch, S * hidden)
+    dstates = draw(steps, batch, S * hidden)
     launch = fused.launcher_for(Plan(kernels="fused"), h0)
     results = []
     for persistent in (False, True):
-        cell = GRUCell()
+        cell = cell_class()
         xin = cell.project_inputs(params, inputs)
         if persistent:
-            states = fused.gru_forward_persistent(cell, params, xin, h0, launch)
-            deltas = fused.gru_backward_persistent(cell, params, xin, h0, states, dstates,
-                                                   launch)
+            states = getattr(fused, f"{cell_name}_forward_persistent")(cell, params, xin, h0,
+                                                                       launch)
+            deltas = getattr(fused, f"{cell_name}_backward_persistent")(
+                cell, params, xin, h0, states, dstates, launch)
         else:
             states = cell.forward(params, xin, h0, steps)
             deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
         grads = cell.param_grads(params, inputs, xin, h0, states, deltas)
         results.append((states.copy(), grads["weight_hh"]))
-    return _verdicts("GRU", dtype, tolerance, steps, batch, hidden,
+    return _verdicts(cell_name.upper(), dtype, tolerance, steps, batch, hidden,
                      [("forward", _relative(results[1][0], results[0][0])),
                       ("backward (dW_hh)", _relative(results[1][1], results[0][1]))])
+
+
+def _persistent_gru(*args) -> list:
+    return _persistent_gated("gru", *args)
+
+
+def _persistent_lstm(*args) -> list:
+    return _persistent_gated("lstm", *args)
 
 
 def _graph_check(rng, steps=40, batch=8, hidden=256) -> dict:

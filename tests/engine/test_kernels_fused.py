@@ -13,7 +13,7 @@ import pytest
 from gpurnn.engine import bptt, fused
 from gpurnn.engine.backend import get_device, to_host
 from gpurnn.engine.cells import ElmanCell
-from gpurnn.engine.gated import GRUCell
+from gpurnn.engine.gated import GRUCell, LSTMCell
 from gpurnn.engine.factory import make_model
 from gpurnn.engine.kernels import host
 from gpurnn.engine.plan import Plan
@@ -68,9 +68,13 @@ def test_fused_models_match_plain(cell, layers, embedding, truncate, dtype, devi
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_persistent_gru_matches_plain(dtype, device, launch):
-    """The GRU's forward and full backward sweep as two persistent kernels, then the plain
-    parameter gradients, against the plain per-step path."""
+@pytest.mark.parametrize("cell_name", ["gru", "lstm"])
+def test_the_persistent_gated_cells_match_plain(cell_name, dtype, device, launch):
+    """A gated cell's forward and full backward sweep as two persistent kernels, then the
+    plain parameter gradients, against the plain per-step path."""
+    cell_class, G, S = (GRUCell, 3, 1) if cell_name == "gru" else (LSTMCell, 4, 2)
+    forward = getattr(fused, f"{cell_name}_forward_persistent")
+    backward = getattr(fused, f"{cell_name}_backward_persistent")
     rng = np.random.default_rng(6)
     xp = get_device(device).xp
     steps, batch, hidden = 6, 3, 20
@@ -78,19 +82,19 @@ def test_the_persistent_gru_matches_plain(dtype, device, launch):
     def arr(*shape, scale=1.0):
         return xp.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
 
-    params = {"weight_ih": arr(3 * hidden, 5), "weight_hh": arr(3 * hidden, hidden, scale=0.3),
-              "bias_ih": arr(3 * hidden), "bias_hh": arr(3 * hidden)}
-    inputs, h0, dstates = arr(steps, batch, 5), arr(batch, hidden), arr(steps, batch, hidden)
+    params = {"weight_ih": arr(G * hidden, 5), "weight_hh": arr(G * hidden, hidden, scale=0.3),
+              "bias_ih": arr(G * hidden), "bias_hh": arr(G * hidden)}
+    inputs, h0 = arr(steps, batch, 5), arr(batch, S * hidden)
+    dstates = arr(steps, batch, S * hidden)
     runner = launch if device == "cpu" else fused.launcher_for(Plan(kernels="fused"), h0)
     lanes = 8 if device == "cpu" else None
     results = []
     for persistent in (False, True):
-        cell = GRUCell()
+        cell = cell_class()
         xin = cell.project_inputs(params, inputs)
         if persistent:
-            states = fused.gru_forward_persistent(cell, params, xin, h0, runner, lanes=lanes)
-            deltas = fused.gru_backward_persistent(cell, params, xin, h0, states, dstates,
-                                                   runner, lanes=lanes)
+            states = forward(cell, params, xin, h0, runner, lanes=lanes)
+            deltas = backward(cell, params, xin, h0, states, dstates, runner, lanes=lanes)
         else:
             states = cell.forward(params, xin, h0, steps)
             deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)

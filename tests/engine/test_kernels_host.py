@@ -186,42 +186,54 @@ def check_persistent(launch, dtype, rng):
     return out
 
 
-def check_persistent_gru(launch, dtype, rng):
+def _check_persistent_gated(launch, dtype, rng, cell_class, forward, backward, G, S):
+    """G gates, state width S·H: the persistent forward and backward kernels, then the
+    plain weight gradients, against the per-step path."""
     out = {}
     for T, B, H, sms, threads, lanes in ((5, 3, 7, 3, 32, 8), (3, 2, 9, 9, 16, 4)):
-        params = {"weight_ih": random(rng, (3 * H, 4), dtype),
-                  "weight_hh": random(rng, (3 * H, H), dtype, 1 / np.sqrt(H)),
-                  "bias_ih": random(rng, 3 * H, dtype), "bias_hh": random(rng, 3 * H, dtype)}
-        inputs, h0 = random(rng, (T, B, 4), dtype), random(rng, (B, H), dtype)
-        dstates = random(rng, (T, B, H), dtype)
+        params = {"weight_ih": random(rng, (G * H, 4), dtype),
+                  "weight_hh": random(rng, (G * H, H), dtype, 1 / np.sqrt(H)),
+                  "bias_ih": random(rng, G * H, dtype), "bias_hh": random(rng, G * H, dtype)}
+        inputs, h0 = random(rng, (T, B, 4), dtype), random(rng, (B, S * H), dtype)
+        dstates = random(rng, (T, B, S * H), dtype)
         results = []
         for persistent in (False, True):
-            cell = GRUCell()
+            cell = cell_class()
             xin = cell.project_inputs(params, inputs)
             if persistent:
                 runner = host.HostLauncher(launch.path, multiprocessors=sms)
-                states = fused.gru_forward_persistent(cell, params, xin, h0, runner, threads,
-                                                      lanes)
-                deltas = fused.gru_backward_persistent(cell, params, xin, h0, states, dstates,
-                                                       runner, threads, lanes)
+                states = forward(cell, params, xin, h0, runner, threads, lanes)
+                deltas = backward(cell, params, xin, h0, states, dstates, runner, threads,
+                                  lanes)
             else:
                 states = cell.forward(params, xin, h0, T)
                 deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
             grads = cell.param_grads(params, inputs, xin, h0, states, deltas)
             results.append({"states": states.copy(), "gates": xin.gates.copy(),
-                            "hn": xin.extra.copy(), "deltas": deltas.copy(), **grads})
+                            "deltas": deltas.copy(), **grads})
         for name in results[0]:
-            out[f"persistent GRU {name} T={T} B={B} H={H}"] = (results[1][name],
-                                                                results[0][name])
+            out[f"persistent {cell_class.__name__} {name} T={T} B={B} H={H}"] = (
+                results[1][name], results[0][name])
     return out
+
+
+def check_persistent_gru(launch, dtype, rng):
+    return _check_persistent_gated(launch, dtype, rng, GRUCell, fused.gru_forward_persistent,
+                                   fused.gru_backward_persistent, 3, 1)
+
+
+def check_persistent_lstm(launch, dtype, rng):
+    return _check_persistent_gated(launch, dtype, rng, LSTMCell, fused.lstm_forward_persistent,
+                                   fused.lstm_backward_persistent, 4, 2)
 
 
 CHECKS = {"elman_step": check_elman_step, "elman_delta": check_elman_delta, "gru": check_gru,
           "lstm": check_lstm, "softmax": check_softmax, "optimizers": check_optimizers,
-          "persistent": check_persistent, "persistent_gru": check_persistent_gru}
+          "persistent": check_persistent, "persistent_gru": check_persistent_gru,
+          "persistent_lstm": check_persistent_lstm}
 # The checks whose family carries a planted sign under -DGPURNN_FAULT_SIGN=-1.
 FAULTED = ("elman_step", "gru", "lstm", "softmax", "optimizers", "persistent",
-           "persistent_gru")
+           "persistent_gru", "persistent_lstm")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

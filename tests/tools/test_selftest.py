@@ -73,9 +73,9 @@ def test_the_whole_command_writes_its_results(launch, tmp_path, monkeypatch, cap
     assert status == 0
     report = json.loads((tmp_path / "selftest.json").read_text())
     checks = report["checks"]
-    # per cell: float64 plain and fused, float32 fused; persistent: 2 dtypes × (Elman, GRU)
-    # × (forward, backward); the optimizers; no CUDA graph without a GPU
-    assert len(checks) == 3 * len(selftest.CELLS) + 8 + len(fused.OPTIMIZERS)
+    # per cell: float64 plain and fused, float32 fused; persistent: 2 dtypes × (Elman, GRU,
+    # LSTM) × (forward, backward); the optimizers; no CUDA graph without a GPU
+    assert len(checks) == 3 * len(selftest.CELLS) + 12 + len(fused.OPTIMIZERS)
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert {r["tf32"] for r in rows} == {False, True}

@@ -78,6 +78,11 @@ KERNELS = {
     "gru_persistent_backward": Kernel("persistent.cu", ("T*", "T*", "T*", "T*", "T*", "T*",
                                                         "T*", "u32*", "i32", "i32", "i32",
                                                         "i32", "i32"), "grid"),
+    "lstm_persistent_forward": Kernel("persistent.cu", ("T*", "T*", "T*", "T*", "u32*", "i32",
+                                                        "i32", "i32", "i32", "i32"), "grid"),
+    "lstm_persistent_backward": Kernel("persistent.cu", ("T*", "T*", "T*", "T*", "T*", "T*",
+                                                         "T*", "T*", "u32*", "i32", "i32",
+                                                         "i32", "i32", "i32"), "grid"),
 }
 
 _SUFFIX = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64"}
