@@ -137,7 +137,7 @@ class _Memory:
 
 
 def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
-          repeats=5, cells=("elman", "gru", "lstm")) -> list:
+          repeats=5, cells=("elman", "gru", "lstm"), progress=None, with_torch=True) -> list:
     """Rows {cell, T, B, H, step, system, tf32, tokens_per_s, seconds (median), min_s,
     max_s, peak_bytes} of the sweep; a row has ``error`` or ``skipped`` instead where a
     system failed or the ``deadline`` (time.time()) had passed.
@@ -145,17 +145,20 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
     Per configuration, each system's peak memory is taken alone (one step after a reset);
     then the systems' timed steps are interleaved, ``repeats`` rounds, so that a change in
     the machine's state hits them alike. Runs in a process whose CUPY_TF32 matches ``tf32``.
+    ``progress(rows)`` is called after each configuration; ``with_torch=False`` leaves
+    PyTorch out.
     """
     sizes = {**SWEEP, **(sizes or {})}
     torch_ok = False
-    try:
-        import torch
-        torch_ok = torch.cuda.is_available() if device.startswith("cuda") else True
-        if torch_ok and device.startswith("cuda"):
-            torch.backends.cudnn.allow_tf32 = tf32
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-    except ImportError:
-        pass
+    if with_torch:
+        try:
+            import torch
+            torch_ok = torch.cuda.is_available() if device.startswith("cuda") else True
+            if torch_ok and device.startswith("cuda"):
+                torch.backends.cudnn.allow_tf32 = tf32
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+        except ImportError:
+            pass
     torch_name = "torch-cudnn" if device.startswith("cuda") else "torch"
     memory = _Memory(device)
     H, B = sizes["hidden"], sizes["batch"]
@@ -171,6 +174,8 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
             makers[torch_name] = lambda: _torch_step(cell, T, batch, device, size)
         rows += _measure({"cell": cell, "T": T, "B": batch, "H": hidden, "tf32": tf32,
                           "step": "train"}, makers, device, memory, repeats, deadline)
+        if progress:
+            progress(rows)
     for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
         for cell in ("elman", "gru", "lstm"):
             makers = {name: (lambda p=persistent: _recurrence(cell, T, sizes["small_batch"],
@@ -180,6 +185,8 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
             rows += _measure({"cell": cell, "T": T, "B": sizes["small_batch"], "H": H,
                               "tf32": tf32, "step": "recurrence"}, makers, device, memory,
                              repeats, deadline)
+            if progress:
+                progress(rows)
     return rows
 
 

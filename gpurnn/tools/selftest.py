@@ -23,6 +23,7 @@ only when every check passed. Without a usable GPU it stops at once with one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -86,47 +87,44 @@ def _compare(name, got, expected, tolerance) -> dict:
     return {"check": name, "error": worst, "tolerance": tolerance, "passed": worst <= tolerance}
 
 
-def exactness_checks(device="cuda") -> list:
+def exactness_checks(device="cuda"):
     """float64 loss, gradients and last state of every cell on ``device``, plain and fused,
-    against NumPy."""
+    against NumPy; yields one verdict per check as it completes."""
     rng = numpy.random.default_rng(0)
-    results = []
     for cell, kw in CELLS:
         data = _data(rng)
         expected = _loss_and_grads(cell, kw, "float64", "cpu", "plain", data)
         for kernels in ("plain", "fused"):
             got = _loss_and_grads(cell, kw, "float64", device, kernels, data)
-            results.append(_compare(f"float64 {cell} {kw or ''} {kernels} vs NumPy".replace(
-                "  ", " "), got, expected, EXACT))
-    return results
+            yield _compare(f"float64 {cell} {kw or ''} {kernels} vs NumPy".replace("  ", " "),
+                           got, expected, EXACT)
 
 
 PERSISTENT_SHAPES = ((50, 8, 256), (20, 3, 1024))  # (steps, batch, hidden) checked
 
 
-def fused_checks(device="cuda", persistent_shapes=None) -> list:
+def fused_checks(device="cuda", persistent_shapes=None):
     """float32 fused against plain on ``device``; the persistent Elman, GRU and LSTM forward
     and backward against the per-step ones for each (steps, batch, hidden); the optimizer
-    kernels against NumPy (float64)."""
+    kernels against NumPy (float64); yields one verdict per check as it completes."""
     rng = numpy.random.default_rng(1)
-    results = []
     for cell, kw in CELLS:
         data = _data(rng)
         plain = _loss_and_grads(cell, kw, "float32", device, "plain", data)
         got = _loss_and_grads(cell, kw, "float32", device, "fused", data)
-        results.append(_compare(f"float32 {cell} {kw or ''} fused vs plain".replace("  ", " "),
-                                got, plain, FUSED32))
+        yield _compare(f"float32 {cell} {kw or ''} fused vs plain".replace("  ", " "), got,
+                       plain, FUSED32)
     xp = backend.get_device(device).xp
     for dtype, tolerance in (("float64", EXACT), ("float32", FUSED32)):
         for shape in persistent_shapes or PERSISTENT_SHAPES:
             for check in (_persistent_elman, _persistent_gru, _persistent_lstm):
                 try:
-                    results += check(xp, rng, dtype, tolerance, *shape)
+                    yield from check(xp, rng, dtype, tolerance, *shape)
                 except ValueError as error:  # W's slices do not fit on this GPU's chip
-                    results.append({"check": f"{dtype} {check.__name__[1:]} {shape}",
-                                    "passed": True, "error": None, "skipped": str(error)})
+                    yield {"check": f"{dtype} {check.__name__[1:]} {shape}", "passed": True,
+                           "error": None, "skipped": str(error)}
     if backend.is_device_array(xp.zeros(1)):
-        results.append(_graph_check(rng))
+        yield _graph_check(rng)
     for name in fused.OPTIMIZERS:
         start = rng.standard_normal((64, 33))
         grads = [rng.standard_normal(start.shape) for _ in range(3)]
@@ -139,9 +137,8 @@ def fused_checks(device="cuda", persistent_shapes=None) -> list:
                 opt.step(param, {"p": backend.to_device(g, dev)})
             finals.append(param["p"])
         error = _relative(finals[1], finals[0])
-        results.append({"check": f"float64 {name} update, fused vs NumPy", "error": error,
-                        "tolerance": EXACT, "passed": error <= EXACT})
-    return results
+        yield {"check": f"float64 {name} update, fused vs NumPy", "error": error,
+               "tolerance": EXACT, "passed": error <= EXACT}
 
 
 def _verdicts(name, dtype, tolerance, steps, batch, hidden, errors) -> list:
@@ -272,6 +269,13 @@ def suite(timeout) -> dict:
 
 
 # ---------------------------------------------------------------------- command
+# --dry-run: every stage on the CPU, kernels emulated (gpurnn.engine.kernels.host), tiny sizes:
+# the command's own plumbing checked before a GPU is spent on it.
+DRY_RUN = dict(persistent_shapes=((4, 2, 7),), lengths=(3, 5), repeats=1, with_torch=False,
+               sizes=dict(vocab=9, hidden=4, batch=2, small_batch=1))
+CHECKS_S = 150            # at most this for the exactness and fused checks
+
+
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--device", default="cuda",
                         help="the GPU to check: cuda or cuda:N (default: cuda)")
@@ -281,63 +285,85 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--budget", type=float, default=BUDGET_S,
                         help=f"seconds for the whole command (default: {BUDGET_S})")
     parser.add_argument("--no-suite", action="store_true", help="skip the pytest stage")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run every stage on the CPU with the kernels emulated and tiny "
+                             "sizes, writing under OUTPUT/dry-run: checks the command itself")
 
 
-def _sweep_in_subprocess(device, tf32, deadline, output) -> list:
-    """The sweep in a fresh process with CUPY_TF32 set: CuPy reads it at import."""
-    env = {**os.environ, "CUPY_TF32": "1" if tf32 else "0"}
-    out = output / f"sweep-tf32-{'on' if tf32 else 'off'}.part.json"
-    command = [sys.executable, "-m", "gpurnn.tools.selftest", "--sweep-worker", device,
-               str(int(tf32)), str(deadline), str(out)]
-    timeout = max(10.0, deadline - time.time() + 120)
-    try:
-        subprocess.run(command, env=env, check=True, timeout=timeout)
-        rows = json.loads(out.read_text())
-    except (subprocess.SubprocessError, OSError, ValueError) as error:
-        rows = [{"cell": "-", "T": 0, "B": 0, "system": "sweep", "tf32": tf32, "step": "train",
-                 "error": f"sweep process failed: {error}"}]
+def _worker(argv, name, output, timeout, env=None):
+    """Run a stage in a fresh process (``python -m gpurnn.tools.selftest --NAME-worker``),
+    which records each result as it completes: a hang or crash costs only the rest of that
+    stage. Returns (records, problem or None)."""
+    out = output / f"{name}.part.json"
     out.unlink(missing_ok=True)
-    return rows
+    command = [sys.executable, "-m", "gpurnn.tools.selftest", f"--{name}-worker", *argv,
+               str(out)]
+    problem = None
+    try:
+        subprocess.run(command, env=env, check=True, timeout=max(10.0, timeout))
+    except subprocess.TimeoutExpired:
+        problem = (f"{name} process stopped after {timeout:.0f} s: the item after the last "
+                   f"one recorded did not finish")
+    except (subprocess.SubprocessError, OSError) as error:
+        problem = f"{name} process failed: {error}"
+    records = json.loads(out.read_text()) if out.exists() else []
+    out.unlink(missing_ok=True)
+    return records, problem
 
 
 def execute(args) -> int:
+    if args.dry_run:
+        return run(backend.Device("cpu"), pathlib.Path(args.output) / "dry-run", args.budget,
+                   with_suite=not args.no_suite, dry_run=True)
     device = backend.get_device(args.device)   # no usable GPU: RuntimeError, one line
     if device.kind != "cuda":
-        raise UsageError("selftest checks the GPU path: give --device cuda or cuda:N")
+        raise UsageError("selftest checks the GPU path: give --device cuda or cuda:N "
+                         "(or --dry-run to check the command on the CPU)")
     return run(device, pathlib.Path(args.output), args.budget, with_suite=not args.no_suite)
 
 
-def run(device, output, budget=BUDGET_S, with_suite=True) -> int:
+def run(device, output, budget=BUDGET_S, with_suite=True, dry_run=False) -> int:
     """Every stage on ``device`` (a :class:`gpurnn.engine.backend.Device`); writes the
-    results under ``output``, prints the table, returns the exit status."""
+    results under ``output`` (after each stage, so an interrupted run keeps what it did),
+    prints the table, returns the exit status."""
     start = time.time()
     from .bench import machine_info
 
     output.mkdir(parents=True, exist_ok=True)
     budget_end = start + budget
-    checks = []
+    info = {**machine_info(), "device": str(device), "dry_run": dry_run,
+            "sweep_sizes": DRY_RUN["sizes"] if dry_run else SWEEP,
+            "lengths": DRY_RUN["lengths"] if dry_run else LENGTHS,
+            "CUPY_TF32 (checks)": os.environ.get("CUPY_TF32", "unset")}
+    checks, rows = [], []
+
+    def save():
+        info["seconds"] = round(time.time() - start, 1)
+        (output / "selftest.json").write_text(json.dumps({"machine": info, "checks": checks},
+                                                         indent=1) + "\n")
+        (output / "sweep.json").write_text(json.dumps({"machine": info, "rows": rows},
+                                                      indent=1) + "\n")
+
     if with_suite:
         checks.append(suite(min(SUITE_S, budget / 3)))
-    with device.use():
-        for stage in (exactness_checks, fused_checks):
-            try:
-                checks.extend(stage(str(device)))
-            except Exception as error:  # report it as a failed check, keep going
-                checks.append({"check": stage.__name__, "passed": False, "error": None,
-                               "detail": f"{type(error).__name__}: {error}"})
-    rows = []
-    remaining = budget_end - time.time()
+        save()
+    records, problem = _worker([str(device), str(int(dry_run))], "checks", output,
+                               min(CHECKS_S, budget / 3))
+    checks += records
+    if problem:
+        checks.append({"check": "checks", "passed": False, "error": None, "detail": problem})
+    save()
     for index, tf32 in enumerate((False, True)):
-        deadline = time.time() + remaining / (2 - index) - 20
-        rows += _sweep_in_subprocess(str(device), tf32, deadline, output)
-        remaining = budget_end - time.time()
-    info = {**machine_info(), "seconds": round(time.time() - start, 1), "device": str(device),
-            "sweep_sizes": SWEEP, "lengths": LENGTHS,
-            "CUPY_TF32 (checks)": os.environ.get("CUPY_TF32", "unset")}
-    (output / "selftest.json").write_text(json.dumps({"machine": info, "checks": checks},
-                                                     indent=1) + "\n")
-    (output / "sweep.json").write_text(json.dumps({"machine": info, "rows": rows},
-                                                  indent=1) + "\n")
+        deadline = time.time() + (budget_end - time.time()) / (2 - index) - 20
+        records, problem = _worker([str(device), str(int(tf32)), str(deadline),
+                                    str(int(dry_run))], "sweep", output,
+                                   deadline - time.time() + 60,
+                                   env={**os.environ, "CUPY_TF32": str(int(tf32))})
+        rows += records
+        if problem:
+            rows.append({"cell": "-", "T": 0, "B": 0, "H": 0, "system": "sweep", "tf32": tf32,
+                         "step": "train", "error": problem})
+        save()
     plot = plot_sweep(rows, output / "sweep.png")
     print(summary_table(checks, rows))
     print(f"wrote {output / 'selftest.json'}, {output / 'sweep.json'}"
@@ -345,15 +371,42 @@ def run(device, output, budget=BUDGET_S, with_suite=True) -> int:
     return 0 if all(c["passed"] for c in checks) else 1
 
 
+def _emulation(dry_run):
+    """Under --dry-run, fused plans run through the host emulation of the kernels."""
+    if not dry_run:
+        return contextlib.nullcontext()
+    from ..engine.kernels.host import HostLauncher
+    return fused.emulate_on_host(HostLauncher(block_size=8))
+
+
 def main(argv=None) -> int:
-    """``python -m gpurnn.tools.selftest`` (the same as ``gpurnn selftest``); the sweep's
-    worker processes enter here too."""
+    """``python -m gpurnn.tools.selftest`` (the same as ``gpurnn selftest``); the stages'
+    worker processes enter here too, writing their records to the last argument as they go."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--checks-worker"]:
+        device, dry, out = argv[1], bool(int(argv[2])), pathlib.Path(argv[3])
+        records = []
+        shapes = DRY_RUN["persistent_shapes"] if dry else None
+        with backend.get_device(device).use(), _emulation(dry):
+            for stage in (exactness_checks(device), fused_checks(device, shapes)):
+                try:
+                    for record in stage:
+                        records.append(record)
+                        out.write_text(json.dumps(records))
+                except Exception as error:  # report it as a failed check, go on
+                    records.append({"check": "checks", "passed": False, "error": None,
+                                    "detail": f"{type(error).__name__}: {error}"})
+                    out.write_text(json.dumps(records))
+        return 0
     if argv[:1] == ["--sweep-worker"]:
-        device, tf32, deadline, out = argv[1:5]
-        with backend.get_device(device).use():
-            rows = sweep(device, tf32=bool(int(tf32)), deadline=float(deadline))
-        pathlib.Path(out).write_text(json.dumps(rows))
+        device, tf32, deadline, dry, out = argv[1:6]
+        dry = bool(int(dry))
+        sizes = ({k: DRY_RUN[k] for k in ("lengths", "sizes", "repeats", "with_torch")}
+                 if dry else {})
+        with backend.get_device(device).use(), _emulation(dry):
+            sweep(device, tf32=bool(int(tf32)), deadline=float(deadline),
+                  progress=lambda rows: pathlib.Path(out).write_text(json.dumps(rows)),
+                  **sizes)
         return 0
     from .cli import main as cli_main
     return cli_main(["selftest", *argv])

@@ -39,11 +39,12 @@ def launch():
 def test_the_sweep_and_its_reports_run_on_the_cpu(launch, tmp_path):
     pytest.importorskip("torch")
     with fused.emulate_on_host(launch):
-        rows = gpu_sweep.sweep("cpu", lengths=(3, 5), cells=("gru",), repeats=1,
+        rows = gpu_sweep.sweep("cpu", lengths=(3,), cells=("gru",), repeats=1,
                               sizes=dict(vocab=17, hidden=6, batch=3, small_batch=2))
     assert not [r for r in rows if "error" in r or "skipped" in r], rows
     systems = {r["system"] for r in rows}
-    assert systems == {"gpurnn-plain", "gpurnn-fused", "torch", "gpurnn-persistent"}
+    assert systems == {"gpurnn-plain", "gpurnn-fused", "torch"}
+    assert {(r["B"], r["H"]) for r in rows} == {(3, 6), (2, 6), (3, 12)}  # + small B, wide H
     table = gpu_sweep.summary_table([{"check": "x", "error": 0.0, "passed": True}], rows)
     assert "gpurnn-fused" in table and "vs ref" in table
     assert gpu_sweep.plot_sweep(rows, tmp_path / "sweep.png") is None or \
@@ -57,26 +58,21 @@ def test_a_deadline_skips_what_it_cannot_start():
     assert rows and all(r.get("skipped") == "time budget" for r in rows)
 
 
-def test_the_whole_command_writes_its_results(launch, tmp_path, monkeypatch, capsys):
-    """``run`` end to end on the CPU: checks (emulated kernels), the sweep (in process here,
-    tiny), the JSON files, the plot and the table."""
-    monkeypatch.setattr(selftest, "PERSISTENT_SHAPES", ((4, 2, 7),))
-    small = host.HostLauncher(launch.path, block_size=8)  # few emulated threads: fast barriers
-
-    def tiny_sweep(device, tf32, deadline, output):
-        return gpu_sweep.sweep(device, tf32=tf32, lengths=(3,), cells=("elman",), repeats=1,
-                              sizes=dict(vocab=9, hidden=4, batch=2, small_batch=1))
-
-    monkeypatch.setattr(selftest, "_sweep_in_subprocess", tiny_sweep)
-    with fused.emulate_on_host(small):
-        status = selftest.run(backend.get_device("cpu"), tmp_path, budget=60, with_suite=False)
-    assert status == 0
-    report = json.loads((tmp_path / "selftest.json").read_text())
+def test_a_dry_run_goes_through_every_stage_on_the_cpu(launch, tmp_path):
+    """``gpurnn selftest --dry-run``: the checks and the sweep in their worker processes, on
+    the CPU with the kernels emulated, tiny sizes; the JSON files, the plot and the table."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-m", "gpurnn", "selftest", "--dry-run",
+                           "--no-suite", "--output", str(tmp_path), "--budget", "300"],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "dry-run" / "selftest.json").read_text())
     checks = report["checks"]
     # per cell: float64 plain and fused, float32 fused; persistent: 2 dtypes × (Elman, GRU,
     # LSTM) × (forward, backward); the optimizers; no CUDA graph without a GPU
     assert len(checks) == 3 * len(selftest.CELLS) + 12 + len(fused.OPTIMIZERS)
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
-    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "dry-run" / "sweep.json").read_text())["rows"]
     assert {r["tf32"] for r in rows} == {False, True}
-    assert "check" in capsys.readouterr().out
+    assert not [r for r in rows if "error" in r or "skipped" in r]
+    assert "vs ref" in done.stdout and "wrote" in done.stdout
