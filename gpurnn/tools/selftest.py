@@ -18,7 +18,10 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
 
 It writes ``selftest.json``, ``sweep.json`` and ``sweep.png`` under ``--output``
 (default ``benchmarks/results/gpu``) and prints one summary table; the exit status is 0
-only when every check passed. Without a usable GPU it stops at once with one line.
+only when every check passed. Without a usable GPU it stops at once with one line. Stages
+2–4 run in worker processes that record each result as it completes: a hang or a crash
+costs the rest of that stage only, and is reported. ``--dry-run`` runs every stage on the
+CPU with the kernels emulated and tiny sizes.
 """
 from __future__ import annotations
 
