@@ -101,7 +101,7 @@ __device__ __forceinline__ void grid_barrier(unsigned int* bar) {
     unsigned int seen = *generation;
     __threadfence();  // this block's writes before its arrival
     if (atomicAdd(bar, 1u) == gridDim.x - 1) {
-      bar[0] = 0;
+      atomicExch(bar, 0u);  // reset for the next barrier, before anyone is released
       __threadfence();
       atomicAdd(bar + 1, 1u);  // release the others
     } else {

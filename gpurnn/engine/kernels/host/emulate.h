@@ -54,6 +54,9 @@ inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
   return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST);
 }
+inline unsigned int atomicExch(unsigned int* address, unsigned int value) {
+  return __atomic_exchange_n(address, value, __ATOMIC_SEQ_CST);
+}
 
 namespace gpurnn {
 template <class T> inline T* dynamic_shared() {
