@@ -76,3 +76,14 @@ def test_a_dry_run_goes_through_every_stage_on_the_cpu(launch, tmp_path):
     assert {r["tf32"] for r in rows} == {False, True}
     assert not [r for r in rows if "error" in r or "skipped" in r]
     assert "vs ref" in done.stdout and "wrote" in done.stdout
+
+
+@pytest.mark.parametrize("status,summary,require_ran,passed", [
+    (0, "310 passed, 4 skipped, 700 deselected in 80s", True, True),
+    (1, "300 passed, 10 failed, 4 skipped in 80s", True, False),
+    (0, "1 passed, 223 skipped, 700 deselected in 3s", True, False),   # CuPy unusable there
+    (0, "1 passed, 223 skipped, 700 deselected in 3s", False, True),   # --dry-run on a CPU
+])
+def test_the_suite_stage_fails_when_the_cupy_tests_did_not_run(status, summary, require_ran,
+                                                                 passed):
+    assert selftest._suite_verdict(status, summary, require_ran)["passed"] is passed
