@@ -19,11 +19,10 @@ import math
 from .activations import ACTIVATIONS
 from .backend import get_array_module, is_device_array
 
-__all__ = ["launcher_for", "emulate_on_host", "elman_forward", "elman_backward_stepper",
+__all__ = ["launcher_for", "emulate_on_host", "threads_per_block", "contiguous",
+           "elman_forward", "elman_backward_stepper",
            "gru_forward", "gru_backward_stepper", "lstm_forward", "lstm_backward_stepper",
-           "softmax_cross_entropy", "optimizer_update", "elman_forward_persistent",
-           "elman_backward_persistent", "gru_forward_persistent", "gru_backward_persistent",
-           "lstm_forward_persistent", "lstm_backward_persistent",
+           "softmax_cross_entropy", "optimizer_update",
            "OPTIMIZERS"]
 
 _cuda_launcher = None
@@ -56,18 +55,19 @@ def emulate_on_host(launcher):
 
 
 # ------------------------------------------------------------------------ launch shapes
-def _threads(launch) -> int:
+def threads_per_block(launch) -> int:
     return getattr(launch, "block_size", 256)
 
 
 def _elementwise(launch, kernel, dtype, n, args):
     """Launch a grid-stride elementwise kernel over ``n`` elements."""
-    threads = _threads(launch)
+    threads = threads_per_block(launch)
     blocks = max(1, min(-(-n // threads), getattr(launch, "max_blocks", 65535)))
     launch(kernel, dtype, (blocks,), (threads,), args)
 
 
-def _contiguous(xp, array):
+def contiguous(xp, array):
+    """``array`` itself when C-contiguous (what a kernel indexes), else a contiguous copy."""
     return array if array.flags.c_contiguous else xp.ascontiguousarray(array)
 
 
@@ -82,7 +82,7 @@ def elman_forward(cell, params, xin, h0, steps, launch):
     hidden = xin.shape[-1]
     act = ACTIVATIONS.index(cell.activation)
     bias = params["b"] if cell.bias else None
-    h = _contiguous(xp, h0)
+    h = contiguous(xp, h0)
     for t in range(steps):
         a = states[t]
         xp.matmul(h, WT, out=a)                                          # W h_{t-1}
@@ -101,7 +101,7 @@ def elman_backward_stepper(cell, params, xin, h0, states, launch):
     act = ACTIVATIONS.index(cell.activation)
 
     def back(t, g):
-        g = _contiguous(xp, g)
+        g = contiguous(xp, g)
         delta = workspace.empty("delta", g.shape, g.dtype, xp)
         _elementwise(launch, "elman_backward_delta", g.dtype, g.size,
                      (delta, g, states[t], g.size, states[t].size, act))  # e_h(t) = g ⊙ f'
@@ -109,143 +109,6 @@ def elman_backward_stepper(cell, params, xin, h0, states, launch):
         xp.matmul(delta.reshape(-1, hidden), W, out=g_prev.reshape(-1, hidden))  # e_h(t) W
         return delta, g_prev
     return back
-
-
-def _persistent_shape(kernel, dtype, hidden, launch, threads, lanes, per_unit=None):
-    """(blocks, threads, lanes, rows, shared bytes) of a persistent launch: one block per
-    multiprocessor (fewer when H is smaller), each owning ceil(H / blocks) units and
-    ``per_unit`` values of shared memory for each (default: a row of W, H values) besides
-    one per thread; a ValueError when that does not fit on chip with every block
-    resident."""
-    threads = threads or _threads(launch)
-    lanes = lanes or min(32, threads)
-    blocks = max(1, min(hidden, launch.multiprocessors))
-    rows = -(-hidden // blocks)
-    blocks = -(-hidden // rows)
-    shared = (rows * (per_unit or hidden) + threads) * dtype.itemsize
-    fit = launch.max_cooperative_blocks(kernel, dtype, threads, shared)
-    if fit < blocks:
-        raise ValueError(f"the persistent kernel needs {blocks} resident blocks with "
-                         f"{shared} bytes of shared memory each, only {fit} fit: hidden "
-                         f"{hidden} is too large for it")
-    return blocks, threads, lanes, rows, shared
-
-
-def elman_forward_persistent(params, xin, h0, activation, launch, threads=None, lanes=None,
-                             out=None, barrier=None):
-    """All states (T, B, H) of h_t = f(W h_{t-1} + xin_t) from one persistent cooperative
-    kernel (``kernels/persistent.cu``): W's rows stay in shared memory for the whole
-    sequence and no cuBLAS call is made, so the launch can also be captured in a CUDA graph
-    (give ``out`` and ``barrier``, two zeroed uint32, to allocate nothing; a barrier is
-    back at zero after every use). ``xin`` (T, B, H) holds U x_t + b."""
-    xp = get_array_module(xin)
-    steps, batch, hidden = xin.shape
-    blocks, threads, lanes, rows, shared = _persistent_shape(
-        "elman_persistent_forward", xin.dtype, hidden, launch, threads, lanes)
-    states = xp.empty(xin.shape, dtype=xin.dtype) if out is None else out
-    launch("elman_persistent_forward", xin.dtype, (blocks,), (threads,),
-           (states, _contiguous(xp, xin), _contiguous(xp, h0), _contiguous(xp, params["W"]),
-            xp.zeros(2, dtype=xp.uint32) if barrier is None else barrier, steps, batch,
-            hidden, rows, lanes, ACTIVATIONS.index(activation)), shared_mem=shared)
-    return states
-
-
-def elman_backward_persistent(params, states, dstates, activation, launch, threads=None,
-                              lanes=None, out=None, g=None, barrier=None):
-    """The per-step deltas e_h(t) (T, B, H) of full BPTT for the Elman cell from one
-    persistent cooperative kernel: what ``bptt.sweep`` computes with ``truncate=None`` from
-    the states (T, B, H) and each step's output gradient ``dstates`` (T, B, H); W's
-    columns stay in shared memory, one grid barrier per step. ``out``, ``g`` (B, H; left
-    holding dL/dh_{-1}) and ``barrier`` may be given, as for the forward."""
-    xp = get_array_module(states)
-    steps, batch, hidden = states.shape
-    blocks, threads, lanes, rows, shared = _persistent_shape(
-        "elman_persistent_backward", states.dtype, hidden, launch, threads, lanes)
-    deltas = xp.empty(states.shape, dtype=states.dtype) if out is None else out
-    if g is None:
-        g = xp.zeros((batch, hidden), dtype=states.dtype)
-    else:
-        g.fill(0)
-    launch("elman_persistent_backward", states.dtype, (blocks,), (threads,),
-           (deltas, g, _contiguous(xp, dstates), _contiguous(xp, states),
-            _contiguous(xp, params["W"]), xp.zeros(2, dtype=xp.uint32) if barrier is None
-            else barrier, steps, batch, hidden, rows, lanes, ACTIVATIONS.index(activation)),
-           shared_mem=shared)
-    return deltas
-
-
-def gru_forward_persistent(cell, params, xin, h0, launch, threads=None, lanes=None):
-    """``GRUCell.forward`` as one persistent cooperative kernel: the rows of W_hh for a
-    block's units (all three gates) stay in shared memory for the whole sequence; fills the
-    same gate cache (gates r, z, n and ``extra`` = W_hn h + b_hn) and returns the states."""
-    xp = get_array_module(h0)
-    gates, hn = xin.gates, xin.extra
-    steps, batch, width = gates.shape
-    H = width // 3
-    blocks, threads, lanes, rows, shared = _persistent_shape(
-        "gru_persistent_forward", h0.dtype, H, launch, threads, lanes, 3 * H + 3 * batch)
-    states = cell.workspace.empty("gate_states", (steps, batch, H), h0.dtype, xp)
-    launch("gru_persistent_forward", h0.dtype, (blocks,), (threads,),
-           (states, gates, hn, _contiguous(xp, h0), _contiguous(xp, params["weight_hh"]),
-            params["bias_hh"][2 * H:] if cell.bias else None, xp.zeros(2, dtype=xp.uint32),
-            steps, batch, H, rows, lanes), shared_mem=shared)
-    return states
-
-
-def gru_backward_persistent(cell, params, xin, h0, states, dstates, launch, threads=None,
-                            lanes=None):
-    """The GRU's full-BPTT deltas dL/dS_t (T, B, H), what ``bptt.sweep`` returns with
-    ``truncate=None``, as one persistent cooperative kernel after the factors kernel (which
-    also leaves ``xin.K``, ``xin.K2`` for ``param_grads``, as the stepper does)."""
-    xp = get_array_module(states)
-    steps, batch, H = states.shape
-    gru_backward_stepper(cell, params, xin, h0, states, launch)      # K, K2 for all steps
-    blocks, threads, lanes, rows, shared = _persistent_shape(
-        "gru_persistent_backward", states.dtype, H, launch, threads, lanes, 3 * H)
-    deltas = xp.empty(states.shape, dtype=states.dtype)
-    launch("gru_persistent_backward", states.dtype, (blocks,), (threads,),
-           (deltas, xp.zeros((batch, H), dtype=states.dtype),
-            xp.empty((2, batch, 3 * H), dtype=states.dtype), _contiguous(xp, dstates),
-            xin.K2, xin.gates, _contiguous(xp, params["weight_hh"]),
-            xp.zeros(2, dtype=xp.uint32), steps, batch, H, rows, lanes), shared_mem=shared)
-    return deltas
-
-
-def lstm_forward_persistent(cell, params, xin, h0, launch, threads=None, lanes=None):
-    """``LSTMCell.forward`` as one persistent cooperative kernel (the rows of W_hh for a
-    block's units, all four gates, in shared memory); fills the same gate cache (i, f, g, o)
-    and returns the states (T, B, [h, c])."""
-    xp = get_array_module(h0)
-    gates = xin.gates
-    steps, batch, width = gates.shape
-    H = width // 4
-    blocks, threads, lanes, rows, shared = _persistent_shape(
-        "lstm_persistent_forward", h0.dtype, H, launch, threads, lanes, 4 * H + 4 * batch)
-    states = cell.workspace.empty("gate_states", (steps, batch, 2 * H), h0.dtype, xp)
-    launch("lstm_persistent_forward", h0.dtype, (blocks,), (threads,),
-           (states, gates, _contiguous(xp, h0), _contiguous(xp, params["weight_hh"]),
-            xp.zeros(2, dtype=xp.uint32), steps, batch, H, rows, lanes), shared_mem=shared)
-    return states
-
-
-def lstm_backward_persistent(cell, params, xin, h0, states, dstates, launch, threads=None,
-                             lanes=None):
-    """The LSTM's full-BPTT deltas dL/dS_t (T, B, 2H), what ``bptt.sweep`` returns with
-    ``truncate=None``, as one persistent cooperative kernel after the factors kernel (which
-    leaves ``xin.K``, ``xin.K2`` for ``param_grads``)."""
-    xp = get_array_module(states)
-    steps, batch, width = states.shape
-    H = width // 2
-    lstm_backward_stepper(cell, params, xin, h0, states, launch)     # K, ∂h/∂c for all steps
-    blocks, threads, lanes, rows, shared = _persistent_shape(
-        "lstm_persistent_backward", states.dtype, H, launch, threads, lanes, 4 * H)
-    deltas = xp.empty(states.shape, dtype=states.dtype)
-    launch("lstm_persistent_backward", states.dtype, (blocks,), (threads,),
-           (deltas, xp.zeros((batch, 2 * H), dtype=states.dtype),
-            xp.empty((2, batch, 4 * H), dtype=states.dtype), _contiguous(xp, dstates),
-            xin.K, xin.K2, xin.gates, _contiguous(xp, params["weight_hh"]),
-            xp.zeros(2, dtype=xp.uint32), steps, batch, H, rows, lanes), shared_mem=shared)
-    return deltas
 
 
 # --------------------------------------------------------------------------------- GRU
@@ -264,7 +127,7 @@ def gru_forward(cell, params, xin, h0, steps, launch):
     ws = cell.workspace
     states = ws.empty("gate_states", (steps, batch, H), h0.dtype, xp)
     gh = ws.empty("gate_gh", (batch, 3 * H), h0.dtype, xp)
-    h = _contiguous(xp, h0)
+    h = contiguous(xp, h0)
     for t in range(steps):
         xp.matmul(h, WT, out=gh)                                         # W_hh h_{t-1}
         _elementwise(launch, "gru_step", h.dtype, batch * H,
@@ -283,12 +146,12 @@ def gru_backward_stepper(cell, params, xin, h0, states, launch):
     K2 = ws.empty("gate_K2", K.shape, states.dtype, xp)
     n = steps * batch * H
     _elementwise(launch, "gru_factors", states.dtype, n,
-                 (K, K2, xin.gates, xin.extra, states, _contiguous(xp, h0), n, batch * H, H))
+                 (K, K2, xin.gates, xin.extra, states, contiguous(xp, h0), n, batch * H, H))
     xin.K, xin.K2 = K, K2
     W = params["weight_hh"]                                              # (3H, H)
 
     def back(t, g):
-        g = _contiguous(xp, g)
+        g = contiguous(xp, g)
         d = ws.empty(("step", "d"), g.shape[:-1] + (3, H), g.dtype, xp)
         g_prev = ws.empty(("step", t % 2), g.shape, g.dtype, xp)
         _elementwise(launch, "gru_backward_step", g.dtype, g.size,
@@ -311,7 +174,7 @@ def lstm_forward(cell, params, xin, h0, steps, launch):
     ws = cell.workspace
     states = ws.empty("gate_states", (steps, batch, 2 * H), h0.dtype, xp)   # (T, B, [h, c])
     gh = ws.empty("gate_gh", (batch, 4 * H), h0.dtype, xp)
-    prev = _contiguous(xp, h0)
+    prev = contiguous(xp, h0)
     for t in range(steps):
         xp.matmul(prev[:, :H], WT, out=gh)                               # W_hh h_{t-1}
         _elementwise(launch, "lstm_step", h0.dtype, batch * H,
@@ -331,12 +194,12 @@ def lstm_backward_stepper(cell, params, xin, h0, states, launch):
     A = ws.empty("gate_K2", (steps, batch, H), states.dtype, xp)
     n = steps * batch * H
     _elementwise(launch, "lstm_factors", states.dtype, n,
-                 (K, A, xin.gates, states, _contiguous(xp, h0), n, batch * H, H))
+                 (K, A, xin.gates, states, contiguous(xp, h0), n, batch * H, H))
     xin.K, xin.K2 = K, A
     W = params["weight_hh"]                                              # (4H, H)
 
     def back(t, grad):
-        grad = _contiguous(xp, grad)
+        grad = contiguous(xp, grad)
         d = ws.empty(("step", "d"), grad.shape[:-1] + (4, H), grad.dtype, xp)
         g_prev = ws.empty(("step", t % 2), grad.shape, grad.dtype, xp)
         count = grad.size // 2
@@ -359,7 +222,7 @@ def softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace, bl
     outputs = V.shape[0]
     dtype = h_all.dtype
     block = max(s.stop - s.start for s in blocks)
-    threads = _threads(launch)
+    threads = threads_per_block(launch)
     t_all = xp.ascontiguousarray(t_all, dtype=xp.int64)
     z_buffer = workspace.empty("logits", (block, outputs), dtype, xp)
     h1 = workspace.empty("fused_h1", (block, hidden + 1), dtype, xp)

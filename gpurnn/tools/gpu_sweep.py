@@ -15,7 +15,7 @@ import time
 
 import numpy
 
-from ..engine import backend, bptt, fused
+from ..engine import backend, bptt, fused, persistent
 from ..engine.factory import make_model
 from ..engine.plan import Plan
 from ..training.optim import make_optimizer
@@ -64,7 +64,7 @@ def _torch_step(cell, steps, batch, device, sizes):
     return step
 
 
-def _recurrence(cell_name, steps, batch, device, sizes, persistent):
+def _recurrence(cell_name, steps, batch, device, sizes, one_launch):
     """A recurrence alone (no input projection, output layer or weight gradients): forward
     and full backward sweep, per-step launches (the plain path) or the two persistent
     kernels. Elman, GRU or LSTM, float32."""
@@ -89,17 +89,17 @@ def _recurrence(cell_name, steps, batch, device, sizes, persistent):
             bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
 
         def persistent_kernels():
-            states = fused.elman_forward_persistent(params, xin, h0, "tanh", launch)
-            fused.elman_backward_persistent(params, states, dstates, "tanh", launch)
-        return persistent_kernels if persistent else plain
+            states = persistent.elman_forward(params, xin, h0, "tanh", launch)
+            persistent.elman_backward(params, states, dstates, "tanh", launch)
+        return persistent_kernels if one_launch else plain
     cell_class, G = (GRUCell, 3) if cell_name == "gru" else (LSTMCell, 4)
     cell = cell_class()
     params = {"weight_ih": draw(G * H, 1), "weight_hh": draw(G * H, H, scale=H ** -0.5),
               "bias_ih": draw(G * H), "bias_hh": draw(G * H)}
     xin = cell.project_inputs(params, draw(steps, batch, 1))
     projected = xin.gates.copy()            # the forward turns the gate buffer into gates
-    forward = getattr(fused, f"{cell_name}_forward_persistent")
-    backward = getattr(fused, f"{cell_name}_backward_persistent")
+    forward = getattr(persistent, f"{cell_name}_forward")
+    backward = getattr(persistent, f"{cell_name}_backward")
 
     def gated_plain():
         xin.gates[...] = projected
@@ -110,7 +110,7 @@ def _recurrence(cell_name, steps, batch, device, sizes, persistent):
         xin.gates[...] = projected
         states = forward(cell, params, xin, h0, launch)
         backward(cell, params, xin, h0, states, dstates, launch)
-    return gated_persistent if persistent else gated_plain
+    return gated_persistent if one_launch else gated_plain
 
 
 class _Memory:
@@ -178,9 +178,9 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
             progress(rows)
     for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
         for cell in ("elman", "gru", "lstm"):
-            makers = {name: (lambda p=persistent: _recurrence(cell, T, sizes["small_batch"],
+            makers = {name: (lambda p=one_launch: _recurrence(cell, T, sizes["small_batch"],
                                                               device, sizes, p))
-                      for name, persistent in (("gpurnn-plain", False),
+                      for name, one_launch in (("gpurnn-plain", False),
                                                ("gpurnn-persistent", True))}
             rows += _measure({"cell": cell, "T": T, "B": sizes["small_batch"], "H": H,
                               "tf32": tf32, "step": "recurrence"}, makers, device, memory,

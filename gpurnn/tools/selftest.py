@@ -38,7 +38,7 @@ import time
 
 import numpy
 
-from ..engine import backend, bptt, fused
+from ..engine import backend, bptt, fused, persistent
 from ..engine.factory import make_model
 from ..engine.plan import Plan
 from ..training.optim import make_optimizer
@@ -164,8 +164,8 @@ def _persistent_elman(xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
     expected = cell.forward(params, xin, h0, steps).copy()
     deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, expected), dstates)
     launch = fused.launcher_for(Plan(kernels="fused"), xin)
-    got = fused.elman_forward_persistent(params, xin, h0, "tanh", launch)
-    got_deltas = fused.elman_backward_persistent(params, expected, dstates, "tanh", launch)
+    got = persistent.elman_forward(params, xin, h0, "tanh", launch)
+    got_deltas = persistent.elman_backward(params, expected, dstates, "tanh", launch)
     return _verdicts("Elman", dtype, tolerance, steps, batch, hidden,
                      [("forward", _relative(got, expected)),
                       ("backward", _relative(got_deltas, deltas))])
@@ -187,13 +187,13 @@ def _persistent_gated(cell_name, xp, rng, dtype, tolerance, steps, batch, hidden
     dstates = draw(steps, batch, S * hidden)
     launch = fused.launcher_for(Plan(kernels="fused"), h0)
     results = []
-    for persistent in (False, True):
+    for one_launch in (False, True):
         cell = cell_class()
         xin = cell.project_inputs(params, inputs)
-        if persistent:
-            states = getattr(fused, f"{cell_name}_forward_persistent")(cell, params, xin, h0,
+        if one_launch:
+            states = getattr(persistent, f"{cell_name}_forward")(cell, params, xin, h0,
                                                                        launch)
-            deltas = getattr(fused, f"{cell_name}_backward_persistent")(
+            deltas = getattr(persistent, f"{cell_name}_backward")(
                 cell, params, xin, h0, states, dstates, launch)
         else:
             states = cell.forward(params, xin, h0, steps)
@@ -232,9 +232,9 @@ def _graph_check(rng, steps=40, batch=8, hidden=256) -> dict:
         g, barrier = cupy.empty_like(h0), cupy.zeros(2, dtype=cupy.uint32)
 
         def run():
-            fused.elman_forward_persistent(params, xin, h0, "tanh", launch, out=states,
+            persistent.elman_forward(params, xin, h0, "tanh", launch, out=states,
                                            barrier=barrier)
-            fused.elman_backward_persistent(params, states, dstates, "tanh", launch,
+            persistent.elman_backward(params, states, dstates, "tanh", launch,
                                             out=deltas, g=g, barrier=barrier)
         run()                                                   # compiled before capture
         stream = cupy.cuda.Stream(non_blocking=True)

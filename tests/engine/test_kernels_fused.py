@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from gpurnn.engine import bptt, fused
+from gpurnn.engine import bptt, fused, persistent
 from gpurnn.engine.backend import get_device, to_host
 from gpurnn.engine.cells import ElmanCell
 from gpurnn.engine.gated import GRUCell, LSTMCell
@@ -73,8 +73,8 @@ def test_the_persistent_gated_cells_match_plain(cell_name, dtype, device, launch
     """A gated cell's forward and full backward sweep as two persistent kernels, then the
     plain parameter gradients, against the plain per-step path."""
     cell_class, G, S = (GRUCell, 3, 1) if cell_name == "gru" else (LSTMCell, 4, 2)
-    forward = getattr(fused, f"{cell_name}_forward_persistent")
-    backward = getattr(fused, f"{cell_name}_backward_persistent")
+    forward = getattr(persistent, f"{cell_name}_forward")
+    backward = getattr(persistent, f"{cell_name}_backward")
     rng = np.random.default_rng(6)
     xp = get_device(device).xp
     steps, batch, hidden = 6, 3, 20
@@ -89,10 +89,10 @@ def test_the_persistent_gated_cells_match_plain(cell_name, dtype, device, launch
     runner = launch if device == "cpu" else fused.launcher_for(Plan(kernels="fused"), h0)
     lanes = 8 if device == "cpu" else None
     results = []
-    for persistent in (False, True):
+    for one_launch in (False, True):
         cell = cell_class()
         xin = cell.project_inputs(params, inputs)
-        if persistent:
+        if one_launch:
             states = forward(cell, params, xin, h0, runner, lanes=lanes)
             deltas = backward(cell, params, xin, h0, states, dstates, runner, lanes=lanes)
         else:
@@ -118,12 +118,12 @@ def test_the_persistent_recurrence_matches_plain(activation, dtype, device, laun
     expected = ElmanCell(activation).forward({"W": W}, xin, h0, steps)
     runner = launch if device == "cpu" else fused.launcher_for(Plan(kernels="fused"), xin)
     lanes = 8 if device == "cpu" else None  # emulated: fewer barriers, same code paths
-    got = fused.elman_forward_persistent({"W": W}, xin, h0, activation, runner, lanes=lanes)
+    got = persistent.elman_forward({"W": W}, xin, h0, activation, runner, lanes=lanes)
     assert relative_error(to_host(got), to_host(expected)) <= TOLERANCE[dtype]
     dstates = xp.asarray(rng.standard_normal(xin.shape), dtype=dtype)
     cell = ElmanCell(activation)
     deltas = bptt.sweep(cell.backward_stepper({"W": W}, xin, h0, expected), dstates)
-    got = fused.elman_backward_persistent({"W": W}, expected, dstates, activation, runner,
+    got = persistent.elman_backward({"W": W}, expected, dstates, activation, runner,
                                           lanes=lanes)
     assert relative_error(to_host(got), to_host(deltas)) <= TOLERANCE[dtype]
 

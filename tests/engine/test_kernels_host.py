@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from gpurnn.engine import bptt, fused
+from gpurnn.engine import bptt, fused, persistent
 from gpurnn.engine.activations import ACTIVATIONS, apply, derivative_from_output
 from gpurnn.engine.cells import ElmanCell
 from gpurnn.engine.gated import GRUCell, LSTMCell
@@ -176,11 +176,11 @@ def check_persistent(launch, dtype, rng):
             xin, h0 = random(rng, (T, B, H), dtype), random(rng, (B, H), dtype)
             expected = cell.forward(params, xin.copy(), h0, T).copy()
             runner = host.HostLauncher(launch.path, multiprocessors=sms)
-            got = fused.elman_forward_persistent(params, xin, h0, act, runner, threads, lanes)
+            got = persistent.elman_forward(params, xin, h0, act, runner, threads, lanes)
             out[f"persistent forward T={T} B={B} H={H} {act}"] = (got, expected)
             dstates = random(rng, (T, B, H), dtype)
             deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, expected), dstates)
-            got = fused.elman_backward_persistent(params, expected, dstates, act, runner,
+            got = persistent.elman_backward(params, expected, dstates, act, runner,
                                                   threads, lanes)
             out[f"persistent backward T={T} B={B} H={H} {act}"] = (got, deltas.copy())
     return out
@@ -197,10 +197,10 @@ def _check_persistent_gated(launch, dtype, rng, cell_class, forward, backward, G
         inputs, h0 = random(rng, (T, B, 4), dtype), random(rng, (B, S * H), dtype)
         dstates = random(rng, (T, B, S * H), dtype)
         results = []
-        for persistent in (False, True):
+        for one_launch in (False, True):
             cell = cell_class()
             xin = cell.project_inputs(params, inputs)
-            if persistent:
+            if one_launch:
                 runner = host.HostLauncher(launch.path, multiprocessors=sms)
                 states = forward(cell, params, xin, h0, runner, threads, lanes)
                 deltas = backward(cell, params, xin, h0, states, dstates, runner, threads,
@@ -218,13 +218,13 @@ def _check_persistent_gated(launch, dtype, rng, cell_class, forward, backward, G
 
 
 def check_persistent_gru(launch, dtype, rng):
-    return _check_persistent_gated(launch, dtype, rng, GRUCell, fused.gru_forward_persistent,
-                                   fused.gru_backward_persistent, 3, 1)
+    return _check_persistent_gated(launch, dtype, rng, GRUCell, persistent.gru_forward,
+                                   persistent.gru_backward, 3, 1)
 
 
 def check_persistent_lstm(launch, dtype, rng):
-    return _check_persistent_gated(launch, dtype, rng, LSTMCell, fused.lstm_forward_persistent,
-                                   fused.lstm_backward_persistent, 4, 2)
+    return _check_persistent_gated(launch, dtype, rng, LSTMCell, persistent.lstm_forward,
+                                   persistent.lstm_backward, 4, 2)
 
 
 CHECKS = {"elman_step": check_elman_step, "elman_delta": check_elman_delta, "gru": check_gru,
