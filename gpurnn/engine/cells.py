@@ -28,8 +28,10 @@ calls, so one cell object serves one layer: a stack builds a cell per layer.
 """
 from __future__ import annotations
 
+from . import fused
 from .activations import apply, check_activation, derivative_from_output
 from .backend import get_array_module, scatter_add
+from .plan import Plan
 from .workspace import Workspace
 
 __all__ = ["Cell", "ElmanCell"]
@@ -37,6 +39,8 @@ __all__ = ["Cell", "ElmanCell"]
 
 class Cell:
     """Base class of recurrent cells; see the module docstring for the protocol."""
+
+    plan = Plan()  # how steps run (gpurnn.engine.plan); the model running the cell sets it
 
     @property
     def workspace(self) -> Workspace:
@@ -150,11 +154,14 @@ class ElmanCell(Cell):
         else:
             xp.matmul(inputs.reshape(steps * batch, -1), U.T,
                       out=xin.reshape(steps * batch, -1))            # one GEMM for all steps
-        if self.bias:
-            xin += params["b"]
+        if self.bias and fused.launcher_for(self.plan, xin) is None:
+            xin += params["b"]                                       # (fused: in the step kernel)
         return xin
 
     def forward(self, params, xin, h0, steps):
+        launch = fused.launcher_for(self.plan, xin)
+        if launch is not None:
+            return fused.elman_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(xin)
         WT = params["W"].T
         states = self.workspace.empty("states", xin.shape, xin.dtype, xp)  # (T, B, H)
@@ -167,6 +174,9 @@ class ElmanCell(Cell):
         return states
 
     def backward_stepper(self, params, xin, h0, states):
+        launch = fused.launcher_for(self.plan, states)
+        if launch is not None:
+            return fused.elman_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
         workspace = self.workspace
         # f'(a_t) one step at a time: two small operations per step instead of a fifth

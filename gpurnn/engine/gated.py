@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy
 
+from . import fused
 from .backend import get_array_module, scatter_add
 from .cells import Cell
 from .stack import LayeredRNN
@@ -187,6 +188,9 @@ class GRUCell(_GatedCell):
         return n + z * (s_prev - n)
 
     def forward(self, params, xin, h0, steps):
+        launch = fused.launcher_for(self.plan, h0)
+        if launch is not None:
+            return fused.gru_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(h0)
         gates, hn = xin.gates, xin.extra
         batch, H = h0.shape
@@ -221,6 +225,9 @@ class GRUCell(_GatedCell):
         return states
 
     def backward_stepper(self, params, xin, h0, states):
+        launch = fused.launcher_for(self.plan, states)
+        if launch is not None:
+            return fused.gru_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
         steps, batch, H = states.shape
         gates = xin.gates
@@ -319,6 +326,9 @@ class LSTMCell(_GatedCell):
         return xp.concatenate([o * xp.tanh(c_new), c_new], axis=1)
 
     def forward(self, params, xin, h0, steps):
+        launch = fused.launcher_for(self.plan, h0)
+        if launch is not None:
+            return fused.lstm_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(h0)
         gates = xin.gates
         batch, H = h0.shape[0], h0.shape[1] // 2
@@ -346,6 +356,9 @@ class LSTMCell(_GatedCell):
         return states
 
     def backward_stepper(self, params, xin, h0, states):
+        launch = fused.launcher_for(self.plan, states)
+        if launch is not None:
+            return fused.lstm_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
         steps, batch, width = states.shape
         H = width // 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from . import fused
 from .activations import apply, derivative_from_output
 from .backend import get_array_module, scatter_add
 from .workspace import Workspace
@@ -70,7 +71,7 @@ def _logits_need_shift(states2d, V, c) -> bool:
 
 
 def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
-                          workspace=None) -> OutputGrads:
+                          workspace=None, plan=None) -> OutputGrads:
     """Loss and gradients of the output layer, a block of rows at a time.
 
     Args:
@@ -82,6 +83,8 @@ def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
         scale: multiplies the loss and every gradient (1 / count for a mean).
         workspace: a :class:`gpurnn.workspace.Workspace` for the scratch arrays; the
             returned ``dstates`` lives in it.
+        plan: a :class:`gpurnn.engine.plan.Plan`; a fused one runs the softmax row block
+            as one kernel on CuPy arrays.
     """
     xp = get_array_module(states)
     workspace = workspace if workspace is not None else Workspace()
@@ -90,7 +93,12 @@ def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
     w_all = None if mask is None else mask.reshape(-1)
     dstates = workspace.empty("dstates", states.shape, states.dtype, xp)
     d_all = dstates.reshape(steps * batch, hidden)
-    if output == "softmax":
+    launch = fused.launcher_for(plan, states) if output == "softmax" else None
+    if launch is not None:
+        loss, dV, dc = fused.softmax_cross_entropy(
+            V, c, h_all, targets.reshape(-1), w_all, scale, d_all, workspace,
+            _row_blocks(h_all.shape[0], V.shape[0])[1], launch)
+    elif output == "softmax":
         loss, dV, dc = _softmax_cross_entropy(V, c, h_all, targets.reshape(-1), w_all, scale,
                                               d_all, workspace)
     else:

@@ -163,6 +163,7 @@ class RecurrentModel(_ParamsMixin):
         batch, steps = x.shape[:2]
         h0 = self._initial_state(h0, batch)
         x_tm = _time_major(x)
+        self.cell.plan = self.plan
         xin, states = bptt.forward(self.cell, self._params, x_tm, h0, steps)
         return x_tm, xin, h0, states
 
@@ -275,7 +276,7 @@ class RecurrentModel(_ParamsMixin):
             block = output_loss_and_grads(self.output, V, c, self._hidden(states),
                                           _time_major(y[:, a:b]),
                                           None if m is None else _time_major(m[:, a:b]),
-                                          scale, workspace)
+                                          scale, workspace, plan=plan)
             out["loss"] += block.loss
             if out["dV"] is None:
                 out["dV"], out["dc"] = block.dV, block.dc
@@ -286,6 +287,7 @@ class RecurrentModel(_ParamsMixin):
             return self._state_grads(block.dstates, states)
 
         last = _LastStates(m, h0)
+        self.cell.plan = plan                            # kernels: see gpurnn.engine.plan
         grads, final = bptt.run(self.cell, self._params, lambda a, b: _time_major(x[:, a:b]),
                                 h0, schedule, head, truncate, last.see)
         grads["V"] = out["dV"]

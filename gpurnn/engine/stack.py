@@ -89,6 +89,15 @@ class StackedCell(Cell):
             backward += rows * (width + 4 * S)
         return forward, backward
 
+    @property
+    def plan(self):
+        return self.cells[0].plan
+
+    @plan.setter
+    def plan(self, plan):  # every layer runs under the model's plan
+        for cell in self.cells:
+            cell.plan = plan
+
     def layer_params(self, params, layer):
         return {n: params[layer_name(n, layer)] for n in self.names
                 if layer_name(n, layer) in params}

@@ -45,7 +45,7 @@ import types
 
 import numpy
 
-__all__ = ["StrictArray", "xp", "from_host", "TransferGuardError", "transfer_guard",
+__all__ = ["StrictArray", "xp", "from_host", "kernel_buffer", "TransferGuardError", "transfer_guard",
            "TRANSFER_GUARD_LEVELS", "api_usage"]
 
 TRANSFER_GUARD_LEVELS = ("allow", "log", "disallow")
@@ -400,6 +400,13 @@ def from_host(value, dtype=None) -> "StrictArray":
         return value if dtype is None or value.dtype == dtype else value.astype(dtype)
     _explicit("to_device")
     return StrictArray(numpy.array(value, dtype=dtype, copy=True))
+
+
+def kernel_buffer(array: "StrictArray") -> numpy.ndarray:
+    """The memory behind a strict array, for a kernel launch on the host emulation: what a
+    CUDA launch is handed for a CuPy array (its device pointer), so it is neither a
+    transfer nor a synchronisation. Writes through it are writes to the array."""
+    return array._a
 
 
 def scatter_add(target, indices, values, host_scatter_add) -> None:

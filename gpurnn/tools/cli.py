@@ -268,7 +268,17 @@ def add_diagnose(subparsers):
     add(subparsers)
 
 
-SUBCOMMANDS = [add_train, add_generate, add_gradcheck, add_plot, add_diagnose, add_bench]
+def add_selftest(subparsers):
+    from . import selftest
+    p = subparsers.add_parser(
+        "selftest", help="on a GPU: the CuPy tests, exactness, fused kernels, sweep beside cuDNN",
+        description=selftest.__doc__.split("\n\n")[0])
+    selftest.add_arguments(p)
+    p.set_defaults(handler=selftest.execute)
+
+
+SUBCOMMANDS = [add_train, add_generate, add_gradcheck, add_plot, add_diagnose, add_bench,
+               add_selftest]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..engine.plan import KERNELS
+
 __all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "MODES", "OPTIMIZERS", "REDUCTIONS",
            "SCHEDULES", "DEVICES", "DTYPES", "CELLS", "RESUMABLE_FIELDS", "read_config_file", "merge_config"]
 
@@ -102,6 +104,8 @@ class TrainConfig:
     device: str = _f("auto", "auto (the GPU when CuPy finds one, else the CPU), cpu, cuda, "
                      "cuda:N or cpu-strict (the CPU with CuPy's rules, to check code for the GPU)")
     quiet: bool = _f(False, "no progress bar and no per-evaluation lines")
+    kernels: str = _f("plain", "fused: the cells' steps, softmax and optimizer updates as CUDA "
+                      "kernels on the GPU (NumPy arrays always run plain)", KERNELS)
 
     def __post_init__(self):
         self.validate()
@@ -159,7 +163,8 @@ class TrainConfig:
 # a hash of the data itself. Everything else must match, or it would not be the same run.
 RESUMABLE_FIELDS = frozenset({"corpus", "steps", "epochs", "lr", "clip", "max_bad_steps",
                               "eval_every", "log_every", "checkpoint", "checkpoint_every", "resume",
-                              "metrics", "samples", "device", "quiet", "memory_budget"})
+                              "metrics", "samples", "device", "quiet", "memory_budget",
+                              "kernels"})
 
 
 def _flag(name: str) -> str:

@@ -13,7 +13,9 @@ from numbers import Real
 
 import numpy
 
+from ..engine import fused
 from ..engine.backend import device_of, get_array_module, to_device, to_host
+from ..engine.plan import Plan
 
 __all__ = ["Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "Rprop",
            "make_optimizer", "HalveOnPlateau", "global_norm", "clip_grad_norm", "grads_finite"]
@@ -42,6 +44,7 @@ class Optimizer:
 
     name = ""
     slots: tuple[str, ...] = ()
+    plan = Plan()  # a fused plan updates CuPy arrays with one kernel per parameter
 
     def __init__(self, lr: float):
         self.lr = _check_positive("lr", lr)
@@ -78,7 +81,9 @@ class Optimizer:
                     self._state[slot][name] = self._initial(slot, param)
             if name not in self._scratch:
                 self._scratch[name] = get_array_module(param).empty_like(param)
-            self._update(name, param, grad, self._scratch[name])
+            slots = [self._state[slot][name] for slot in self.slots]
+            if not fused.optimizer_update(self.plan, self, param, grad, slots):
+                self._update(name, param, grad, self._scratch[name])
 
     def _place(self, params: dict) -> None:
         # Arrays loaded from a checkpoint are NumPy; move each next to its parameter, once.

@@ -118,10 +118,12 @@ class Trainer:
         size = len(self.data.vocab)
         self.model = make_model(config.cell, size, config.hidden, size, num_layers=config.layers,
                                 dtype=config.dtype, device=self.device, seed=config.seed)
-        self.model.plan = self.model.plan.replace(memory_budget=config.memory_budget)
+        self.model.plan = self.model.plan.replace(memory_budget=config.memory_budget,
+                                                  kernels=config.kernels)
         lr = self._lr()
         self.optimizer = make_optimizer(config.optimizer, lr, **(
             {"step_max": RPROP_STEP_MAX * lr} if config.optimizer == "rprop" else {}))
+        self.optimizer.plan = self.model.plan
         halve = config.schedule == "halve" or (config.schedule == "auto" and
                                                config.optimizer == "sgd")
         self.schedule = HalveOnPlateau(self.optimizer) if halve else None

@@ -1,0 +1,436 @@
+"""``gpurnn selftest --device cuda``: what only a GPU can show, in one command of a few minutes.
+
+Four stages, each bounded in time so the whole fits in under 8 minutes on one H100/H200:
+
+1. **suite** — the CuPy half of the test suite (``pytest -k cuda``: every test body that
+   runs on NumPy and CuPy, the fused kernels on the GPU included), when the tests are there;
+2. **exactness** — every cell (Elman with each activation, GRU, LSTM, a stack) in float64,
+   loss and gradients on CuPy, plain and fused, against NumPy;
+3. **fused** — fused against plain on the GPU in float32; the persistent Elman, GRU and
+   LSTM forward and backward against the per-step ones (Elman's also captured in one CUDA
+   graph and replayed); the optimizer kernels against their NumPy updates;
+4. **sweep** (:mod:`gpurnn.tools.gpu_sweep`) — training throughput (forward, BPTT, SGD
+   update; tokens/s) against the sequence length T, gpurnn plain and fused beside PyTorch's
+   cuDNN ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` on the same sizes, with peak GPU memory,
+   TF32 off and on (matched: ``CUPY_TF32`` for gpurnn,
+   ``torch.backends.{cudnn,cuda.matmul}.allow_tf32`` for PyTorch), each TF32 setting in its
+   own process; plus each cell's recurrence alone (forward and backward sweep) at a small
+   batch, per-step launches against the persistent kernels.
+
+It writes ``selftest.json``, ``sweep.json`` and ``sweep.png`` under ``--output``
+(default ``benchmarks/results/gpu``) and prints one summary table; the exit status is 0
+only when every check passed. Without a usable GPU it stops at once with one line. Stages
+2–4 run in worker processes that record each result as it completes: a hang or a crash
+costs the rest of that stage only, and is reported. ``--dry-run`` runs every stage on the
+CPU with the kernels emulated and tiny sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import numpy
+
+from ..engine import backend, bptt, fused, persistent
+from ..engine.factory import make_model
+from ..engine.plan import Plan
+from ..training.optim import make_optimizer
+from .arguments import UsageError
+from .gpu_sweep import LENGTHS, SWEEP, plot_sweep, summary_table, sweep
+
+__all__ = ["add_arguments", "execute", "run", "exactness_checks", "fused_checks", "suite",
+           "main"]
+
+DEFAULT_OUTPUT = pathlib.Path("benchmarks") / "results" / "gpu"
+BUDGET_S = 450            # the whole command, startup excluded: under 8 minutes
+SUITE_S = 170             # at most this for the test suite
+EXACT = 1e-10             # float64, CuPy (cuBLAS, FMA) against NumPy: rounding only
+FUSED32 = 1e-5            # float32, fused against plain on the GPU
+
+
+def _relative(got, expected) -> float:
+    got = numpy.asarray(backend.to_host(got), numpy.float64)
+    expected = numpy.asarray(backend.to_host(expected), numpy.float64)
+    return float(numpy.abs(got - expected).max() / max(numpy.abs(expected).max(), 1e-300))
+
+
+def _rows(state):
+    return numpy.concatenate([backend.to_host(s) for s in state], axis=-1) \
+        if isinstance(state, tuple) else backend.to_host(state)
+
+
+# ------------------------------------------------------------------------ checks
+CELLS = [("elman", {"activation": a}) for a in ("tanh", "relu", "sigmoid", "identity")] + [
+    ("gru", {}), ("lstm", {}), ("lstm", {"num_layers": 2, "embedding_size": 6})]
+
+
+def _loss_and_grads(cell, kw, dtype, device, kernels, data, truncate=3):
+    model = make_model(cell, 13, 8, 13, dtype=dtype, device=device, seed=1, **kw)
+    model.plan = Plan(kernels=kernels)
+    x, y, mask = data
+    return model.loss_and_grads(x, y, truncate=truncate, mask=mask)
+
+
+def _data(rng):
+    mask = numpy.ones((4, 12))
+    mask[1, 9:] = 0
+    return rng.integers(0, 13, (4, 12)), rng.integers(0, 13, (4, 12)), mask
+
+
+def _compare(name, got, expected, tolerance) -> dict:
+    errors = [_relative(got.loss, expected.loss), _relative(_rows(got.last_hidden),
+                                                           _rows(expected.last_hidden))]
+    errors += [_relative(got.grads[k], v) for k, v in expected.grads.items()]
+    worst = max(errors)
+    return {"check": name, "error": worst, "tolerance": tolerance, "passed": worst <= tolerance}
+
+
+def exactness_checks(device="cuda"):
+    """float64 loss, gradients and last state of every cell on ``device``, plain and fused,
+    against NumPy; yields one verdict per check as it completes."""
+    rng = numpy.random.default_rng(0)
+    for cell, kw in CELLS:
+        data = _data(rng)
+        expected = _loss_and_grads(cell, kw, "float64", "cpu", "plain", data)
+        for kernels in ("plain", "fused"):
+            got = _loss_and_grads(cell, kw, "float64", device, kernels, data)
+            yield _compare(f"float64 {cell} {kw or ''} {kernels} vs NumPy".replace("  ", " "),
+                           got, expected, EXACT)
+
+
+PERSISTENT_SHAPES = ((50, 8, 256), (20, 3, 1024))  # (steps, batch, hidden) checked
+
+
+def fused_checks(device="cuda", persistent_shapes=None):
+    """float32 fused against plain on ``device``; the persistent Elman, GRU and LSTM forward
+    and backward against the per-step ones for each (steps, batch, hidden); the optimizer
+    kernels against NumPy (float64); yields one verdict per check as it completes."""
+    rng = numpy.random.default_rng(1)
+    for cell, kw in CELLS:
+        data = _data(rng)
+        plain = _loss_and_grads(cell, kw, "float32", device, "plain", data)
+        got = _loss_and_grads(cell, kw, "float32", device, "fused", data)
+        yield _compare(f"float32 {cell} {kw or ''} fused vs plain".replace("  ", " "), got,
+                       plain, FUSED32)
+    xp = backend.get_device(device).xp
+    for dtype, tolerance in (("float64", EXACT), ("float32", FUSED32)):
+        for shape in persistent_shapes or PERSISTENT_SHAPES:
+            for check in (_persistent_elman, _persistent_gru, _persistent_lstm):
+                try:
+                    yield from check(xp, rng, dtype, tolerance, *shape)
+                except ValueError as error:  # W's slices do not fit on this GPU's chip
+                    yield {"check": f"{dtype} {check.__name__[1:]} {shape}", "passed": True,
+                           "error": None, "skipped": str(error)}
+    if backend.is_device_array(xp.zeros(1)):
+        yield _graph_check(rng)
+    for name in fused.OPTIMIZERS:
+        start = rng.standard_normal((64, 33))
+        grads = [rng.standard_normal(start.shape) for _ in range(3)]
+        finals = []
+        for dev, kernels in (("cpu", "plain"), (device, "fused")):
+            param = {"p": backend.to_device(start, dev)}
+            opt = make_optimizer(name, 0.01)
+            opt.plan = Plan(kernels=kernels)
+            for g in grads:
+                opt.step(param, {"p": backend.to_device(g, dev)})
+            finals.append(param["p"])
+        error = _relative(finals[1], finals[0])
+        yield {"check": f"float64 {name} update, fused vs NumPy", "error": error,
+               "tolerance": EXACT, "passed": error <= EXACT}
+
+
+def _verdicts(name, dtype, tolerance, steps, batch, hidden, errors) -> list:
+    return [{"check": f"{dtype} persistent {name} {part} T={steps} B={batch} H={hidden}",
+             "error": error, "tolerance": tolerance, "passed": error <= tolerance}
+            for part, error in errors]
+
+
+def _persistent_elman(xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
+    """The persistent Elman forward and backward against the per-step ones."""
+    from ..engine.cells import ElmanCell
+    params = {"W": xp.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5,
+                              dtype=dtype)}
+    xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
+    h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
+    dstates = xp.asarray(rng.standard_normal(xin.shape), dtype=dtype)
+    cell = ElmanCell("tanh")
+    expected = cell.forward(params, xin, h0, steps).copy()
+    deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, expected), dstates)
+    launch = fused.launcher_for(Plan(kernels="fused"), xin)
+    got = persistent.elman_forward(params, xin, h0, "tanh", launch)
+    got_deltas = persistent.elman_backward(params, expected, dstates, "tanh", launch)
+    return _verdicts("Elman", dtype, tolerance, steps, batch, hidden,
+                     [("forward", _relative(got, expected)),
+                      ("backward", _relative(got_deltas, deltas))])
+
+
+def _persistent_gated(cell_name, xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
+    """The persistent GRU or LSTM forward and backward (with the plain weight gradients
+    after them) against the per-step path."""
+    from ..engine.gated import GRUCell, LSTMCell
+    cell_class, G, S = (GRUCell, 3, 1) if cell_name == "gru" else (LSTMCell, 4, 2)
+
+    def draw(*shape, scale=1.0):
+        return xp.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
+
+    params = {"weight_ih": draw(G * hidden, 16), "bias_ih": draw(G * hidden),
+              "weight_hh": draw(G * hidden, hidden, scale=hidden ** -0.5),
+              "bias_hh": draw(G * hidden)}
+    inputs, h0 = draw(steps, batch, 16), draw(batch, S * hidden)
+    dstates = draw(steps, batch, S * hidden)
+    launch = fused.launcher_for(Plan(kernels="fused"), h0)
+    results = []
+    for one_launch in (False, True):
+        cell = cell_class()
+        xin = cell.project_inputs(params, inputs)
+        if one_launch:
+            states = getattr(persistent, f"{cell_name}_forward")(cell, params, xin, h0,
+                                                                       launch)
+            deltas = getattr(persistent, f"{cell_name}_backward")(
+                cell, params, xin, h0, states, dstates, launch)
+        else:
+            states = cell.forward(params, xin, h0, steps)
+            deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, states), dstates)
+        grads = cell.param_grads(params, inputs, xin, h0, states, deltas)
+        results.append((states.copy(), grads["weight_hh"]))
+    return _verdicts(cell_name.upper(), dtype, tolerance, steps, batch, hidden,
+                     [("forward", _relative(results[1][0], results[0][0])),
+                      ("backward (dW_hh)", _relative(results[1][1], results[0][1]))])
+
+
+def _persistent_gru(*args) -> list:
+    return _persistent_gated("gru", *args)
+
+
+def _persistent_lstm(*args) -> list:
+    return _persistent_gated("lstm", *args)
+
+
+def _graph_check(rng, steps=40, batch=8, hidden=256) -> dict:
+    """The persistent forward and backward captured in one CUDA graph (no cuBLAS inside:
+    CuPy refuses it during capture), replayed, and compared with the plain path."""
+    cupy = backend.cupy
+    from ..engine.cells import ElmanCell
+    name = f"float64 persistent forward+backward in a CUDA graph T={steps} B={batch} H={hidden}"
+    try:
+        params = {"W": cupy.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5)}
+        xin = cupy.asarray(rng.standard_normal((steps, batch, hidden)))
+        dstates = cupy.asarray(rng.standard_normal((steps, batch, hidden)))
+        h0 = cupy.asarray(rng.standard_normal((batch, hidden)))
+        cell = ElmanCell("tanh")
+        expected = cell.forward(params, xin, h0, steps).copy()
+        expected_deltas = bptt.sweep(cell.backward_stepper(params, xin, h0, expected), dstates)
+        launch = fused.launcher_for(Plan(kernels="fused"), xin)
+        states, deltas = cupy.empty_like(xin), cupy.empty_like(xin)
+        g, barrier = cupy.empty_like(h0), cupy.zeros(2, dtype=cupy.uint32)
+
+        def run():
+            persistent.elman_forward(params, xin, h0, "tanh", launch, out=states,
+                                           barrier=barrier)
+            persistent.elman_backward(params, states, dstates, "tanh", launch,
+                                            out=deltas, g=g, barrier=barrier)
+        run()                                                   # compiled before capture
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            run()
+            graph = stream.end_capture()
+        states.fill(0)
+        deltas.fill(0)
+        cupy.cuda.Device().synchronize()                        # the fills, on another stream
+        graph.launch(stream=stream)
+        stream.synchronize()
+        error = max(_relative(states, expected), _relative(deltas, expected_deltas))
+    except Exception as failure:  # capture refused, launch failed: report it
+        return {"check": name, "passed": False, "error": None,
+                "detail": f"{type(failure).__name__}: {failure}"}
+    return {"check": name, "error": error, "tolerance": EXACT, "passed": error <= EXACT}
+
+
+def suite(timeout, require_ran=True) -> dict:
+    """The CuPy half of the test suite (``pytest -k cuda``), where the tests are present;
+    with ``require_ran``, a run in which more tests were skipped than passed (CuPy unusable
+    in the test process) fails too."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    if not (root / "tests").is_dir():
+        return {"check": "pytest -k cuda", "passed": False, "error": None,
+                "detail": f"no tests/ next to the package ({root}): run from a checkout"}
+    command = [sys.executable, "-m", "pytest", "-q", "-k", "cuda", "-p", "no:cacheprovider",
+               "-m", "not slow", "tests"]
+    try:
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as stopped:
+        output = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else \
+            stopped.stdout or ""
+        return {"check": "pytest -k cuda", "passed": False, "error": None,
+                "detail": f"did not finish in {timeout:.0f} s", "output_tail": output[-4000:]}
+    last = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+    return {**_suite_verdict(done.returncode, last, require_ran),
+            "output_tail": done.stdout[-4000:] + done.stderr[-2000:]}
+
+
+def _suite_verdict(returncode, summary, require_ran) -> dict:
+    """pytest's exit status and summary line as a check (see :func:`suite`)."""
+    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|skipped)", summary)}
+    ran = counts.get("passed", 0) > counts.get("skipped", 0)   # mostly run, not skipped
+    passed = returncode == 0 and (ran or not require_ran)
+    detail = summary if ran or not require_ran else f"mostly skipped (no GPU?): {summary}"
+    return {"check": "pytest -k cuda", "passed": passed, "error": None, "detail": detail}
+
+
+# ---------------------------------------------------------------------- command
+# --dry-run: every stage on the CPU, kernels emulated (gpurnn.engine.kernels.host), tiny sizes:
+# the command's own plumbing checked before a GPU is spent on it.
+DRY_RUN = dict(persistent_shapes=((4, 2, 7),), lengths=(3, 5), repeats=1, with_torch=False,
+               sizes=dict(vocab=9, hidden=4, batch=2, small_batch=1))
+CHECKS_S = 150            # at most this for the exactness and fused checks
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--device", default="cuda",
+                        help="the GPU to check: cuda or cuda:N (default: cuda)")
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
+                        help=f"folder for the JSON results and the plot (default: "
+                             f"{DEFAULT_OUTPUT})")
+    parser.add_argument("--budget", type=float, default=BUDGET_S,
+                        help=f"seconds for the whole command (default: {BUDGET_S})")
+    parser.add_argument("--no-suite", action="store_true", help="skip the pytest stage")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run every stage on the CPU with the kernels emulated and tiny "
+                             "sizes, writing under OUTPUT/dry-run: checks the command itself")
+
+
+def _worker(argv, name, output, timeout, env=None):
+    """Run a stage in a fresh process (``python -m gpurnn.tools.selftest --NAME-worker``),
+    which records each result as it completes: a hang or crash costs only the rest of that
+    stage. Returns (records, problem or None)."""
+    out = output / f"{name}.part.json"
+    out.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "gpurnn.tools.selftest", f"--{name}-worker", *argv,
+               str(out)]
+    problem = None
+    try:
+        subprocess.run(command, env=env, check=True, timeout=max(10.0, timeout))
+    except subprocess.TimeoutExpired:
+        problem = (f"{name} process stopped after {timeout:.0f} s: the item after the last "
+                   f"one recorded did not finish")
+    except (subprocess.SubprocessError, OSError) as error:
+        problem = f"{name} process failed: {error}"
+    records = json.loads(out.read_text()) if out.exists() else []
+    out.unlink(missing_ok=True)
+    return records, problem
+
+
+def execute(args) -> int:
+    if args.dry_run:
+        return run(backend.Device("cpu"), pathlib.Path(args.output) / "dry-run", args.budget,
+                   with_suite=not args.no_suite, dry_run=True)
+    device = backend.get_device(args.device)   # no usable GPU: RuntimeError, one line
+    if device.kind != "cuda":
+        raise UsageError("selftest checks the GPU path: give --device cuda or cuda:N "
+                         "(or --dry-run to check the command on the CPU)")
+    return run(device, pathlib.Path(args.output), args.budget, with_suite=not args.no_suite)
+
+
+def run(device, output, budget=BUDGET_S, with_suite=True, dry_run=False) -> int:
+    """Every stage on ``device`` (a :class:`gpurnn.engine.backend.Device`); writes the
+    results under ``output`` (after each stage, so an interrupted run keeps what it did),
+    prints the table, returns the exit status."""
+    start = time.time()
+    from .bench import machine_info
+
+    output.mkdir(parents=True, exist_ok=True)
+    budget_end = start + budget
+    info = {**machine_info(), "device": str(device), "dry_run": dry_run,
+            "sweep_sizes": DRY_RUN["sizes"] if dry_run else SWEEP,
+            "lengths": DRY_RUN["lengths"] if dry_run else LENGTHS,
+            "CUPY_TF32 (checks)": os.environ.get("CUPY_TF32", "unset")}
+    checks, rows = [], []
+
+    def save():
+        info["seconds"] = round(time.time() - start, 1)
+        (output / "selftest.json").write_text(json.dumps({"machine": info, "checks": checks},
+                                                         indent=1) + "\n")
+        (output / "sweep.json").write_text(json.dumps({"machine": info, "rows": rows},
+                                                      indent=1) + "\n")
+
+    if with_suite:
+        checks.append(suite(min(SUITE_S, budget / 3), require_ran=not dry_run))
+        save()
+    records, problem = _worker([str(device), str(int(dry_run))], "checks", output,
+                               min(CHECKS_S, budget / 3))
+    checks += records
+    if problem:
+        checks.append({"check": "checks", "passed": False, "error": None, "detail": problem})
+    save()
+    for index, tf32 in enumerate((False, True)):
+        deadline = time.time() + (budget_end - time.time()) / (2 - index) - 20
+        records, problem = _worker([str(device), str(int(tf32)), str(deadline),
+                                    str(int(dry_run))], "sweep", output,
+                                   deadline - time.time() + 60,
+                                   env={**os.environ, "CUPY_TF32": str(int(tf32))})
+        rows += records
+        if problem:
+            rows.append({"cell": "-", "T": 0, "B": 0, "H": 0, "system": "sweep", "tf32": tf32,
+                         "step": "train", "error": problem})
+        save()
+    plot = plot_sweep(rows, output / "sweep.png")
+    print(summary_table(checks, rows))
+    print(f"wrote {output / 'selftest.json'}, {output / 'sweep.json'}"
+          + (f", {plot}" if plot else "") + f" in {time.time() - start:.0f} s")
+    return 0 if all(c["passed"] for c in checks) else 1
+
+
+def _emulation(dry_run):
+    """Under --dry-run, fused plans run through the host emulation of the kernels."""
+    if not dry_run:
+        return contextlib.nullcontext()
+    from ..engine.kernels.host import HostLauncher
+    return fused.emulate_on_host(HostLauncher(block_size=8))
+
+
+def main(argv=None) -> int:
+    """The entry of the stages' worker processes (``python -m gpurnn.tools.selftest
+    --NAME-worker ...``), which write their records to the last argument as they go."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--checks-worker"]:
+        device, dry, out = argv[1], bool(int(argv[2])), pathlib.Path(argv[3])
+        records = []
+        shapes = DRY_RUN["persistent_shapes"] if dry else None
+        with backend.get_device(device).use(), _emulation(dry):
+            for stage in (exactness_checks(device), fused_checks(device, shapes)):
+                try:
+                    for record in stage:
+                        records.append(record)
+                        out.write_text(json.dumps(records))
+                except Exception as error:  # report it as a failed check, go on
+                    records.append({"check": "checks", "passed": False, "error": None,
+                                    "detail": f"{type(error).__name__}: {error}"})
+                    out.write_text(json.dumps(records))
+        return 0
+    if argv[:1] == ["--sweep-worker"]:
+        device, tf32, deadline, dry, out = argv[1:6]
+        dry = bool(int(dry))
+        sizes = ({k: DRY_RUN[k] for k in ("lengths", "sizes", "repeats", "with_torch")}
+                 if dry else {})
+        with backend.get_device(device).use(), _emulation(dry):
+            sweep(device, tf32=bool(int(tf32)), deadline=float(deadline),
+                  progress=lambda rows: pathlib.Path(out).write_text(json.dumps(rows)),
+                  **sizes)
+        return 0
+    # Anything else is the command itself, which the gpurnn command parses.
+    print("gpurnn selftest is run as `gpurnn selftest ...` or `python -m gpurnn selftest ...`",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Every kernel source compiles with NVRTC for each architecture CI targets, no GPU needed.
+
+NVRTC comes from the nvidia-cuda-nvrtc-cu12 wheel through cupy_backends (.ci/run installs
+both; GPURNN_REQUIRE_KERNEL_TOOLS=1 there turns a missing compiler into a failure instead
+of a skip).
+"""
+import os
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gpurnn.engine import kernels
+
+
+def _nvrtc_problem():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as error:  # ImportError, or the library not found
+        return (f"NVRTC is not loadable ({error!r}); pip install cupy-cuda12x "
+                f"nvidia-cuda-nvrtc-cu12")
+    return None
+
+
+_PROBLEM = None if os.environ.get("GPURNN_REQUIRE_KERNEL_TOOLS") == "1" else _nvrtc_problem()
+pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=str(_PROBLEM))
+
+_DECLARED = re.compile(r'extern "C" __global__ void (\w+)_##S\(')
+
+
+@pytest.mark.parametrize("arch", kernels.ARCHS)
+@pytest.mark.parametrize("source", kernels.source_names())
+def test_every_source_compiles(source, arch):
+    ptx = kernels.compile_ptx(source, arch)
+    assert f".target sm_{arch.split('_')[1]}" in ptx
+    for name, spec in kernels.KERNELS.items():
+        if spec.source == source:
+            for dtype in ("float32", "float64"):
+                assert f".entry {kernels.function_name(name, dtype)}(" in ptx
+
+
+def test_the_table_lists_every_kernel_of_the_sources():
+    declared = {(source, name) for source in kernels.source_names()
+                for name in _DECLARED.findall((kernels.source_dir() / source).read_text())}
+    listed = {(spec.source, name) for name, spec in kernels.KERNELS.items()}
+    assert declared == listed
+
+
+def test_a_planted_error_fails_with_the_compiler_log(tmp_path):
+    copy = tmp_path / "kernels"
+    shutil.copytree(kernels.source_dir(), copy,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    header = copy / "common.cuh"
+    header.write_text(header.read_text() + '\n#error "planted fault"\n')
+    for source in kernels.source_names(copy):
+        with pytest.raises(kernels.KernelCompileError) as caught:
+            kernels.compile_ptx(source, "compute_90", directory=copy)
+        message = str(caught.value)
+        assert "planted fault" in message and "common.cuh" in message  # the log, with #line
+
+
+def test_expanded_sources_are_self_contained():
+    for source in kernels.source_names():
+        text = kernels.expand(source)
+        assert '#include "' not in text and "#pragma once" not in text
+
+
+def test_an_installed_package_carries_the_sources():
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["gpurnn.engine.kernels"]
+    assert {"*.cu", "*.cuh", "host/*.cpp", "host/*.h"} <= set(data)

@@ -1,0 +1,89 @@
+"""``gpurnn selftest``: one clear line without a GPU; its checks, sweep and reports run on
+the CPU here (fused kernels through the host emulation), so the code a GPU run depends on
+has run before it gets there."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpurnn.engine import backend, fused
+from gpurnn.engine.kernels import host
+from gpurnn.tools import gpu_sweep, selftest
+
+
+@pytest.mark.skipif(backend.cuda_available(), reason="a GPU is present: the command would run")
+@pytest.mark.parametrize("command", [["-m", "gpurnn", "selftest", "--device", "cuda"],
+                                     ["scripts/gpu_check.py"]])
+def test_without_a_gpu_it_fails_fast_with_one_line(command, tmp_path):
+    start = time.time()
+    done = subprocess.run([sys.executable, *command, "--output", str(tmp_path)],
+                          capture_output=True, text=True, cwd=os.path.dirname(
+                              os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode != 0
+    assert time.time() - start < 30
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cuda" in lines[0] and "error" in lines[0]
+    assert not list(tmp_path.iterdir())                         # nothing written
+
+
+@pytest.fixture(scope="module")
+def launch():
+    if host.compiler() is None and os.environ.get("GPURNN_REQUIRE_KERNEL_TOOLS") != "1":
+        pytest.skip("no host C++ compiler (g++) to build the kernels for the host")
+    return host.HostLauncher(host.build())
+
+
+def test_the_sweep_and_its_reports_run_on_the_cpu(launch, tmp_path):
+    pytest.importorskip("torch")
+    with fused.emulate_on_host(launch):
+        rows = gpu_sweep.sweep("cpu", lengths=(3,), cells=("gru",), repeats=1,
+                              sizes=dict(vocab=17, hidden=6, batch=3, small_batch=2))
+    assert not [r for r in rows if "error" in r or "skipped" in r], rows
+    systems = {r["system"] for r in rows}
+    assert systems == {"gpurnn-plain", "gpurnn-fused", "torch"}
+    assert {(r["B"], r["H"]) for r in rows} == {(3, 6), (2, 6), (3, 12)}  # + small B, wide H
+    table = gpu_sweep.summary_table([{"check": "x", "error": 0.0, "passed": True}], rows)
+    assert "gpurnn-fused" in table and "vs ref" in table
+    assert gpu_sweep.plot_sweep(rows, tmp_path / "sweep.png") is None or \
+        (tmp_path / "sweep.png").stat().st_size > 0
+    json.dumps(rows)                                            # what selftest.json holds
+
+
+def test_a_deadline_skips_what_it_cannot_start():
+    rows = gpu_sweep.sweep("cpu", lengths=(3,), cells=("elman",), deadline=0,
+                          sizes=dict(vocab=5, hidden=2, batch=1, small_batch=1))
+    assert rows and all(r.get("skipped") == "time budget" for r in rows)
+
+
+def test_a_dry_run_goes_through_every_stage_on_the_cpu(launch, tmp_path):
+    """``gpurnn selftest --dry-run``: the checks and the sweep in their worker processes, on
+    the CPU with the kernels emulated, tiny sizes; the JSON files, the plot and the table."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-m", "gpurnn", "selftest", "--dry-run",
+                           "--no-suite", "--output", str(tmp_path), "--budget", "300"],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "dry-run" / "selftest.json").read_text())
+    checks = report["checks"]
+    # per cell: float64 plain and fused, float32 fused; persistent: 2 dtypes × (Elman, GRU,
+    # LSTM) × (forward, backward); the optimizers; no CUDA graph without a GPU
+    assert len(checks) == 3 * len(selftest.CELLS) + 12 + len(fused.OPTIMIZERS)
+    assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
+    rows = json.loads((tmp_path / "dry-run" / "sweep.json").read_text())["rows"]
+    assert {r["tf32"] for r in rows} == {False, True}
+    assert not [r for r in rows if "error" in r or "skipped" in r]
+    assert "vs ref" in done.stdout and "wrote" in done.stdout
+
+
+@pytest.mark.parametrize("status,summary,require_ran,passed", [
+    (0, "310 passed, 4 skipped, 700 deselected in 80s", True, True),
+    (1, "300 passed, 10 failed, 4 skipped in 80s", True, False),
+    (0, "1 passed, 223 skipped, 700 deselected in 3s", True, False),   # CuPy unusable there
+    (0, "1 passed, 223 skipped, 700 deselected in 3s", False, True),   # --dry-run on a CPU
+])
+def test_the_suite_stage_fails_when_the_cupy_tests_did_not_run(status, summary, require_ran,
+                                                                 passed):
+    assert selftest._suite_verdict(status, summary, require_ran)["passed"] is passed
