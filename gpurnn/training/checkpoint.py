@@ -181,12 +181,30 @@ def _read_arrays(path: Path) -> dict:
                               f"({type(error).__name__}: {error})") from None
 
 
+def _check_values(path: Path, step, arrays: dict) -> None:
+    """Refuse what save_checkpoint never writes, as a hand-edited or damaged file may hold:
+    a step that is not a non-negative integer, parameters, optimizer state or carried
+    state that are not floating point or not finite."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: step {step!r} is out of range (expected an integer "
+                              f">= 0)")
+    for key, array in arrays.items():
+        kind, _, name = key.partition("/")
+        what = {"params": "parameter", "optimizer": "optimizer state"}.get(kind, "array")
+        if key.startswith(("params/", "optimizer/")) and array.dtype.kind != "f":
+            raise CheckpointError(f"{path}: {what} {name!r} has dtype {array.dtype}; "
+                                  f"expected float32 or float64")
+        if array.dtype.kind in "fc" and not numpy.isfinite(array).all():
+            raise CheckpointError(f"{path}: {what} {name!r} holds NaN or Inf")
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
         CheckpointError: missing, empty, truncated or corrupt file, not a gpurnn checkpoint,
-            another format version, or missing fields/arrays; the message names the file.
+            another format version, missing fields/arrays, a step out of range, or arrays
+            that are not finite floating point; the message names the file.
     """
     path = Path(path)
     arrays = _read_arrays(path)
@@ -212,6 +230,7 @@ def load_checkpoint(path) -> Checkpoint:
         extra = _join_arrays(meta["extra"], arrays)
     except KeyError as error:
         raise CheckpointError(f"{path}: checkpoint lacks the array {error.args[0]!r}") from None
+    _check_values(path, meta["step"], arrays)
     return Checkpoint(params=params, optimizer_state=optimizer_state, vocab=meta["vocab"],
                       config=meta["config"], rng_state=meta["rng_state"], step=meta["step"],
                       extra=extra)

@@ -102,8 +102,8 @@ def test_loss_falls_and_everything_is_recorded(tmp_path, mode):
     history = result.valid_history
     assert [step for step, _ in history] == [0, 10, 20, 30, 40]
     assert history[-1][1] < history[0][1] - 1.0  # nats per token
-    assert math.isclose(history[0][1], math.log(len(T.Trainer(tiny(tmp_path)).data.vocab)),
-                        rel_tol=0.1)  # untrained: about uniform
+    vocab = T.Trainer(tiny(tmp_path, overwrite=True)).data.vocab
+    assert math.isclose(history[0][1], math.log(len(vocab)), rel_tol=0.1)  # untrained: uniform
     assert len(result.samples) == 2 and not result.interrupted and 0 <= result.overhead < 1
     records = [json.loads(line) for line in (tmp_path / "lm.jsonl").read_text().splitlines()]
     assert records[0]["event"] == "start" and records[-1]["event"] == "end"
@@ -197,7 +197,7 @@ def test_non_finite_steps_are_skipped_counted_and_warned(tmp_path):
         result = trainer.run()
     assert [str(w.message).split(":")[0] for w in caught] == ["step 3", "step 7", "step 8"]
     assert "non-finite loss (loss nan, gradient norm nan); step skipped" in str(caught[0].message)
-    assert result.step == 12 and trainer.skipped == 3 and trainer.optimizer.t == 9
+    assert result.step == 12 and trainer.guard.skipped == 3 and trainer.optimizer.t == 9
     saved = load_checkpoint(tmp_path / "lm.npz")
     assert all(numpy.isfinite(p).all() for p in saved.params.values())
     assert saved.extra["skipped"] == 3
@@ -216,7 +216,8 @@ def test_repeated_non_finite_steps_stop_training_and_keep_the_checkpoint(tmp_pat
 
 def test_sum_reduction_reports_the_mean_per_token(tmp_path):
     mean = run(tiny(tmp_path, steps=1, eval_every=1, optimizer="sgd"))
-    summed = run(tiny(tmp_path, steps=1, eval_every=1, optimizer="sgd", reduction="sum"))
+    summed = run(tiny(tmp_path, steps=1, eval_every=1, optimizer="sgd", reduction="sum",
+                      overwrite=True))
     assert summed.valid_history[0] == mean.valid_history[0]  # step 0: same model
     records = [json.loads(line) for line in open(tmp_path / "lm.jsonl")]
     assert 1 < [r for r in records if "loss" in r][0]["loss"] < 5  # nats, not a sum
