@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -91,6 +92,12 @@ class Progress:
         from tqdm import tqdm
         tqdm.write(line, file=self.out)
 
+    def line_due(self, now: float | None = None) -> bool:
+        """Whether a progress line is due (never on a terminal: the bar shows it)."""
+        now = time.perf_counter() if now is None else now
+        return self.enabled and not self.terminal and self.every > 0 and \
+            now - self.last_line >= self.every
+
     def update(self, step: int, record: dict) -> None:
         if self.terminal:
             loss = record["loss"]
@@ -100,7 +107,7 @@ class Progress:
             self.bar.update(step - self.bar.n)
             return
         now = time.perf_counter()
-        if self.enabled and now - self.last_line >= self.every:
+        if self.enabled and (self.line_due(now) or self.every == 0):
             self.last_line = now
             done = step - self.first_step
             rate = done / (now - self.started) if now > self.started else 0.0
@@ -151,7 +158,7 @@ class Reporter(Callback):
         if self.root:
             self.metrics.open(resume=config.resume, step=trainer.step)
         self.metrics.write(dict(
-            event="resume" if config.resume else "start", step=trainer.step,
+            event="resume" if config.resume else "start", step=trainer.step, pid=os.getpid(),
             total_steps=trainer.total_steps, vocab=len(trainer.data.vocab),
             train_tokens=trainer.data.train_tokens, device=str(trainer.device),
             config=config.to_dict(), **trainer.world_record()))
@@ -176,8 +183,9 @@ class Reporter(Callback):
             window[3] += norm
         window[2] += tokens
         step = trainer.step
-        if step % self.config.log_every and step < trainer.total_steps and \
-                not trainer.stopper.stopped:
+        due = not step % self.config.log_every or step >= trainer.total_steps or \
+            trainer.stopper.stopped
+        if not due and (self.progress is None or not self.progress.line_due()):
             return
         loss_sum, steps, tokens, norm_sum, since = window
         now = time.perf_counter()
@@ -186,10 +194,11 @@ class Reporter(Callback):
                   "tokens_per_s": round(tokens / (now - since), 1) if now > since else 0.0,
                   "grad_norm": norm_sum / steps if steps else None,
                   "skipped": trainer.guard.skipped}
-        self.metrics.write(record)
         if self.progress is not None:
             self.progress.update(step, record)
-        self._window = [0.0, 0, 0.0, 0.0, now]
+        if due:  # the metrics file gets one record per --log-every steps
+            self.metrics.write(record)
+            self._window = [0.0, 0, 0.0, 0.0, now]
 
     def on_eval(self, trainer, record: dict) -> None:
         self.metrics.write({key: _json_number(value) if isinstance(value, float) else value
