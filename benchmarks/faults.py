@@ -284,10 +284,10 @@ def inject(kind: str, folder: Path, corpus: Path, rng: random.Random, log: list)
     after = saved_step(path)
     outcome.update(during_write=caught if kind.endswith("-write") else None, exit_code=code,
                    step_after=after)
-    ok = caught is not False and after != "unloadable"
+    finished = after == SETTINGS["steps"]  # before the fault came: nothing to stop
+    ok = (caught is True or finished) and after != "unloadable"
     lost = after == "unloadable" or (isinstance(before, int) and
                                      (after is None or after < before))
-    finished = after == SETTINGS["steps"]  # before the signal came: nothing to stop
     if signum == signal.SIGTERM and not finished:
         lines = out.strip().splitlines()
         ok = ok and code == 143 and isinstance(after, int) and lines and \
@@ -391,7 +391,7 @@ def _run(chains, faults_per_chain, seed, mpi_chains, work) -> dict:
     try:
         corpus = write_corpus(work)
         results = []
-        reference = reference_state(work, corpus, mpi=False)
+        reference = reference_state(work, corpus, mpi=False) if chains else None
         for number in range(chains):
             kinds = [SINGLE_KINDS[(number * faults_per_chain + i) % len(SINGLE_KINDS)]
                      for i in range(faults_per_chain)]

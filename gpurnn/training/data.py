@@ -108,7 +108,7 @@ def _check_line_length(file: Path, data: bytes) -> None:
     if gaps[longest] > MAX_LINE_BYTES:
         raise ValueError(f"{file}: {gaps[longest] / 1e6:.1f} MB without a line break (from "
                          f"offset {bounds[longest] + 1}); a text corpus breaks its lines at "
-                         f"least every {MAX_LINE_BYTES / 1e6:.0f} MB")
+                         f"least every {MAX_LINE_BYTES:,} bytes")
 
 
 def _read_csv_column(file: Path, column: str) -> list[str]:

@@ -19,7 +19,8 @@ OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adagrad": 1, "rmsprop": 1, "adam": 
 def parameter_count(config, vocab_size: int) -> int:
     gates, hidden, layers = GATES[config.cell], config.hidden, config.layers
     first = vocab_size * gates * hidden  # the input rows of the first layer
-    per_layer = hidden * gates * hidden + 2 * gates * hidden
+    biases = hidden if config.cell == "elman" else 2 * gates * hidden  # b; or b_ih and b_hh
+    per_layer = hidden * gates * hidden + biases
     deeper = (layers - 1) * hidden * gates * hidden
     return first + layers * per_layer + deeper + hidden * vocab_size + vocab_size
 
