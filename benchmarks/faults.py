@@ -25,7 +25,7 @@ After every fault the checkpoint must load, and its step may not go back (else i
 a checkpoint lost); at the end of a chain the run is resumed to its last step and must be
 bit-identical (parameters, optimizer state, carried state, RNG, data position) to the same
 run never interrupted; files left beside the checkpoint besides it and its metrics count as
-stray. Writes benchmarks/results/faults.json.
+stray. Writes benchmarks/results/faults.json and, with matplotlib, faults.png.
 """
 from __future__ import annotations
 
@@ -270,6 +270,7 @@ def inject(kind: str, folder: Path, corpus: Path, rng: random.Random, log: list)
     signum = signal.SIGKILL if "sigkill" in kind else signal.SIGTERM
     argv = restart_argv(folder, corpus)
     old, old_pids = temporaries(folder), _start_pids(folder)
+    outcome["temporaries_left_before"] = len(old)  # by the previous fault: removed at start
     process = start(mpi_argv(argv) if mpi else argv)
     caught = None
     if kind.endswith("-write"):
@@ -419,6 +420,8 @@ def totals(chains: list) -> dict:
             "checkpoints_lost": sum(int(f["lost"]) for f in faults),
             "stray_files": sum(len(c["stray_files"]) for c in chains)
             + sum(len(f.get("stray", [])) for f in faults),
+            "temporaries_left_by_kills_and_removed": sum(
+                f.get("temporaries_left_before", 0) for f in faults),
             "chains": len(chains),
             "chains_bit_identical": sum(int(c["bit_identical"]) for c in chains),
             "by_kind": by_kind}
@@ -439,10 +442,33 @@ def machine() -> dict:
     return info
 
 
+def plot(result: dict, path: Path) -> None:
+    """Faults injected and survived per kind, as bars (needs matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    kinds = result["totals"]["by_kind"]
+    names = list(kinds)
+    figure, axes = plt.subplots(figsize=(8, 3.2))
+    x = numpy.arange(len(names))
+    axes.bar(x - 0.2, [kinds[k]["injected"] for k in names], 0.4, label="injected")
+    axes.bar(x + 0.2, [kinds[k]["survived"] for k in names], 0.4, label="survived")
+    axes.set_xticks(x, names, rotation=20, fontsize=8)
+    t = result["totals"]
+    axes.set_title(f"gpurnn train under faults: {t['survived']}/{t['faults_injected']} survived, "
+                   f"{t['checkpoints_lost']} checkpoints lost, {t['stray_files']} stray files",
+                   fontsize=9)
+    axes.set_ylabel("faults")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--chains", type=int, default=8, help="single-process chains (8)")
-    parser.add_argument("--faults-per-chain", type=int, default=5, help="faults each (5)")
+    parser.add_argument("--chains", type=int, default=6, help="single-process chains (6)")
+    parser.add_argument("--faults-per-chain", type=int, default=6, help="faults each (6)")
     parser.add_argument("--mpi-chains", type=int, default=3,
                         help="chains under mpiexec -n 2, two faults each (3)")
     parser.add_argument("--seed", type=int, default=0)
@@ -454,6 +480,10 @@ def main(argv=None) -> int:
     result.update(machine=machine(), seconds=round(time.monotonic() - started, 1),
                   settings=SETTINGS, seed=args.seed)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
+    try:
+        plot(result, args.output.with_suffix(".png"))
+    except ImportError:
+        print("matplotlib is not installed: no plot")
     t = result["totals"]
     print(f"faults injected {t['faults_injected']}, survived {t['survived']}, checkpoints lost "
           f"{t['checkpoints_lost']}, stray files {t['stray_files']}; chains bit-identical "

@@ -136,7 +136,10 @@ class Trainer:
         self.locks = []
 
     def __del__(self):  # a Trainer built but never run still lets go of its files
-        self._release()
+        try:
+            self._release()
+        except Exception:  # at interpreter exit: the kernel releases the locks anyway
+            pass
 
     def _build(self, saved) -> None:
         config, comm = self.config, self.comm

@@ -36,12 +36,12 @@ def _assert_all_survived(result):
 
 
 def test_every_kind_of_fault_is_survived_and_the_run_ends_bit_identical(faults, tmp_path):
-    result = faults.run(1, len(faults.SINGLE_KINDS), seed=1, work=tmp_path, steps=250)
+    result = faults.run(1, len(faults.SINGLE_KINDS), seed=1, work=tmp_path, steps=200)
     kinds = [f["kind"] for f in result["chains"][0]["faults"]]
     assert kinds == list(faults.SINGLE_KINDS)
     _assert_all_survived(result)
     during = [f for f in result["chains"][0]["faults"] if f["kind"].endswith("-write")]
-    assert all(f["during_write"] or f["step_after"] == 250 for f in during)
+    assert all(f["during_write"] or f["step_after"] == 200 for f in during)
     limit = next(f for f in result["chains"][0]["faults"] if f["kind"] == "file-size-limit")
     assert limit["how"] == "RLIMIT_FSIZE" and "File too large (EFBIG)" in limit["message"]
 
@@ -62,7 +62,7 @@ def test_a_signal_to_one_rank_stops_every_rank_and_the_run_resumes(faults, tmp_p
         if os.environ.get("GPURNN_REQUIRE_MPI") == "1":
             pytest.fail(f"GPURNN_REQUIRE_MPI=1 but {missing}")
         pytest.skip(missing)
-    result = faults.run(0, 0, seed=2, mpi_chains=1, work=tmp_path, steps=150)
+    result = faults.run(0, 0, seed=2, mpi_chains=1, work=tmp_path, steps=100)
     _assert_all_survived(result)
     sigterm = next(f for f in result["chains"][0]["faults"] if f["kind"] == "mpi-sigterm")
-    assert sigterm["exit_code"] == 143 or sigterm["step_after"] == 150
+    assert sigterm["exit_code"] == 143 or sigterm["step_after"] == 100
