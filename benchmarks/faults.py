@@ -61,7 +61,7 @@ SETTINGS = dict(vocab_size=40, hidden=24, batch_size=4, seq_len=8, steps=600, ev
                 log_every=5, checkpoint_every=1, samples=0, quiet=True, device="cpu",
                 optimizer="adam", lr=0.01, seed=0)
 WAIT_S = 120  # any single process must be done within this
-KILL_WINDOW_S = 1.5  # random faults land this long at most after training has begun
+KILL_WINDOW_S = 1.5  # random faults land at most this long after training is seen
 
 
 # ------------------------------------------------------------------------------ running
@@ -220,6 +220,30 @@ def wait_for_training(process, folder: Path, old_pids: list, steps_seen: int = 2
     return False
 
 
+def _last_step(folder: Path) -> int:
+    try:
+        lines = (folder / "lm.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        if '"tokens_per_s"' in line:
+            try:
+                return json.loads(line)["step"]
+            except (ValueError, KeyError):
+                continue
+    return 0
+
+
+def random_delay(folder: Path, rng: random.Random) -> float:
+    """A random instant within the first half of what is left of the run, at the rate it
+    trains now (measured over a moment), so that the fault lands before the run ends."""
+    step, start = _last_step(folder), time.monotonic()
+    time.sleep(0.2)
+    rate = (_last_step(folder) - step) / (time.monotonic() - start)
+    left = (SETTINGS["steps"] - _last_step(folder)) / rate if rate > 0 else KILL_WINDOW_S
+    return rng.uniform(0.0, min(KILL_WINDOW_S, 0.5 * left))
+
+
 def temporaries(folder: Path) -> set:
     with os.scandir(folder) as entries:
         return {e.name for e in entries if e.name.startswith(".lm.npz.") and
@@ -276,7 +300,7 @@ def inject(kind: str, folder: Path, corpus: Path, rng: random.Random, log: list)
     if kind.endswith("-write"):
         caught = signal_during_write(process, folder, signum, old)
     elif wait_for_training(process, folder, old_pids):
-        time.sleep(rng.uniform(0.0, KILL_WINDOW_S))
+        time.sleep(random_delay(folder, rng))
         target = rank_pid(str(path), 1) if mpi else process.pid
         if target is not None and process.poll() is None:
             os.kill(target, signum)
