@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .callbacks import Callback
 
-__all__ = ["perplexity", "MetricsLog", "Progress", "Reporter"]
+__all__ = ["perplexity", "MetricsLog", "Progress", "Reporter", "world_record",
+           "world_lines"]
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -161,14 +162,14 @@ class Reporter(Callback):
             event="resume" if config.resume else "start", step=trainer.step, pid=os.getpid(),
             total_steps=trainer.total_steps, vocab=len(trainer.data.vocab),
             train_tokens=trainer.data.train_tokens, device=str(trainer.device),
-            config=config.to_dict(), **trainer.world_record()))
+            config=config.to_dict(), **world_record(trainer)))
         if not trainer.data.valid and self.root:
             warnings.warn("the corpus is too small for a validation set; the schedule and "
                           "the reports use the training loss", stacklevel=2)
         self.say(f"training {trainer.model!r} on {trainer.data.train_tokens} tokens "
                  f"({len(trainer.data.train)} batches per epoch), steps {trainer.step} -> "
                  f"{trainer.total_steps}; loss = mean cross-entropy per token, ppl = exp(loss)")
-        for line in trainer.world_lines():
+        for line in world_lines(trainer):
             self.say(line)
         self.progress = Progress(config, trainer.total_steps, trainer.step, self.out,
                                  enabled=self.root and not config.quiet)
@@ -264,3 +265,34 @@ class Reporter(Callback):
         else:
             self.final(f"checkpoint: {path} (step {trainer.step}{last})  "
                        f"(gpurnn generate {path})")
+
+
+def world_record(trainer) -> dict:
+    """The start record's facts about the processes of the run."""
+    record = {}
+    if trainer.comm.size > 1:
+        record = {"world_size": trainer.comm.size,
+                  "global_batch": trainer.comm.size * trainer.config.batch_size,
+                  "communicator": trainer.comm.name, "allreduce_bytes": trainer.flat.nbytes}
+    if trainer.moved_from is not None:
+        record["resumed_from_world_size"] = trainer.moved_from[0]
+    return record
+
+
+def world_lines(trainer) -> list:
+    """Lines about the processes of the run and a move from another number of them."""
+    comm, config, lines = trainer.comm, trainer.config, []
+    if comm.size > 1:
+        lines.append(f"data-parallel over {comm.name}: each process takes "
+                     f"{config.batch_size} of the {comm.size * config.batch_size} sequences "
+                     f"of a global batch; {trainer.flat.nbytes / 1e3:.1f} kB summed per step")
+    if trainer.moved_from is not None:
+        size, before = trainer.moved_from
+        now = trainer.data.train.state_dict()
+        lines.append(f"the checkpoint was written by {size} process(es), this run has "
+                     f"{comm.size}: other global batches, so the data position moved from "
+                     f"batch {before['index']} of {before['num_batches']} to "
+                     f"{now['index']} of {now['num_batches']} (epoch {now['epoch']})"
+                     + ("; the streams' hidden state starts again"
+                        if config.mode == "stream" else ""))
+    return lines

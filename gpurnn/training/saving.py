@@ -38,6 +38,7 @@ from pathlib import Path
 
 from .callbacks import Callback
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .resuming import checkpoint_fields
 
 try:
     import fcntl
@@ -241,7 +242,7 @@ class CheckpointSaver(Callback):
 
     def save(self, trainer) -> None:
         start = time.perf_counter()
-        fields = trainer.checkpoint_fields()  # collective: every rank calls it
+        fields = checkpoint_fields(trainer)  # collective: every rank calls it
         self.comm.collectively(lambda: self._write(fields) if self.comm.rank == 0 else None)
         self.saved_step = trainer.step
         seconds = time.perf_counter() - start

@@ -45,7 +45,7 @@ from .distributed import (Communicator, FlatGradients, abort_all_on_failure, dev
                           world)
 from .optim import HalveOnPlateau, clip_grad_norm, global_norm, make_optimizer
 from .reporting import Reporter, perplexity
-from .resuming import check_same_run, checkpoint_fields, restore
+from .resuming import check_same_run, restore
 from .saving import (CheckpointSaver, FileLock, check_existing_outputs, check_output_paths,
                      stale_temporaries)
 from .sizing import check_fits
@@ -193,10 +193,6 @@ class Trainer:
             # the summed gradient is as much larger as the global batch has tokens
             lr /= config.batch_size * self.comm.size * config.seq_len
         return lr
-
-    def checkpoint_fields(self) -> dict | None:
-        """What a checkpoint of this run holds now (collective; None except on rank 0)."""
-        return checkpoint_fields(self)
 
     # ------------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
@@ -347,37 +343,9 @@ class Trainer:
         self.timing["valid"] += seconds
         self.longest["valid"] = max(self.longest["valid"], seconds)
 
-    # ------------------------------------------------------------------ for the reports
     def _overhead(self) -> float:
         step = self.timing["step"]
         return 1.0 - (self.timing["engine"] + self.timing["allreduce"]) / step if step else 0.0
-
-    def world_record(self) -> dict:
-        record = {}
-        if self.comm.size > 1:
-            record = {"world_size": self.comm.size,
-                      "global_batch": self.comm.size * self.config.batch_size,
-                      "communicator": self.comm.name, "allreduce_bytes": self.flat.nbytes}
-        if self.moved_from is not None:
-            record["resumed_from_world_size"] = self.moved_from[0]
-        return record
-
-    def world_lines(self) -> list:
-        comm, config, lines = self.comm, self.config, []
-        if comm.size > 1:
-            lines.append(f"data-parallel over {comm.name}: each process takes "
-                         f"{config.batch_size} of the {comm.size * config.batch_size} sequences "
-                         f"of a global batch; {self.flat.nbytes / 1e3:.1f} kB summed per step")
-        if self.moved_from is not None:
-            size, before = self.moved_from
-            now = self.data.train.state_dict()
-            lines.append(f"the checkpoint was written by {size} process(es), this run has "
-                         f"{comm.size}: other global batches, so the data position moved from "
-                         f"batch {before['index']} of {before['num_batches']} to "
-                         f"{now['index']} of {now['num_batches']} (epoch {now['epoch']})"
-                         + ("; the streams' hidden state starts again"
-                            if config.mode == "stream" else ""))
-        return lines
 
 
 def _rows(batch: Batch, rows: slice, trim: bool) -> Batch:
