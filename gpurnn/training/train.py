@@ -236,16 +236,22 @@ class Trainer:
             self._evaluate(regular=True)  # the untrained model's perplexity, ~ vocab size
         while self.step < self.total_steps and not self.stopper.stopped:
             for batch in self.data.train:
+                start, aside = time.perf_counter(), self.timing["valid"] + self.timing["save"]
                 self._train_step(batch)
                 if self.step % self.config.eval_every == 0:
                     self._evaluate(regular=True)
                 self.events.on_step_end(self)
+                # A step's time: everything but evaluation and checkpoints, timed on their own.
+                seconds = (time.perf_counter() - start
+                           - (self.timing["valid"] + self.timing["save"] - aside))
+                self.timing["step"] += seconds
+                self.longest["step"] = max(self.longest["step"], seconds)
+                self.timed_steps += 1
                 if self.step >= self.total_steps or self.stopper.stopped:
                     break
 
     def _train_step(self, batch) -> None:
         config, model, dev, comm = self.config, self.model, self.device, self.comm
-        start = time.perf_counter()
         if comm.size > 1:  # this rank's rows of the global batch
             batch = _rows(batch, slice(comm.rank, None, comm.size), config.mode == "sentence")
         local = len(batch.inputs) > 0  # the last sentence batch may have fewer rows than ranks
@@ -283,10 +289,6 @@ class Trainer:
         if config.mode == "stream":
             self.hidden = last
         self.step += 1
-        seconds = time.perf_counter() - start
-        self.timing["step"] += seconds
-        self.longest["step"] = max(self.longest["step"], seconds)
-        self.timed_steps += 1
 
     def _all_reduce(self, loss: float, grads: dict | None, tokens: float):
         """Sum the gradients, the loss, the token count and the stop requests of all ranks,

@@ -549,3 +549,18 @@ def test_a_key_given_twice_in_two_spellings_is_refused(tmp_path):
     (tmp_path / "a.json").write_text('{"hidden": 8, "hidden": 9}')
     with pytest.raises(ValueError, match=r"a\.json: key 'hidden' is given twice; keep one"):
         read_config_file(tmp_path / "a.json")
+
+
+def test_a_checkpoint_whose_data_position_is_out_of_range_is_refused(tmp_path):
+    run(tiny(tmp_path, steps=5))
+    saved = load_checkpoint(tmp_path / "lm.npz")
+    fields = dict(params=saved.params, optimizer_state=saved.optimizer_state,
+                  vocab=saved.vocab, config=saved.config, rng_state=saved.rng_state,
+                  step=saved.step, extra={**saved.extra, "batcher": {
+                      **saved.extra["batcher"], "index": 10_000}})
+    from gpurnn.training.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "lm.npz", **fields)
+    with pytest.raises(CheckpointError, match=r"cannot resume from this checkpoint \(ValueError: "
+                                              r"batcher state position \(epoch 0, index 10000\) "
+                                              r"is out of range\)"):
+        T.Trainer(tiny(tmp_path, steps=10, resume=True))
