@@ -79,7 +79,8 @@ def run_gradcheck(args):
 # ------------------------------------------------------------------------------------ train
 
 _METAVARS = {"corpus": "PATH", "checkpoint": "PATH", "metrics": "PATH", "lr": "X", "clip": "X",
-             "valid_fraction": "X", "truncate": "K"}
+             "valid_fraction": "X", "truncate": "K", "time_limit": "DURATION",
+             "stop_signal": "SIGNAL", "log_every_seconds": "SECONDS"}
 
 
 def add_train(subparsers):
@@ -92,8 +93,9 @@ def add_train(subparsers):
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a recurrent language model (Elman, GRU or LSTM cells, stacked "
-                    "with --layers)\nwith batched BPTT and save it to --checkpoint.\nThe loss shown is the mean cross-entropy per predicted "
-                    "token (nats); perplexity = exp(loss).",
+                    "with --layers)\nwith batched BPTT and save it to --checkpoint.\nThe loss "
+                    "shown is the mean cross-entropy per predicted token (nats); perplexity = "
+                    "exp(loss).",
         epilog="Settings can also come from --config FILE (TOML or JSON, keys named like the "
                "flags,\nwith dashes or underscores); flags given here override the file.\n"
                "--resume starts from the settings saved in the checkpoint; --steps/--epochs "
@@ -171,6 +173,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def run_train(args, base=None):
     """Train; the exit code says how it ended (see gpurnn.training.stopping.ExitCode)."""
+    import signal
     import warnings
 
     from ..training.distributed import abort_all_on_failure, world
@@ -191,7 +194,7 @@ def run_train(args, base=None):
                 else ExitCode.SAVE_FAILED
         except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
             print("gpurnn train: interrupted, no checkpoint written", file=sys.stderr)
-            return ExitCode.SIGNAL_BASE + 2
+            return ExitCode.SIGNAL_BASE + signal.SIGINT
 
 
 # --------------------------------------------------------------------------------- generate

@@ -67,8 +67,9 @@ def check_output_paths(config, checkpoint: Path, metrics: Path) -> None:
     corpus or each other."""
     for flag, path in (("--checkpoint", checkpoint), ("--metrics", metrics)):
         if path.is_dir():
+            example = path / ("lm.npz" if flag == "--checkpoint" else "lm.jsonl")
             raise IsADirectoryError(f"{flag} {path} is a folder; give a file path such as "
-                                    f"{path / ('lm.npz' if flag == '--checkpoint' else 'lm.jsonl')}")
+                                    f"{example}")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"folder {path.parent} for {path.name} does not exist")
         if not os.access(path.parent, os.W_OK | os.X_OK):

@@ -30,6 +30,7 @@ import threading
 import time
 import warnings
 
+from ..engine.backend import get_array_module
 from .callbacks import Callback
 from .config import parse_duration, signal_number
 from .distributed import collective
@@ -227,5 +228,4 @@ class DivergenceGuard:
 
 
 def params_finite(params: dict) -> bool:
-    from ..engine.backend import get_array_module
     return all(bool(get_array_module(p).isfinite(p).all()) for p in params.values())
