@@ -88,8 +88,8 @@ class StopConditions(Callback):
     def _on_signal(self, signum, frame):
         # Only a flag is set here: printing from a handler can hit a stream in the middle of
         # a write (a reentrant-call RuntimeError); the loop reports it at the step boundary.
-        if signum == signal.SIGINT and self.requested == _SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: quit at once, without saving
+        if signum == signal.SIGINT and self.requested is not None:
+            raise KeyboardInterrupt  # Ctrl-C while a stop is pending: quit now, without saving
         if self.requested is None:
             self.requested = self.slot_of[signum]
 
