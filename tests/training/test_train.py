@@ -314,7 +314,8 @@ def test_time_limit_stops_leaving_room_for_the_measured_checkpoint():
 def test_time_limit_in_a_run(tmp_path):
     result = run(tiny(tmp_path, steps=1_000_000, time_limit="2s", eval_every=1000))
     assert result.interrupted and result.exit_code == 75
-    assert result.stopped_by == "the time limit (2s)" and result.seconds < 2.0
+    # before the limit, to the margin of a loaded machine (the rule: the fake-clock test above)
+    assert result.stopped_by == "the time limit (2s)" and result.seconds < 2.5
     assert load_checkpoint(tmp_path / "lm.npz").step == result.step > 0
 
 
