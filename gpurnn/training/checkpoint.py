@@ -20,7 +20,7 @@ import numpy
 
 from ..engine.backend import is_device_array, to_host
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "Checkpoint",
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "NonFiniteError", "Checkpoint",
            "save_checkpoint", "load_checkpoint"]
 
 FORMAT_NAME = "gpurnn-checkpoint"
@@ -32,6 +32,10 @@ _META_FIELDS = ("format", "version", "step", "vocab", "config", "rng_state", "pa
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+class NonFiniteError(ValueError):
+    """save_checkpoint was given NaN or Inf (a diverged run); nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,8 @@ def save_checkpoint(path, *, params: dict, optimizer_state: dict, vocab, config:
         step: training steps taken, >= 0.
         extra: optional nested dict of arrays and JSON scalars (e.g. batcher state, history).
     Raises:
-        ValueError: a parameter holds NaN or Inf, or a bad argument; TypeError: a field is
-            not JSON-serialisable. Nothing is written then.
+        NonFiniteError (a ValueError): an array holds NaN or Inf. ValueError: a bad
+            argument; TypeError: a field is not JSON-serialisable. Nothing is written then.
     """
     path = Path(path)
     if not isinstance(params, dict) or not params:
@@ -122,7 +126,7 @@ def save_checkpoint(path, *, params: dict, optimizer_state: dict, vocab, config:
         array = arrays[f"params/{name}"] = to_host(value)
         # Refused here so that a diverged run can never overwrite good parameters with NaN.
         if array.dtype.kind in "fc" and not numpy.isfinite(array).all():
-            raise ValueError(f"params[{name!r}] contains NaN or Inf; refusing to save {path}")
+            raise NonFiniteError(f"params[{name!r}] contains NaN or Inf; refusing to save {path}")
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": int(step),
             "vocab": list(vocab), "config": config, "rng_state": rng_state,
             "params": list(params),
@@ -132,6 +136,10 @@ def save_checkpoint(path, *, params: dict, optimizer_state: dict, vocab, config:
         _to_json(field, meta[field])
     arrays[_META_KEY] = numpy.frombuffer(_to_json("checkpoint", meta).encode("utf-8"),
                                          dtype=numpy.uint8)
+    for key, array in arrays.items():  # what load_checkpoint would refuse is never written
+        if key.startswith(("optimizer/", "extra/")) and array.dtype.kind in "fc" and \
+                not numpy.isfinite(array).all():
+            raise NonFiniteError(f"{key} contains NaN or Inf; refusing to save {path}")
     _write_atomically(path, arrays)
     return path
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from .callbacks import Callback
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, NonFiniteError, load_checkpoint, save_checkpoint
 from .resuming import checkpoint_fields
 
 try:
@@ -244,7 +244,11 @@ class CheckpointSaver(Callback):
     def save(self, trainer) -> None:
         start = time.perf_counter()
         fields = checkpoint_fields(trainer)  # collective: every rank calls it
-        self.comm.collectively(lambda: self._write(fields) if self.comm.rank == 0 else None)
+        try:
+            self.comm.collectively(lambda: self._write(fields) if self.comm.rank == 0 else None)
+        except NonFiniteError as error:  # e.g. optimizer state overflowed: the run diverged
+            raise trainer.guard.diverged(trainer.step, str(error), self.kept(),
+                                         trainer.optimizer.lr) from None
         self.saved_step = trainer.step
         seconds = time.perf_counter() - start
         trainer.timing["save"] += seconds

@@ -205,3 +205,14 @@ def test_hand_edited_values_are_refused(tmp_path, edit, message):
     meta = json.loads(arrays.pop("__gpurnn__").tobytes())
     edit(meta, arrays)
     _expect_error(_write_npz(tmp_path / "edited.npz", meta, **arrays), message)
+
+
+def test_what_load_refuses_is_never_saved(tmp_path):
+    fields = _fields()
+    fields["optimizer_state"]["slots"]["v"]["U"][0, 0] = numpy.inf
+    with pytest.raises(checkpoint.NonFiniteError,
+                       match=r"optimizer/slots/v/U contains NaN or Inf; refusing to save"):
+        save_checkpoint(tmp_path / "ck.npz", **fields)
+    with pytest.raises(checkpoint.NonFiniteError, match=r"extra/losses contains NaN"):
+        _save(tmp_path / "ck.npz", extra={"losses": numpy.array([numpy.nan])})
+    assert list(tmp_path.iterdir()) == []

@@ -565,3 +565,19 @@ def test_a_checkpoint_whose_data_position_is_out_of_range_is_refused(tmp_path):
                                               r"batcher state position \(epoch 0, index 10000\) "
                                               r"is out of range\)"):
         T.Trainer(tiny(tmp_path, steps=10, resume=True))
+
+
+def test_an_optimizer_state_that_overflowed_stops_as_diverged_not_unloadable(tmp_path):
+    trainer = T.Trainer(tiny(tmp_path, steps=30, checkpoint_every=5))
+    real = trainer.optimizer.step
+
+    def update(params, grads):  # Adam's second moment overflows at step 7 (float32, no clip)
+        real(params, grads)
+        if trainer.optimizer.t == 7:
+            trainer.optimizer._state["v"]["W"][...] = numpy.inf
+    trainer.optimizer.step = update
+    with pytest.raises(T.TrainingError, match=r"training stopped at step 10: "
+                                              r"optimizer/slots/v/W contains NaN or Inf; .*so "
+                                              r"the run diverged; .*\(step 5\), is intact"):
+        trainer.run()
+    assert load_checkpoint(tmp_path / "lm.npz").step == 5
