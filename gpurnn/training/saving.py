@@ -34,6 +34,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from .callbacks import Callback
@@ -204,8 +205,8 @@ class CheckpointSaver(Callback):
     """Writes the run's checkpoint every ``--checkpoint-every`` steps, at the end and on a
     stop; with ``--time-limit`` also after the first step, to measure what a write costs."""
 
-    def __init__(self, config, path: Path, comm, say):
-        self.config, self.path, self.comm, self.say = config, path, comm, say
+    def __init__(self, config, path: Path, comm):
+        self.config, self.path, self.comm = config, path, comm
         self.saved_step = None  # the step of the checkpoint at self.path of this run
         self._previous_xfsz = None
 
@@ -266,8 +267,8 @@ class CheckpointSaver(Callback):
                         f"{_describe(error)} (tried twice); {self.kept()}; fix it and "
                         f"continue with: gpurnn train --resume --checkpoint {self.path}") \
                         from None
-                self.say(f"writing checkpoint {self.path} failed ({_describe(error)}); "
-                         f"trying once more")
+                warnings.warn(f"writing checkpoint {self.path} failed ({_describe(error)}); "
+                              f"trying once more", RuntimeWarning, stacklevel=2)
                 time.sleep(RETRY_PAUSE_S)
 
 

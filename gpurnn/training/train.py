@@ -104,7 +104,7 @@ class Trainer:
         self.locks, self.removed_temporaries = [], []
         self.reporter = Reporter(config, comm, self.out, self.metrics_path)
         self.stopper = StopConditions(config, comm, self.reporter.say)  # its clock starts now
-        self.saver = CheckpointSaver(config, self.path, comm, self.reporter.say)
+        self.saver = CheckpointSaver(config, self.path, comm)
         self.events = Callbacks(self.stopper, self.saver, self.reporter)
         self.guard = DivergenceGuard(config, comm)
         try:

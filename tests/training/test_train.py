@@ -345,13 +345,15 @@ def _failing_savez(monkeypatch, failing_calls):
 
 def test_a_failed_checkpoint_write_is_retried_once(tmp_path, monkeypatch):
     _failing_savez(monkeypatch, {2})  # the second write fails, its retry succeeds
-    result = run(tiny(tmp_path, steps=20, checkpoint_every=5))
+    with pytest.warns(RuntimeWarning, match=r"writing checkpoint .*lm\.npz failed \(No space "
+                                            r"left on device \(ENOSPC\)\); trying once more"):
+        result = run(tiny(tmp_path, steps=20, checkpoint_every=5))
     assert result.step == 20 and load_checkpoint(tmp_path / "lm.npz").step == 20
 
 
 def test_a_failing_checkpoint_write_stops_keeping_the_previous_one(tmp_path, monkeypatch):
     _failing_savez(monkeypatch, {3, 4})  # the checkpoint at step 15 and its retry
-    with pytest.raises(saving.CheckpointWriteError) as info:
+    with pytest.raises(saving.CheckpointWriteError) as info, pytest.warns(RuntimeWarning):
         run(tiny(tmp_path, steps=30, checkpoint_every=5))
     message = str(info.value)
     assert "\n" not in message and message == (
