@@ -159,6 +159,7 @@ def measure(processes: int, batch: int, threads: int, steps: int, folder: Path) 
     argv = [sys.executable, "-m", "gpurnn", "train", "--device", "cpu", "--steps",
             str(steps), "--batch-size", str(batch), "--eval-every", str(10 * steps),
             "--checkpoint-every", "0", "--samples", "0", "--log-every", "10", "--quiet",
+            "--overwrite",  # the repeats of one configuration write the same files
             "--checkpoint", str(checkpoint)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}

@@ -79,7 +79,8 @@ def run_gradcheck(args):
 # ------------------------------------------------------------------------------------ train
 
 _METAVARS = {"corpus": "PATH", "checkpoint": "PATH", "metrics": "PATH", "lr": "X", "clip": "X",
-             "valid_fraction": "X", "truncate": "K"}
+             "valid_fraction": "X", "truncate": "K", "time_limit": "DURATION",
+             "stop_signal": "SIGNAL", "log_every_seconds": "SECONDS"}
 
 
 def add_train(subparsers):
@@ -91,14 +92,21 @@ def add_train(subparsers):
         "train", help="train a language model (default: on Python's own documentation)",
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train an Elman RNN language model with batched BPTT and save it to "
-                    "--checkpoint.\nThe loss shown is the mean cross-entropy per predicted "
-                    "token (nats); perplexity = exp(loss).",
+        description="Train a recurrent language model (Elman, GRU or LSTM cells, stacked "
+                    "with --layers)\nwith batched BPTT and save it to --checkpoint.\nThe loss "
+                    "shown is the mean cross-entropy per predicted token (nats); perplexity = "
+                    "exp(loss).",
         epilog="Settings can also come from --config FILE (TOML or JSON, keys named like the "
                "flags,\nwith dashes or underscores); flags given here override the file.\n"
                "--resume starts from the settings saved in the checkpoint; --steps/--epochs "
                "count the\nwhole run, so --resume --steps 30 after 15 saved steps trains 15 more.\n"
-               "Ctrl-C saves a checkpoint after the current step and exits.\n\n"
+               "Ctrl-C, SIGTERM and --stop-signal save a checkpoint after the current step "
+               "and exit;\nan existing checkpoint is continued with --resume or replaced "
+               "with --overwrite.\n\n"
+               "exit codes: 0 finished; 1 diverged; 2 bad input (flags, files, checkpoint "
+               "in use);\n  3 a checkpoint could not be written (the previous one is "
+               "intact); 75 stopped before\n  --time-limit; 128+N stopped by signal N (130 "
+               "Ctrl-C, 143 SIGTERM); after 75 and 128+N,\n  continue with --resume.\n\n"
                "examples:\n  gpurnn train\n"
                "  gpurnn train --corpus book.txt --level char --hidden 128 --epochs 5\n"
                "  gpurnn train --resume --steps 3000\n")
@@ -165,9 +173,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def run_train(args, base=None):
+    """Train; the exit code says how it ended (see gpurnn.training.stopping.ExitCode)."""
+    import signal
     import warnings
 
     from ..training.distributed import abort_all_on_failure, world
+    from ..training.saving import CheckpointWriteError
+    from ..training.stopping import ExitCode
     from ..training.train import Trainer, TrainingError
     comm = world()  # one process, or all those mpirun started
     with warnings.catch_warnings():
@@ -175,15 +187,15 @@ def run_train(args, base=None):
         try:
             with abort_all_on_failure(comm, "gpurnn train"):  # a rank failing alone stops all
                 config = train_config_from_args(args, base, comm=comm)
-                Trainer(config, comm=comm).run()
-        except TrainingError as error:  # decided on global numbers: raised by every rank
+                return Trainer(config, comm=comm).run().exit_code
+        except (TrainingError, CheckpointWriteError) as error:  # raised by every rank alike
             if comm.rank == 0:
                 print(f"gpurnn train: {error}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
+            return ExitCode.DIVERGED if isinstance(error, TrainingError) \
+                else ExitCode.SAVE_FAILED
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
             print("gpurnn train: interrupted, no checkpoint written", file=sys.stderr)
-            return 130
-    return 0
+            return ExitCode.SIGNAL_BASE + signal.SIGINT
 
 
 # --------------------------------------------------------------------------------- generate

@@ -20,7 +20,7 @@ import numpy
 
 from ..engine.backend import is_device_array, to_host
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "Checkpoint",
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "NonFiniteError", "Checkpoint",
            "save_checkpoint", "load_checkpoint"]
 
 FORMAT_NAME = "gpurnn-checkpoint"
@@ -32,6 +32,10 @@ _META_FIELDS = ("format", "version", "step", "vocab", "config", "rng_state", "pa
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+class NonFiniteError(ValueError):
+    """save_checkpoint was given NaN or Inf (a diverged run); nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,8 @@ def save_checkpoint(path, *, params: dict, optimizer_state: dict, vocab, config:
         step: training steps taken, >= 0.
         extra: optional nested dict of arrays and JSON scalars (e.g. batcher state, history).
     Raises:
-        ValueError: a parameter holds NaN or Inf, or a bad argument; TypeError: a field is
-            not JSON-serialisable. Nothing is written then.
+        NonFiniteError (a ValueError): an array holds NaN or Inf. ValueError: a bad
+            argument; TypeError: a field is not JSON-serialisable. Nothing is written then.
     """
     path = Path(path)
     if not isinstance(params, dict) or not params:
@@ -122,7 +126,7 @@ def save_checkpoint(path, *, params: dict, optimizer_state: dict, vocab, config:
         array = arrays[f"params/{name}"] = to_host(value)
         # Refused here so that a diverged run can never overwrite good parameters with NaN.
         if array.dtype.kind in "fc" and not numpy.isfinite(array).all():
-            raise ValueError(f"params[{name!r}] contains NaN or Inf; refusing to save {path}")
+            raise NonFiniteError(f"params[{name!r}] contains NaN or Inf; refusing to save {path}")
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": int(step),
             "vocab": list(vocab), "config": config, "rng_state": rng_state,
             "params": list(params),
@@ -132,6 +136,10 @@ def save_checkpoint(path, *, params: dict, optimizer_state: dict, vocab, config:
         _to_json(field, meta[field])
     arrays[_META_KEY] = numpy.frombuffer(_to_json("checkpoint", meta).encode("utf-8"),
                                          dtype=numpy.uint8)
+    for key, array in arrays.items():  # what load_checkpoint would refuse is never written
+        if key.startswith(("optimizer/", "extra/")) and array.dtype.kind in "fc" and \
+                not numpy.isfinite(array).all():
+            raise NonFiniteError(f"{key} contains NaN or Inf; refusing to save {path}")
     _write_atomically(path, arrays)
     return path
 
@@ -181,12 +189,30 @@ def _read_arrays(path: Path) -> dict:
                               f"({type(error).__name__}: {error})") from None
 
 
+def _check_values(path: Path, step, arrays: dict) -> None:
+    """Refuse what save_checkpoint never writes, as a hand-edited or damaged file may hold:
+    a step that is not a non-negative integer, parameters, optimizer state or carried
+    state that are not floating point or not finite."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: step {step!r} is out of range (expected an integer "
+                              f">= 0)")
+    for key, array in arrays.items():
+        kind, _, name = key.partition("/")
+        what = {"params": "parameter", "optimizer": "optimizer state"}.get(kind, "array")
+        if key.startswith(("params/", "optimizer/")) and array.dtype.kind != "f":
+            raise CheckpointError(f"{path}: {what} {name!r} has dtype {array.dtype}; "
+                                  f"expected float32 or float64")
+        if array.dtype.kind in "fc" and not numpy.isfinite(array).all():
+            raise CheckpointError(f"{path}: {what} {name!r} holds NaN or Inf")
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
         CheckpointError: missing, empty, truncated or corrupt file, not a gpurnn checkpoint,
-            another format version, or missing fields/arrays; the message names the file.
+            another format version, missing fields/arrays, a step out of range, or arrays
+            that are not finite floating point; the message names the file.
     """
     path = Path(path)
     arrays = _read_arrays(path)
@@ -212,6 +238,7 @@ def load_checkpoint(path) -> Checkpoint:
         extra = _join_arrays(meta["extra"], arrays)
     except KeyError as error:
         raise CheckpointError(f"{path}: checkpoint lacks the array {error.args[0]!r}") from None
+    _check_values(path, meta["step"], arrays)
     return Checkpoint(params=params, optimizer_state=optimizer_state, vocab=meta["vocab"],
                       config=meta["config"], rng_state=meta["rng_state"], step=meta["step"],
                       extra=extra)

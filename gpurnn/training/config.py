@@ -20,7 +20,8 @@ from typing import Optional
 from ..engine.plan import KERNELS
 
 __all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "MODES", "OPTIMIZERS", "REDUCTIONS",
-           "SCHEDULES", "DEVICES", "DTYPES", "CELLS", "RESUMABLE_FIELDS", "read_config_file", "merge_config"]
+           "SCHEDULES", "DEVICES", "DTYPES", "CELLS", "RESUMABLE_FIELDS", "read_config_file",
+           "merge_config", "parse_duration", "signal_number"]
 
 LEVELS = ("word", "char")
 MODES = ("stream", "sentence")
@@ -97,13 +98,26 @@ class TrainConfig:
     checkpoint_every: int = _f(500, "steps between checkpoints; 0: only at the end and on "
                                "Ctrl-C")
     resume: bool = _f(False, "continue the run saved in --checkpoint exactly where it stopped")
+    overwrite: bool = _f(False, "replace the gpurnn checkpoint and metrics already at those "
+                         "paths with a new run (without it, an existing checkpoint is only "
+                         "continued, with --resume)")
     metrics: Optional[str] = _f(None, "JSON-lines metrics file (default: the checkpoint path "
                                 "with .jsonl)")
     samples: int = _f(3, "sentences sampled from the model at the end")
     seed: int = _f(0, "seed for initial weights, the validation split and the batch order")
     device: str = _f("auto", "auto (the GPU when CuPy finds one, else the CPU), cpu, cuda, "
                      "cuda:N or cpu-strict (the CPU with CuPy's rules, to check code for the GPU)")
-    quiet: bool = _f(False, "no progress bar and no per-evaluation lines")
+    quiet: bool = _f(False, "no progress bar and no per-evaluation lines; the final line "
+                     "(checkpoint, perplexity) is still printed")
+    log_every_seconds: float = _f(10.0, "without a terminal (output to a file or pipe): a "
+                                  "progress line at most this often; 0: every --log-every "
+                                  "steps")
+    time_limit: Optional[str] = _f(None, "stop cleanly before this wall-clock time from the "
+                                   "start (e.g. 2h30m, 45m, 90s), leaving time for the final "
+                                   "checkpoint as measured during the run")
+    stop_signal: Optional[str] = _f(None, "another signal that stops training after the "
+                                    "current step with a checkpoint, like SIGTERM and Ctrl-C "
+                                    "do (e.g. USR1, for SLURM's --signal=USR1@90)")
     kernels: str = _f("plain", "fused: the cells' steps, softmax and optimizer updates as CUDA "
                       "kernels on the GPU (NumPy arrays always run plain)", KERNELS)
 
@@ -147,6 +161,13 @@ class TrainConfig:
             raise ValueError("--checkpoint must be a file path")
         from ..engine.plan import parse_bytes
         parse_bytes(self.memory_budget, "--memory-budget")
+        if not (self.log_every_seconds >= 0 and math.isfinite(self.log_every_seconds)):
+            raise ValueError(f"--log-every-seconds must be a number >= 0, got "
+                             f"{self.log_every_seconds}")
+        if self.time_limit is not None:
+            parse_duration(self.time_limit, "--time-limit")
+        if self.stop_signal is not None:
+            signal_number(self.stop_signal)
         return self
 
     def to_dict(self) -> dict:
@@ -163,8 +184,42 @@ class TrainConfig:
 # a hash of the data itself. Everything else must match, or it would not be the same run.
 RESUMABLE_FIELDS = frozenset({"corpus", "steps", "epochs", "lr", "clip", "max_bad_steps",
                               "eval_every", "log_every", "checkpoint", "checkpoint_every", "resume",
-                              "metrics", "samples", "device", "quiet", "memory_budget",
-                              "kernels"})
+                              "metrics", "samples", "device", "quiet", "memory_budget", "kernels",
+                              "overwrite", "log_every_seconds", "time_limit", "stop_signal"})
+
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_RE = re.compile(r"(?:(\d+(?:\.\d*)?)([dhms]))")
+
+
+def parse_duration(text: str, name: str = "duration") -> float:
+    """Seconds in ``"2h30m"``, ``"45m"``, ``"90s"``, ``"1d"`` or a bare number of seconds."""
+    value = str(text).strip().lower()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = _DURATION_RE.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
+            raise ValueError(f"{name} must be a duration like 2h30m, 45m, 90s or a number of "
+                             f"seconds, got {text!r}") from None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{name} must be a positive duration, got {text!r}")
+    return seconds
+
+
+def signal_number(name: str) -> int:
+    """The number of a catchable signal named ``USR1``, ``SIGUSR1`` or by its number."""
+    import signal
+    text = str(name).strip().upper()
+    try:
+        number = int(text)
+    except ValueError:
+        number = getattr(signal, text if text.startswith("SIG") else "SIG" + text, None)
+    valid = {s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP)}
+    if number not in valid:
+        raise ValueError(f"--stop-signal must name a signal that can be caught, such as USR1, "
+                         f"USR2, HUP or TERM; got {name!r}")
+    return int(number)
 
 
 def _flag(name: str) -> str:
@@ -207,13 +262,17 @@ def merge_config(base: TrainConfig, values: dict, *,
     messages start with ``source`` (a file name, say) unless it is None.
     """
     names = [f.name for f in dataclasses.fields(TrainConfig)]
-    updates = {}
+    updates, spelled = {}, {}
+    where = f"{source}: " if source else ""
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in names:
-            where = f"{source}: " if source else ""
             raise ValueError(f"{where}unknown key {key!r}; valid keys are: "
                              f"{', '.join(n.replace('_', '-') for n in names)}")
+        if name in spelled:  # 'vocab-size' and 'vocab_size': which one was meant?
+            raise ValueError(f"{where}{_flag(name)} is given twice, as {spelled[name]!r} and "
+                             f"{key!r}; keep one")
+        spelled[name] = key
         if _field_types()[name] in (float, Optional[float]) and isinstance(value, int) \
                 and not isinstance(value, bool):
             value = float(value)
@@ -256,9 +315,27 @@ def read_config_file(path) -> dict:
             raise ValueError(f"{path}: not valid TOML ({error})") from None
     else:
         try:
-            values = json.loads(text.decode("utf-8"))
+            values = json.loads(text.decode("utf-8"), object_pairs_hook=_no_repeats(path))
+        except _RepeatedKey:
+            raise
         except ValueError as error:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a table of flag names and values at the top level")
     return values
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _no_repeats(path):
+    """A json ``object_pairs_hook`` that refuses a key given twice (json keeps the last)."""
+    def pairs_to_dict(pairs):
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise _RepeatedKey(f"{path}: key {key!r} is given twice; keep one")
+            out[key] = value
+        return out
+    return pairs_to_dict

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy
 
+from ..engine.backend import get_array_module
 from . import data as D
 
-__all__ = ["Corpus", "load_data", "cross_entropy", "cross_entropy_sums", "EVAL_BATCH"]
+__all__ = ["Corpus", "load_data", "cross_entropy", "cross_entropy_sums", "finite_state",
+           "EVAL_BATCH"]
 
 EVAL_BATCH = 32  # validation batches hold at least this many sequences
 
@@ -98,5 +100,13 @@ def cross_entropy_sums(model, batches, *, carry_state: bool,
         total += loss
         count += float(weights.sum())
         if carry_state:
-            hidden = last
+            # A diverged model's state is NaN: the loss says so; carrying it would only
+            # fail the next batch's input check instead.
+            hidden = last if finite_state(last) else None
     return total, count
+
+
+def finite_state(state) -> bool:
+    """Whether a carried state (an array, or an LSTM's (h, c) pair) holds no NaN/Inf."""
+    parts = state if isinstance(state, tuple) else (state,)
+    return all(bool(get_array_module(p).isfinite(p).all()) for p in parts)

@@ -40,7 +40,8 @@ __all__ = [
     "PAD_ID", "UNKNOWN_ID", "SENTENCE_START_ID", "SENTENCE_END_ID", "ID_DTYPE",
     "read_documents", "split_sentences", "tokenize_words", "tokenize", "detokenize",
     "load_corpus", "load_builtin_corpus", "Vocabulary", "encode_sentences",
-    "train_valid_split", "Batch", "SentenceBatcher", "StreamBatcher",
+    "train_valid_split", "Batch", "SentenceBatcher", "StreamBatcher", "CorpusWarning",
+    "MAX_LINE_BYTES",
 ]
 
 PAD_TOKEN = "PAD_TOKEN"
@@ -63,30 +64,73 @@ def _check_choice(name: str, value, choices) -> None:
 
 # ---------------------------------------------------------------------------------------- reading
 
+# Limits on what a text corpus looks like; past them the file is refused in one line rather
+# than tokenised for minutes (or until memory runs out).
+MAX_LINE_BYTES = 10_000_000  # a line (or a CSV field) longer than this is not running text
+MAX_INVALID_UTF8 = 0.01      # share of characters that may be undecodable, replaced by U+FFFD
+
+
+class CorpusWarning(UserWarning):
+    """The corpus was read with a repair (undecodable bytes replaced)."""
+
+
 def _read_text(file: Path) -> str:
-    data = file.read_bytes()
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{file}: cannot be read ({error.strerror or error})") from None
     nul = data.find(b"\x00")
     if nul >= 0:  # UTF-8 text never contains NUL; binaries almost always do
         raise ValueError(f"{file}: looks like a binary file (NUL byte at offset {nul}); "
                          "expected UTF-8 text")
+    _check_line_length(file, data)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{file}: not valid UTF-8 (byte 0x{data[error.start]:02x} at offset "
-                         f"{error.start}); expected UTF-8 text") from None
+        first = f"byte 0x{data[error.start]:02x} at offset {error.start}"
+    text = data.decode("utf-8-sig", errors="replace")
+    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
+    if replaced > MAX_INVALID_UTF8 * len(text):
+        raise ValueError(f"{file}: not valid UTF-8 ({replaced} undecodable sequences in "
+                         f"{len(text)} characters, the first {first}); expected UTF-8 text "
+                         f"(convert it, e.g. iconv -f latin1 -t utf-8)")
+    warnings.warn(f"{file}: {replaced} undecodable byte sequence(s) replaced by U+FFFD (the "
+                  f"first {first}); the rest is valid UTF-8", CorpusWarning, stacklevel=3)
+    return text
+
+
+def _check_line_length(file: Path, data: bytes) -> None:
+    breaks = numpy.flatnonzero((numpy.frombuffer(data, numpy.uint8) == 10)
+                               | (numpy.frombuffer(data, numpy.uint8) == 13))
+    bounds = numpy.concatenate(([-1], breaks, [len(data)]))
+    gaps = numpy.diff(bounds) - 1
+    longest = int(gaps.argmax())
+    if gaps[longest] > MAX_LINE_BYTES:
+        raise ValueError(f"{file}: {gaps[longest] / 1e6:.1f} MB without a line break (from "
+                         f"offset {bounds[longest] + 1}); a text corpus breaks its lines at "
+                         f"least every {MAX_LINE_BYTES:,} bytes")
 
 
 def _read_csv_column(file: Path, column: str) -> list[str]:
     rows = csv.reader(io.StringIO(_read_text(file), newline=""))
-    header = next(rows, None)
-    if not header:
-        raise ValueError(f"{file}: CSV file is empty; expected a header row naming a "
-                         f"{column!r} column")
-    if column not in header:
-        raise ValueError(f"{file}: CSV has no column {column!r}; its columns are: "
-                         f"{', '.join(map(repr, header))}")
-    index = header.index(column)
-    return [row[index] for row in rows if len(row) > index]
+    limit = csv.field_size_limit()
+    csv.field_size_limit(MAX_LINE_BYTES)  # the default, 131072 characters, is too small
+    try:
+        header = next(rows, None)
+        if not header:
+            raise ValueError(f"{file}: CSV file is empty; expected a header row naming a "
+                             f"{column!r} column")
+        if column not in header:
+            raise ValueError(f"{file}: CSV has no column {column!r}; its columns are: "
+                             f"{', '.join(map(repr, header))}")
+        index = header.index(column)
+        return [row[index] for row in rows if len(row) > index]
+    except csv.Error as error:
+        hint = " (an unclosed quote?)" if "field larger" in str(error) else ""
+        raise ValueError(f"{file}: line {rows.line_num}: not readable as CSV ({error}; the "
+                         f"limit is {MAX_LINE_BYTES} characters){hint}") from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def read_documents(path, *, column: str = "body") -> list[str]:
@@ -97,11 +141,19 @@ def read_documents(path, *, column: str = "body") -> list[str]:
             path order); or a ``.csv`` file with a header row.
         column: the CSV column holding the text (``body`` in the tutorial's Reddit comments).
     Raises:
-        FileNotFoundError: ``path`` does not exist, or a folder holds no ``.txt`` file.
-        ValueError: a binary or non-UTF-8 file (named), or a CSV without ``column``.
+        FileNotFoundError: ``path`` does not exist (or is a link to nothing), or a folder
+            holds no ``.txt`` file.
+        ValueError: a binary or mostly non-UTF-8 file (named), a line or CSV field over
+            ``MAX_LINE_BYTES``, or a CSV without ``column``.
+    Warns:
+        CorpusWarning: a file with a few undecodable bytes (at most ``MAX_INVALID_UTF8`` of
+            its characters), read with those replaced by U+FFFD; the count is in the message.
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise FileNotFoundError(f"corpus path {path} is a symbolic link to nothing (its "
+                                    f"target is missing, or the links form a loop)")
         raise FileNotFoundError(f"corpus path {path} does not exist")
     if path.is_dir():
         files = sorted(file for file in path.rglob("*.txt") if file.is_file())

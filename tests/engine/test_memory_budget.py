@@ -356,7 +356,7 @@ def test_trainer_in_a_budget_trains_the_same_weights(tmp_path):
     for budget in (None, "700KB"):
         config = TrainConfig(corpus=str(tmp_path / "corpus.txt"), vocab_size=12, hidden=12,
                              batch_size=4, seq_len=300, steps=3, eval_every=3,
-                             checkpoint_every=0, checkpoint=str(tmp_path / "lm.npz"),
+                             checkpoint_every=0, checkpoint=str(tmp_path / f"lm-{budget}.npz"),
                              samples=0, quiet=True, device="cpu", memory_budget=budget)
         trainer = Trainer(config)
         batch = next(iter(trainer.data.train))

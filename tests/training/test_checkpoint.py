@@ -183,3 +183,36 @@ def test_plain_zip_is_not_a_checkpoint(tmp_path):
         archive.writestr("readme.txt", "hello")
         archive.writestr("__gpurnn__", "not an array")
     _expect_error(path, "not a gpurnn checkpoint")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda meta, arrays: arrays.update({"optimizer/slots/m/U": numpy.full((5, 4), numpy.nan)}),
+     r"optimizer state 'slots/m/U' holds NaN or Inf"),
+    (lambda meta, arrays: arrays.update({"params/U": numpy.ones((5, 4), numpy.int8)}),
+     r"parameter 'U' has dtype int8; expected float32 or float64"),
+    (lambda meta, arrays: arrays.update({"optimizer/slots/v/b": numpy.ones(4, numpy.int64)}),
+     r"optimizer state 'slots/v/b' has dtype int64"),
+    (lambda meta, arrays: arrays.update({"params/b": numpy.array([1.0, numpy.inf, 0, 0])}),
+     r"parameter 'b' holds NaN or Inf"),
+    (lambda meta, arrays: meta.update(step=-5), r"step -5 is out of range"),
+    (lambda meta, arrays: meta.update(step="12"), r"step '12' is out of range"),
+    (lambda meta, arrays: meta.update(step=True), r"step True is out of range"),
+])
+def test_hand_edited_values_are_refused(tmp_path, edit, message):
+    good = _save(tmp_path / "good.npz")
+    with numpy.load(good) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    meta = json.loads(arrays.pop("__gpurnn__").tobytes())
+    edit(meta, arrays)
+    _expect_error(_write_npz(tmp_path / "edited.npz", meta, **arrays), message)
+
+
+def test_what_load_refuses_is_never_saved(tmp_path):
+    fields = _fields()
+    fields["optimizer_state"]["slots"]["v"]["U"][0, 0] = numpy.inf
+    with pytest.raises(checkpoint.NonFiniteError,
+                       match=r"optimizer/slots/v/U contains NaN or Inf; refusing to save"):
+        save_checkpoint(tmp_path / "ck.npz", **fields)
+    with pytest.raises(checkpoint.NonFiniteError, match=r"extra/losses contains NaN"):
+        _save(tmp_path / "ck.npz", extra={"losses": numpy.array([numpy.nan])})
+    assert list(tmp_path.iterdir()) == []

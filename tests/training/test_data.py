@@ -97,6 +97,63 @@ def test_read_errors_name_the_problem(tmp_path):
         data.load_corpus(empty)
 
 
+def test_mostly_valid_utf8_is_read_with_a_warning_counting_the_repairs(tmp_path):
+    path = tmp_path / "mostly.txt"
+    path.write_bytes(("Plain words here. " * 100).encode() + b"caf\xe9 and \xff\xfe. " +
+                     "A real \ufffd stays.".encode())
+    with pytest.warns(data.CorpusWarning, match=r"mostly\.txt: 3 undecodable byte "
+                      r"sequence\(s\) replaced by U\+FFFD \(the first byte 0xe9 at offset 1803\)"):
+        text, = data.read_documents(path)
+    assert text.count("\ufffd") == 4 and text.startswith("Plain words here.")
+
+
+def test_text_mostly_not_utf8_is_refused_with_the_count(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("Le caf\u00e9 est tr\u00e8s bon. ".encode("latin-1") * 50)
+    with pytest.raises(ValueError, match=r"latin\.txt: not valid UTF-8 \(100 undecodable "
+                       r"sequences in 1100 characters, the first byte 0xe9 at offset 6\)"):
+        data.read_documents(path)
+
+
+def test_a_line_longer_than_the_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_LINE_BYTES", 1000)  # 10 MB in earnest
+    path = tmp_path / "one-line.txt"
+    path.write_text("short line\n" + "word " * 300 + "\nshort again\n")
+    with pytest.raises(ValueError, match=r"one-line\.txt: 0\.0 MB without a line break "
+                       r"\(from offset 11\); a text corpus breaks its lines at least every "
+                       r"1,000 bytes"):
+        data.read_documents(path)
+    path.write_text(("word " * 150 + "\n") * 20)  # long text, short lines: fine
+    assert len(data.read_documents(path)[0]) == 15020
+
+
+def test_csv_fields_beyond_the_csv_modules_default_limit(tmp_path, monkeypatch):
+    import csv
+    path = tmp_path / "long.csv"
+    path.write_text('id,body\n1,"' + "a" * 200_000 + '"\n2,short\n3,"' + "line\n" * 30_000 +
+                    '"\n')
+    before = csv.field_size_limit()
+    assert [len(t) for t in data.read_documents(path)] == [200_000, 5, 150_000]  # > 131072
+    assert csv.field_size_limit() == before  # and the module's limit is left as it was
+    monkeypatch.setattr(data, "MAX_LINE_BYTES", 100_000)
+    path.write_text('id,body\n1,"' + "a line\n" * 20_000 + '"\n')  # short lines, long field
+    with pytest.raises(ValueError, match=r"long\.csv: line \d+: not readable as CSV \(field "
+                       r"larger than field limit \(100000\); the limit is 100000 characters\) "
+                       r"\(an unclosed quote\?\)"):
+        data.read_documents(path)
+    assert csv.field_size_limit() == before
+
+
+def test_a_symlink_loop_is_named(tmp_path):
+    (tmp_path / "a.txt").symlink_to(tmp_path / "b.txt")
+    (tmp_path / "b.txt").symlink_to(tmp_path / "a.txt")
+    with pytest.raises(FileNotFoundError, match=r"a\.txt is a symbolic link to nothing \(its "
+                       r"target is missing, or the links form a loop\)"):
+        data.read_documents(tmp_path / "a.txt")
+    (tmp_path / "real.txt").write_text("Some text.")
+    assert data.read_documents(tmp_path) == ["Some text."]  # the loop is skipped in a folder
+
+
 def test_builtin_corpus_is_large_enough():
     sentences = data.load_builtin_corpus()
     assert sum(map(len, sentences)) > 50_000
