@@ -326,7 +326,7 @@ class Trainer:
         if not result.interrupted and config.samples and self.comm.rank == 0:
             from .generate import sample
             result.samples = sample(self.model, self.data.vocab, num=config.samples,
-                                    level=config.level, rng=self.rng, resample_unknown=True)
+                                    level=config.level, rng=self.rng, warmup=self.data.warmup)
         self._summary(result, time.perf_counter() - start)
         return result
 
@@ -477,7 +477,8 @@ class Trainer:
                      "fingerprint": self.data.fingerprint, "hidden": hidden,
                      "schedule": self.schedule.state_dict() if self.schedule else None,
                      "skipped": self.skipped, "bad_in_a_row": self.bad_in_a_row,
-                     "valid_history": self.valid_history, "world_size": self.comm.size}
+                     "valid_history": self.valid_history, "world_size": self.comm.size,
+                     "warmup": self.data.warmup}  # read by gpurnn generate before sampling
             save_checkpoint(self.path, params=self.model.params,
                             optimizer_state=self.optimizer.state_dict(), vocab=self.data.vocab,
                             config=train_config, rng_state=self.rng.bit_generator.state,

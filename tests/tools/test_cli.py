@@ -48,14 +48,14 @@ def test_train_then_generate(corpus, tmp_path, capsys):
     assert len(valid) == 5 and valid[-1] < valid[0] - 1.0
     vocab = set(load_checkpoint(tmp_path / "lm.npz").vocab)
     assert cli.main(["generate", str(tmp_path / "lm.npz"), "--num", "3", "--seed", "1",
-                     "--temperature", "0.7", "--top-k", "5", "--resample-unknown"]) == 0
+                     "--temperature", "0.7", "--top-k", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     for line in lines:
         words = line.replace(".", " .").split()
         assert words and set(words) <= vocab
     cli.main(["generate", str(tmp_path / "lm.npz"), "--num", "3", "--seed", "1",
-              "--temperature", "0.7", "--top-k", "5", "--resample-unknown"])
+              "--temperature", "0.7", "--top-k", "5"])
     assert capsys.readouterr().out.splitlines() == lines  # seeded
     assert cli.main(["generate", str(tmp_path / "lm.npz"), "--prompt", "The dog",
                      "--num", "1", "--min-length", "3"]) == 0
@@ -182,7 +182,9 @@ def test_help_explains_every_flag(capsys):
                    "--clip", "--seed", "--device", "--checkpoint", "--checkpoint-every",
                    "--resume", "--metrics", "--config"]),
         ("generate", ["--num", "--temperature", "--top-k", "--prompt", "--seed",
-                      "--min-length", "--resample-unknown"]),
+                      "--min-length", "--show-unknown", "--device"]),
+        ("gradcheck", ["--cell", "--layers", "--device"]),
+        ("diagnose", ["--cell", "--layers", "--device", "--json", "--plot", "--no-save"]),
         ("plot", ["--output"]),
     ]:
         with pytest.raises(SystemExit) as exit_info:
