@@ -82,7 +82,7 @@ def run_gradcheck(args):
 # ------------------------------------------------------------------------------------ train
 
 _METAVARS = {"corpus": "PATH", "checkpoint": "PATH", "metrics": "PATH", "lr": "X", "clip": "X",
-             "valid_fraction": "X", "truncate": "K"}
+             "valid_fraction": "X", "truncate": "K", "csv_column": "NAME"}
 
 
 def add_train(subparsers):

@@ -44,7 +44,7 @@ def load_data(config, vocab: D.Vocabulary | None = None, *, world_size: int = 1)
     if config.corpus is None:
         sentences = D.load_builtin_corpus(level=config.level)
     else:
-        sentences = D.load_corpus(config.corpus, level=config.level)
+        sentences = D.load_corpus(config.corpus, level=config.level, column=config.csv_column)
     with warnings.catch_warnings():  # a corpus too small for validation: the trainer says so
         warnings.simplefilter("ignore")
         train_s, valid_s = D.train_valid_split(sentences, config.valid_fraction,
