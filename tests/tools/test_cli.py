@@ -228,3 +228,29 @@ def test_train_lm_script_uses_the_tutorials_settings(corpus, tmp_path, capsys):
             train["schedule"], train["mode"], train["batch_size"]) == \
         ("sgd", 0.005, 4, "sum", "halve", "sentence", 1)
     assert train["steps"] == 12 and train["epochs"] is None
+
+
+def _blas_threads_seen(monkeypatch, **env):
+    from threadpoolctl import threadpool_info
+    for name in cli._THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seen = []
+    monkeypatch.setattr(cli, "run_plot", lambda args: seen.append(
+        {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}) or 0)
+    status = cli.main(["plot", "x.jsonl"])
+    return status, seen
+
+
+def test_commands_run_with_one_blas_thread_unless_the_environment_says(monkeypatch, capsys):
+    import os
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: one BLAS thread either way")
+    assert _blas_threads_seen(monkeypatch) == (0, [{1}])
+    assert _blas_threads_seen(monkeypatch, GPURNN_BLAS_THREADS="2") == (0, [{2}])
+    status, seen = _blas_threads_seen(monkeypatch, OPENBLAS_NUM_THREADS="2")
+    assert status == 0 and seen != [{1}]           # the user's setting is left alone
+    assert _blas_threads_seen(monkeypatch, GPURNN_BLAS_THREADS="two") == (2, [])
+    err = capsys.readouterr().err.strip()
+    assert err == "gpurnn plot: error: GPURNN_BLAS_THREADS must be a positive integer, got 'two'"
