@@ -19,8 +19,8 @@ So for each (configuration, T) every system gets its own process, set up and war
 and their timed steps are *interleaved*: repeat r times system A, then B, then C (the order
 rotating), so that a burst of load hits all of them alike. Each row records the median, the
 spread (min and max) and every sample; ratios are taken repeat by repeat and reported as the
-median with their range. When that range straddles 1 the difference is within the noise and
-no ratio is printed, only the range.
+median with their quartiles. When the quartiles straddle 1 the difference is within the
+noise and no ratio is printed, only the quartiles, with a warning.
 """
 from __future__ import annotations
 
@@ -80,8 +80,11 @@ CONFIGS = {c.name: c for c in [
 LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 REFERENCE_MAX_T = 64          # the plain loop is O(T·τ) tiny ops per sequence: keep it short
 REFERENCE_SEQUENCES = 2
-# Interleaved timed steps per system (see the README's notes on noise for the measurement).
-DEFAULT_REPEATS = 7
+# Interleaved timed steps per system. In 15 repeats of lm-trunc4 and dense-256 at T = 32
+# beside PyTorch on the shared, heavily loaded 2-core machine (results/bench_noise.json), the
+# median gpurnn/torch ratio of any 3 consecutive repeats ranged over 1.2-6.3x, of 5 over
+# 1.5-3.3x, of 9 over 2.0-2.3x (dense-256: 1.0-1.5x).
+DEFAULT_REPEATS = 9
 SETTLE_SECONDS = 0.05  # pause between systems: spinning BLAS/OpenMP threads go to sleep
 
 
@@ -195,12 +198,15 @@ def spread(values) -> dict:
 
 def paired_ratios(ours: list, theirs: list) -> dict:
     """How many times faster we are, repeat by repeat (their time / our time for the same
-    work): the median, the range, and ``clear``: the range does not contain 1, i.e. the
+    work): the median; the spread as the quartiles ``low``, ``high`` (one outlier repeat
+    does not move them, and they settle as repeats are added, where min and max only
+    widen); ``min``, ``max``; and ``clear``: the quartiles do not straddle 1, i.e. the
     spread is smaller than the difference."""
     ratios = sorted(b / a for a, b in zip(ours, theirs))
-    low, high = ratios[0], ratios[-1]
-    return {"ratio": statistics.median(ratios), "low": low, "high": high,
-            "clear": not low <= 1.0 <= high, "repeats": len(ratios)}
+    low, _, high = (statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1
+                    else ratios * 3)
+    return {"ratio": statistics.median(ratios), "low": low, "high": high, "min": ratios[0],
+            "max": ratios[-1], "clear": not low <= 1.0 <= high, "repeats": len(ratios)}
 
 
 def _sync(device):
@@ -528,9 +534,9 @@ def ratios(results) -> dict:
 
 
 def format_ratio(r: dict) -> str:
-    """``1.85x (1.62-2.10x)``, or, within the noise, no ratio: ``no clear difference
-    (0.80-1.30x over 7 repeats)``."""
-    span = f"{r['low']:.2f}-{r['high']:.2f}x"
+    """``1.85x (quartiles 1.62-2.10x)``, or, within the noise, no ratio: ``no clear
+    difference (quartiles 0.80-1.30x over 9 repeats)``."""
+    span = f"quartiles {r['low']:.2f}-{r['high']:.2f}x"
     if not r["clear"]:
         return f"no clear difference ({span} over {r['repeats']} repeats)"
     return f"{r['ratio']:.2f}x ({span})"
@@ -673,9 +679,9 @@ def execute(args) -> int:
         print(f"{key}: {format_ratio(value)}")
     noisy = [key for key, value in found.items() if not value["clear"]]
     if noisy:
-        print(f"warning: {len(noisy)} of {len(found)} comparisons are within the noise (their "
-              f"ratios over the repeats straddle 1); more --repeats or a quieter machine "
-              f"would tell them apart", file=sys.stderr)
+        print(f"warning: {len(noisy)} of {len(found)} comparisons are within the noise (the "
+              f"quartiles of their ratios over the repeats straddle 1); more --repeats or a "
+              f"quieter machine would tell them apart", file=sys.stderr)
     payload = {"benchmark": "throughput", "gpurnn": __version__, **machine_info(),
                "configs": {n: dataclasses.asdict(CONFIGS[n]) for n in args.configs},
                "repeats": args.repeats, "interleaved": True, "results": results,

@@ -65,12 +65,16 @@ def test_interleaved_repeats_alternate_between_the_systems():
 
 
 def test_ratios_are_paired_and_refused_within_the_noise():
-    clear = bench.paired_ratios([1.0, 1.1, 0.9], [2.0, 2.4, 1.9])
+    # one wild repeat (the 0.5) does not hide a clear difference ...
+    clear = bench.paired_ratios([1.0, 1.1, 0.9, 1.0, 4.0], [2.0, 2.4, 1.9, 2.2, 2.0])
     assert clear["clear"] and clear["low"] > 1 and clear["ratio"] == pytest.approx(1.9 / 0.9)
-    noisy = bench.paired_ratios([1.0, 1.0, 1.0], [0.8, 1.1, 1.3])
+    assert clear["min"] == 0.5 and clear["repeats"] == 5
+    assert bench.format_ratio(clear) == "2.11x (quartiles 2.00-2.18x)"
+    # ... but ratios spread across 1 print none
+    noisy = bench.paired_ratios([1.0, 1.0, 1.0, 1.0], [0.8, 0.9, 1.1, 1.3])
     assert not noisy["clear"]
-    assert bench.format_ratio(clear) == "2.11x (2.00-2.18x)"
-    assert bench.format_ratio(noisy) == "no clear difference (0.80-1.30x over 3 repeats)"
+    assert bench.format_ratio(noisy) == ("no clear difference (quartiles 0.88-1.15x over 4 "
+                                         "repeats)")
 
 
 def test_bench_writes_to_a_scratch_place_unless_told(tmp_path, monkeypatch, capsys):
