@@ -41,7 +41,8 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         print(__doc__)
     args = cli.build_parser().parse_args(["train", *argv])
-    return cli.run_reporting_errors("train_lm.py", lambda a: cli.run_train(a, base=TUTORIAL), args)
+    return cli.run_reporting_errors(
+        "train_lm.py", cli.with_blas_threads(lambda a: cli.run_train(a, base=TUTORIAL)), args)
 
 
 if __name__ == "__main__":

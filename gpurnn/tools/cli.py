@@ -275,7 +275,10 @@ def add_bench(subparsers):
     p = subparsers.add_parser(
         "bench", help="training throughput against sequence length, beside PyTorch",
         description=bench.__doc__.split("\n\n")[0] + " Needs PyTorch for the torch columns "
-                    "(pip install gpurnn[bench]); each system runs in its own process.")
+                    "(pip install gpurnn[bench]). Each system runs in its own process and "
+                    "their timed steps take turns; the median, the spread and ratios taken "
+                    "repeat by repeat are reported, no ratio where the spread is larger than "
+                    "the difference. Results go to a scratch place unless --output or --save.")
     bench.add_arguments(p)
     p.set_defaults(handler=bench.execute)
 
@@ -313,11 +316,12 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return run_reporting_errors(f"gpurnn {args.command}", _with_blas_threads(args.handler),
+    return run_reporting_errors(f"gpurnn {args.command}", with_blas_threads(args.handler),
                                 args)
 
 
-def _with_blas_threads(handler):
+def with_blas_threads(handler):
+    """``handler`` run inside :func:`blas_threads` (for the scripts' entry points too)."""
     def run(args):
         with blas_threads():
             return handler(args)

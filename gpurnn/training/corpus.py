@@ -78,7 +78,8 @@ def load_data(config, vocab: D.Vocabulary | None = None, *, world_size: int = 1)
         world = (f" (the global batch: --batch-size {config.batch_size} times {world_size} "
                  f"processes)") if world_size > 1 else ""
         raise ValueError(f"training data: {error}{world}") from None
-    warmup = warmup_ids(numpy.concatenate(train_ids), WARMUP_LENGTH) \
+    # the last WARMUP_LENGTH sentences hold at least that many ids (2 or more each)
+    warmup = warmup_ids(numpy.concatenate(train_ids[-WARMUP_LENGTH:]), WARMUP_LENGTH) \
         if config.mode == "stream" else None
     return Corpus(vocab, train, valid, config.mode == "stream", digest.hexdigest()[:16],
                   sum(map(len, train_ids)), warmup)
