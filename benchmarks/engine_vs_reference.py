@@ -81,7 +81,7 @@ def main(argv=None):
 
     print(f"vocab {args.vocab}, hidden {args.hidden}, batch {args.batch}, T {args.seq_len}, "
           f"truncate {args.truncate}, device {model.device}, {args.repeats} turns each")
-    print(f"| system | tokens/s (median) | range |")
+    print("| system | tokens/s (median) | range |")
     print("|---|---:|---:|")
     print(f"| reference loop (seeds' bptt, float64, per sequence) | {reference_tps:,.0f} | "
           f"{reference_tokens / max(reference_s):,.0f}-{reference_tokens / min(reference_s):,.0f} |")
