@@ -456,7 +456,8 @@ def add_diagnose(subparsers):
                    help="picture (default: CHECKPOINT-diagnose.png, or diagnose.png, or "
                         "seed001.png)")
     p.add_argument("--json", default=None, metavar="FILE",
-                   help="numbers (default: the picture's name with .json)")
+                   help="numbers (default: the picture's name with .json; given alone, the "
+                        "picture goes beside it with .png)")
     p.add_argument("--no-save", action="store_true", help="print only, write no file")
     p.set_defaults(handler=run_diagnose)
 
@@ -466,8 +467,13 @@ def _outputs(args, stem: str):
     exist before anything is computed."""
     if args.no_save:
         return None, None
-    png = Path(args.plot) if args.plot else Path(f"{stem}.png")
-    paths = (Path(args.json) if args.json else png.with_suffix(".json"), png)
+    if args.plot:    # one name given: the other file goes beside it
+        png = Path(args.plot)
+        paths = (Path(args.json) if args.json else png.with_suffix(".json"), png)
+    elif args.json:
+        paths = (Path(args.json), Path(args.json).with_suffix(".png"))
+    else:
+        paths = (Path(f"{stem}.json"), Path(f"{stem}.png"))
     for path in paths:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"folder {path.parent} for {path.name} does not exist")
