@@ -341,14 +341,18 @@ def _disk_full(folder: Path, corpus: Path, before, outcome: dict, tmpfs: bool) -
     # Room for what is there, the two lock files and a little more, not a second checkpoint.
     pages = sum(-(-file.stat().st_size // 4096) for file in
                 (path, folder / "lm.jsonl", corpus)) + 2 + 2
+    # A chain whose earlier faults landed after the run's last step has nothing left to
+    # train, and so no checkpoint to fail on: such a restart runs a few steps further (its
+    # checkpoint cannot be written, so the run the chain resumes is unchanged).
+    more = {"steps": before + 10} if before >= SETTINGS["steps"] else {}
     with small_disk(small, 4096 * pages, tmpfs) as mounted:
         if mounted:
             for file in (path, folder / "lm.jsonl", corpus):
                 shutil.copy2(file, small / file.name)
-            process = start(restart_argv(small, small / "corpus.txt"))
+            process = start(restart_argv(small, small / "corpus.txt", **more))
             where = small
         else:
-            process = start(restart_argv(folder, corpus), file_size_limit=size // 2)
+            process = start(restart_argv(folder, corpus, **more), file_size_limit=size // 2)
             where = folder
         code, out, err = finish(process)
         after = saved_step(where / "lm.npz")

@@ -9,11 +9,14 @@ only at the sign of each gradient.
     python scripts/count_ones.py [--samples 20] [--length 10] [--steps 500] [--seed 0]
 """
 import argparse
+import sys
 
 import numpy as np
 
 from gpurnn import LinearRNN
 from gpurnn.training.optim import Rprop
+from gpurnn.tools.arguments import DEVICE_HELP
+from gpurnn.tools.command import run_reporting_errors
 
 
 def make_data(samples=20, length=10, seed=0):
@@ -42,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=10, help="sequence length (default 10)")
     parser.add_argument("--steps", type=int, default=500, help="Rprop steps (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
     model, losses = train(args.samples, args.length, args.steps, args.seed, device=args.device)
     print(f"loss: {losses[0]:.4g} -> {losses[-1]:.3g} after {args.steps} Rprop steps")
@@ -52,4 +55,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors("count_ones.py", main, None))  # errors in one line

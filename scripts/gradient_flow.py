@@ -14,11 +14,13 @@ gradient_flow_elman.png (``gpurnn diagnose --seed001 --json FILE`` writes seed 0
 """
 import argparse
 import pathlib
+import sys
 
 import numpy as np
 
 import gpurnn
 from gpurnn.tools import diagnostics
+from gpurnn.tools.command import run_reporting_errors
 
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 RADII = (0.5, 0.9, 1.0, 1.5, 3.0)
@@ -71,4 +73,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors("gradient_flow.py", main, None))  # errors in one line

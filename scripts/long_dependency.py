@@ -31,6 +31,7 @@ import json
 import os
 import pathlib
 import platform
+import sys
 import time
 
 import numpy as np
@@ -39,6 +40,8 @@ import gpurnn
 from gpurnn.tools import diagnostics
 from gpurnn.engine.backend import to_host
 from gpurnn.training.optim import Adam, clip_grad_norm
+from gpurnn.tools.arguments import DEVICE_HELP
+from gpurnn.tools.command import run_reporting_errors
 
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
@@ -172,7 +175,7 @@ def main(argv=None):
     parser.add_argument("--flow-batch", type=int, default=32,
                         help="sequences for the gradient-flow measure (default 32)")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="print only, write nothing")
     args = parser.parse_args(argv)
@@ -206,5 +209,10 @@ def main(argv=None):
     return results
 
 
+def _command(_args) -> int:
+    main()  # returns the results, for tests; the command's exit code is 0
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors("long_dependency.py", _command, None))  # errors in one line

@@ -7,12 +7,14 @@ dy/dw = Σ_i (dS_4/dS_i)(∂S_i/∂w) = 12926834988414 for w = 2, exactly in flo
     python scripts/nested_recursion.py [--w 2] [--s0 1] [--steps 4]
 """
 import argparse
+import sys
 
 import numpy as np
 
 from gpurnn import Cell
 
 from gpurnn.engine import bptt
+from gpurnn.tools.command import run_reporting_errors
 
 
 class NestedSquare(Cell):
@@ -52,4 +54,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors("nested_recursion.py", main, None))  # errors in one line

@@ -6,7 +6,10 @@ Vocabulary 8000, hidden size 80, bptt_truncate 4, plain SGD with learning rate 0
 loss summed over each sentence, one sentence per step, and the learning rate halved whenever
 the measured loss rises. The tutorial measured the training loss every 5 epochs; here the
 validation loss is measured every --eval-every steps. Without --corpus it trains on the
-built-in corpus; with the tutorial's Reddit CSV, the 'body' column is read. Every
+built-in corpus; with the tutorial's Reddit CSV, the 'body' column is read. That file is
+``data/reddit-comments-2015-08.csv`` in the tutorial's repository:
+``git clone https://github.com/dennybritz/rnn-tutorial-rnnlm`` and pass
+``--corpus rnn-tutorial-rnnlm/data/reddit-comments-2015-08.csv``. Every
 ``gpurnn train`` flag can be added to change a setting (``gpurnn train --help`` lists them).
 """
 import sys
@@ -38,7 +41,8 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         print(__doc__)
     args = cli.build_parser().parse_args(["train", *argv])
-    return cli.run_train(args, base=TUTORIAL)
+    return cli.run_reporting_errors(
+        "train_lm.py", cli.with_blas_threads(lambda a: cli.run_train(a, base=TUTORIAL)), args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["UsageError", "int_at_least", "positive_int", "positive_float", "int_or_none"]
+from ..engine.activations import ACTIVATIONS
+from ..engine.factory import CELL_TYPES
+
+__all__ = ["UsageError", "int_at_least", "positive_int", "positive_float", "int_or_none",
+           "DEVICE_HELP", "add_model_arguments"]
 
 
 class UsageError(Exception):
@@ -34,3 +38,19 @@ def positive_float(text):
 def int_or_none(text):
     """An integer, or None for the text "none" (``--truncate none``: full BPTT)."""
     return None if text.strip().lower() == "none" else int(text)
+
+
+DEVICE_HELP = ("auto (the GPU when CuPy finds one, else the CPU), cpu, cuda, cuda:N or cpu-strict "
+               "(the CPU with CuPy's rules) (default auto)")
+
+
+def add_model_arguments(p, *, hidden: int):
+    """--cell, --layers, --hidden and --activation: the flags of every command that builds a
+    model (``gpurnn train`` takes the same from TrainConfig)."""
+    p.add_argument("--cell", choices=CELL_TYPES, default="elman",
+                   help="recurrent cell: elman (the tutorial's RNN), gru or lstm (default elman)")
+    p.add_argument("--layers", type=positive_int, default=1, help="stacked layers (default 1)")
+    p.add_argument("--hidden", type=positive_int, default=hidden,
+                   help=f"hidden size of each layer (default {hidden})")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="tanh",
+                   help="hidden activation f of the elman cell (default tanh)")

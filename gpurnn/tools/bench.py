@@ -13,6 +13,14 @@ same run on the same data:
 Also recorded: the *roofline efficiency* (the step's own matrix products timed alone, same
 shapes and BLAS, divided by the step's time) and the peak host memory of a step, each in a
 fresh subprocess so one measurement cannot inflate another.
+
+On a shared machine one system's timing can be slowed by whatever else runs at that moment.
+So for each (configuration, T) every system gets its own process, set up and warmed up once,
+and their timed steps are *interleaved*: repeat r times system A, then B, then C (the order
+rotating), so that a burst of load hits all of them alike. Each row records the median, the
+spread (min and max) and every sample; ratios are taken repeat by repeat and reported as the
+median with their quartiles. When the quartiles straddle 1 the difference is within the
+noise and no ratio is printed, only the quartiles, with a warning.
 """
 from __future__ import annotations
 
@@ -23,7 +31,9 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy
 
@@ -35,8 +45,10 @@ from ..reference import elman as reference
 from ..engine.model import ElmanRNN
 from ..training.optim import SGD
 from ..engine.factory import make_model
+from .arguments import UsageError, positive_int
 
-__all__ = ["Config", "CONFIGS", "run", "timed", "machine_info", "main"]
+__all__ = ["Config", "CONFIGS", "run", "timed", "spread", "paired_ratios", "machine_info",
+           "main", "DEFAULT_REPEATS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +80,12 @@ CONFIGS = {c.name: c for c in [
 LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 REFERENCE_MAX_T = 64          # the plain loop is O(T·τ) tiny ops per sequence: keep it short
 REFERENCE_SEQUENCES = 2
+# Interleaved timed steps per system. In 15 repeats of lm-trunc4 and dense-256 at T = 32
+# beside PyTorch on the shared, heavily loaded 2-core machine (results/bench_noise.json), the
+# median gpurnn/torch ratio of any 3 consecutive repeats ranged over 1.2-6.3x, of 5 over
+# 1.5-3.3x, of 9 over 2.0-2.3x (dense-256: 1.0-1.5x).
+DEFAULT_REPEATS = 9
+SETTLE_SECONDS = 0.05  # pause between systems: spinning BLAS/OpenMP threads go to sleep
 
 
 def make_data(config: Config, steps: int, seed: int = 0):
@@ -156,6 +174,11 @@ def reference_step(config: Config, steps: int):
 
 def timed(step, repeats, warmup, device):
     """Median wall time of ``step()`` in seconds after ``warmup`` calls, device synchronised."""
+    return statistics.median(timed_samples(step, repeats, warmup, device))
+
+
+def timed_samples(step, repeats, warmup, device) -> list:
+    """Wall times of ``repeats`` calls of ``step()`` after ``warmup`` calls, synchronised."""
     for _ in range(warmup):
         step()
     _sync(device)
@@ -165,7 +188,25 @@ def timed(step, repeats, warmup, device):
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def spread(values) -> dict:
+    """Median, min and max of a list of samples."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def paired_ratios(ours: list, theirs: list) -> dict:
+    """How many times faster we are, repeat by repeat (their time / our time for the same
+    work): the median; the spread as the quartiles ``low``, ``high`` (one outlier repeat
+    does not move them, and they settle as repeats are added, where min and max only
+    widen); ``min``, ``max``; and ``clear``: the quartiles do not straddle 1, i.e. the
+    spread is smaller than the difference."""
+    ratios = sorted(b / a for a, b in zip(ours, theirs))
+    low, _, high = (statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1
+                    else ratios * 3)
+    return {"ratio": statistics.median(ratios), "low": low, "high": high, "min": ratios[0],
+            "max": ratios[-1], "clear": not low <= 1.0 <= high, "repeats": len(ratios)}
 
 
 def _sync(device):
@@ -248,37 +289,128 @@ def measure_memory(system: str, config: Config, steps: int) -> dict:
     return {"peak_bytes": peak, "step_bytes": max(0, peak - baseline)}
 
 
-def measure_speed(system: str, config: Config, lengths, repeats: int, warmup: int) -> list:
-    """Tokens/s of one system over the lengths (run in its own process)."""
+def make_step(system: str, config: Config, steps: int):
+    """(step function, tokens per step, device) of one system, or None where the system does
+    not run this (configuration, T): the seeds' loop only for Elman and short T."""
     device = "cuda" if system.endswith("-cuda") else "cpu"
     base = system.replace("-cuda", "")
+    if base == "reference":
+        if steps > REFERENCE_MAX_T or config.cell != "elman":
+            return None
+        step, tokens = reference_step(config, steps)
+        return step, tokens, device
     if base == "torch":
         import torch
         torch.set_num_threads(os.cpu_count())          # the same threads as the host BLAS
+    make = torch_step if base == "torch" else gpurnn_step
+    return make(config, steps, device), config.batch * steps, device
+
+
+def measure_speed(system: str, config: Config, lengths, repeats: int, warmup: int) -> list:
+    """Tokens/s of one system over the lengths, in this process, not interleaved."""
     rows = []
     for steps in lengths:
-        row = {"config": config.name, "T": steps, "system": system,
-               "tokens": config.batch * steps}
-        if base == "reference":
-            if steps > REFERENCE_MAX_T or config.cell != "elman":
-                continue
-            step, tokens = reference_step(config, steps)
-            row.update(tokens=tokens, per_sequence=True)
-            seconds = timed(step, 1, 1, device)
-        else:
-            make = torch_step if base == "torch" else gpurnn_step
-            seconds = timed(make(config, steps, device), repeats, warmup, device)
-        row.update(seconds=seconds, tokens_per_s=row["tokens"] / seconds)
-        if system == "gpurnn":
-            row["gemm_seconds"] = gemm_seconds(gemm_shapes(config, steps))
-            row["efficiency"] = row["gemm_seconds"] / seconds
+        made = make_step(system, config, steps)
+        if made is not None:
+            step, tokens, device = made
+            rows.append(_speed_row(system, config, steps, tokens,
+                                   timed_samples(step, repeats, warmup, device)))
+    return rows
+
+
+def _speed_row(system, config, steps, tokens, samples) -> dict:
+    seconds = statistics.median(samples)
+    row = {"config": config.name, "T": steps, "system": system, "tokens": tokens,
+           "seconds": seconds, "tokens_per_s": tokens / seconds,
+           "seconds_min": min(samples), "seconds_max": max(samples), "samples": samples}
+    if system == "reference":
+        row["per_sequence"] = True
+    if system == "gpurnn":
+        row["gemm_seconds"] = gemm_seconds(gemm_shapes(config, steps))
+        row["efficiency"] = row["gemm_seconds"] / seconds
+    return row
+
+
+class _Worker:
+    """One system's step in its own process, timed one call at a time on request."""
+
+    def __init__(self, system: str, config: Config, steps: int, warmup: int):
+        command = [sys.executable, "-m", "gpurnn.tools.bench", "--probe", "worker", system,
+                   json.dumps(dataclasses.asdict(config)), str(steps), str(warmup)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.ready = self._read()          # {"tokens": n} or {"skip": true}
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            lines = self.process.stderr.read().strip().splitlines()
+            raise RuntimeError(f"benchmark worker {' '.join(self.process.args[4:])} failed: "
+                               f"{lines[-1] if lines else self.process.wait()}")
+        return json.loads(line)
+
+    def time_one(self) -> dict:
+        """``{"seconds": wall time of one step, "at": when it started (time.time())}``."""
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+
+
+def _serve(system: str, config: Config, steps: int, warmup: int) -> None:
+    """The worker's side: set up, warm up, then time one step per ``step`` line read."""
+    made = make_step(system, config, steps)
+    if made is None:
+        print(json.dumps({"skip": True}), flush=True)
+        return
+    step, tokens, device = made
+    timed_samples(step, 0, warmup, device)
+    print(json.dumps({"tokens": tokens}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            at = time.time()
+            print(json.dumps({"seconds": timed_samples(step, 1, 0, device)[0], "at": at}),
+                  flush=True)
+
+
+def measure_interleaved(systems, config: Config, steps: int, repeats: int,
+                        warmup: int) -> list:
+    """Rows of tokens/s for ``systems`` at one (configuration, T), their timed steps
+    interleaved repeat by repeat, the order rotating; each system in its own process."""
+    workers = {}
+    try:
+        for system in systems:
+            worker = _Worker(system, config, steps, warmup)
+            if worker.ready.get("skip"):
+                worker.close()
+            else:
+                workers[system] = worker
+        names = list(workers)
+        timings = {system: [] for system in names}
+        for repeat in range(repeats):
+            shift = repeat % len(names) if names else 0
+            for system in names[shift:] + names[:shift]:
+                time.sleep(SETTLE_SECONDS)
+                timings[system].append(workers[system].time_one())
+    finally:
+        for worker in workers.values():
+            worker.close()
+    rows = []
+    for system in names:
+        row = _speed_row(system, config, steps, workers[system].ready["tokens"],
+                         [t["seconds"] for t in timings[system]])
+        row["started"] = [t["at"] for t in timings[system]]  # shows the interleaving
         rows.append(row)
     return rows
 
 
 def _probe(*arguments) -> object:
-    """Run ``python -m gpurnn.bench --probe ...`` and return the JSON it prints last."""
-    command = [sys.executable, "-m", "gpurnn.bench", "--probe", *map(str, arguments)]
+    """Run ``python -m gpurnn.tools.bench --probe ...`` and return the JSON it prints last."""
+    command = [sys.executable, "-m", "gpurnn.tools.bench", "--probe", *map(str, arguments)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
@@ -302,18 +434,18 @@ def available_systems() -> list[str]:
 
 
 # --- the sweep ----------------------------------------------------------------------------
-def run(config_names, lengths, *, systems=None, repeats=5, warmup=1, memory=True,
-        progress=print) -> list[dict]:
-    """Measure every (configuration, system, T), each system in a fresh process so that
-    no library's threads or caches slow another; returns one dict per measurement."""
+def run(config_names, lengths, *, systems=None, repeats=DEFAULT_REPEATS, warmup=1,
+        memory=True, progress=print) -> list[dict]:
+    """Measure every (configuration, T, system): the systems' timed steps interleaved (see the
+    module docstring), each system in a fresh process so that no library's threads or caches
+    slow another; returns one dict per measurement."""
     systems = systems or available_systems()
     results = []
     for name in config_names:
-        for system in systems:
-            rows = _probe("speed", system, name, ",".join(map(str, lengths)), repeats, warmup)
-            for row in rows:
-                if memory and system in ("gpurnn", "torch"):
-                    row.update(_probe("memory", system, name, row["T"]))
+        for steps in lengths:
+            for row in measure_interleaved(systems, CONFIGS[name], steps, repeats, warmup):
+                if memory and row["system"] in ("gpurnn", "torch"):
+                    row.update(_probe("memory", row["system"], name, steps))
                 results.append(row)
                 progress(_describe(row))
     return results
@@ -372,8 +504,9 @@ def plot_memory_sweep(rows, path) -> str | None:
 
 
 def _describe(row) -> str:
+    low, high = row["tokens"] / row["seconds_max"], row["tokens"] / row["seconds_min"]
     text = (f"{row['config']:<11} T={row['T']:<5} {row['system']:<11} "
-            f"{row['tokens_per_s']:>11,.0f} tok/s")
+            f"{row['tokens_per_s']:>11,.0f} tok/s ({low:,.0f}-{high:,.0f})")
     if "efficiency" in row:
         text += f"  efficiency {row['efficiency']:.0%}"
     if "step_bytes" in row:
@@ -382,17 +515,31 @@ def _describe(row) -> str:
 
 
 def ratios(results) -> dict:
-    """gpurnn's tokens/s over each other system's, per (config, T)."""
+    """gpurnn's speed over each other system's, per (config, T), taken repeat by repeat
+    (see :func:`paired_ratios`): ``{label: {"ratio", "low", "high", "clear", "repeats"}}``."""
     table = {}
     for row in results:
-        table.setdefault((row["config"], row["T"]), {})[row["system"]] = row["tokens_per_s"]
+        table.setdefault((row["config"], row["T"]), {})[row["system"]] = row
     out = {}
     for (config, steps), by_system in table.items():
         for ours in ("gpurnn", "gpurnn-cuda"):
-            for other, value in by_system.items():
+            for other, row in by_system.items():
                 if ours in by_system and other != ours and not other.startswith("gpurnn"):
-                    out[f"{config} T={steps} {ours}/{other}"] = by_system[ours] / value
+                    mine = by_system[ours]
+                    # seconds per token, so that per-sequence rows compare fairly
+                    out[f"{config} T={steps} {ours}/{other}"] = paired_ratios(
+                        [s / mine["tokens"] for s in mine["samples"]],
+                        [s / row["tokens"] for s in row["samples"]])
     return out
+
+
+def format_ratio(r: dict) -> str:
+    """``1.85x (quartiles 1.62-2.10x)``, or, within the noise, no ratio: ``no clear
+    difference (quartiles 0.80-1.30x over 9 repeats)``."""
+    span = f"quartiles {r['low']:.2f}-{r['high']:.2f}x"
+    if not r["clear"]:
+        return f"no clear difference ({span} over {r['repeats']} repeats)"
+    return f"{r['ratio']:.2f}x ({span})"
 
 
 def markdown(results) -> str:
@@ -404,6 +551,7 @@ def markdown(results) -> str:
     table = {}
     for row in results:
         table.setdefault((row["config"], row["T"]), {})[row["system"]] = row
+    found = ratios(results)
     for (config, steps), rows in table.items():
         cells = []
         for s in systems:
@@ -411,10 +559,10 @@ def markdown(results) -> str:
             mark = " (per-seq)" if r and r.get("per_sequence") else ""
             cells.append(f"{r['tokens_per_s']:,.0f}{mark}" if r else "–")
         ours = rows.get("gpurnn")
-        vs_torch = (f"{ours['tokens_per_s'] / rows['torch']['tokens_per_s']:.2f}x"
-                    if ours and "torch" in rows else "–")
-        vs_ref = (f"{ours['tokens_per_s'] / rows['reference']['tokens_per_s']:.0f}x"
-                  if ours and "reference" in rows else "–")
+        vs_torch = found.get(f"{config} T={steps} gpurnn/torch")
+        vs_torch = format_ratio(vs_torch) if vs_torch else "–"
+        vs_ref = found.get(f"{config} T={steps} gpurnn/reference")
+        vs_ref = f"{vs_ref['ratio']:.0f}x" if vs_ref else "–"
         eff = f"{ours['efficiency']:.0%}" if ours and "efficiency" in ours else "–"
         mem = (f"{ours['step_bytes'] / 2**20:,.0f}" if ours and "step_bytes" in ours else "–")
         lines.append(f"| {config} | {steps} | " + " | ".join(cells)
@@ -473,50 +621,82 @@ def plot(results, path_prefix) -> list[str]:
     return written
 
 
+SCRATCH = Path(tempfile.gettempdir()) / "gpurnn-bench"
+RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                         metavar="NAME", help=f"configurations (default all: {', '.join(CONFIGS)})")
-    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS), metavar="T",
-                        help="sequence lengths (default 16 32 ... 1024)")
+    parser.add_argument("--lengths", nargs="+", type=positive_int, default=list(LENGTHS),
+                        metavar="T", help="sequence lengths (default 16 32 ... 1024)")
     parser.add_argument("--systems", nargs="+", default=None,
                         choices=["reference", "gpurnn", "torch", "gpurnn-cuda", "torch-cuda"],
                         help="default: all that are available here")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps, median (default 5)")
+    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
+                        help=f"timed steps per system, interleaved with the other systems'; "
+                             f"the median is reported (default {DEFAULT_REPEATS})")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--memory-sweep", action="store_true",
                         help="also sweep the LM's step memory against T and vocabulary, with "
                              "the logits blocked and whole")
-    parser.add_argument("--output", default=None,
-                        help="path prefix for the JSON and PNG files (default: print only)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--output", default=None, metavar="PREFIX",
+                       help=f"path prefix for the JSON and PNG files (default: "
+                            f"{SCRATCH / 'throughput'}, a scratch place)")
+    where.add_argument("--save", action="store_true",
+                       help="write to the recorded results, benchmarks/results/throughput* of "
+                            "the source checkout, instead of the scratch place")
+
+
+def output_prefix(args) -> Path:
+    """Where the results go (--output, --save or the scratch place), its folder created now,
+    before anything is measured, so that a bad path fails at once."""
+    if args.save:
+        if not RECORDED.is_dir():
+            raise UsageError(f"--save writes to {RECORDED}, which exists only in a source "
+                             f"checkout of gpurnn; give --output PREFIX instead")
+        prefix = RECORDED / "throughput"
+    else:
+        prefix = Path(args.output) if args.output else SCRATCH / "throughput"
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the output folder {prefix.parent}: "
+                         f"{error.strerror or error}") from None
+    return prefix
 
 
 def execute(args) -> int:
     from .._version import __version__
-    for steps in args.lengths:
-        if steps <= 0:
-            raise ValueError(f"--lengths must be positive, got {steps}")
+    prefix = output_prefix(args)
     results = run(args.configs, args.lengths, systems=args.systems, repeats=args.repeats,
                   memory=not args.no_memory)
     print()
     print(markdown(results))
-    for key, value in ratios(results).items():
-        print(f"{key}: {value:.2f}x")
-    if args.output:
-        payload = {"benchmark": "throughput", "gpurnn": __version__, **machine_info(),
-                   "configs": {n: dataclasses.asdict(CONFIGS[n]) for n in args.configs},
-                   "repeats": args.repeats, "results": results, "ratios": ratios(results)}
-        with open(f"{args.output}.json", "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-        written = [f"{args.output}.json"] + plot(results, args.output)
-        print("wrote " + ", ".join(written))
+    found = ratios(results)
+    for key, value in found.items():
+        print(f"{key}: {format_ratio(value)}")
+    noisy = [key for key, value in found.items() if not value["clear"]]
+    if noisy:
+        print(f"warning: {len(noisy)} of {len(found)} comparisons are within the noise (the "
+              f"quartiles of their ratios over the repeats straddle 1); more --repeats or a "
+              f"quieter machine would tell them apart", file=sys.stderr)
+    payload = {"benchmark": "throughput", "gpurnn": __version__, **machine_info(),
+               "configs": {n: dataclasses.asdict(CONFIGS[n]) for n in args.configs},
+               "repeats": args.repeats, "interleaved": True, "results": results,
+               "ratios": found}
+    with open(f"{prefix}.json", "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+    written = [f"{prefix}.json"] + plot(results, prefix)
+    print("wrote " + ", ".join(map(str, written)))
     if args.memory_sweep:
         rows = memory_sweep(args.lengths, (2000, 4000, 8000, 16000, 32000))
-        if args.output:
-            with open(f"{args.output}_memory_sweep.json", "w", encoding="utf-8") as f:
-                json.dump({"benchmark": "memory_sweep", **machine_info(), "rows": rows}, f,
-                          indent=1)
-            path = plot_memory_sweep(rows, f"{args.output}_memory_sweep.png")
-            print(f"wrote {args.output}_memory_sweep.json" + (f", {path}" if path else ""))
+        with open(f"{prefix}_memory_sweep.json", "w", encoding="utf-8") as f:
+            json.dump({"benchmark": "memory_sweep", **machine_info(), "rows": rows}, f,
+                      indent=1)
+        path = plot_memory_sweep(rows, f"{prefix}_memory_sweep.png")
+        print(f"wrote {prefix}_memory_sweep.json" + (f", {path}" if path else ""))
     return 0
 
 
@@ -526,7 +706,8 @@ def machine_info() -> dict:
     import platform
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "platform": platform.platform(), "python": platform.python_version(),
-            "cores": os.cpu_count(), "numpy": numpy.__version__}
+            "cores": os.cpu_count(), "numpy": numpy.__version__,
+            "load_average": list(os.getloadavg())}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
@@ -550,13 +731,16 @@ def machine_info() -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpurnn.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gpurnn.tools.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)  # one measurement
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.probe:
         kind, system, name, *rest = args.probe
-        if kind == "memory":
+        if kind == "worker":  # the configuration comes whole, as JSON
+            _serve(system, Config(**json.loads(name)), int(rest[0]), int(rest[1]))
+        else:
             config, steps = CONFIGS[name], int(rest[0])
             if len(rest) > 1:                          # vocabulary and logit-block overrides
                 vocab, block = int(rest[1]), int(rest[2])
@@ -564,12 +748,9 @@ def main(argv=None) -> int:
                 if block:
                     losses.LOGIT_BLOCK_ELEMENTS = block
             print(json.dumps(measure_memory(system, config, steps)))
-        else:
-            lengths = [int(t) for t in rest[0].split(",")]
-            print(json.dumps(measure_speed(system, CONFIGS[name], lengths, int(rest[1]),
-                                           int(rest[2]))))
         return 0
-    return execute(args)
+    from .command import run_reporting_errors
+    return run_reporting_errors("python -m gpurnn.tools.bench", execute, args)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ import sys
 
 import numpy
 
-from ..engine.activations import ACTIVATIONS, OUTPUTS
-from .arguments import UsageError, int_at_least, int_or_none, positive_float, positive_int
+from ..engine.activations import OUTPUTS
+from .arguments import (DEVICE_HELP, UsageError, add_model_arguments, int_at_least, int_or_none,
+                        positive_float, positive_int)
+from .command import run_reporting_errors, with_blas_threads
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -21,21 +23,20 @@ __all__ = ["main", "build_parser", "UsageError"]
 
 def add_gradcheck(subparsers):
     p = subparsers.add_parser(
-        "gradcheck", help="check BPTT gradients against central differences",
-        description="Build a small random Elman RNN in float64 and compare its BPTT "
-                    "gradients with central differences of the loss, parameter by parameter.")
+        "gradcheck", help="check BPTT gradients against central differences, any cell",
+        description="Build a small random model (Elman, GRU or LSTM, one or more layers) in "
+                    "float64 and compare its BPTT gradients with central differences of the "
+                    "loss, parameter by parameter.")
+    add_model_arguments(p, hidden=6)
     p.add_argument("--input-size", type=positive_int, default=10,
                    help="vocabulary size (token inputs) or features (--dense); default 10")
-    p.add_argument("--hidden", type=positive_int, default=6, help="hidden size (default 6)")
     p.add_argument("--output-size", type=positive_int, default=None,
                    help="output size (default: the input size)")
     p.add_argument("--batch-size", type=positive_int, default=3, help="sequences (default 3)")
     p.add_argument("--seq-len", type=positive_int, default=8, help="time steps (default 8)")
-    p.add_argument("--activation", choices=ACTIVATIONS, default="tanh",
-                   help="hidden activation f (default tanh)")
     p.add_argument("--output", choices=OUTPUTS, default="softmax",
                    help="output g: softmax with cross-entropy, else squared error (default softmax)")
-    p.add_argument("--no-bias", action="store_true", help="drop the biases b and c")
+    p.add_argument("--no-bias", action="store_true", help="drop the biases")
     p.add_argument("--dense", action="store_true",
                    help="random float inputs instead of token ids")
     p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (default 1e-6)")
@@ -44,18 +45,21 @@ def add_gradcheck(subparsers):
     p.add_argument("--max-checks", type=positive_int, default=50,
                    help="entries checked per parameter, sampled when larger (default 50)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(handler=run_gradcheck)
 
 
 def run_gradcheck(args):
     from .gradcheck import gradcheck
-    from ..engine.model import ElmanRNN
+    from ..engine.factory import make_model
 
     output_size = args.output_size or args.input_size
-    model = ElmanRNN(args.input_size, args.hidden, output_size, activation=args.activation,
-                     output=args.output, bias=not args.no_bias, dtype="float64",
-                     device=args.device, seed=args.seed)
+    extra = {"activation": args.activation} if args.cell == "elman" else {}
+    if args.cell != "elman" and args.activation != "tanh":
+        raise UsageError(f"--activation applies to the elman cell only, not {args.cell}")
+    model = make_model(args.cell, args.input_size, args.hidden, output_size,
+                       num_layers=args.layers, output=args.output, bias=not args.no_bias,
+                       dtype="float64", device=args.device, seed=args.seed, **extra)
     rng = numpy.random.default_rng(args.seed)
     shape = (args.batch_size, args.seq_len)
     if args.dense:
@@ -80,7 +84,7 @@ def run_gradcheck(args):
 
 _METAVARS = {"corpus": "PATH", "checkpoint": "PATH", "metrics": "PATH", "lr": "X", "clip": "X",
              "valid_fraction": "X", "truncate": "K", "time_limit": "DURATION",
-             "stop_signal": "SIGNAL", "log_every_seconds": "SECONDS"}
+             "stop_signal": "SIGNAL", "log_every_seconds": "SECONDS", "csv_column": "NAME"}
 
 
 def add_train(subparsers):
@@ -205,7 +209,9 @@ def add_generate(subparsers):
         "generate", help="sample sentences from a trained language model",
         description="Sample sentences from a checkpoint written by gpurnn train, one per "
                     "line: each starts at SENTENCE_START (then the prompt) and stops at "
-                    "SENTENCE_END or --max-length tokens.")
+                    "SENTENCE_END or --max-length tokens. A model trained in stream mode "
+                    "first reads the stretch of its training text kept in the checkpoint, so "
+                    "that sampling starts from a state like those it was trained on.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz written by gpurnn train")
     p.add_argument("--num", type=positive_int, default=5, help="sentences (default 5)")
     p.add_argument("--temperature", type=positive_float, default=1.0,
@@ -214,29 +220,42 @@ def add_generate(subparsers):
     p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
                    help="draw only among the K most likely tokens (default: all)")
     p.add_argument("--prompt", metavar="TEXT", default=None,
-                   help="text every sentence starts with")
+                   help="text every sentence starts with; words outside the vocabulary are "
+                        "named in a warning")
     p.add_argument("--min-length", type=int_at_least(0), default=0, metavar="N",
                    help="tokens before SENTENCE_END may be drawn (default 0)")
     p.add_argument("--max-length", type=positive_int, default=None, metavar="N",
                    help="stop after N tokens (default 60 words or 300 characters)")
-    p.add_argument("--resample-unknown", action="store_true",
-                   help="never produce UNKNOWN_TOKEN: draw again instead, as the tutorial does")
+    p.add_argument("--show-unknown", action="store_true",
+                   help="let the model draw UNKNOWN_TOKEN and print it, also for unknown "
+                        "prompt words (default: never drawn, prompt words shown as typed)")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed, for repeatable samples (default: fresh randomness)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(handler=run_generate)
 
 
+def _print_warning(command):
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"gpurnn {command}: warning: {message}", file=sys.stderr)
+    return show
+
+
 def run_generate(args):
+    import warnings
+
     from ..training.generate import load_language_model, sample
-    lm = load_language_model(args.checkpoint, device=args.device)
     if args.min_length and args.max_length and args.min_length > args.max_length:
         raise UsageError(f"--min-length {args.min_length} is above --max-length "
                          f"{args.max_length}")
-    for sentence in sample(lm.model, lm.vocab, num=args.num, level=lm.level,
+    lm = load_language_model(args.checkpoint, device=args.device)
+    with warnings.catch_warnings():
+        warnings.showwarning = _print_warning("generate")
+        sentences = sample(lm.model, lm.vocab, num=args.num, level=lm.level,
                            prompt=args.prompt, temperature=args.temperature, top_k=args.top_k,
                            min_length=args.min_length, max_length=args.max_length,
-                           resample_unknown=args.resample_unknown, seed=args.seed):
+                           warmup=lm.warmup, show_unknown=args.show_unknown, seed=args.seed)
+    for sentence in sentences:
         print(sentence)
     return 0
 
@@ -270,7 +289,10 @@ def add_bench(subparsers):
     p = subparsers.add_parser(
         "bench", help="training throughput against sequence length, beside PyTorch",
         description=bench.__doc__.split("\n\n")[0] + " Needs PyTorch for the torch columns "
-                    "(pip install gpurnn[bench]); each system runs in its own process.")
+                    "(pip install gpurnn[bench]). Each system runs in its own process and "
+                    "their timed steps take turns; the median, the spread and ratios taken "
+                    "repeat by repeat are reported, no ratio where the spread is larger than "
+                    "the difference. Results go to a scratch place unless --output or --save.")
     bench.add_arguments(p)
     p.set_defaults(handler=bench.execute)
 
@@ -318,13 +340,8 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        return args.handler(args)
-    except (UsageError, ValueError, TypeError, RuntimeError, OSError) as error:
-        from ..training.distributed import printing_rank
-        if printing_rank():  # under mpirun every rank raises it; rank 0 tells
-            print(f"gpurnn {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(f"gpurnn {args.command}", with_blas_threads(args.handler),
+                                args)
 
 
 if __name__ == "__main__":

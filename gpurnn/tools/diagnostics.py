@@ -28,10 +28,10 @@ import numpy
 from ..engine.backend import get_array_module, host_rng, to_device, to_host
 from ..engine.losses import output_loss_and_grads
 from ..engine.model import LinearRNN, RecurrentModel
-from ..engine.factory import CELL_TYPES, make_model
+from ..engine.factory import make_model, model_spec
 from ..engine.stack import StackedCell, layer_name
 from ..engine.validation import as_mask, as_targets
-from .arguments import positive_int
+from .arguments import DEVICE_HELP, add_model_arguments, positive_int
 
 __all__ = ["GradientFlow", "Diagnosis", "gradient_flow", "recurrent_stats", "saturation",
            "diagnose", "scale_recurrent", "linear_gradient_over_time", "SEED001_POINTS",
@@ -420,20 +420,22 @@ def plot_gradient_flow(flows: dict, path, title=None, heatmaps=None) -> Path:
 def add_diagnose(subparsers):
     """Register ``gpurnn diagnose`` on an argparse ``subparsers`` object."""
     p = subparsers.add_parser(
-        "diagnose", help="gradient flow over time, spectral radius, saturated units",
-        description="Build a model (random weights, or rescaled with --spectral-radius) and a "
-                    "random batch, and report how much of each output's gradient reaches "
-                    "earlier steps (‖∂L_t/∂h_k‖ per lag), the spectral radius and norm of the "
-                    "recurrent weights and the fraction of saturated units. --seed001 draws "
-                    "seed 001's picture of exploding and vanishing gradients instead.")
-    p.add_argument("--cell", choices=CELL_TYPES, default="elman", help="cell (default elman)")
-    p.add_argument("--layers", type=positive_int, default=1, help="stacked layers (default 1)")
+        "diagnose", help="gradient flow over time, spectral radius, saturated units, "
+                         "of a trained or a random model",
+        description="Report how much of each output's gradient reaches earlier steps "
+                    "(‖∂L_t/∂h_k‖ per lag), the spectral radius and norm of the recurrent "
+                    "weights and the fraction of saturated units, of the model in CHECKPOINT "
+                    "(written by gpurnn train; run on a stretch of its training text) or of a "
+                    "random model built from the flags (on a random batch). Writes the numbers "
+                    "as JSON and the picture as PNG (--json, --plot; --no-save: neither). "
+                    "--seed001 draws seed 001's exploding and vanishing gradients instead.")
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
+                   help="a .npz written by gpurnn train (default: a random model)")
+    add_model_arguments(p, hidden=32)
     p.add_argument("--input-size", type=positive_int, default=10,
                    help="vocabulary size (token inputs) or features (--dense); default 10")
-    p.add_argument("--hidden", type=positive_int, default=32, help="hidden size (default 32)")
     p.add_argument("--output-size", type=positive_int, default=None,
                    help="output size (default: the input size)")
-    p.add_argument("--activation", default="tanh", help="Elman activation (default tanh)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences (default 16)")
     p.add_argument("--seq-len", type=positive_int, default=None,
                    help="time steps (default 60; 10 with --seed001, as in the seed)")
@@ -446,49 +448,110 @@ def add_diagnose(subparsers):
     p.add_argument("--max-lag", type=positive_int, default=None,
                    help="follow each output back at most this many steps (default: all)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed001", action="store_true",
                    help="seed 001's linear RNN at (wx, wRec) = (2, 1), (1, 2), (1, -2), "
                         "(1, 0), (1, 0.5), (1, -0.5) instead of a model")
-    p.add_argument("--plot", default=None, metavar="PNG", help="write a picture here")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the numbers here")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="picture (default: CHECKPOINT-diagnose.png, or diagnose.png, or "
+                        "seed001.png)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="numbers (default: the picture's name with .json; given alone, the "
+                        "picture goes beside it with .png)")
+    p.add_argument("--no-save", action="store_true", help="print only, write no file")
     p.set_defaults(handler=run_diagnose)
 
 
-def run_diagnose(args) -> int:
-    if args.seed001:
-        return _run_seed001(args)
+def _outputs(args, stem: str):
+    """(json path, png path) to write, or (None, None) with --no-save; their folders must
+    exist before anything is computed."""
+    if args.no_save:
+        return None, None
+    if args.plot:    # one name given: the other file goes beside it
+        png = Path(args.plot)
+        paths = (Path(args.json) if args.json else png.with_suffix(".json"), png)
+    elif args.json:
+        paths = (Path(args.json), Path(args.json).with_suffix(".png"))
+    else:
+        paths = (Path(f"{stem}.json"), Path(f"{stem}.png"))
+    for path in paths:
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"folder {path.parent} for {path.name} does not exist")
+    return paths
 
+
+def _write(result_json, json_path, draw, png_path) -> None:
+    if json_path is not None:
+        json_path.write_text(json.dumps(result_json, indent=1))
+        print(f"wrote {json_path}")
+    if png_path is not None:
+        try:
+            draw(png_path)
+            print(f"wrote {png_path}")
+        except RuntimeError as error:  # no matplotlib: the numbers are written all the same
+            print(f"no picture: {error}")
+
+
+def _checkpoint_batch(args):
+    """The checkpoint's model in float64 and a batch of its own training text (the warm-up
+    stretch kept for sampling), else of random token ids."""
+    from ..training.generate import load_language_model
+    lm = load_language_model(args.checkpoint, device=args.device)
+    model = lm.model.copy(dtype="float64")
+    steps = args.seq_len or 60
+    text = lm.warmup if lm.warmup is not None else numpy.zeros(0, dtype=numpy.int64)
+    rows = min(args.batch_size, (len(text) - 1) // steps)
+    if rows >= 1:
+        ids = text[:rows * steps + 1]
+        inputs = numpy.stack([ids[r * steps:(r + 1) * steps] for r in range(rows)])
+        targets = numpy.stack([ids[r * steps + 1:(r + 1) * steps + 1] for r in range(rows)])
+        source = "training text kept in the checkpoint"
+    else:
+        rng = numpy.random.default_rng(args.seed)
+        inputs = rng.integers(0, len(lm.vocab), (args.batch_size, steps))
+        targets = rng.integers(0, len(lm.vocab), (args.batch_size, steps))
+        source = "random token ids"
+    return model, inputs, targets, {"checkpoint": str(args.checkpoint), "step": lm.step,
+                                    "inputs": source, "batch": len(inputs), "steps": steps}
+
+
+def _random_batch(args):
     output_size = args.output_size or args.input_size
     model = make_model(args.cell, args.input_size, args.hidden, output_size,
                        num_layers=args.layers, activation=args.activation, dtype="float64",
                        device=args.device, seed=args.seed)
-    if args.spectral_radius is not None:
-        scale_recurrent(model, args.spectral_radius)
     rng = numpy.random.default_rng(args.seed)
     steps = args.seq_len or 60
     shape = (args.batch_size, steps)
     inputs = (rng.normal(size=shape + (args.input_size,)) if args.dense
               else rng.integers(0, args.input_size, shape))
-    targets = None
-    if not args.jacobian:
-        targets = (rng.integers(0, output_size, shape) if model.output == "softmax"
-                   else rng.normal(size=shape + (output_size,)))
-    result = diagnose(model, inputs, targets, max_lag=args.max_lag, seed=args.seed)
-    result.info = {"batch": args.batch_size, "steps": steps,
-                   "gradient": "random unit vectors" if args.jacobian else "loss"}
+    targets = (rng.integers(0, output_size, shape) if model.output == "softmax"
+               else rng.normal(size=shape + (output_size,)))
+    return model, inputs, targets, {"batch": args.batch_size, "steps": steps}
+
+
+def run_diagnose(args) -> int:
+    if args.seed001:
+        return _run_seed001(args)
+    stem = Path(args.checkpoint).stem + "-diagnose" if args.checkpoint else "diagnose"
+    json_path, png_path = _outputs(args, stem)
+    model, inputs, targets, info = (_checkpoint_batch if args.checkpoint else _random_batch)(args)
+    if args.spectral_radius is not None:
+        scale_recurrent(model, args.spectral_radius)
+    result = diagnose(model, inputs, None if args.jacobian else targets, max_lag=args.max_lag,
+                      seed=args.seed)
+    result.info = {**info, "gradient": "random unit vectors" if args.jacobian else "loss"}
     print(result.table())
-    if args.json:
-        Path(args.json).write_text(json.dumps(result.to_json(), indent=1))
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot_gradient_flow({f"{args.cell} ×{args.layers}" if args.layers > 1 else args.cell:
-                            result.flow}, args.plot)
-        print(f"wrote {args.plot}")
+    name = model_spec(model)["cell"] if args.checkpoint else args.cell
+    layers = model_spec(model)["num_layers"] if args.checkpoint else args.layers
+    label = f"{name} ×{layers}" if layers > 1 else name
+    _write(result.to_json(), json_path,
+           lambda path: plot_gradient_flow({label: result.flow}, path), png_path)
     return 0
 
 
 def _run_seed001(args) -> int:
+    json_path, png_path = _outputs(args, "seed001")
     gradients = seed001_gradients(length=args.seq_len or 10, seed=args.seed)
     print("seed 001: linear RNN S_k = wRec S_(k-1) + wx X_k counting ones; mean |∂ξ/∂S_k|")
     length = len(next(iter(gradients.values()))["magnitude"]) - 1
@@ -498,12 +561,7 @@ def _run_seed001(args) -> int:
         print(f"  {wx:>4g} {wRec:>5g}   {last:>10.3e} {first:>10.3e}   "
               f"{first / last if last else float('nan'):>9.2e}")
     print(f"  ({length} steps: |wRec|^{length} of growth or decay)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            [{"wx": wx, "wRec": wRec, "magnitude": g["magnitude"].tolist(),
-              "sample": g["sample"].tolist()} for (wx, wRec), g in gradients.items()], indent=1))
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot_seed001(gradients, args.plot)
-        print(f"wrote {args.plot}")
+    _write([{"wx": wx, "wRec": wRec, "magnitude": g["magnitude"].tolist(),
+             "sample": g["sample"].tolist()} for (wx, wRec), g in gradients.items()],
+           json_path, lambda path: plot_seed001(gradients, path), png_path)
     return 0

@@ -43,8 +43,8 @@ class TrainConfig:
     """Everything ``gpurnn train`` needs. Each field's text is its flag's ``--help``."""
 
     # --- data -----------------------------------------------------------------------------
-    corpus: Optional[str] = _f(None, "UTF-8 text file, folder of .txt files, or .csv with a "
-                               "'body' column; default: the built-in corpus (Python's own "
+    corpus: Optional[str] = _f(None, "UTF-8 text file, folder of .txt files, or .csv (the text "
+                               "in --csv-column); default: the built-in corpus (Python's own "
                                "documentation, pydoc_data)")
     level: str = _f("word", "tokens are words (with punctuation) or characters", LEVELS)
     vocab_size: int = _f(2000, "vocabulary size, the 4 special tokens included; rarer tokens "
@@ -53,6 +53,7 @@ class TrainConfig:
                    "carried from chunk to chunk; sentence: padded batches of whole sentences",
                    MODES)
     valid_fraction: float = _f(0.1, "fraction of sentences held out for validation")
+    csv_column: str = _f("body", "the column of a .csv corpus that holds the text")
     # --- model and BPTT -------------------------------------------------------------------
     cell: str = _f("elman", "recurrent cell: elman (the tutorial's tanh RNN), gru or lstm "
                    "(PyTorch's gate equations)", CELLS)

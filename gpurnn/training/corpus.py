@@ -14,11 +14,13 @@ import numpy
 
 from ..engine.backend import get_array_module
 from . import data as D
+from .generate import warmup_ids
 
 __all__ = ["Corpus", "load_data", "cross_entropy", "cross_entropy_sums", "finite_state",
            "EVAL_BATCH"]
 
 EVAL_BATCH = 32  # validation batches hold at least this many sequences
+WARMUP_LENGTH = 256  # tokens of training text a stream-trained model reads before sampling
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Corpus:
     carry_state: bool    # stream mode: validation carries the hidden state batch to batch
     fingerprint: str     # hash of the encoded data: a resumed run must see the same
     train_tokens: int
+    warmup: numpy.ndarray | None = None  # stream mode: text read before sampling (generate)
 
 
 def load_data(config, vocab: D.Vocabulary | None = None, *, world_size: int = 1) -> Corpus:
@@ -43,12 +46,15 @@ def load_data(config, vocab: D.Vocabulary | None = None, *, world_size: int = 1)
     if config.corpus is None:
         sentences = D.load_builtin_corpus(level=config.level)
     else:
-        sentences = D.load_corpus(config.corpus, level=config.level)
+        sentences = D.load_corpus(config.corpus, level=config.level, column=config.csv_column)
     with warnings.catch_warnings():  # a corpus too small for validation: the trainer says so
         warnings.simplefilter("ignore")
         train_s, valid_s = D.train_valid_split(sentences, config.valid_fraction,
                                                seed=config.seed)
-    vocab = vocab or D.Vocabulary.build(train_s, config.vocab_size)
+    # Characters are few: every one of the corpus gets an id (up to the vocabulary size), so
+    # that validation and prompts meet UNKNOWN_TOKEN only beyond that size.
+    vocab = vocab or D.Vocabulary.build(train_s + valid_s if config.level == "char" else train_s,
+                                        config.vocab_size)
     train_ids, valid_ids = D.encode_sentences(train_s, vocab), D.encode_sentences(valid_s, vocab)
     digest = hashlib.sha256()
     for ids in train_ids + [numpy.array([-1])] + valid_ids:
@@ -74,8 +80,11 @@ def load_data(config, vocab: D.Vocabulary | None = None, *, world_size: int = 1)
         world = (f" (the global batch: --batch-size {config.batch_size} times {world_size} "
                  f"processes)") if world_size > 1 else ""
         raise ValueError(f"training data: {error}{world}") from None
+    # the last WARMUP_LENGTH sentences hold at least that many ids (2 or more each)
+    warmup = warmup_ids(numpy.concatenate(train_ids[-WARMUP_LENGTH:]), WARMUP_LENGTH) \
+        if config.mode == "stream" else None
     return Corpus(vocab, train, valid, config.mode == "stream", digest.hexdigest()[:16],
-                  sum(map(len, train_ids)))
+                  sum(map(len, train_ids)), warmup)
 
 
 def cross_entropy(model, batches, *, carry_state: bool) -> float | None:

@@ -8,10 +8,22 @@ A sentence starts from ``SENTENCE_START`` (then the prompt's tokens, if any) and
 token at a time, drawn from the model's next-token distribution, until ``SENTENCE_END`` or
 ``max_length`` tokens. All ``num`` sentences are drawn together as one batch; the random
 numbers come from a NumPy generator on the host, so a seed gives the same text on any device.
+
+Where sampling starts matters. A model trained in stream mode always reads ``SENTENCE_START``
+with the hidden state carried over from the text before it, almost never from a zero state;
+started from zero, a character model writes near-random letters for the first ~15
+characters. So stream-mode checkpoints keep a stretch of their training text (``warmup``,
+ending with ``SENTENCE_END``) and the model reads it before each sentence: the sentence starts
+from a state like those it was trained on. Sentence-mode models start from zero, as trained.
+
+``UNKNOWN_TOKEN`` is never drawn and never shown unless ``show_unknown``: prompt words outside
+the vocabulary are shown as typed (the model reads them as ``UNKNOWN_TOKEN``) and named in an
+:class:`UnknownWordWarning`.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from typing import NamedTuple
 
 import numpy
@@ -22,9 +34,14 @@ from .checkpoint import CheckpointError, load_checkpoint
 from ..engine.model import RecurrentModel
 from ..engine.factory import make_model
 
-__all__ = ["LanguageModel", "load_language_model", "sample", "join_tokens"]
+__all__ = ["LanguageModel", "UnknownWordWarning", "load_language_model", "sample",
+           "warmup_ids", "join_tokens", "known_word_share"]
 
 _MAX_LENGTH = {"word": 60, "char": 300}
+
+
+class UnknownWordWarning(UserWarning):
+    """A prompt holds tokens outside the vocabulary (the model reads them as UNKNOWN_TOKEN)."""
 
 
 class LanguageModel(NamedTuple):
@@ -32,6 +49,19 @@ class LanguageModel(NamedTuple):
     vocab: D.Vocabulary
     level: str   # "word" or "char": how tokens join into text
     step: int    # training steps behind these parameters
+    warmup: numpy.ndarray | None = None  # token ids read before each sentence (stream mode)
+
+
+def warmup_ids(stream: numpy.ndarray, length: int) -> numpy.ndarray:
+    """The last whole sentences of a token stream, at least ``length`` ids if the stream has
+    them: what a stream-trained model reads before sampling (see the module docstring).
+
+    ``stream`` is sentences ``[START, ..., END]`` one after another; the stretch starts at a
+    ``SENTENCE_START`` so it holds no cut sentence, and ends with the stream's last END.
+    """
+    stream = numpy.asarray(stream, dtype=D.ID_DTYPE).reshape(-1)
+    starts = numpy.flatnonzero(stream[:max(len(stream) - length + 1, 1)] == D.SENTENCE_START_ID)
+    return stream[starts[-1] if len(starts) else 0:].copy()
 
 
 def load_language_model(path, device="cpu") -> LanguageModel:
@@ -56,10 +86,15 @@ def load_language_model(path, device="cpu") -> LanguageModel:
             if value is None or value.shape != param.shape:
                 raise ValueError(f"parameter {name} is missing or has the wrong shape")
             setattr(model, name, value)
+        warmup = (saved.extra or {}).get("warmup")
+        if warmup is not None:
+            warmup = numpy.asarray(warmup, dtype=D.ID_DTYPE)
+            if warmup.ndim != 1 or not ((warmup >= 0) & (warmup < len(vocab))).all():
+                raise ValueError("its warm-up text is not a list of token ids")
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a usable language-model checkpoint "
                               f"({type(error).__name__}: {error})") from None
-    return LanguageModel(model, vocab, level, saved.step)
+    return LanguageModel(model, vocab, level, saved.step, warmup)
 
 
 def _check(name, value, ok, expected):
@@ -69,19 +104,22 @@ def _check(name, value, ok, expected):
 
 def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: str = "word",
            prompt: str | None = None, temperature: float = 1.0, top_k: int | None = None,
-           min_length: int = 0, max_length: int | None = None,
-           resample_unknown: bool = False, seed=None, rng=None) -> list[str]:
+           min_length: int = 0, max_length: int | None = None, warmup=None,
+           show_unknown: bool = False, seed=None, rng=None) -> list[str]:
     """Draw ``num`` sentences.
 
     Args:
-        prompt: text the sentences start with (tokenised like the corpus; words outside the
-            vocabulary become UNKNOWN_TOKEN).
+        prompt: text the sentences start with (tokenised like the corpus; tokens outside the
+            vocabulary are named in an :class:`UnknownWordWarning`).
         temperature: divides the log-probabilities; < 1 is more conservative, > 1 wilder.
         top_k: draw only among the k most likely tokens; None: all.
         min_length: tokens (prompt included) before ``SENTENCE_END`` may be drawn.
         max_length: stop a sentence after this many tokens (default 60 words / 300 chars).
-        resample_unknown: never produce UNKNOWN_TOKEN (the tutorial's "re-sample" loop,
-            done exactly by giving it probability 0).
+        warmup: token ids (1-D) the model reads before ``SENTENCE_START``, normally
+            ``LanguageModel.warmup``; None starts from the zero state.
+        show_unknown: allow drawing UNKNOWN_TOKEN and show it (in the prompt too); by default
+            it is never drawn (the tutorial's "re-sample" loop, done exactly by giving it
+            probability 0) and prompt words are shown as typed.
         seed, rng: an int seed, or a ``numpy.random.Generator`` to draw from.
     Returns:
         One string per sentence, the prompt included, special tokens dropped.
@@ -98,28 +136,35 @@ def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: s
     if level not in ("word", "char"):
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
     rng = rng if rng is not None else numpy.random.default_rng(seed)
-    start = [D.SENTENCE_START_ID]
-    if prompt:
-        tokens = [t for sentence in D.tokenize(prompt, level=level) for t in sentence]
-        start += vocab.encode(tokens).tolist()
-    tokens = numpy.tile(numpy.array(start, dtype=D.ID_DTYPE), (num, 1))  # (N, prompt)
+    shown = [t for sentence in D.tokenize(prompt, level=level) for t in sentence] \
+        if prompt else []
+    prompt_ids = vocab.encode(shown).tolist()
+    unknown = [t for t, i in zip(shown, prompt_ids) if i == D.UNKNOWN_ID]
+    if unknown:
+        names = ", ".join(repr(t) for t in dict.fromkeys(unknown))
+        warnings.warn(f"not in the model's vocabulary of {len(vocab)} tokens, read as "
+                      f"{D.UNKNOWN_TOKEN}: {names}", UnknownWordWarning, stacklevel=2)
+    if show_unknown:
+        shown = vocab.decode(prompt_ids)
+    read = [] if warmup is None else numpy.asarray(warmup, dtype=D.ID_DTYPE).tolist()
+    start = read + [D.SENTENCE_START_ID] + prompt_ids
+    tokens = numpy.tile(numpy.array(start, dtype=D.ID_DTYPE), (num, 1))  # (N, read + prompt)
     probs, _, state = model.forward(tokens, return_state=True)
     rows, done = [[] for _ in range(num)], numpy.zeros(num, dtype=bool)
-    length = len(start) - 1
+    length = len(prompt_ids)
+    banned = [D.PAD_ID, D.SENTENCE_START_ID] + ([] if show_unknown else [D.UNKNOWN_ID])
     while length < max_length and not done.all():
         p = to_host(probs[:, -1]).astype(numpy.float64)      # (N, V)
-        banned = [D.PAD_ID, D.SENTENCE_START_ID] + ([D.UNKNOWN_ID] if resample_unknown else [])
-        if length < min_length:
-            banned.append(D.SENTENCE_END_ID)
         p[:, banned] = 0.0
+        if length < min_length:
+            p[:, D.SENTENCE_END_ID] = 0.0
         choice = _draw(p, temperature, top_k, rng)
         length += 1
         for row in numpy.flatnonzero(~done):
             rows[row].append(int(choice[row]))
         done |= choice == D.SENTENCE_END_ID
         probs, _, state = model.forward(choice[:, None], state, return_state=True)
-    prefix = start[1:]
-    return [join_tokens(vocab.decode(prefix + row), level) for row in rows]
+    return [join_tokens(shown + vocab.decode(row), level) for row in rows]
 
 
 def _draw(p, temperature, top_k, rng):
@@ -149,3 +194,17 @@ def join_tokens(tokens, level: str = "word") -> str:
     if level == "word":
         text = _NO_SPACE_AFTER.sub(r"\1", _NO_SPACE_BEFORE.sub(r"\1", text))
     return text
+
+
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+def known_word_share(samples, text: str, *, first_only: bool = False) -> float:
+    """The share of the words (runs of letters) in ``samples`` that occur in ``text``, case
+    ignored: how much of a character model's output is real words of its training text.
+    With ``first_only``, only each sample's first word counts (where a bad start state shows).
+    NaN when the samples hold no word."""
+    known = {word.lower() for word in _LETTERS.findall(text)}
+    words = [word.lower() for sample in samples
+             for word in _LETTERS.findall(sample)[:1 if first_only else None]]
+    return sum(word in known for word in words) / len(words) if words else float("nan")

@@ -221,7 +221,8 @@ class Reporter(Callback):
         if not result.interrupted and config.samples and self.root:
             from .generate import sample
             result.samples = sample(trainer.model, trainer.data.vocab, num=config.samples,
-                                    level=config.level, rng=trainer.rng, resample_unknown=True)
+                                    level=config.level, rng=trainer.rng,
+                                    warmup=trainer.data.warmup)
         self._summary(trainer, result)
 
     def on_close(self, trainer) -> None:

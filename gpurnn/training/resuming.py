@@ -100,7 +100,8 @@ def checkpoint_fields(trainer) -> dict | None:
              "fingerprint": trainer.data.fingerprint, "hidden": hidden,
              "schedule": trainer.schedule.state_dict() if trainer.schedule else None,
              **trainer.guard.state_dict(),
-             "valid_history": trainer.valid_history, "world_size": comm.size}
+             "valid_history": trainer.valid_history, "world_size": comm.size,
+             "warmup": trainer.data.warmup}  # read by gpurnn generate before sampling
     return dict(params=trainer.model.params, optimizer_state=trainer.optimizer.state_dict(),
                 vocab=trainer.data.vocab,
                 config={"train": trainer.config.to_dict(), "model": model_spec(trainer.model)},

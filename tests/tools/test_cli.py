@@ -48,14 +48,14 @@ def test_train_then_generate(corpus, tmp_path, capsys):
     assert len(valid) == 5 and valid[-1] < valid[0] - 1.0
     vocab = set(load_checkpoint(tmp_path / "lm.npz").vocab)
     assert cli.main(["generate", str(tmp_path / "lm.npz"), "--num", "3", "--seed", "1",
-                     "--temperature", "0.7", "--top-k", "5", "--resample-unknown"]) == 0
+                     "--temperature", "0.7", "--top-k", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     for line in lines:
         words = line.replace(".", " .").split()
         assert words and set(words) <= vocab
     cli.main(["generate", str(tmp_path / "lm.npz"), "--num", "3", "--seed", "1",
-              "--temperature", "0.7", "--top-k", "5", "--resample-unknown"])
+              "--temperature", "0.7", "--top-k", "5"])
     assert capsys.readouterr().out.splitlines() == lines  # seeded
     assert cli.main(["generate", str(tmp_path / "lm.npz"), "--prompt", "The dog",
                      "--num", "1", "--min-length", "3"]) == 0
@@ -182,7 +182,9 @@ def test_help_explains_every_flag(capsys):
                    "--clip", "--seed", "--device", "--checkpoint", "--checkpoint-every",
                    "--resume", "--metrics", "--config"]),
         ("generate", ["--num", "--temperature", "--top-k", "--prompt", "--seed",
-                      "--min-length", "--resample-unknown"]),
+                      "--min-length", "--show-unknown", "--device"]),
+        ("gradcheck", ["--cell", "--layers", "--device"]),
+        ("diagnose", ["--cell", "--layers", "--device", "--json", "--plot", "--no-save"]),
         ("plot", ["--output"]),
     ]:
         with pytest.raises(SystemExit) as exit_info:
@@ -226,3 +228,125 @@ def test_train_lm_script_uses_the_tutorials_settings(corpus, tmp_path, capsys):
             train["schedule"], train["mode"], train["batch_size"]) == \
         ("sgd", 0.005, 4, "sum", "halve", "sentence", 1)
     assert train["steps"] == 12 and train["epochs"] is None
+
+
+def _blas_threads_seen(monkeypatch, **env):
+    from threadpoolctl import threadpool_info
+    from gpurnn.tools import command
+    for name in command._THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seen = []
+    monkeypatch.setattr(cli, "run_plot", lambda args: seen.append(
+        {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}) or 0)
+    status = cli.main(["plot", "x.jsonl"])
+    return status, seen
+
+
+def test_commands_run_with_one_blas_thread_unless_the_environment_says(monkeypatch, capsys):
+    import os
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: one BLAS thread either way")
+    assert _blas_threads_seen(monkeypatch) == (0, [{1}])
+    assert _blas_threads_seen(monkeypatch, GPURNN_BLAS_THREADS="2") == (0, [{2}])
+    status, seen = _blas_threads_seen(monkeypatch, OPENBLAS_NUM_THREADS="2")
+    assert status == 0 and seen != [{1}]           # the user's setting is left alone
+    assert _blas_threads_seen(monkeypatch, GPURNN_BLAS_THREADS="two") == (2, [])
+    err = capsys.readouterr().err.strip()
+    assert err == "gpurnn plot: error: GPURNN_BLAS_THREADS must be a positive integer, got 'two'"
+
+
+@pytest.mark.parametrize("cell, layers", [("elman", 1), ("gru", 1), ("lstm", 2), ("elman", 2)])
+def test_gradcheck_command_checks_every_cell(cell, layers, capsys):
+    assert cli.main(["gradcheck", "--cell", cell, "--layers", str(layers), "--hidden", "3",
+                     "--input-size", "5", "--batch-size", "2", "--seq-len", "4",
+                     "--max-checks", "6", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "gradient check passed" in out
+    assert {"elman": "ElmanRNN", "gru": "GRU", "lstm": "LSTM"}[cell] in out.splitlines()[0]
+    if cell != "elman":
+        assert "weight_hh" in out
+
+
+def test_gradcheck_command_fails_on_a_wrong_gradient(monkeypatch, capsys):
+    from gpurnn.engine.gated import GRU
+    real = GRU.loss_and_grads
+
+    def wrong(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        if result.grads is not None:
+            for grad in result.grads.values():
+                grad *= 1.01
+        return result
+    monkeypatch.setattr(GRU, "loss_and_grads", wrong)
+    assert cli.main(["gradcheck", "--cell", "gru", "--hidden", "3", "--input-size", "5",
+                     "--batch-size", "2", "--seq-len", "4", "--max-checks", "4",
+                     "--device", "cpu"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_gradcheck_refuses_an_activation_for_gated_cells(capsys):
+    assert cli.main(["gradcheck", "--cell", "lstm", "--activation", "relu"]) == 2
+    assert "elman cell only" in capsys.readouterr().err
+
+
+def test_generate_warns_about_unknown_prompt_words(corpus, tmp_path, capsys):
+    assert cli.main(small(corpus, tmp_path, "--steps", "5", "--quiet")) == 0
+    capsys.readouterr()
+    assert cli.main(["generate", str(tmp_path / "lm.npz"), "--prompt", "The zebra",
+                     "--num", "2", "--seed", "0"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == ("gpurnn generate: warning: not in the model's vocabulary "
+                                    "of 18 tokens, read as UNKNOWN_TOKEN: 'zebra'")
+    assert all(line.startswith("the zebra") for line in captured.out.splitlines())
+    assert "UNKNOWN_TOKEN" not in captured.out
+    assert cli.main(["generate", str(tmp_path / "lm.npz"), "--prompt", "The zebra",
+                     "--num", "2", "--seed", "0", "--show-unknown"]) == 0
+    assert capsys.readouterr().out.startswith("the UNKNOWN_TOKEN")
+
+
+def test_csv_column_flag(tmp_path, capsys):
+    rows = ["title,text"] + [f"x,\"{s} sees {o}.\"" for s in ("The cat", "A dog")
+                             for o in ("the fish", "a ball")] * 30
+    (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
+    base = ["train", "--corpus", str(tmp_path / "c.csv"), "--hidden", "4", "--batch-size", "2",
+            "--seq-len", "4", "--steps", "2", "--samples", "0", "--quiet", "--device", "cpu",
+            "--checkpoint", str(tmp_path / "c.npz")]
+    assert cli.main(base) == 2
+    assert "CSV has no column 'body'" in capsys.readouterr().err
+    assert cli.main(base + ["--csv-column", "text"]) == 0
+    assert "fish" in load_checkpoint(tmp_path / "c.npz").vocab
+
+
+def test_diagnose_a_trained_checkpoint_writes_json_and_png_by_default(corpus, tmp_path,
+                                                                     monkeypatch, capsys):
+    assert cli.main(small(corpus, tmp_path, "--steps", "5", "--quiet", "--cell", "gru")) == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["diagnose", str(tmp_path / "lm.npz"), "--seq-len", "10",
+                     "--batch-size", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "GRU(18, 12, 18" in out and "training text kept in the checkpoint" in out
+    data = json.loads((tmp_path / "lm-diagnose.json").read_text())
+    assert data["step"] == 5 and data["batch"] == 3 and len(data["by_lag"]) == 10
+    picture = tmp_path / "lm-diagnose.png"
+    if picture.exists():  # with matplotlib; without it the numbers are written all the same
+        assert picture.read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert "no picture" in out
+    assert cli.main(["diagnose", "--no-save", "--hidden", "3", "--seq-len", "4",
+                     "--batch-size", "2", "--device", "cpu", "--json", "x.json"]) == 0
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "diagnose.json").exists()
+    assert cli.main(["diagnose", "--hidden", "3", "--json", "missing/d.json"]) == 2
+    assert "folder missing" in capsys.readouterr().err
+
+
+def test_scripts_fail_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_lm.py"), "--corpus",
+                           str(tmp_path / "reddit-comments-2015-08.csv")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"train_lm.py: error: corpus path {tmp_path / 'reddit-comments-2015-08.csv'} does "
+        f"not exist"]

@@ -158,6 +158,8 @@ def test_diagnose_command_writes_json(tmp_path, capsys):
     assert len(data["recurrent"]) == 8 and "layer 1 tanh(c)" in data["saturated"]
     printed = capsys.readouterr().out
     assert "spectral radius" in printed and "LSTM(10, 4, 10" in printed
+    assert f"wrote {out}" in printed
+    assert (tmp_path / "d.png").exists() or "no picture" in printed  # beside the numbers
 
 
 def test_diagnose_command_plots(tmp_path):

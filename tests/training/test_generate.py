@@ -5,7 +5,11 @@ import pytest
 from gpurnn.training import data as D
 from gpurnn.training.checkpoint import CheckpointError
 from gpurnn.training.config import TrainConfig
-from gpurnn.training.generate import join_tokens, load_language_model, sample
+import warnings
+
+from gpurnn.training.corpus import WARMUP_LENGTH, load_data
+from gpurnn.training.generate import (UnknownWordWarning, join_tokens, known_word_share,
+                                      load_language_model, sample, warmup_ids)
 from gpurnn.training.train import Trainer
 
 WORDS = ["the", "cat", "a", "dog", "sees", "likes", "fish", "ball", "."]
@@ -59,12 +63,98 @@ def test_min_and_max_length(lm):
         assert len(sentence.replace(".", " .").split()) <= 2
 
 
-def test_resample_unknown_never_produces_it(lm):
-    # a hot temperature makes the rare UNKNOWN_TOKEN likely; resampling rules it out
-    hot = sample(lm.model, lm.vocab, num=30, seed=0, temperature=5.0)
+def test_unknown_token_is_never_drawn_unless_asked(lm):
+    # a hot temperature makes the rare UNKNOWN_TOKEN likely; by default it has probability 0
+    hot = sample(lm.model, lm.vocab, num=30, seed=0, temperature=5.0, show_unknown=True)
     assert any("UNKNOWN_TOKEN" in s for s in hot)
-    cold = sample(lm.model, lm.vocab, num=30, seed=0, temperature=5.0, resample_unknown=True)
+    cold = sample(lm.model, lm.vocab, num=30, seed=0, temperature=5.0)
     assert not any("UNKNOWN_TOKEN" in s for s in cold)
+
+
+def test_unknown_prompt_words_are_named_and_shown_as_typed(lm):
+    with pytest.warns(UnknownWordWarning, match=r"'zebra', 'quietly'$") as caught:
+        shown = sample(lm.model, lm.vocab, num=2, seed=0, prompt="The zebra quietly sees")
+    assert len(caught) == 1
+    assert all(s.startswith("the zebra quietly sees") for s in shown)
+    with pytest.warns(UnknownWordWarning):
+        raw = sample(lm.model, lm.vocab, num=2, seed=0, prompt="The zebra quietly sees",
+                     show_unknown=True)
+    assert all(s.startswith("the UNKNOWN_TOKEN UNKNOWN_TOKEN sees") for s in raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # known words: no warning
+        sample(lm.model, lm.vocab, num=1, seed=0, prompt="The dog")
+
+
+def test_warmup_ids_are_the_last_whole_sentences():
+    s, e = D.SENTENCE_START_ID, D.SENTENCE_END_ID
+    stream = numpy.array([s, 7, 8, e, s, 9, e, s, 10, 11, 12, e])
+    assert warmup_ids(stream, 6).tolist() == [s, 9, e, s, 10, 11, 12, e]
+    assert warmup_ids(stream, 5).tolist() == [s, 10, 11, 12, e]
+    assert warmup_ids(stream, 1).tolist() == [s, 10, 11, 12, e]
+    assert warmup_ids(stream, 100).tolist() == stream.tolist()   # all there is
+
+
+def test_stream_checkpoints_keep_their_warmup_text_and_sentence_ones_none(lm, tmp_path):
+    assert lm.warmup[0] == D.SENTENCE_START_ID and lm.warmup[-1] == D.SENTENCE_END_ID
+    assert len(lm.warmup) >= WARMUP_LENGTH
+    (tmp_path / "c.txt").write_text("The cat sees the fish. A dog likes a ball. " * 20)
+    Trainer(TrainConfig(corpus=str(tmp_path / "c.txt"), vocab_size=20, hidden=4, batch_size=2,
+                        seq_len=6, steps=2, mode="sentence", checkpoint=str(tmp_path / "s.npz"),
+                        samples=0, quiet=True, device="cpu")).run()
+    assert load_language_model(tmp_path / "s.npz").warmup is None
+
+
+def test_known_word_share():
+    text = "The cat sat. A dog ran!"
+    assert known_word_share(["the cat ran", "Dog zzz"], text) == 4 / 5
+    assert known_word_share(["zzz cat", "Dog"], text, first_only=True) == 1 / 2
+    assert numpy.isnan(known_word_share(["...", ""], text))
+
+
+SUBJECTS = ["The cat", "A dog", "My friend", "Her brother", "The old man"]
+VERBS = ["sees", "likes", "eats", "finds", "wants"]
+OBJECTS = ["the fish", "a ball", "some bread", "green apples", "the paper"]
+
+
+@pytest.fixture(scope="module")
+def char_lm(tmp_path_factory):
+    """A character model trained in stream mode on 300 short sentences (about a second)."""
+    folder = tmp_path_factory.mktemp("char")
+    rng = numpy.random.default_rng(0)
+    text = " ".join(f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
+                    for _ in range(300))
+    (folder / "c.txt").write_text(text)
+    Trainer(TrainConfig(corpus=str(folder / "c.txt"), level="char", hidden=32, batch_size=8,
+                        seq_len=32, steps=150, lr=0.01, checkpoint=str(folder / "c.npz"),
+                        samples=0, quiet=True, device="cpu", checkpoint_every=0)).run()
+    return load_language_model(folder / "c.npz"), text
+
+
+def test_char_samples_are_words_of_the_text_and_safer_when_colder(char_lm):
+    lm, text = char_lm
+
+    def share(temperature, **kwargs):
+        samples = sample(lm.model, lm.vocab, num=60, level="char", temperature=temperature,
+                         seed=0, **kwargs)
+        return (known_word_share(samples, text),
+                known_word_share(samples, text, first_only=True))
+    warm_hot, warm_cold = share(1.0, warmup=lm.warmup), share(0.5, warmup=lm.warmup)
+    assert warm_cold[0] >= 0.6 and warm_cold[0] >= warm_hot[0]
+    # From the zero state, which stream training hardly ever shows the model, the first
+    # word of a sample is often garbage; read after the training text, it is a word.
+    cold_hot = share(1.0)
+    assert warm_hot[1] >= cold_hot[1] + 0.15, (warm_hot, cold_hot)
+
+
+def test_char_vocabulary_holds_every_character_of_the_corpus(tmp_path):
+    # "Z" and "!" occur in one sentence only; whichever side of the split it falls on,
+    # they get ids (the vocabulary is large enough)
+    text = "ab ab ab. " * 30 + "Zap!"
+    (tmp_path / "c.txt").write_text(text)
+    for seed in range(4):
+        data = load_data(TrainConfig(corpus=str(tmp_path / "c.txt"), level="char", seed=seed,
+                                     batch_size=2, seq_len=4, valid_fraction=0.3))
+        assert set(text) - {" "} <= set(data.vocab.to_list())
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -83,7 +173,7 @@ def test_a_vocabulary_of_special_tokens_only_still_ends(lm):
     from gpurnn import ElmanRNN
     vocab = D.Vocabulary(D.SPECIAL_TOKENS)
     model = ElmanRNN(4, 3, 4)
-    assert sample(model, vocab, num=2, resample_unknown=True, seed=0) == ["", ""]
+    assert sample(model, vocab, num=2, seed=0) == ["", ""]
 
 
 def test_join_tokens():
