@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .activations import apply, derivative_from_output
-from .backend import get_array_module, scatter_add
+from .backend import get_array_module
 from .workspace import Workspace
 
 __all__ = ["OutputGrads", "output_loss_and_grads", "output_loss", "output_forward",
@@ -23,7 +23,7 @@ __all__ = ["OutputGrads", "output_loss_and_grads", "output_loss", "output_forwar
 
 # Elements of one block of logits (8 MiB in float32): large enough that the output
 # GEMMs stay efficient, small enough that a long sequence never holds all its logits.
-LOGIT_BLOCK_ELEMENTS = 1 << 21
+LOGIT_BLOCK_ELEMENTS = 1 << 22
 
 
 class OutputGrads(NamedTuple):
@@ -136,41 +136,43 @@ def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
     The logits are exponentiated in place and never normalised: with E = exp(z), row sums
     s and row weights r = w·scale / s,
 
-        e_y V = (E V) r − V[target] w·scale        dV = Eᵀ (h r) − onehotᵀ (h w·scale)
+        e_y V = (E V) r − V[target] w·scale        dV = (E − s·onehot)ᵀ (h r)
 
-    and a column of ones beside V makes the same GEMM return s. So one elementwise pass
-    touches the (rows × vocabulary) block; everything else is GEMMs and (rows × hidden) work.
-    The one-hot terms of dV and dc are one scatter over all rows after the loop.
+    and a column of ones beside V makes the same GEMM return s. Subtracting s at each row's
+    target in E, after E V and before the dV product, puts the one-hot terms of dV and dc
+    into that product (s r = w·scale), so no scatter over the vocabulary is needed. One
+    elementwise pass (the exp) touches the (rows × vocabulary) block; everything else is
+    GEMMs and (rows × hidden) work. The logits GEMM and E [V, 1] read one buffer [c, V, 1]
+    (a column-range view each), refreshed with one copy of V per call.
     """
     xp = get_array_module(h_all)
     rows, hidden = h_all.shape
     outputs = V.shape[0]
     dtype = h_all.dtype
     block, blocks = _row_blocks(rows, outputs)
-    # [V, 1]: E [V, 1] = [E V, s].  With a bias, [h, 1] [V, c]ᵀ = V h + c in the logits GEMM.
-    V1 = workspace.empty("V1", (outputs, hidden + 1), dtype, xp)
-    V1[:, :hidden] = V
-    V1[:, hidden] = 1
+    # [c, V, 1]: [1, h] [c, V]ᵀ = V h + c (the logits) and E [V, 1] = [E V, s].
+    cV1 = workspace.empty("cV1", (outputs, hidden + 2), dtype, xp)
+    cV1[:, 1:hidden + 1] = V
+    cV1[:, hidden + 1] = 1
     if c is not None:
-        Vc = workspace.empty("Vc", (outputs, hidden + 1), dtype, xp)
-        Vc[:, :hidden] = V
-        Vc[:, hidden] = c
+        cV1[:, 0] = c
         h1 = workspace.empty("h1", (block, hidden + 1), dtype, xp)
-        h1[:, hidden] = 1
+        h1[:, 0] = 1
+    V1 = cV1[:, 1:]
     z_buffer = workspace.empty("logits", (block, outputs), dtype, xp)
     g_buffer = workspace.empty("EV", (block, hidden + 1), dtype, xp)
     hr_buffer = workspace.empty("hr", (block, hidden + 1), dtype, xp)
     dVc_block = workspace.empty("dVc_block", (outputs, hidden + 1), dtype, xp)
-    dVc = xp.zeros((outputs, hidden + 1), dtype=dtype)               # [dV, dc] of E's part
+    dVc = (xp.empty if blocks else xp.zeros)((outputs, hidden + 1), dtype=dtype)  # [dV, dc]
     shift = _logits_need_shift(h_all, V, c)
     loss = xp.zeros((), dtype=dtype)
-    for rows_ in blocks:
+    for number, rows_ in enumerate(blocks):
         h, t = h_all[rows_], t_all[rows_]
         n = h.shape[0]
         index = xp.arange(n)
         if c is not None:
-            h1[:n, :hidden] = h
-            z = xp.matmul(h1[:n], Vc.T, out=z_buffer[:n])            # V h + c
+            h1[:n, 1:] = h
+            z = xp.matmul(h1[:n], cV1[:, :hidden + 1].T, out=z_buffer[:n])   # V h + c
         else:
             z = xp.matmul(h, V.T, out=z_buffer[:n])
         if shift:
@@ -189,13 +191,15 @@ def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
         hr = hr_buffer[:n]
         xp.multiply(h, r[:, None], out=hr[:, :hidden])
         hr[:, hidden] = r
-        dVc += xp.matmul(z.T, hr, out=dVc_block)                     # [Eᵀ (h r), Eᵀ r]
-    weight = xp.full(rows, scale, dtype=dtype) if w_all is None else w_all * scale
+        z[index, t] -= total                                         # E − s·onehot
+        # [dV, dc] += (E − s·onehot)ᵀ [h r, r]; the first block writes it directly.
+        if number == 0:
+            xp.matmul(z.T, hr, out=dVc)
+        else:
+            dVc += xp.matmul(z.T, hr, out=dVc_block)
     dV = xp.ascontiguousarray(dVc[:, :hidden])
-    dc = dVc[:, hidden].copy()
-    scatter_add(dV, t_all, h_all * -weight[:, None])                # − onehotᵀ (h w·scale)
-    scatter_add(dc, t_all, -weight)
-    return loss, dV, (dc if c is not None else None)
+    dc = dVc[:, hidden].copy() if c is not None else None
+    return loss, dV, dc
 
 
 def _squared_error(output, V, c, h_all, t_all, w_all, scale, d_all, workspace):

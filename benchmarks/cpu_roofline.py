@@ -1,0 +1,235 @@
+"""The CPU training step against its GEMM roofline and against PyTorch, measured interleaved.
+
+For every configuration (``gpurnn.tools.bench.CONFIGS``) and sequence length T, two worker
+processes hold one system each, built once: gpurnn (NumPy) and PyTorch (CPU, as many threads
+as cores). The coordinator then runs rounds; each round times, in a shuffled order,
+
+* ``step``: one gpurnn training step (forward, BPTT, SGD update);
+* ``gemm``: the step's own matrix products alone (``bench.gemm_shapes``: same shapes, same
+  counts, float32, NumPy's BLAS with its default threads), as ``gpurnn bench`` times them;
+* ``gemm_1t``: the same products on one BLAS thread, divided by the cores: what perfect
+  scaling over every core would give, a stricter roofline when threads hand work off badly;
+* ``torch``: one PyTorch training step of the same model.
+
+So every ratio comes from measurements taken seconds apart, under the same load: the
+machine this runs on is shared, and its load moves every absolute figure by 1.5-2x. Reported
+per cell: medians with the quartiles, ``efficiency`` = median(gemm) / median(step) (the
+``gpurnn bench`` definition), ``efficiency_strict`` with ``gemm_1t`` instead when smaller,
+and ``vs_torch`` = median over rounds of torch / step.
+
+    python benchmarks/cpu_roofline.py [--configs lm-trunc4 ...] [--lengths 32 128 512]
+        [--rounds 7] [--output benchmarks/results/cpu_roofline]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+DEFAULT_CONFIGS = ("lm-trunc4", "lm-full", "dense-256", "dense-512", "dense-1024", "gru-256",
+                   "lstm-256")
+MIN_SAMPLE_S = 0.05        # a timed sample repeats the work until it lasts about this long
+
+
+# --- worker side ------------------------------------------------------------------------------
+def _gemm_runner(shapes):
+    """A function running every product in ``shapes`` (m, k, n, count) ``count`` times."""
+    import numpy
+
+    rng = numpy.random.default_rng(0)
+    operands = []
+    for m, k, n, count in shapes:
+        a = rng.standard_normal((m, k), dtype=numpy.float32)
+        b = rng.standard_normal((k, n), dtype=numpy.float32)
+        operands.append((a, b, numpy.empty((m, n), dtype=numpy.float32), count))
+
+    def run():
+        for a, b, out, count in operands:
+            for _ in range(count):
+                numpy.matmul(a, b, out=out)
+    return run
+
+
+def _single_blas_thread(function):
+    from threadpoolctl import threadpool_limits
+
+    def run():
+        with threadpool_limits(1, user_api="blas"):
+            function()
+    return run
+
+
+def worker(system: str) -> None:
+    """Answer JSON commands on stdin, one per line: setup, then timings."""
+    tasks = {}
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "setup":
+            from gpurnn.tools import bench
+            config, steps = bench.CONFIGS[command["config"]], command["T"]
+            if system == "torch":
+                import torch
+                torch.set_num_threads(os.cpu_count())
+                tasks = {"torch": bench.torch_step(config, steps)}
+            else:
+                gemms = _gemm_runner(bench.gemm_shapes(config, steps))
+                tasks = {"step": bench.gpurnn_step(config, steps), "gemm": gemms,
+                         "gemm_1t": _single_blas_thread(gemms)}
+            for task in tasks.values():                 # warm-up: buffers, pages, caches
+                task()
+            reply = {"tasks": list(tasks)}
+        else:
+            task, repeats = tasks[command["task"]], command["repeats"]
+            start = time.perf_counter()
+            for _ in range(repeats):
+                task()
+            reply = {"seconds": (time.perf_counter() - start) / repeats}
+        print(json.dumps(reply), flush=True)
+
+
+# --- coordinator ------------------------------------------------------------------------------
+class Worker:
+    def __init__(self, system):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(RESULTS.parent.parent), os.environ.get("PYTHONPATH", "")]))
+        self.process = subprocess.Popen([sys.executable, __file__, "--worker", system],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=env)
+
+    def ask(self, **command):
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker died on {command}")
+        return json.loads(line)
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def _quartiles(values):
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "min": min(values)}
+
+
+def measure_cell(workers, config, steps, rounds, cores):
+    tasks = {}
+    for name, w in workers.items():
+        for task in w.ask(cmd="setup", config=config, T=steps)["tasks"]:
+            tasks[task] = w
+    # Repeat each task within a sample so that a sample lasts about MIN_SAMPLE_S.
+    repeats = {}
+    for task, w in tasks.items():
+        once = w.ask(cmd="time", task=task, repeats=1)["seconds"]
+        repeats[task] = max(1, round(MIN_SAMPLE_S / max(once, 1e-6)))
+    samples = {task: [] for task in tasks}
+    order = list(tasks)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for task in order:
+            samples[task].append(tasks[task].ask(cmd="time", task=task,
+                                                 repeats=repeats[task])["seconds"])
+    samples["gemm_1t"] = [s / cores for s in samples["gemm_1t"]]
+    row = {"config": config, "T": steps, "rounds": rounds,
+           **{f"{task}_s": _quartiles(values) for task, values in samples.items()}}
+    step = statistics.median(samples["step"])
+    row["efficiency"] = statistics.median(samples["gemm"]) / step
+    row["efficiency_strict"] = min(row["efficiency"],
+                                   statistics.median(samples["gemm_1t"]) / step)
+    per_round = [t / s for t, s in zip(samples["torch"], samples["step"])]
+    row["vs_torch"] = _quartiles(per_round)
+    row["samples"] = samples
+    return row
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (eff, speed) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for config in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == config]
+        lengths = [r["T"] for r in mine]
+        line, = eff.plot(lengths, [r["efficiency"] for r in mine], "o-", label=config)
+        eff.plot(lengths, [r["efficiency_strict"] for r in mine], ":", color=line.get_color())
+        ratio = [r["vs_torch"]["median"] for r in mine]
+        speed.errorbar(lengths, ratio, yerr=[[m - r["vs_torch"]["q1"] for m, r in zip(ratio, mine)],
+                                             [r["vs_torch"]["q3"] - m for m, r in zip(ratio, mine)]],
+                       fmt="o-", color=line.get_color(), capsize=2, label=config)
+    eff.axhline(0.8, color="gray", lw=0.8, ls="--")
+    eff.set(xscale="log", xlabel="sequence length T", ylabel="GEMMs alone / step",
+            title="roofline efficiency (dotted: one-thread GEMMs / cores)")
+    speed.axhline(1.0, color="gray", lw=0.8, ls="--")
+    speed.set(xscale="log", yscale="log", xlabel="sequence length T",
+              ylabel="gpurnn tokens/s ÷ PyTorch tokens/s", title="against PyTorch CPU (quartiles)")
+    for ax in (eff, speed):
+        ax.set_xticks(sorted({r["T"] for r in rows}), [str(t) for t in sorted({r["T"] for r in rows})])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
+    parser.add_argument("--lengths", nargs="+", type=int, default=[32, 128, 512])
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--output", default=None,
+                        help="path prefix for the JSON and PNG (default: print only)")
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker)
+        return 0
+    sys.path.insert(0, str(RESULTS.parent.parent))
+    from gpurnn._version import __version__
+    from gpurnn.tools.bench import machine_info
+
+    cores = os.cpu_count()
+    load_before = os.getloadavg()
+    started = time.time()
+    workers = {"gpurnn": Worker("gpurnn"), "torch": Worker("torch")}
+    rows = []
+    print("| config | T | step ms (q1–q3) | GEMMs ms | efficiency (strict) | PyTorch ms | "
+          "gpurnn/PyTorch (q1–q3) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    try:
+        for config in args.configs:
+            for steps in args.lengths:
+                row = measure_cell(workers, config, steps, args.rounds, cores)
+                rows.append(row)
+                s, t, v = row["step_s"], row["torch_s"], row["vs_torch"]
+                print(f"| {config} | {steps} | {s['median'] * 1e3:.1f} ({s['q1'] * 1e3:.1f}–"
+                      f"{s['q3'] * 1e3:.1f}) | {row['gemm_s']['median'] * 1e3:.1f} | "
+                      f"{row['efficiency']:.2f} ({row['efficiency_strict']:.2f}) | "
+                      f"{t['median'] * 1e3:.1f} | {v['median']:.2f}× ({v['q1']:.2f}–{v['q3']:.2f}) |",
+                      flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
+    if args.output:
+        payload = {"benchmark": "cpu_roofline", "gpurnn": __version__, **machine_info(),
+                   "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                   "wall_seconds": time.time() - started, "rounds": args.rounds,
+                   "env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
+                   "rows": rows}
+        with open(f"{args.output}.json", "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1)
+        plot(rows, f"{args.output}.png")
+        print(f"wrote {args.output}.json, {args.output}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
