@@ -9,7 +9,11 @@ as cores). The coordinator then runs rounds; each round times, in a shuffled ord
   counts, float32, NumPy's BLAS with its default threads), as ``gpurnn bench`` times them;
 * ``gemm_1t``: the same products on one BLAS thread, divided by the cores: what perfect
   scaling over every core would give, a stricter roofline when threads hand work off badly;
-* ``torch``: one PyTorch training step of the same model.
+* ``torch``: one PyTorch training step of the same model;
+* ``step_cpu`` and ``gemm_cpu``: the step and its products on one core (one BLAS thread, no
+  host threads), timed by the thread's CPU clock, which the machine's other tenants barely
+  move: ``efficiency_one_core`` = gemm_cpu / step_cpu, the share of the step's work that
+  is matrix products, the figure that stays put when the wall-clock ones swing.
 
 So every ratio comes from measurements taken seconds apart, under the same load: the
 machine this runs on is shared, and its load moves every absolute figure by 1.5-2x. Reported
@@ -35,7 +39,7 @@ import time
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DEFAULT_CONFIGS = ("lm-trunc4", "lm-full", "dense-256", "dense-512", "dense-1024", "gru-256",
                    "lstm-256")
-MIN_SAMPLE_S = 0.05        # a timed sample repeats the work until it lasts about this long
+MIN_SAMPLE_S = 0.03        # a timed sample repeats the work until it lasts about this long
 
 
 # --- worker side ------------------------------------------------------------------------------
@@ -66,6 +70,20 @@ def _single_blas_thread(function):
     return run
 
 
+def _one_core(function):
+    """``function`` on one core: BLAS on one thread and no host threads (timed by the
+    calling thread's CPU clock, which other processes on the machine barely move)."""
+    from gpurnn.engine import host_threads
+
+    def run():
+        saved, host_threads.HOST_THREADS = host_threads.HOST_THREADS, 1
+        try:
+            function()
+        finally:
+            host_threads.HOST_THREADS = saved
+    return _single_blas_thread(run)
+
+
 def worker(system: str) -> None:
     """Answer JSON commands on stdin, one per line: setup, then timings."""
     tasks = {}
@@ -78,19 +96,23 @@ def worker(system: str) -> None:
                 import torch
                 torch.set_num_threads(os.cpu_count())
                 tasks = {"torch": bench.torch_step(config, steps)}
+            elif system == "gpurnn-1thread":
+                tasks = {"step_1thread": bench.gpurnn_step(config, steps)}
             else:
                 gemms = _gemm_runner(bench.gemm_shapes(config, steps))
-                tasks = {"step": bench.gpurnn_step(config, steps), "gemm": gemms,
-                         "gemm_1t": _single_blas_thread(gemms)}
+                step = bench.gpurnn_step(config, steps)
+                tasks = {"step": step, "gemm": gemms, "gemm_1t": _single_blas_thread(gemms),
+                         "step_cpu": _one_core(step), "gemm_cpu": _one_core(gemms)}
             for task in tasks.values():                 # warm-up: buffers, pages, caches
                 task()
             reply = {"tasks": list(tasks)}
         else:
             task, repeats = tasks[command["task"]], command["repeats"]
-            start = time.perf_counter()
+            clock = time.thread_time if command["task"].endswith("_cpu") else time.perf_counter
+            start = clock()
             for _ in range(repeats):
                 task()
-            reply = {"seconds": (time.perf_counter() - start) / repeats}
+            reply = {"seconds": (clock() - start) / repeats}
         print(json.dumps(reply), flush=True)
 
 
@@ -99,6 +121,8 @@ class Worker:
     def __init__(self, system):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(RESULTS.parent.parent), os.environ.get("PYTHONPATH", "")]))
+        if system == "gpurnn-1thread":
+            env["GPURNN_HOST_THREADS"] = "1"         # the plain path: no host threads
         self.process = subprocess.Popen([sys.executable, __file__, "--worker", system],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env=env)
@@ -145,8 +169,13 @@ def measure_cell(workers, config, steps, rounds, cores):
     row["efficiency"] = statistics.median(samples["gemm"]) / step
     row["efficiency_strict"] = min(row["efficiency"],
                                    statistics.median(samples["gemm_1t"]) / step)
+    row["efficiency_one_core"] = (statistics.median(samples["gemm_cpu"])
+                                  / statistics.median(samples["step_cpu"]))
     per_round = [t / s for t, s in zip(samples["torch"], samples["step"])]
     row["vs_torch"] = _quartiles(per_round)
+    if "step_1thread" in samples:
+        row["host_threads_gain"] = _quartiles(
+            [p / s for p, s in zip(samples["step_1thread"], samples["step"])])
     row["samples"] = samples
     return row
 
@@ -185,7 +214,10 @@ def main(argv=None):
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
     parser.add_argument("--lengths", nargs="+", type=int, default=[32, 128, 512])
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--host-threads-ab", action="store_true",
+                        help="also time gpurnn with GPURNN_HOST_THREADS=1 (the plain path) "
+                             "in a third worker")
     parser.add_argument("--output", default=None,
                         help="path prefix for the JSON and PNG (default: print only)")
     args = parser.parse_args(argv)
@@ -200,10 +232,12 @@ def main(argv=None):
     load_before = os.getloadavg()
     started = time.time()
     workers = {"gpurnn": Worker("gpurnn"), "torch": Worker("torch")}
+    if args.host_threads_ab:
+        workers["gpurnn-1thread"] = Worker("gpurnn-1thread")
     rows = []
-    print("| config | T | step ms (q1–q3) | GEMMs ms | efficiency (strict) | PyTorch ms | "
-          "gpurnn/PyTorch (q1–q3) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| config | T | step ms (q1–q3) | GEMMs ms | efficiency (strict) | one core | "
+          "PyTorch ms | gpurnn/PyTorch (q1–q3) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     try:
         for config in args.configs:
             for steps in args.lengths:
@@ -213,8 +247,10 @@ def main(argv=None):
                 print(f"| {config} | {steps} | {s['median'] * 1e3:.1f} ({s['q1'] * 1e3:.1f}–"
                       f"{s['q3'] * 1e3:.1f}) | {row['gemm_s']['median'] * 1e3:.1f} | "
                       f"{row['efficiency']:.2f} ({row['efficiency_strict']:.2f}) | "
-                      f"{t['median'] * 1e3:.1f} | {v['median']:.2f}× ({v['q1']:.2f}–{v['q3']:.2f}) |",
-                      flush=True)
+                      f"{row['efficiency_one_core']:.2f} | "
+                      f"{t['median'] * 1e3:.1f} | {v['median']:.2f}× ({v['q1']:.2f}–{v['q3']:.2f}) |"
+                      + (f" host threads {row['host_threads_gain']['median']:.2f}×"
+                         if "host_threads_gain" in row else ""), flush=True)
     finally:
         for w in workers.values():
             w.close()
