@@ -20,8 +20,15 @@ per cell: medians with the quartiles, ``efficiency`` = median(gemm) / median(ste
 ``--host-threads-ab``, language models only) ``host_threads_gain`` = median over rounds of
 the plain path's step (``GPURNN_HOST_THREADS=1``, a third worker) / the default step.
 
+``--kernels`` times single kernels instead, many repeats in one process, minimum and median:
+np.exp against torch.exp (one thread) over one step's logits (T = 32: 1,024 × 8,000
+float32), in L2-sized chunks, on underflowing inputs and in float64; and an elementwise
+product on whole contiguous arrays against the same count of elements as column slices of a
+wider row (the gated cells' gate blocks).
+
     python benchmarks/cpu_roofline.py [--configs lm-trunc4 ...] [--lengths 32 128 512]
-        [--rounds 7] [--output benchmarks/results/cpu_roofline]
+        [--rounds 5] [--host-threads-ab] [--output benchmarks/results/cpu_roofline]
+    python benchmarks/cpu_roofline.py --kernels [--output benchmarks/results/cpu_kernels]
 """
 from __future__ import annotations
 
@@ -115,6 +122,47 @@ def worker(system: str) -> None:
         print(json.dumps(reply), flush=True)
 
 
+# --- single kernels -----------------------------------------------------------------------
+def kernels(repeats=41) -> dict:
+    """Minimum and median milliseconds of single kernels, interleaved over ``repeats``."""
+    import numpy
+    import torch
+
+    torch.set_num_threads(1)
+    rng = numpy.random.default_rng(0)
+    z = rng.standard_normal(1024 * 8000, dtype=numpy.float32) * 3 - 10   # shifted logits
+    out = numpy.empty_like(z)
+    tiny = z - 100                                                       # exp underflows
+    z64, out64 = z.astype(numpy.float64), numpy.empty(z.size)
+    zt, outt, tinyt = torch.from_numpy(z), torch.from_numpy(out), torch.from_numpy(tiny)
+    chunk = 1 << 16                                                      # 256 KiB of float32
+    gates = rng.standard_normal((64, 64, 4 * 256), dtype=numpy.float32)  # (T, B, 4H)
+    slice_a, slice_b = gates[..., :256], gates[..., 256:512]             # (T, B, H) blocks
+    whole_a, whole_b = slice_a.copy(), slice_b.copy()
+    product = numpy.empty_like(whole_a)
+    cases = {
+        "np.exp float32 8.2M": lambda: numpy.exp(z, out=out),
+        "torch.exp float32 8.2M (1 thread)": lambda: torch.exp(zt, out=outt),
+        "np.exp float32 8.2M in 64Ki chunks": lambda: [
+            numpy.exp(z[i:i + chunk], out=out[i:i + chunk]) for i in range(0, z.size, chunk)],
+        "np.exp float32 8.2M, results underflow": lambda: numpy.exp(tiny, out=out),
+        "torch.exp float32 8.2M, results underflow (1 thread)": lambda: torch.exp(tinyt, out=outt),
+        "np.exp float64 8.2M": lambda: numpy.exp(z64, out=out64),
+        "np.multiply 1M, whole contiguous arrays": lambda: numpy.multiply(whole_a, whole_b,
+                                                                          out=product),
+        "np.multiply 1M, column slices (T, B, H) of (T, B, 4H)": lambda: numpy.multiply(
+            slice_a, slice_b, out=product),
+    }
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, case in cases.items():
+            start = time.perf_counter()
+            case()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"min_ms": min(t) * 1e3, "median_ms": statistics.median(t) * 1e3}
+            for name, t in times.items()}
+
+
 # --- coordinator ------------------------------------------------------------------------------
 class Worker:
     def __init__(self, system):
@@ -180,26 +228,29 @@ def measure_cell(workers, config, steps, rounds):
 
 def plot(rows, path):
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (eff, speed) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (eff, speed) = plt.subplots(1, 2, figsize=(10, 4.2))
     for config in dict.fromkeys(r["config"] for r in rows):
         mine = [r for r in rows if r["config"] == config]
         lengths = [r["T"] for r in mine]
-        line, = eff.plot(lengths, [r["efficiency"] for r in mine], "o-", label=config)
-        eff.plot(lengths, [r["efficiency_one_core"] for r in mine], ":", color=line.get_color())
+        line, = eff.plot(lengths, [r["efficiency_one_core"] for r in mine], "o-", label=config)
+        eff.plot(lengths, [r["efficiency"] for r in mine], "x:", color=line.get_color())
         ratio = [r["vs_torch"]["median"] for r in mine]
         speed.errorbar(lengths, ratio, yerr=[[m - r["vs_torch"]["q1"] for m, r in zip(ratio, mine)],
                                              [r["vs_torch"]["q3"] - m for m, r in zip(ratio, mine)]],
                        fmt="o-", color=line.get_color(), capsize=2, label=config)
     eff.axhline(0.8, color="gray", lw=0.8, ls="--")
     eff.set(xscale="log", xlabel="sequence length T", ylabel="GEMMs alone / step",
-            title="GEMMs alone / step (solid: wall, 2 cores; dotted: one core, CPU time)")
+            title="roofline efficiency\n(solid: one core, CPU time; dotted: wall clock, 2 cores)")
     speed.axhline(1.0, color="gray", lw=0.8, ls="--")
     speed.set(xscale="log", yscale="log", xlabel="sequence length T",
-              ylabel="gpurnn tokens/s ÷ PyTorch tokens/s", title="against PyTorch CPU (quartiles)")
+              ylabel="gpurnn tokens/s ÷ PyTorch tokens/s",
+              title="against PyTorch CPU, wall clock\n(median and quartiles over rounds)")
     for ax in (eff, speed):
         ax.set_xticks(sorted({r["T"] for r in rows}), [str(t) for t in sorted({r["T"] for r in rows})])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -228,6 +279,8 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
     parser.add_argument("--lengths", nargs="+", type=int, default=[32, 128, 512])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="time single kernels (exp, strided products) instead")
     parser.add_argument("--host-threads-ab", action="store_true",
                         help="also time gpurnn with GPURNN_HOST_THREADS=1 (the plain path) "
                              "in a third worker")
@@ -236,6 +289,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker)
+        return 0
+    if args.kernels:
+        sys.path.insert(0, str(RESULTS.parent.parent))
+        from gpurnn.tools.bench import machine_info
+        load_before = os.getloadavg()
+        result = kernels()
+        for name, value in result.items():
+            print(f"{name:<56} min {value['min_ms']:8.2f} ms   median {value['median_ms']:8.2f} ms")
+        if args.output:
+            with open(f"{args.output}.json", "w", encoding="utf-8") as f:
+                json.dump({"benchmark": "cpu_kernels", **machine_info(),
+                           "load_average_before": load_before,
+                           "load_average_after": os.getloadavg(), "kernels": result}, f, indent=1)
+            print(f"wrote {args.output}.json")
         return 0
     sys.path.insert(0, str(RESULTS.parent.parent))
     load_before = os.getloadavg()

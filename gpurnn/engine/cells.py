@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from .activations import apply, check_activation, derivative_from_output
 from .backend import get_array_module, scatter_add
+from .host_threads import small_products
 from .workspace import Workspace
 
 __all__ = ["Cell", "ElmanCell", "FPRIME_CHUNK"]
@@ -146,11 +147,13 @@ class ElmanCell(Cell):
         WT = params["W"].T
         states = self.workspace.empty("states", xin.shape, xin.dtype, xp)  # (T, B, H)
         h = h0
-        for t in range(steps):
-            a = states[t]
-            xp.matmul(h, WT, out=a)                                  # W h_{t-1}
-            a += xin[t]                                              # + U x_t + b
-            h = apply(self.activation, a, out=a)                     # h_t = f(a_t)
+        batch, hidden = h0.shape
+        with small_products(xp, 2 * batch * hidden * hidden):       # see host_threads
+            for t in range(steps):
+                a = states[t]
+                xp.matmul(h, WT, out=a)                              # W h_{t-1}
+                a += xin[t]                                          # + U x_t + b
+                h = apply(self.activation, a, out=a)                 # h_t = f(a_t)
         return states
 
     def backward_stepper(self, params, xin, h0, states):
@@ -180,7 +183,8 @@ class ElmanCell(Cell):
             xp.multiply(g, fprime[t - first[0]], out=delta)          # e_h(t) = f'(a_t) ⊙ dL/dh_t
             # dL/dh_{t-1} = e_h(t) W, into the buffer that g (from step t + 1) is not in.
             g_prev = g_buffers[t % 2]
-            xp.matmul(delta.reshape(-1, hidden), W, out=g_prev.reshape(-1, hidden))
+            with small_products(xp, 2 * delta.size * hidden):
+                xp.matmul(delta.reshape(-1, hidden), W, out=g_prev.reshape(-1, hidden))
             return delta, g_prev
         return back
 

@@ -17,12 +17,20 @@ their plain single-thread loop, which every threaded path is tested against.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import threading
 
 import numpy
 
-__all__ = ["host_workers", "run_shares", "HOST_THREADS"]
+__all__ = ["host_workers", "run_shares", "small_products", "HOST_THREADS",
+           "SMALL_PRODUCT_FLOPS"]
+
+# Below this many flops a product gains at most tens of microseconds from a second BLAS
+# thread on a quiet machine (a (32 × 100) @ (100 × 100) product: none), while every
+# multi-threaded product wakes OpenBLAS's workers, which then spin beside the next
+# elementwise work, and on a loaded machine waits for one of them per product.
+SMALL_PRODUCT_FLOPS = 1 << 22
 
 
 def _configured_threads() -> int:
@@ -64,6 +72,14 @@ def host_workers(xp, parts: int) -> int:
     if xp is not numpy or parts < 2 or HOST_THREADS < 2 or _blas_controller() is None:
         return 1
     return min(HOST_THREADS, parts)
+
+
+def small_products(xp, flops):
+    """A context in which BLAS runs on one thread when each product has fewer than
+    SMALL_PRODUCT_FLOPS flops (NumPy with threadpoolctl only; otherwise it changes nothing)."""
+    if xp is not numpy or flops >= SMALL_PRODUCT_FLOPS or _blas_controller() is None:
+        return contextlib.nullcontext()
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def run_shares(function, shares):

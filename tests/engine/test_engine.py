@@ -322,3 +322,27 @@ def test_blocked_and_threaded_softmax_equal_the_plain_path(bias, masked, monkeyp
         assert result.loss == pytest.approx(plain.loss, rel=1e-13)
         for name, grad in plain.grads.items():
             assert rel_error(result.grads[name], grad) <= 1e-13, (threads, name)
+
+
+def test_small_products_hold_blas_at_one_thread(monkeypatch):
+    """Per-step products below SMALL_PRODUCT_FLOPS run on one BLAS thread; larger ones, and
+    other array modules, keep BLAS as it is; GPURNN_HOST_THREADS=1 leaves the plain path."""
+    from threadpoolctl import threadpool_info
+    from gpurnn.engine import host_threads
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    with host_threads.small_products(np, host_threads.SMALL_PRODUCT_FLOPS - 1):
+        assert blas_threads() and set(blas_threads()) == {1}
+    assert blas_threads() == before
+    with host_threads.small_products(np, host_threads.SMALL_PRODUCT_FLOPS):
+        assert blas_threads() == before
+    with host_threads.small_products(object(), 1):
+        assert blas_threads() == before
+    monkeypatch.setattr(host_threads, "HOST_THREADS", 1)
+    assert host_threads.host_workers(np, 8) == 1
+    monkeypatch.setenv("GPURNN_HOST_THREADS", "zero")
+    with pytest.raises(ValueError, match="GPURNN_HOST_THREADS must be a positive integer"):
+        host_threads._configured_threads()
