@@ -258,6 +258,15 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def _blas_kernels():
+    """The kernel family the BLAS chose (OPENBLAS_CORETYPE changes it), if threadpoolctl can tell."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [pool.get("architecture") for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
 def _write(args, rows, load_before, started):
     """The JSON and the plot of the cells measured so far (rewritten after every cell)."""
     from gpurnn._version import __version__
@@ -267,7 +276,7 @@ def _write(args, rows, load_before, started):
                "load_average_before": load_before, "load_average_after": os.getloadavg(),
                "wall_seconds": time.time() - started, "rounds": args.rounds,
                "env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
-               "rows": rows}
+               "blas_kernels": _blas_kernels(), "rows": rows}
     with open(f"{args.output}.json", "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=1)
     plot(rows, f"{args.output}.png")
