@@ -13,6 +13,9 @@ This needs ``threadpoolctl`` (the ``gpurnn[threads]`` extra) to hold BLAS at one
 while the shares run; without it, or on CuPy arrays, or with one core, or with
 ``GPURNN_HOST_THREADS=1`` in the environment, :func:`host_workers` is 1 and callers run
 their plain single-thread loop, which every threaded path is tested against.
+
+The BLAS limit is process-wide while it holds: products that other threads of the program
+run in that window also run on one BLAS thread (the results are the same).
 """
 from __future__ import annotations
 

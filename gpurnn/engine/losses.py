@@ -24,7 +24,7 @@ __all__ = ["OutputGrads", "output_loss_and_grads", "output_loss", "output_forwar
 
 # Elements of one block of logits (16 MiB in float32; one block per host thread): large
 # enough that the output GEMMs stay efficient (on one core, T = 64, 262-row blocks cost 12%
-# more than 524-row ones, 64-row blocks sized for L2 50% more), small enough that a long
+# more than 512-row ones, 64-row blocks sized for L2 50% more), small enough that a long
 # sequence never holds all its logits.
 LOGIT_BLOCK_ELEMENTS = 1 << 22
 
