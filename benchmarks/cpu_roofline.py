@@ -20,6 +20,10 @@ per cell: medians with the quartiles, ``efficiency`` = median(gemm) / median(ste
 ``--host-threads-ab``, language models only) ``host_threads_gain`` = median over rounds of
 the plain path's step (``GPURNN_HOST_THREADS=1``, a third worker) / the default step.
 
+``--baseline DIR`` adds a worker running the gpurnn found in DIR (an earlier version's
+checkout) for a before/after measured in the same rounds: ``baseline_gain`` (wall clock) and
+``baseline_one_core_gain`` (CPU time), each the median over rounds of baseline / current.
+
 ``--kernels`` times single kernels instead, many repeats in one process, minimum and median:
 np.exp against torch.exp (one thread) over one step's logits (T = 32: 1,024 × 8,000
 float32), in L2-sized chunks, on underflowing inputs and in float64; and an elementwise
@@ -79,7 +83,10 @@ def _single_blas_thread(function):
 def _one_core(function):
     """``function`` on one core: BLAS on one thread and no host threads (timed by the
     calling thread's CPU clock, which other processes on the machine barely move)."""
-    from gpurnn.engine import host_threads
+    try:
+        from gpurnn.engine import host_threads
+    except ImportError:                           # a baseline from before host threads
+        return _single_blas_thread(function)
 
     def run():
         saved, host_threads.HOST_THREADS = host_threads.HOST_THREADS, 1
@@ -104,6 +111,9 @@ def worker(system: str) -> None:
                 tasks = {"torch": bench.torch_step(config, steps)}
             elif system == "gpurnn-1thread":
                 tasks = {"step_1thread": bench.gpurnn_step(config, steps)}
+            elif system == "gpurnn-baseline":
+                step = bench.gpurnn_step(config, steps)
+                tasks = {"step_baseline": step, "step_baseline_cpu": _one_core(step)}
             else:
                 gemms = _gemm_runner(bench.gemm_shapes(config, steps))
                 step = bench.gpurnn_step(config, steps)
@@ -165,9 +175,9 @@ def kernels(repeats=41) -> dict:
 
 # --- coordinator ------------------------------------------------------------------------------
 class Worker:
-    def __init__(self, system):
+    def __init__(self, system, root=None):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(RESULTS.parent.parent), os.environ.get("PYTHONPATH", "")]))
+            [str(root or RESULTS.parent.parent), os.environ.get("PYTHONPATH", "")]))
         if system == "gpurnn-1thread":
             env["GPURNN_HOST_THREADS"] = "1"         # the plain path: no host threads
         self.process = subprocess.Popen([sys.executable, __file__, "--worker", system],
@@ -219,6 +229,13 @@ def measure_cell(workers, config, steps, rounds):
                                   / statistics.median(samples["step_cpu"]))
     per_round = [t / s for t, s in zip(samples["torch"], samples["step"])]
     row["vs_torch"] = _quartiles(per_round)
+    if "step_baseline" in samples:
+        row["baseline_gain"] = _quartiles(
+            [b / s for b, s in zip(samples["step_baseline"], samples["step"])])
+        row["baseline_one_core_gain"] = _quartiles(
+            [b / s for b, s in zip(samples["step_baseline_cpu"], samples["step_cpu"])])
+        row["efficiency_one_core_baseline"] = (statistics.median(samples["gemm_cpu"])
+                                               / statistics.median(samples["step_baseline_cpu"]))
     if "step_1thread" in samples:
         row["host_threads_gain"] = _quartiles(
             [p / s for p, s in zip(samples["step_1thread"], samples["step"])])
@@ -276,7 +293,8 @@ def _write(args, rows, load_before, started):
                "load_average_before": load_before, "load_average_after": os.getloadavg(),
                "wall_seconds": time.time() - started, "rounds": args.rounds,
                "env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
-               "blas_kernels": _blas_kernels(), "rows": rows}
+               "blas_kernels": _blas_kernels(), "baseline": args.baseline_label,
+               "rows": rows}
     with open(f"{args.output}.json", "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=1)
     plot(rows, f"{args.output}.png")
@@ -290,6 +308,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--kernels", action="store_true",
                         help="time single kernels (exp, strided products) instead")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also time the gpurnn package found in DIR (an earlier version's "
+                             "checkout) in a worker of its own, interleaved with the rest")
+    parser.add_argument("--baseline-label", default=None,
+                        help="what --baseline is (a commit, say), recorded in the JSON")
     parser.add_argument("--host-threads-ab", action="store_true",
                         help="also time gpurnn with GPURNN_HOST_THREADS=1 (the plain path) "
                              "in a third worker")
@@ -319,6 +342,8 @@ def main(argv=None):
     workers = {"gpurnn": Worker("gpurnn"), "torch": Worker("torch")}
     if args.host_threads_ab:
         workers["gpurnn-1thread"] = Worker("gpurnn-1thread")
+    if args.baseline:
+        workers["gpurnn-baseline"] = Worker("gpurnn-baseline", os.path.abspath(args.baseline))
     rows = []
     print("| config | T | step ms (q1–q3) | GEMMs ms | efficiency | one core | "
           "PyTorch ms | gpurnn/PyTorch (q1–q3) |")
@@ -337,7 +362,11 @@ def main(argv=None):
                       f"{row['efficiency_one_core']:.2f} | "
                       f"{t['median'] * 1e3:.1f} | {v['median']:.2f}× ({v['q1']:.2f}–{v['q3']:.2f}) |"
                       + (f" host threads {row['host_threads_gain']['median']:.2f}×"
-                         if "host_threads_gain" in row else ""), flush=True)
+                         if "host_threads_gain" in row else "")
+                      + (f" vs baseline {row['baseline_gain']['median']:.2f}× (one core "
+                         f"{row['baseline_one_core_gain']['median']:.2f}×, baseline GEMM share "
+                         f"{row['efficiency_one_core_baseline']:.2f})"
+                         if "baseline_gain" in row else ""), flush=True)
     finally:
         for w in workers.values():
             w.close()
