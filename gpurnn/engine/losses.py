@@ -170,8 +170,9 @@ def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
     for k in range(workers):                       # every buffer made here, none in a thread
         start, stop = bounds[k], bounds[k + 1]
         rows_k = stop - start
-        block_k = min(block, rows_k)
-        name = (lambda base: base) if k == 0 else (lambda base, k=k: (base, k))
+        block_k = max(1, min(block, rows_k))
+        def name(base, k=k):                       # share 0 keeps the plain path's names
+            return base if k == 0 else (base, k)
         buffers = {key: workspace.empty(name(key), (block_k, width), dtype, xp)
                    for key, width in (("logits", outputs), ("EV", hidden + 1),
                                       ("hr", hidden + 1), ("h1", hidden + 1))}
