@@ -32,9 +32,13 @@ from . import fused
 from .activations import apply, check_activation, derivative_from_output
 from .backend import get_array_module, scatter_add
 from .plan import Plan
+from .host_threads import small_products
 from .workspace import Workspace
 
-__all__ = ["Cell", "ElmanCell"]
+__all__ = ["Cell", "ElmanCell", "FPRIME_CHUNK"]
+
+# Steps whose activation derivatives the Elman backward sweep computes in one operation.
+FPRIME_CHUNK = 32
 
 
 class Cell:
@@ -166,11 +170,13 @@ class ElmanCell(Cell):
         WT = params["W"].T
         states = self.workspace.empty("states", xin.shape, xin.dtype, xp)  # (T, B, H)
         h = h0
-        for t in range(steps):
-            a = states[t]
-            xp.matmul(h, WT, out=a)                                  # W h_{t-1}
-            a += xin[t]                                              # + U x_t + b
-            h = apply(self.activation, a, out=a)                     # h_t = f(a_t)
+        batch, hidden = h0.shape
+        with small_products(xp, 2 * batch * hidden * hidden):       # see host_threads
+            for t in range(steps):
+                a = states[t]
+                xp.matmul(h, WT, out=a)                              # W h_{t-1}
+                a += xin[t]                                          # + U x_t + b
+                h = apply(self.activation, a, out=a)                 # h_t = f(a_t)
         return states
 
     def backward_stepper(self, params, xin, h0, states):
@@ -179,19 +185,32 @@ class ElmanCell(Cell):
             return fused.elman_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
         workspace = self.workspace
-        # f'(a_t) one step at a time: two small operations per step instead of a fifth
-        # (time, batch, hidden) array.
-        fprime = workspace.empty("fprime", states.shape[1:], states.dtype, xp)
+        # f'(a_t) for FPRIME_CHUNK steps at a time: two operations per chunk rather than
+        # per step, and a (chunk, batch, hidden) buffer rather than a fifth (time, batch,
+        # hidden) array.
+        steps = states.shape[0]
+        chunk = min(steps, FPRIME_CHUNK)
+        fprime = workspace.empty("fprime", (chunk,) + states.shape[1:], states.dtype, xp)
         W = params["W"]
         hidden = W.shape[0]
+        buffers = {}
+        first = [steps]                         # fprime holds steps first .. first + chunk − 1
 
         def back(t, g):
-            derivative_from_output(self.activation, states[t], out=fprime)
-            delta = workspace.empty("delta", g.shape, g.dtype, xp)
-            xp.multiply(g, fprime, out=delta)                        # e_h(t) = f'(a_t) ⊙ dL/dh_t
+            if not first[0] <= t < first[0] + chunk:
+                first[0] = max(0, t - chunk + 1)                     # the sweep runs backwards
+                span = min(chunk, steps - first[0])
+                derivative_from_output(self.activation, states[first[0]:first[0] + span],
+                                       out=fprime[:span])
+            if g.shape not in buffers:
+                buffers[g.shape] = [workspace.empty(name, g.shape, g.dtype, xp)
+                                    for name in ("delta", ("g", 0), ("g", 1))]
+            delta, *g_buffers = buffers[g.shape]
+            xp.multiply(g, fprime[t - first[0]], out=delta)          # e_h(t) = f'(a_t) ⊙ dL/dh_t
             # dL/dh_{t-1} = e_h(t) W, into the buffer that g (from step t + 1) is not in.
-            g_prev = workspace.empty(("g", t % 2), g.shape, g.dtype, xp)
-            xp.matmul(delta.reshape(-1, hidden), W, out=g_prev.reshape(-1, hidden))
+            g_prev = g_buffers[t % 2]
+            with small_products(xp, 2 * delta.size * hidden):
+                xp.matmul(delta.reshape(-1, hidden), W, out=g_prev.reshape(-1, hidden))
             return delta, g_prev
         return back
 

@@ -16,15 +16,18 @@ from typing import NamedTuple
 
 from . import fused
 from .activations import apply, derivative_from_output
-from .backend import get_array_module, scatter_add
+from .backend import get_array_module
+from .host_threads import host_workers, run_shares
 from .workspace import Workspace
 
 __all__ = ["OutputGrads", "output_loss_and_grads", "output_loss", "output_forward",
            "LOGIT_BLOCK_ELEMENTS"]
 
-# Elements of one block of logits (8 MiB in float32): large enough that the output
-# GEMMs stay efficient, small enough that a long sequence never holds all its logits.
-LOGIT_BLOCK_ELEMENTS = 1 << 21
+# Elements of one block of logits (16 MiB in float32; one block per host thread): large
+# enough that the output GEMMs stay efficient (on one core, T = 64, 262-row blocks cost 12%
+# more than 512-row ones, 64-row blocks sized for L2 50% more), small enough that a long
+# sequence never holds all its logits.
+LOGIT_BLOCK_ELEMENTS = 1 << 22
 
 
 class OutputGrads(NamedTuple):
@@ -144,66 +147,100 @@ def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
     The logits are exponentiated in place and never normalised: with E = exp(z), row sums
     s and row weights r = w·scale / s,
 
-        e_y V = (E V) r − V[target] w·scale        dV = Eᵀ (h r) − onehotᵀ (h w·scale)
+        e_y V = (E V) r − V[target] w·scale        dV = (E − s·onehot)ᵀ (h r)
 
-    and a column of ones beside V makes the same GEMM return s. So one elementwise pass
-    touches the (rows × vocabulary) block; everything else is GEMMs and (rows × hidden) work.
-    The one-hot terms of dV and dc are one scatter over all rows after the loop.
+    and a column of ones beside V makes the same GEMM return s. Subtracting s at each row's
+    target in E, after E V and before the dV product, puts the one-hot terms of dV and dc
+    into that product (s r = w·scale), so no scatter over the vocabulary is needed. One
+    elementwise pass (the exp) touches the (rows × vocabulary) block; everything else is
+    GEMMs and (rows × hidden) work. The logits GEMM and E [V, 1] read one buffer [c, V, 1]
+    (a column-range view each), refreshed with one copy of V per call.
+
+    On NumPy with several cores the rows are split into one contiguous share per core
+    (:mod:`gpurnn.engine.host_threads`): each share runs its own blocks, products on one
+    BLAS thread, into its own [dV, dc], and the shares are summed at the end.
     """
     xp = get_array_module(h_all)
     rows, hidden = h_all.shape
     outputs = V.shape[0]
     dtype = h_all.dtype
     block, blocks = _row_blocks(rows, outputs)
-    # [V, 1]: E [V, 1] = [E V, s].  With a bias, [h, 1] [V, c]ᵀ = V h + c in the logits GEMM.
-    V1 = workspace.empty("V1", (outputs, hidden + 1), dtype, xp)
-    V1[:, :hidden] = V
-    V1[:, hidden] = 1
+    # [c, V, 1]: [1, h] [c, V]ᵀ = V h + c (the logits) and E [V, 1] = [E V, s].
+    cV1 = workspace.empty("cV1", (outputs, hidden + 2), dtype, xp)
+    cV1[:, 1:hidden + 1] = V
+    cV1[:, hidden + 1] = 1
     if c is not None:
-        Vc = workspace.empty("Vc", (outputs, hidden + 1), dtype, xp)
-        Vc[:, :hidden] = V
-        Vc[:, hidden] = c
-        h1 = workspace.empty("h1", (block, hidden + 1), dtype, xp)
-        h1[:, hidden] = 1
-    z_buffer = workspace.empty("logits", (block, outputs), dtype, xp)
-    g_buffer = workspace.empty("EV", (block, hidden + 1), dtype, xp)
-    hr_buffer = workspace.empty("hr", (block, hidden + 1), dtype, xp)
-    dVc_block = workspace.empty("dVc_block", (outputs, hidden + 1), dtype, xp)
-    dVc = xp.zeros((outputs, hidden + 1), dtype=dtype)               # [dV, dc] of E's part
+        cV1[:, 0] = c
     shift = _logits_need_shift(h_all, V, c)
-    loss = xp.zeros((), dtype=dtype)
-    for rows_ in blocks:
-        h, t = h_all[rows_], t_all[rows_]
-        n = h.shape[0]
-        index = xp.arange(n)
-        if c is not None:
-            h1[:n, :hidden] = h
-            z = xp.matmul(h1[:n], Vc.T, out=z_buffer[:n])            # V h + c
-        else:
-            z = xp.matmul(h, V.T, out=z_buffer[:n])
-        if shift:
-            z -= z.max(axis=1, keepdims=True)
-        target_logit = z[index, t]
-        xp.exp(z, out=z)                                             # E
-        g = xp.matmul(z, V1, out=g_buffer[:n])                       # [E V, s]
-        total = g[:, hidden]
-        nll = xp.log(total) - target_logit                           # −log p[target]
-        weight = scale if w_all is None else w_all[rows_] * scale    # w·scale
-        r = weight / total
-        loss += nll.sum() if w_all is None else (nll * w_all[rows_]).sum()
-        d = d_all[rows_]
-        xp.multiply(g[:, :hidden], r[:, None], out=d)                # (E V) r
-        d -= V[t] * (weight if w_all is None else weight[:, None])   # − V[target] w·scale
-        hr = hr_buffer[:n]
-        xp.multiply(h, r[:, None], out=hr[:, :hidden])
-        hr[:, hidden] = r
-        dVc += xp.matmul(z.T, hr, out=dVc_block)                     # [Eᵀ (h r), Eᵀ r]
-    weight = xp.full(rows, scale, dtype=dtype) if w_all is None else w_all * scale
+    workers = host_workers(xp, len(blocks))
+    bounds = [rows * k // workers for k in range(workers + 1)]
+    shares = []
+    for k in range(workers):                       # every buffer made here, none in a thread
+        start, stop = bounds[k], bounds[k + 1]
+        rows_k = stop - start
+        block_k = max(1, min(block, rows_k))
+        def name(base, k=k):                       # share 0 keeps the plain path's names
+            return base if k == 0 else (base, k)
+        buffers = {key: workspace.empty(name(key), (block_k, width), dtype, xp)
+                   for key, width in (("logits", outputs), ("EV", hidden + 1),
+                                      ("hr", hidden + 1), ("h1", hidden + 1))}
+        buffers["h1"][:, 0] = 1
+        buffers["dVc_block"] = workspace.empty(name("dVc_block"), (outputs, hidden + 1),
+                                               dtype, xp)
+        # [dV, dc] of this share: share 0 adds into the returned array, the others into
+        # scratch summed into it at the end.
+        buffers["dVc"] = (xp.empty((outputs, hidden + 1), dtype=dtype) if k == 0 else
+                          workspace.empty(name("dVc"), (outputs, hidden + 1), dtype, xp))
+        shares.append(([slice(r, min(r + block_k, stop)) for r in range(start, stop, block_k)],
+                       buffers))
+
+    def run(share):
+        blocks_k, buffers = share
+        loss = xp.zeros((), dtype=dtype)
+        dVc = buffers["dVc"]
+        for number, rows_ in enumerate(blocks_k):
+            h, t = h_all[rows_], t_all[rows_]
+            n = h.shape[0]
+            index = xp.arange(n)
+            if c is not None:
+                h1 = buffers["h1"][:n]
+                h1[:, 1:] = h
+                z = xp.matmul(h1, cV1[:, :hidden + 1].T, out=buffers["logits"][:n])  # V h + c
+            else:
+                z = xp.matmul(h, V.T, out=buffers["logits"][:n])
+            if shift:
+                z -= z.max(axis=1, keepdims=True)
+            target_logit = z[index, t]
+            xp.exp(z, out=z)                                         # E
+            g = xp.matmul(z, cV1[:, 1:], out=buffers["EV"][:n])      # [E V, s]
+            total = g[:, hidden]
+            nll = xp.log(total) - target_logit                       # −log p[target]
+            weight = scale if w_all is None else w_all[rows_] * scale   # w·scale
+            r = weight / total
+            loss += nll.sum() if w_all is None else (nll * w_all[rows_]).sum()
+            d = d_all[rows_]
+            xp.multiply(g[:, :hidden], r[:, None], out=d)            # (E V) r
+            d -= V[t] * (weight if w_all is None else weight[:, None])  # − V[target] w·scale
+            hr = buffers["hr"][:n]
+            xp.multiply(h, r[:, None], out=hr[:, :hidden])
+            hr[:, hidden] = r
+            z[index, t] -= total                                     # E − s·onehot
+            # [dV, dc] += (E − s·onehot)ᵀ [h r, r]; the first block writes it directly.
+            if number == 0:
+                xp.matmul(z.T, hr, out=dVc)
+            else:
+                dVc += xp.matmul(z.T, hr, out=buffers["dVc_block"])
+        if not blocks_k:
+            dVc.fill(0)
+        return loss
+
+    losses_ = run_shares(run, shares) if workers > 1 else [run(shares[0])]
+    dVc = shares[0][1]["dVc"]
+    for _, buffers in shares[1:]:
+        dVc += buffers["dVc"]
     dV = xp.ascontiguousarray(dVc[:, :hidden])
-    dc = dVc[:, hidden].copy()
-    scatter_add(dV, t_all, h_all * -weight[:, None])                # − onehotᵀ (h w·scale)
-    scatter_add(dc, t_all, -weight)
-    return loss, dV, (dc if c is not None else None)
+    dc = dVc[:, hidden].copy() if c is not None else None
+    return sum(losses_[1:], losses_[0]), dV, dc
 
 
 def _squared_error(output, V, c, h_all, t_all, w_all, scale, d_all, workspace):

@@ -300,3 +300,49 @@ def test_loss_alone_equals_the_loss_of_loss_and_grads(output, device, rng):
     assert rel_error(state, host(last)) <= TIGHT
     with pytest.raises(ValueError, match="weights must be >= 0"):
         model.loss(x, y, weights=-weights)
+
+
+@pytest.mark.parametrize("bias,masked", [(True, True), (False, False)])
+def test_blocked_and_threaded_softmax_equal_the_plain_path(bias, masked, monkeypatch, rng):
+    """Many row blocks, and the blocks shared over host threads, give the one-block,
+    one-thread result (float64, to rounding), which itself matches the seeds' loop."""
+    from gpurnn.engine import host_threads, losses
+
+    model, x, y, mask, h0 = make_case(rng, "cpu", bias=bias, masked=masked, with_h0=True,
+                                      batch=5, steps=9, sizes=(7, 5, 11))
+    monkeypatch.setattr(host_threads, "HOST_THREADS", 1)
+    plain = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=3)
+    assert_matches_reference(model, x, y, mask, h0, 3)
+    monkeypatch.setattr(losses, "LOGIT_BLOCK_ELEMENTS", 4 * 11)   # 4 rows a block: 12 blocks
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(host_threads, "HOST_THREADS", threads)
+        if threads > 1 and host_threads.host_workers(np, 12) == 1:
+            pytest.fail("threadpoolctl is part of the test extra; the threaded path must run")
+        result = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=3)
+        assert result.loss == pytest.approx(plain.loss, rel=1e-13)
+        for name, grad in plain.grads.items():
+            assert rel_error(result.grads[name], grad) <= 1e-13, (threads, name)
+
+
+def test_small_products_hold_blas_at_one_thread(monkeypatch):
+    """Per-step products below SMALL_PRODUCT_FLOPS run on one BLAS thread; larger ones, and
+    other array modules, keep BLAS as it is; GPURNN_HOST_THREADS=1 leaves the plain path."""
+    from threadpoolctl import threadpool_info
+    from gpurnn.engine import host_threads
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    with host_threads.small_products(np, host_threads.SMALL_PRODUCT_FLOPS - 1):
+        assert blas_threads() and set(blas_threads()) == {1}
+    assert blas_threads() == before
+    with host_threads.small_products(np, host_threads.SMALL_PRODUCT_FLOPS):
+        assert blas_threads() == before
+    with host_threads.small_products(object(), 1):
+        assert blas_threads() == before
+    monkeypatch.setattr(host_threads, "HOST_THREADS", 1)
+    assert host_threads.host_workers(np, 8) == 1
+    monkeypatch.setenv("GPURNN_HOST_THREADS", "zero")
+    with pytest.raises(ValueError, match="GPURNN_HOST_THREADS must be a positive integer"):
+        host_threads._configured_threads()

@@ -1,0 +1,379 @@
+"""The CPU training step against its GEMM roofline and against PyTorch, measured interleaved.
+
+For every configuration (``gpurnn.tools.bench.CONFIGS``) and sequence length T, two worker
+processes hold one system each, built once: gpurnn (NumPy) and PyTorch (CPU, as many threads
+as cores). The coordinator then runs rounds; each round times, in a shuffled order,
+
+* ``step``: one gpurnn training step (forward, BPTT, SGD update);
+* ``gemm``: the step's own matrix products alone (``bench.gemm_shapes``: same shapes, same
+  counts, float32, NumPy's BLAS with its default threads), as ``gpurnn bench`` times them;
+* ``torch``: one PyTorch training step of the same model;
+* ``step_cpu`` and ``gemm_cpu``: the step and its products on one core (one BLAS thread, no
+  host threads), timed by the thread's CPU clock, which the machine's other tenants barely
+  move: ``efficiency_one_core`` = gemm_cpu / step_cpu, the share of the step's work that
+  is matrix products, the figure that stays put when the wall-clock ones swing.
+
+So every ratio comes from measurements taken seconds apart, under the same load: the
+machine this runs on is shared, and its load moves every absolute figure by 1.5-2x. Reported
+per cell: medians with the quartiles, ``efficiency`` = median(gemm) / median(step) (the
+``gpurnn bench`` definition), ``vs_torch`` = median over rounds of torch / step, and (with
+``--host-threads-ab``, language models only) ``host_threads_gain`` = median over rounds of
+the plain path's step (``GPURNN_HOST_THREADS=1``, a third worker) / the default step.
+
+``--baseline DIR`` adds a worker running the gpurnn found in DIR (an earlier version's
+checkout) for a before/after measured in the same rounds: ``baseline_gain`` (wall clock) and
+``baseline_one_core_gain`` (CPU time), each the median over rounds of baseline / current.
+
+``--kernels`` times single kernels instead, many repeats in one process, minimum and median:
+np.exp against torch.exp (one thread) over one step's logits (T = 32: 1,024 × 8,000
+float32), in L2-sized chunks, on underflowing inputs and in float64; and an elementwise
+product on whole contiguous arrays against the same count of elements as column slices of a
+wider row (the gated cells' gate blocks).
+
+    python benchmarks/cpu_roofline.py [--configs lm-trunc4 ...] [--lengths 32 128 512]
+        [--rounds 5] [--host-threads-ab] [--output benchmarks/results/cpu_roofline]
+    python benchmarks/cpu_roofline.py --kernels [--output benchmarks/results/cpu_kernels]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+DEFAULT_CONFIGS = ("lm-trunc4", "lm-full", "dense-256", "dense-512", "dense-1024", "gru-256",
+                   "lstm-256")
+MIN_SAMPLE_S = 0.03        # a timed sample repeats the work until it lasts about this long
+
+
+# --- worker side ------------------------------------------------------------------------------
+def _gemm_runner(shapes):
+    """A function running every product in ``shapes`` (m, k, n, count) ``count`` times."""
+    import numpy
+
+    rng = numpy.random.default_rng(0)
+    operands = []
+    for m, k, n, count in shapes:
+        a = rng.standard_normal((m, k), dtype=numpy.float32)
+        b = rng.standard_normal((k, n), dtype=numpy.float32)
+        operands.append((a, b, numpy.empty((m, n), dtype=numpy.float32), count))
+
+    def run():
+        for a, b, out, count in operands:
+            for _ in range(count):
+                numpy.matmul(a, b, out=out)
+    return run
+
+
+def _single_blas_thread(function):
+    from threadpoolctl import threadpool_limits
+
+    def run():
+        with threadpool_limits(1, user_api="blas"):
+            function()
+    return run
+
+
+def _one_core(function):
+    """``function`` on one core: BLAS on one thread and no host threads (timed by the
+    calling thread's CPU clock, which other processes on the machine barely move)."""
+    try:
+        from gpurnn.engine import host_threads
+    except ImportError:                           # a baseline from before host threads
+        return _single_blas_thread(function)
+
+    def run():
+        saved, host_threads.HOST_THREADS = host_threads.HOST_THREADS, 1
+        try:
+            function()
+        finally:
+            host_threads.HOST_THREADS = saved
+    return _single_blas_thread(run)
+
+
+def worker(system: str) -> None:
+    """Answer JSON commands on stdin, one per line: setup, then timings."""
+    tasks = {}
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "setup":
+            from gpurnn.tools import bench
+            config, steps = bench.CONFIGS[command["config"]], command["T"]
+            if system == "torch":
+                import torch
+                torch.set_num_threads(os.cpu_count())
+                tasks = {"torch": bench.torch_step(config, steps)}
+            elif system == "gpurnn-1thread":
+                tasks = {"step_1thread": bench.gpurnn_step(config, steps)}
+            elif system == "gpurnn-baseline":
+                step = bench.gpurnn_step(config, steps)
+                tasks = {"step_baseline": step, "step_baseline_cpu": _one_core(step)}
+            else:
+                gemms = _gemm_runner(bench.gemm_shapes(config, steps))
+                step = bench.gpurnn_step(config, steps)
+                tasks = {"step": step, "gemm": gemms, "step_cpu": _one_core(step),
+                         "gemm_cpu": _one_core(gemms)}
+            for task in tasks.values():                 # warm-up: buffers, pages, caches
+                task()
+            reply = {"tasks": list(tasks)}
+        else:
+            task, repeats = tasks[command["task"]], command["repeats"]
+            clock = time.thread_time if command["task"].endswith("_cpu") else time.perf_counter
+            start = clock()
+            for _ in range(repeats):
+                task()
+            reply = {"seconds": (clock() - start) / repeats}
+        print(json.dumps(reply), flush=True)
+
+
+# --- single kernels -----------------------------------------------------------------------
+def kernels(repeats=41) -> dict:
+    """Minimum and median milliseconds of single kernels, interleaved over ``repeats``."""
+    import numpy
+    import torch
+
+    torch.set_num_threads(1)
+    rng = numpy.random.default_rng(0)
+    z = rng.standard_normal(1024 * 8000, dtype=numpy.float32) * 3 - 10   # shifted logits
+    out = numpy.empty_like(z)
+    tiny = z - 100                                                       # exp underflows
+    z64, out64 = z.astype(numpy.float64), numpy.empty(z.size)
+    zt, outt, tinyt = torch.from_numpy(z), torch.from_numpy(out), torch.from_numpy(tiny)
+    chunk = 1 << 16                                                      # 256 KiB of float32
+    gates = rng.standard_normal((64, 64, 4 * 256), dtype=numpy.float32)  # (T, B, 4H)
+    slice_a, slice_b = gates[..., :256], gates[..., 256:512]             # (T, B, H) blocks
+    whole_a, whole_b = slice_a.copy(), slice_b.copy()
+    product = numpy.empty_like(whole_a)
+    cases = {
+        "np.exp float32 8.2M": lambda: numpy.exp(z, out=out),
+        "torch.exp float32 8.2M (1 thread)": lambda: torch.exp(zt, out=outt),
+        "np.exp float32 8.2M in 64Ki chunks": lambda: [
+            numpy.exp(z[i:i + chunk], out=out[i:i + chunk]) for i in range(0, z.size, chunk)],
+        "np.exp float32 8.2M, results underflow": lambda: numpy.exp(tiny, out=out),
+        "torch.exp float32 8.2M, results underflow (1 thread)": lambda: torch.exp(tinyt, out=outt),
+        "np.exp float64 8.2M": lambda: numpy.exp(z64, out=out64),
+        "np.multiply 1M, whole contiguous arrays": lambda: numpy.multiply(whole_a, whole_b,
+                                                                          out=product),
+        "np.multiply 1M, column slices (T, B, H) of (T, B, 4H)": lambda: numpy.multiply(
+            slice_a, slice_b, out=product),
+    }
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, case in cases.items():
+            start = time.perf_counter()
+            case()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"min_ms": min(t) * 1e3, "median_ms": statistics.median(t) * 1e3}
+            for name, t in times.items()}
+
+
+# --- coordinator ------------------------------------------------------------------------------
+class Worker:
+    def __init__(self, system, root=None):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(root or RESULTS.parent.parent), os.environ.get("PYTHONPATH", "")]))
+        if system == "gpurnn-1thread":
+            env["GPURNN_HOST_THREADS"] = "1"         # the plain path: no host threads
+        self.process = subprocess.Popen([sys.executable, __file__, "--worker", system],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=env)
+
+    def ask(self, **command):
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker died on {command}")
+        return json.loads(line)
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def _quartiles(values):
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "min": min(values)}
+
+
+def measure_cell(workers, config, steps, rounds):
+    tasks = {}
+    for name, w in workers.items():
+        if name == "gpurnn-1thread" and not config.startswith("lm"):
+            continue                             # host threads serve the softmax layer only
+        for task in w.ask(cmd="setup", config=config, T=steps)["tasks"]:
+            tasks[task] = w
+    # Repeat each task within a sample so that a sample lasts about MIN_SAMPLE_S.
+    repeats = {}
+    for task, w in tasks.items():
+        once = w.ask(cmd="time", task=task, repeats=1)["seconds"]
+        repeats[task] = max(1, round(MIN_SAMPLE_S / max(once, 1e-6)))
+    samples = {task: [] for task in tasks}
+    order = list(tasks)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for task in order:
+            samples[task].append(tasks[task].ask(cmd="time", task=task,
+                                                 repeats=repeats[task])["seconds"])
+    row = {"config": config, "T": steps, "rounds": rounds,
+           **{f"{task}_s": _quartiles(values) for task, values in samples.items()}}
+    step = statistics.median(samples["step"])
+    row["efficiency"] = statistics.median(samples["gemm"]) / step
+    row["efficiency_one_core"] = (statistics.median(samples["gemm_cpu"])
+                                  / statistics.median(samples["step_cpu"]))
+    per_round = [t / s for t, s in zip(samples["torch"], samples["step"])]
+    row["vs_torch"] = _quartiles(per_round)
+    if "step_baseline" in samples:
+        row["baseline_gain"] = _quartiles(
+            [b / s for b, s in zip(samples["step_baseline"], samples["step"])])
+        row["baseline_one_core_gain"] = _quartiles(
+            [b / s for b, s in zip(samples["step_baseline_cpu"], samples["step_cpu"])])
+        row["efficiency_one_core_baseline"] = (statistics.median(samples["gemm_cpu"])
+                                               / statistics.median(samples["step_baseline_cpu"]))
+    if "step_1thread" in samples:
+        row["host_threads_gain"] = _quartiles(
+            [p / s for p, s in zip(samples["step_1thread"], samples["step"])])
+    row["samples"] = samples
+    return row
+
+
+def plot(rows, path):
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (eff, speed) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for config in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == config]
+        lengths = [r["T"] for r in mine]
+        line, = eff.plot(lengths, [r["efficiency_one_core"] for r in mine], "o-", label=config)
+        eff.plot(lengths, [r["efficiency"] for r in mine], "x:", color=line.get_color())
+        ratio = [r["vs_torch"]["median"] for r in mine]
+        speed.errorbar(lengths, ratio, yerr=[[m - r["vs_torch"]["q1"] for m, r in zip(ratio, mine)],
+                                             [r["vs_torch"]["q3"] - m for m, r in zip(ratio, mine)]],
+                       fmt="o-", color=line.get_color(), capsize=2, label=config)
+    eff.axhline(0.8, color="gray", lw=0.8, ls="--")
+    eff.set(xscale="log", xlabel="sequence length T", ylabel="GEMMs alone / step",
+            title="roofline efficiency\n(solid: one core, CPU time; dotted: wall clock, 2 cores)")
+    speed.axhline(1.0, color="gray", lw=0.8, ls="--")
+    speed.set(xscale="log", yscale="log", xlabel="sequence length T",
+              ylabel="gpurnn tokens/s ÷ PyTorch tokens/s",
+              title="against PyTorch CPU, wall clock\n(median and quartiles over rounds)")
+    for ax in (eff, speed):
+        ax.set_xticks(sorted({r["T"] for r in rows}), [str(t) for t in sorted({r["T"] for r in rows})])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _blas_kernels():
+    """The kernel family the BLAS chose (OPENBLAS_CORETYPE changes it), if threadpoolctl can tell."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [pool.get("architecture") for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def _write(args, rows, load_before, started):
+    """The JSON and the plot of the cells measured so far (rewritten after every cell)."""
+    from gpurnn._version import __version__
+    from gpurnn.tools.bench import machine_info
+
+    payload = {"benchmark": "cpu_roofline", "gpurnn": __version__, **machine_info(),
+               "load_average_before": load_before, "load_average_after": os.getloadavg(),
+               "wall_seconds": time.time() - started, "rounds": args.rounds,
+               "env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
+               "blas_kernels": _blas_kernels(), "baseline": args.baseline_label,
+               "rows": rows}
+    with open(f"{args.output}.json", "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+    plot(rows, f"{args.output}.png")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
+    parser.add_argument("--lengths", nargs="+", type=int, default=[32, 128, 512])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="time single kernels (exp, strided products) instead")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also time the gpurnn package found in DIR (an earlier version's "
+                             "checkout) in a worker of its own, interleaved with the rest")
+    parser.add_argument("--baseline-label", default=None,
+                        help="what --baseline is (a commit, say), recorded in the JSON")
+    parser.add_argument("--host-threads-ab", action="store_true",
+                        help="also time gpurnn with GPURNN_HOST_THREADS=1 (the plain path) "
+                             "in a third worker")
+    parser.add_argument("--output", default=None,
+                        help="path prefix for the JSON and PNG (default: print only)")
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker)
+        return 0
+    if args.kernels:
+        sys.path.insert(0, str(RESULTS.parent.parent))
+        from gpurnn.tools.bench import machine_info
+        load_before = os.getloadavg()
+        result = kernels()
+        for name, value in result.items():
+            print(f"{name:<56} min {value['min_ms']:8.2f} ms   median {value['median_ms']:8.2f} ms")
+        if args.output:
+            with open(f"{args.output}.json", "w", encoding="utf-8") as f:
+                json.dump({"benchmark": "cpu_kernels", **machine_info(),
+                           "load_average_before": load_before,
+                           "load_average_after": os.getloadavg(), "kernels": result}, f, indent=1)
+            print(f"wrote {args.output}.json")
+        return 0
+    sys.path.insert(0, str(RESULTS.parent.parent))
+    load_before = os.getloadavg()
+    started = time.time()
+    workers = {"gpurnn": Worker("gpurnn"), "torch": Worker("torch")}
+    if args.host_threads_ab:
+        workers["gpurnn-1thread"] = Worker("gpurnn-1thread")
+    if args.baseline:
+        workers["gpurnn-baseline"] = Worker("gpurnn-baseline", os.path.abspath(args.baseline))
+    rows = []
+    print("| config | T | step ms (q1–q3) | GEMMs ms | efficiency | one core | "
+          "PyTorch ms | gpurnn/PyTorch (q1–q3) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    try:
+        for config in args.configs:
+            for steps in args.lengths:
+                row = measure_cell(workers, config, steps, args.rounds)
+                rows.append(row)
+                if args.output:
+                    _write(args, rows, load_before, started)
+                s, t, v = row["step_s"], row["torch_s"], row["vs_torch"]
+                print(f"| {config} | {steps} | {s['median'] * 1e3:.1f} ({s['q1'] * 1e3:.1f}–"
+                      f"{s['q3'] * 1e3:.1f}) | {row['gemm_s']['median'] * 1e3:.1f} | "
+                      f"{row['efficiency']:.2f} | "
+                      f"{row['efficiency_one_core']:.2f} | "
+                      f"{t['median'] * 1e3:.1f} | {v['median']:.2f}× ({v['q1']:.2f}–{v['q3']:.2f}) |"
+                      + (f" host threads {row['host_threads_gain']['median']:.2f}×"
+                         if "host_threads_gain" in row else "")
+                      + (f" vs baseline {row['baseline_gain']['median']:.2f}× (one core "
+                         f"{row['baseline_one_core_gain']['median']:.2f}×, baseline GEMM share "
+                         f"{row['efficiency_one_core_baseline']:.2f})"
+                         if "baseline_gain" in row else ""), flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
+    if args.output:
+        print(f"wrote {args.output}.json, {args.output}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
