@@ -41,7 +41,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -53,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 from gpurnn.training.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from gpurnn.training.distributed import find_mpiexec  # noqa: E402
 
 SINGLE_KINDS = ("sigkill-write", "sigkill", "sigterm-write", "sigterm", "disk-full",
                 "file-size-limit")
@@ -114,16 +114,10 @@ def finish(process: subprocess.Popen) -> tuple:
     return process.returncode, out, err
 
 
-def mpiexec() -> str | None:
-    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
-        path = Path(folder) / "mpiexec"
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which("mpiexec")
 
 
 def mpi_argv(argv: list) -> list:
-    return [mpiexec(), "-n", "1", *argv, ":", "-n", "1", *argv]
+    return [find_mpiexec(), "-n", "1", *argv, ":", "-n", "1", *argv]
 
 
 def rank_pid(marker: str, rank: int) -> int | None:
@@ -425,7 +419,7 @@ def _run(chains, faults_per_chain, seed, mpi_chains, work) -> dict:
             kinds = [SINGLE_KINDS[(number * faults_per_chain + i) % len(SINGLE_KINDS)]
                      for i in range(faults_per_chain)]
             results.append(chain(work, corpus, kinds, rng, reference, number))
-        if mpi_chains and mpiexec():
+        if mpi_chains and find_mpiexec():
             reference = reference_state(work, corpus, mpi=True)
             for number in range(mpi_chains):
                 kinds = [MPI_KINDS[(number + i) % len(MPI_KINDS)] for i in range(2)]

@@ -23,13 +23,13 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from pathlib import Path
+
+from gpurnn.training.distributed import find_mpiexec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,12 +146,6 @@ def projection_table(rows) -> str:
 
 # ---------------------------------------------------------------------------- measurement
 
-def mpiexec() -> str | None:
-    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
-        path = Path(folder) / "mpiexec"
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which("mpiexec")
 
 
 def measure(processes: int, batch: int, threads: int, steps: int, folder: Path) -> dict:
@@ -164,7 +158,7 @@ def measure(processes: int, batch: int, threads: int, steps: int, folder: Path) 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     if processes > 1:
-        argv = [mpiexec(), "-n", str(processes), *argv]
+        argv = [find_mpiexec(), "-n", str(processes), *argv]
     subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=900)
     records = [json.loads(line) for line in checkpoint.with_suffix(".jsonl").open()]
     rates = [r["tokens_per_s"] for r in records if "loss" in r and r["step"] > 50]
@@ -194,7 +188,7 @@ if comm.rank == 0:
 
 def bare_allreduce_ms(nbytes: int) -> float:
     """One MPI Allreduce of ``nbytes`` between 2 processes with nothing else to do."""
-    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", BARE_ALLREDUCE,
+    done = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, "-c", BARE_ALLREDUCE,
                            str(nbytes)], env={**os.environ, "OMP_NUM_THREADS": "1"},
                           check=True, capture_output=True, text=True, timeout=300)
     return float(done.stdout.strip())
@@ -288,7 +282,7 @@ def main(argv=None) -> int:
                         help="path prefix of the .json and .png "
                              "(default benchmarks/results/scaling)")
     args = parser.parse_args(argv)
-    if mpiexec() is None:
+    if find_mpiexec() is None:
         print("no mpiexec: pip install -e '.[mpi]'", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))

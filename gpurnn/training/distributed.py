@@ -313,6 +313,18 @@ class MPICommunicator(Communicator):
 _WORLD: Communicator | None = None
 
 
+def find_mpiexec() -> str | None:
+    """The ``mpiexec`` that launches this Python's ranks: the one installed beside it (the
+    MPICH wheel of the ``mpi`` extra puts it there), else the first on PATH; None if none."""
+    import shutil
+    import sysconfig
+    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        path = os.path.join(folder, "mpiexec")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return shutil.which("mpiexec")
+
+
 def world() -> Communicator:
     """The job this process belongs to: an :class:`MPICommunicator` when an MPI launcher
     started several ranks (or ``GPURNN_MPI=1``), else a :class:`SingleProcess`, for which

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from gpurnn import train as T
 from gpurnn.training.checkpoint import load_checkpoint
 from gpurnn.training.config import TrainConfig
 from gpurnn.training.data import Batch
+from gpurnn.training.distributed import find_mpiexec
 from gpurnn.training.resuming import moved_position
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,19 +171,13 @@ def test_launched_as_two_ranks_without_mpi4py_says_what_to_install(tmp_path, mon
 
 # ------------------------------------------------------------------ 2 processes, mpiexec
 
-def _mpiexec():
-    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
-        path = Path(folder) / "mpiexec"
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which("mpiexec")
 
 
 def _mpi_missing():
     import importlib.util
     if importlib.util.find_spec("mpi4py") is None:  # its MPI library loads in the ranks
         return "mpi4py is not installed; pip install -e '.[mpi]'"
-    if _mpiexec() is None:
+    if find_mpiexec() is None:
         return "no mpiexec found; pip install -e '.[mpi]' brings MPICH's"
     return None
 
@@ -195,7 +189,7 @@ def mpiexec():
         if os.environ.get("GPURNN_REQUIRE_MPI") == "1":
             pytest.fail(f"GPURNN_REQUIRE_MPI=1 but {missing}")
         pytest.skip(missing)
-    return _mpiexec()
+    return find_mpiexec()
 
 
 def _env():

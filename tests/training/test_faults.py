@@ -48,10 +48,10 @@ def test_every_kind_of_fault_is_survived_and_the_run_ends_bit_identical(faults, 
 
 def _mpi_missing():
     import importlib.util
-    import shutil
     if importlib.util.find_spec("mpi4py") is None:
         return "mpi4py is not installed; pip install -e '.[mpi]'"
-    if shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists():
+    from gpurnn.training.distributed import find_mpiexec
+    if find_mpiexec() is None:
         return "no mpiexec found; pip install -e '.[mpi]' brings MPICH's"
     return None
 
