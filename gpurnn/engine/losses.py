@@ -172,7 +172,11 @@ def _softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace):
     if c is not None:
         cV1[:, 0] = c
     shift = _logits_need_shift(h_all, V, c)
-    workers = host_workers(xp, len(blocks))
+    # A share of one logit block gains nothing from a thread of its own: in the engine's
+    # time blocks of ~1024 rows (two blocks at a vocabulary of 8,000) splitting them made
+    # the step 1.4x slower (thread hand-offs and BLAS limits per call), so each core
+    # needs two or more blocks of its own.
+    workers = host_workers(xp, len(blocks) // 2)
     bounds = [rows * k // workers for k in range(workers + 1)]
     shares = []
     for k in range(workers):                       # every buffer made here, none in a thread
