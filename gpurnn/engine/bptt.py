@@ -25,6 +25,8 @@ unchanged.
 """
 from __future__ import annotations
 
+import contextlib
+
 from . import recompute
 from .backend import get_array_module
 from .workspace import Workspace
@@ -80,25 +82,30 @@ def _sweep_block(back, dstates, window, workspace, start=0, carry=None):
     xp = get_array_module(dstates)
     steps = dstates.shape[0]
     deltas = workspace.empty("deltas", dstates.shape, dstates.dtype, xp)
-    if window is None:
-        g = carry if carry is not None else workspace.zeros("sweep_g", dstates.shape[1:],
-                                                            dstates.dtype, xp)
-        for t in reversed(range(steps)):                 # full BPTT
-            g += dstates[t]                              # dL/dh_t: later steps + output t
-            delta, g = back(t, g)
-            deltas[t] = delta
-        name = "sweep_g"
-    else:
-        # k + 1 live origins, origin t in slot t % (k + 1).
-        g = carry if carry is not None else workspace.zeros(
-            "sweep_live", (window,) + dstates.shape[1:], dstates.dtype, xp)
-        for t in reversed(range(steps)):
-            # Origin t enters; the slot's previous occupant, origin t + k + 1, has reached
-            # step t + 1 = its last one, so it is overwritten rather than carried further.
-            g[(start + t) % window] = dstates[t]
-            delta, g = back(t, g)
-            delta.sum(axis=0, out=deltas[t])
-        name = "sweep_live"
+    shape = dstates.shape[1:] if window is None else (window,) + dstates.shape[1:]
+    # A stepper may ask for a context around the whole loop (see ElmanCell.backward_stepper).
+    around = getattr(back, "loop_context", None)
+    with around(shape) if around is not None else contextlib.nullcontext():
+        if window is None:
+            g = carry if carry is not None else workspace.zeros("sweep_g", shape,
+                                                                dstates.dtype, xp)
+            for t in reversed(range(steps)):             # full BPTT
+                g += dstates[t]                          # dL/dh_t: later steps + output t
+                delta, g = back(t, g)
+                deltas[t] = delta
+            name = "sweep_g"
+        else:
+            # k + 1 live origins, origin t in slot t % (k + 1).
+            g = carry if carry is not None else workspace.zeros("sweep_live", shape,
+                                                                dstates.dtype, xp)
+            for t in reversed(range(steps)):
+                # Origin t enters; the slot's previous occupant, origin t + k + 1, has
+                # reached step t + 1 = its last one, so it is overwritten rather than
+                # carried further.
+                g[(start + t) % window] = dstates[t]
+                delta, g = back(t, g)
+                delta.sum(axis=0, out=deltas[t])
+            name = "sweep_live"
     # The cell's buffers are reused by the next block: carry a copy of our own.
     kept = workspace.empty(name, g.shape, g.dtype, xp)
     kept[...] = g

@@ -346,3 +346,32 @@ def test_small_products_hold_blas_at_one_thread(monkeypatch):
     monkeypatch.setenv("GPURNN_HOST_THREADS", "zero")
     with pytest.raises(ValueError, match="GPURNN_HOST_THREADS must be a positive integer"):
         host_threads._configured_threads()
+
+
+def test_the_elman_sweep_holds_its_small_products_at_one_blas_thread_once(rng):
+    """The sweep enters the stepper's loop context once: every step's product runs on one
+    BLAS thread, and BLAS is as it was after the sweep."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip("BLAS already runs on one thread here")
+    cell = gpurnn.ElmanCell("tanh", True)
+    params = {"W": rng.normal(size=(6, 6)) * 0.3}
+    states, dstates = np.tanh(rng.normal(size=(5, 3, 6))), rng.normal(size=(5, 3, 6))
+    back = cell.backward_stepper(params, None, np.zeros((3, 6)), states)
+    seen = []
+
+    def spy(t, g):
+        seen.append(blas_threads())
+        return back(t, g)
+
+    spy.loop_context = back.loop_context
+    expected = gpurnn.bptt.sweep(back, dstates).copy()   # deltas live in the workspace
+    got = gpurnn.bptt.sweep(spy, dstates)
+    assert seen == [{1}] * 5
+    assert blas_threads() == before
+    assert np.array_equal(got, expected)
