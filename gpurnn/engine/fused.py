@@ -17,7 +17,7 @@ import contextlib
 import math
 
 from .activations import ACTIVATIONS
-from .backend import device_of, get_array_module, is_device_array
+from .backend import device_of, get_array_module
 
 __all__ = ["launcher_for", "emulate_on_host", "threads_per_block", "contiguous",
            "elman_forward", "elman_backward_stepper",
@@ -35,7 +35,7 @@ def launcher_for(plan, array):
         return None
     # CuPy arrays go to the GPU; NumPy and cpu-strict arrays to the host emulation where
     # one is active (the CPU check of the callers), else they run plain.
-    if is_device_array(array) and device_of(array).kind == "cuda":
+    if device_of(array).kind == "cuda":
         global _cuda_launcher
         if _cuda_launcher is None:
             from .kernels import CudaLauncher

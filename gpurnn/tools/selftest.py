@@ -128,7 +128,7 @@ def fused_checks(device="cuda", persistent_shapes=None):
                 except ValueError as error:  # W's slices do not fit on this GPU's chip
                     yield {"check": f"{dtype} {check.__name__[1:]} {shape}", "passed": True,
                            "error": None, "skipped": str(error)}
-    if backend.is_device_array(xp.zeros(1)):
+    if backend.get_device(device).kind == "cuda":   # graph capture needs a GPU
         yield _graph_check(rng)
     for name in fused.OPTIMIZERS:
         start = rng.standard_normal((64, 33))
