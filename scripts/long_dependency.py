@@ -97,7 +97,7 @@ def train(cell, args, test):
         if iteration == int(0.7 * args.iterations) + 1:
             optimizer.lr = args.lr / 3                               # settle for the last 30 %
         x, y = adding_batch(rng, args.batch, args.steps)
-        _, grads, _ = model.loss_and_grads(x, y)
+        _, grads, _ = model.loss_and_grads(x, y, reduction="sum")
         for grad in grads.values():
             grad /= args.batch
         clip_grad_norm(grads, args.clip)

@@ -45,10 +45,13 @@ def _logits(states2d, V, c, out=None):
     return z
 
 
-def output_forward(output, V, c, states):
-    """Outputs y_t = g(V h_t + c) for time-major states (time, batch, hidden)."""
+def output_forward(output, V, c, states, *, logits=False):
+    """Outputs y_t = g(V h_t + c) for time-major states (time, batch, hidden); with
+    ``logits``, z_t = V h_t + c before g."""
     steps, batch, hidden = states.shape
     z = _logits(states.reshape(steps * batch, hidden), V, c)
+    if logits:
+        return z.reshape(steps, batch, -1)
     if output == "softmax":
         xp = get_array_module(z)
         z -= z.max(axis=1, keepdims=True)

@@ -24,7 +24,7 @@ __all__ = ["LossAndGrads", "RecurrentModel", "ElmanRNN", "LinearRNN"]
 
 
 class LossAndGrads(NamedTuple):
-    loss: float        # summed (or mean) loss over unmasked steps
+    loss: float        # mean (or, with reduction="sum", summed) loss over unmasked steps
     grads: dict        # keyed like ``model.params``
     last_hidden: object  # (batch, hidden): each sequence's state after its last real step
 
@@ -167,37 +167,64 @@ class RecurrentModel(_ParamsMixin):
         xin, states = bptt.forward(self.cell, self._params, x_tm, h0, steps)
         return x_tm, xin, h0, states
 
-    def forward(self, inputs, h0=None, *, return_state=False):
-        """Outputs (batch, time, output_size) and hidden states (batch, time, hidden_size);
-        with ``return_state``, also the state after the last step (what ``h0`` takes)."""
+    def forward(self, inputs, h0=None, *, logits=False, return_state=False):
+        """Outputs (batch, time, output_size) and hidden states (batch, time, hidden_size).
+
+        Args:
+            inputs: int token ids (batch, time) or floats (batch, time, input_size).
+            h0: initial state, zeros if None (see :meth:`__call__` for its shapes).
+            logits: the output layer's z_t = V h_t + c instead of y_t = g(z_t)
+                (for softmax models: unnormalised log-probabilities).
+            return_state: also return the state after the last step (what ``h0`` takes).
+        """
         _, _, _, states = self._run(inputs, h0)
         hidden = self._hidden(states)
-        y = output_forward(self.output, self._params["V"], self._params.get("c"), hidden)
+        y = output_forward(self.output, self._params["V"], self._params.get("c"), hidden,
+                           logits=logits)
         if not return_state:
             return _time_major(y), _time_major(hidden)
         return _time_major(y), _time_major(hidden), self._final_state(states[-1].copy())
 
-    def loss(self, inputs, targets, *, weights=None, h0=None, return_state=False):
-        """The summed loss Σ w_t · loss_t alone (no BPTT): for evaluation.
+    def __call__(self, inputs, h0=None):
+        """``(out, state)`` like a PyTorch module: ``out`` (batch, time, output_size) holds
+        the logits of a softmax model (what a cross-entropy takes) and the outputs
+        y_t = g(V h_t + c) of the others; ``state`` is the state after the last step, in
+        the shape ``h0`` takes: (batch, hidden) for one layer, (num_layers, batch, hidden)
+        for a stack, and a pair (h, c) of those for an LSTM."""
+        out, _, state = self.forward(inputs, h0, logits=self.output == "softmax",
+                                     return_state=True)
+        return out, state
+
+    def loss(self, inputs, targets, *, weights=None, h0=None, reduction="mean",
+             return_state=False):
+        """The loss alone (no BPTT): for evaluation.
 
         Args:
             weights: (batch, time) of non-negative numbers, default all ones; unlike a
                 ``mask`` they need not be right-padded.
+            reduction: "mean", Σ w_t · loss_t / Σ w_t (per step, as ``loss_and_grads``),
+                or "sum", Σ w_t · loss_t.
             return_state: also return the state after the last step (what ``h0`` takes).
         """
+        reduction = check_reduction(reduction)
         if self.plan.memory_budget is not None or self.plan.checkpoint_every is not None:
-            return self._blocked_loss(inputs, targets, weights, h0, return_state)
-        _, _, h0, states = self._run(inputs, h0)
-        steps, batch = states.shape[:2]
-        y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
-                       self.device)
-        w = self._weights(weights, batch, steps)
-        loss = output_loss(self.output, self._params["V"], self._params.get("c"),
-                           self._hidden(states), _time_major(y),
-                           None if w is None else _time_major(w))
+            loss, last, total = self._blocked_loss(inputs, targets, weights, h0)
+        else:
+            _, _, h0, states = self._run(inputs, h0)
+            steps, batch = states.shape[:2]
+            y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
+                           self.device)
+            w = self._weights(weights, batch, steps)
+            loss = output_loss(self.output, self._params["V"], self._params.get("c"),
+                               self._hidden(states), _time_major(y),
+                               None if w is None else _time_major(w))
+            last = states[-1]
+            total = float(w.sum()) if w is not None else float(batch * steps)
+        if reduction == "mean":
+            loss /= total or 1.0                         # no weight at all: the loss is 0
         if not return_state:
             return loss
-        return loss, self._final_state(states[-1].copy())
+        return loss, self._final_state(last.copy())
 
     def _weights(self, weights, batch, steps):
         if weights is None:
@@ -210,9 +237,10 @@ class RecurrentModel(_ParamsMixin):
             raise ValueError("weights must be >= 0")
         return w
 
-    def _blocked_loss(self, inputs, targets, weights, h0, return_state):
-        """:meth:`loss` one block of the plan's grid at a time, in one working cache: what
-        evaluation on a long sequence holds in a memory budget."""
+    def _blocked_loss(self, inputs, targets, weights, h0):
+        """The summed loss one block of the plan's grid at a time, in one working cache (what
+        evaluation on a long sequence holds in a memory budget), with the last state and
+        the total weight."""
         x = as_inputs(inputs, self.input_size, self.dtype, self.device)
         batch, steps = x.shape[:2]
         h0 = self._initial_state(h0, batch)
@@ -230,12 +258,10 @@ class RecurrentModel(_ParamsMixin):
                                 self._hidden(states), _time_major(y[:, a:b]),
                                 None if w is None else _time_major(w[:, a:b]))
             last = states[-1]
-        if not return_state:
-            return loss
-        return loss, self._final_state(last.copy())
+        return loss, last, float(w.sum()) if w is not None else float(batch * steps)
 
     def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
-                       reduction="sum", memory_budget=None,
+                       reduction="mean", memory_budget=None,
                        checkpoint_every=None) -> LossAndGrads:
         """Loss and its gradients by BPTT.
 
@@ -247,8 +273,8 @@ class RecurrentModel(_ParamsMixin):
             mask: (batch, time) of 0/1 for right-padded ragged batches.
             h0: initial state (batch, hidden); no gradient flows into it, so feeding the
                 previous chunk's ``last_hidden`` gives chunked truncated BPTT.
-            reduction: "sum" over time and batch as the seeds do, or "mean" over
-                unmasked steps.
+            reduction: "mean" over unmasked steps (as PyTorch and the trainer), or
+                "sum" over time and batch as the seeds' loops do.
             memory_budget: bytes (int, or a string like "64MB") the step may hold; the
                 engine keeps what fits and recomputes the rest, with the same gradients.
                 Overrides ``model.plan.memory_budget`` (see :mod:`gpurnn.engine.plan`).
@@ -445,9 +471,11 @@ class LinearRNN(_ParamsMixin):
         """States S_1..S_n, shape (samples, time)."""
         return _time_major(self._run(X)[3][:, :, 0])
 
-    def loss_and_grads(self, X, targets, *, truncate=None) -> LossAndGrads:
-        """mean((S_n − t)²) and its gradients {"wx", "wRec"} (seed 001's backward_gradient)."""
+    def loss_and_grads(self, X, targets, *, truncate=None, reduction="mean") -> LossAndGrads:
+        """mean((S_n − t)²) over samples and its gradients {"wx", "wRec"} (seed 001's
+        backward_gradient); ``reduction="sum"`` for Σ (S_n − t)²."""
         truncate = check_truncate(truncate)
+        reduction = check_reduction(reduction)
         x_tm, xin, h0, states = self._run(X)
         samples = states.shape[1]
         t = as_float_array(targets, "targets", self.dtype, self.device)
@@ -457,9 +485,10 @@ class LinearRNN(_ParamsMixin):
         xp = get_array_module(states)
         diff = states[-1, :, 0] - t
         dstates = xp.zeros_like(states)
-        dstates[-1, :, 0] = 2.0 * diff / samples                     # d mean(diff²) / dS_n
+        scale = 1.0 / samples if reduction == "mean" else 1.0
+        dstates[-1, :, 0] = 2.0 * scale * diff                       # d mean(diff²) / dS_n
         grads = bptt.backward(self.cell, self._cell_params(), x_tm, xin, h0, states,
                               dstates, truncate)
-        return LossAndGrads(float((diff * diff).mean()),
+        return LossAndGrads(scale * float((diff * diff).sum()),
                             {"wx": grads["U"].reshape(()), "wRec": grads["W"].reshape(())},
                             states[-1, :, 0].copy())

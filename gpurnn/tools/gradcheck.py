@@ -83,10 +83,6 @@ def _loss_alone(model, inputs, targets, loss_kwargs):
     backward sweep (``model.loss``; the central differences need only the value)."""
     if not hasattr(model, "loss"):                       # LinearRNN: loss_and_grads only
         return lambda: model.loss_and_grads(inputs, targets, **loss_kwargs).loss
-    mask = loss_kwargs.get("mask")
-    scale = 1.0
-    if loss_kwargs.get("reduction") == "mean":           # as loss_and_grads: unmasked steps
-        count = float(numpy.sum(mask)) if mask is not None else float(numpy.prod(
-            numpy.shape(inputs)[:2]))
-        scale = 1.0 / max(1.0, count)
-    return lambda: scale * model.loss(inputs, targets, weights=mask, h0=loss_kwargs.get("h0"))
+    return lambda: model.loss(inputs, targets, weights=loss_kwargs.get("mask"),
+                              h0=loss_kwargs.get("h0"),
+                              reduction=loss_kwargs.get("reduction", "mean"))

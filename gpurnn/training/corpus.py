@@ -105,7 +105,8 @@ def cross_entropy_sums(model, batches, *, carry_state: bool,
         inputs, targets, weights = inputs[rows], targets[rows], weights[rows]
         if not len(inputs):
             continue
-        loss, last = model.loss(inputs, targets, weights=weights, h0=hidden, return_state=True)
+        loss, last = model.loss(inputs, targets, weights=weights, h0=hidden,
+                                return_state=True, reduction="sum")
         total += loss
         count += float(weights.sum())
         if carry_state:

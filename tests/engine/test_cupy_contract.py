@@ -41,8 +41,8 @@ except Exception as error:  # noqa: BLE001 - any import failure means: no CuPy t
 if cupy is None:
     if os.environ.get("GPURNN_REQUIRE_CUPY"):
         raise RuntimeError(f"GPURNN_REQUIRE_CUPY is set but CuPy does not import "
-                           f"({_CUPY_ERROR!r}); install the test extra") from _CUPY_ERROR
-    pytest.skip(f"CuPy is not importable ({_CUPY_ERROR!r}); install gpurnn[test]",
+                           f"({_CUPY_ERROR!r}); install gpurnn[contract]") from _CUPY_ERROR
+    pytest.skip(f"CuPy is not importable ({_CUPY_ERROR!r}); install gpurnn[contract]",
                 allow_module_level=True)
 
 
@@ -115,7 +115,7 @@ def workload():
         for truncate in (None, 1):
             result = model.loss_and_grads(x, y, truncate=truncate, mask=mask,
                                           reduction="mean")
-        model.loss(x, y, weights=mask)
+        model.loss(x, y, weights=mask, reduction="sum")
         model.forward(rng.normal(size=(3, 5, 6)) if embedding is None else x, return_state=True)
         diagnose(model, x, y, max_lag=3)
         for name in _OPTIMIZERS:
@@ -280,8 +280,8 @@ def _version(text):
 
 def test_installed_cupy_is_in_the_pinned_range():
     text = PYPROJECT.read_text(encoding="utf-8")
-    match = re.search(r'test = \[[^\]]*"cupy-cuda12x>=([\d.]+),<([\d.]+)', text)
-    assert match, "pyproject.toml's test extra must pin cupy-cuda12x to a range"
+    match = re.search(r'contract = \[[^\]]*"cupy-cuda12x>=([\d.]+),<([\d.]+)', text)
+    assert match, "pyproject.toml's contract extra must pin cupy-cuda12x to a range"
     low, high = _version(match.group(1)), _version(match.group(2))
     installed = _version(cupy.__version__)
     assert low <= installed < high, (f"CuPy {cupy.__version__} is outside the range the "

@@ -94,7 +94,7 @@ def test_engine_equals_the_tutorial_bptt_code(truncate, device, rng):
         expected["U"] += dU
         expected["V"] += dV
         expected["W"] += dW
-    result = model.loss_and_grads(x, y, truncate=truncate)
+    result = model.loss_and_grads(x, y, truncate=truncate, reduction="sum")
     for name in expected:
         assert rel_error(result.grads[name], expected[name]) <= TIGHT
     loss = sum(reference.tutorial_loss(U, V, W, x[b], y[b]) for b in range(x.shape[0]))
@@ -120,9 +120,9 @@ def test_reductions(reduction, device, rng):
 
 def test_truncate_at_or_beyond_length_is_full_bptt(device, rng):
     model, x, y, _, _ = make_case(rng, device, steps=7)
-    full = model.loss_and_grads(x, y).grads
+    full = model.loss_and_grads(x, y, reduction="sum").grads
     for truncate in (6, 7, 50):
-        windowed = model.loss_and_grads(x, y, truncate=truncate).grads
+        windowed = model.loss_and_grads(x, y, truncate=truncate, reduction="sum").grads
         for name in full:
             assert rel_error(windowed[name], host(full[name])) <= TIGHT
 
@@ -130,8 +130,8 @@ def test_truncate_at_or_beyond_length_is_full_bptt(device, rng):
 def test_truncation_changes_the_gradient(device, rng):
     """A shorter window really cuts paths (so the equality tests above can fail)."""
     model, x, y, _, _ = make_case(rng, device, steps=7)
-    full = host(model.loss_and_grads(x, y).grads["W"])
-    cut = host(model.loss_and_grads(x, y, truncate=1).grads["W"])
+    full = host(model.loss_and_grads(x, y, reduction="sum").grads["W"])
+    cut = host(model.loss_and_grads(x, y, truncate=1, reduction="sum").grads["W"])
     assert rel_error(cut, full) > 1e-3
 
 
@@ -146,7 +146,7 @@ def test_chunked_truncation_carries_the_state_and_stops_the_gradient(device, rng
         h_in = None if h is None else host(h)
         states = host(model.forward(xs, h0=h)[1])
         assert rel_error(states, whole_states[:, start:start + 4]) <= TIGHT
-        result = model.loss_and_grads(xs, ys, h0=h, truncate=2)
+        result = model.loss_and_grads(xs, ys, h0=h, truncate=2, reduction="sum")
         _, grads, _ = reference.batch_bptt(host_params(model), xs, ys, truncate=2, h0=h_in)
         for name in grads:
             assert rel_error(result.grads[name], grads[name]) <= TIGHT
@@ -160,11 +160,11 @@ def test_padded_steps_add_nothing(device, rng):
     mask = np.ones((3, 6))
     mask[1, 3:] = 0
     mask[2, 1:] = 0
-    base = model.loss_and_grads(x, y, mask=mask, truncate=3)
+    base = model.loss_and_grads(x, y, mask=mask, truncate=3, reduction="sum")
     x2, y2 = x.copy(), y.copy()
     x2[mask == 0] = (x2[mask == 0] + 1) % model.input_size   # junk in the padding
     y2[mask == 0] = (y2[mask == 0] + 2) % model.output_size
-    other = model.loss_and_grads(x2, y2, mask=mask, truncate=3)
+    other = model.loss_and_grads(x2, y2, mask=mask, truncate=3, reduction="sum")
     assert other.loss == pytest.approx(base.loss, rel=1e-12)
     for name in base.grads:
         assert rel_error(other.grads[name], host(base.grads[name])) <= TIGHT
@@ -177,7 +177,7 @@ def test_fully_padded_sequence_keeps_h0(device, rng):
     model, x, y, _, _ = make_case(rng, device, batch=2, steps=3)
     h0 = rng.normal(size=(2, model.hidden_size))
     mask = np.array([[1, 1, 0], [0, 0, 0]])
-    result = model.loss_and_grads(x, y, mask=mask, h0=h0)
+    result = model.loss_and_grads(x, y, mask=mask, h0=h0, reduction="sum")
     assert rel_error(result.last_hidden[1], h0[1]) <= TIGHT
 
 
@@ -196,8 +196,8 @@ def test_forward_matches_reference(device, rng):
 def test_float32_agrees_with_float64(device, rng):
     model, x, y, _, _ = make_case(rng, device, steps=20, batch=4)
     single = model.copy(dtype="float32")
-    r64 = model.loss_and_grads(x, y, truncate=4)
-    r32 = single.loss_and_grads(x, y, truncate=4)
+    r64 = model.loss_and_grads(x, y, truncate=4, reduction="sum")
+    r32 = single.loss_and_grads(x, y, truncate=4, reduction="sum")
     assert r32.grads["W"].dtype == np.float32
     assert r32.loss == pytest.approx(r64.loss, rel=1e-5)
     for name in r64.grads:
@@ -245,12 +245,12 @@ def test_returned_arrays_survive_the_next_call(batch, device, rng):
     """The engine reuses its scratch buffers; nothing it returns may alias them."""
     model, x, y, _, _ = make_case(rng, device, batch=batch, steps=5)
     outputs, hidden = model.forward(x)
-    first = model.loss_and_grads(x, y)
+    first = model.loss_and_grads(x, y, reduction="sum")
     kept = (host(outputs).copy(), host(hidden).copy(), host(first.last_hidden).copy(),
             {k: host(v).copy() for k, v in first.grads.items()})
     x2, y2 = (x + 1) % model.input_size, (y + 1) % model.output_size
     model.forward(x2)
-    model.loss_and_grads(x2, y2, truncate=1)
+    model.loss_and_grads(x2, y2, truncate=1, reduction="sum")
     assert np.array_equal(host(outputs), kept[0]) and np.array_equal(host(hidden), kept[1])
     assert np.array_equal(host(first.last_hidden), kept[2])
     for name, value in kept[3].items():
@@ -260,9 +260,9 @@ def test_returned_arrays_survive_the_next_call(batch, device, rng):
 def test_shorter_and_longer_calls_reuse_buffers_correctly(device, rng):
     """Sequence lengths that shrink and grow between calls give the same results as fresh."""
     model, x, y, _, _ = make_case(rng, device, batch=2, steps=9)
-    fresh = [model.copy().loss_and_grads(x[:, :n], y[:, :n], truncate=2) for n in (9, 3, 9)]
+    fresh = [model.copy().loss_and_grads(x[:, :n], y[:, :n], truncate=2, reduction="sum") for n in (9, 3, 9)]
     for n, expected in zip((9, 3, 9), fresh):
-        result = model.loss_and_grads(x[:, :n], y[:, :n], truncate=2)
+        result = model.loss_and_grads(x[:, :n], y[:, :n], truncate=2, reduction="sum")
         assert result.loss == pytest.approx(expected.loss, rel=1e-12)
         for name in expected.grads:
             assert rel_error(result.grads[name], host(expected.grads[name])) <= TIGHT
@@ -286,8 +286,8 @@ def test_loss_alone_equals_the_loss_of_loss_and_grads(output, device, rng):
     """The evaluation path: same loss as training's for a mask, any non-negative weights
     (not right-padded) as −Σ w log p from the forward probabilities, and the carried state."""
     model, x, y, mask, h0 = make_case(rng, device, output=output, masked=True, with_h0=True)
-    assert model.loss(x, y, weights=mask, h0=h0) == pytest.approx(
-        model.loss_and_grads(x, y, mask=mask, h0=h0).loss, rel=1e-12)
+    assert model.loss(x, y, weights=mask, h0=h0, reduction="sum") == pytest.approx(
+        model.loss_and_grads(x, y, mask=mask, h0=h0, reduction="sum").loss, rel=1e-12)
     weights = rng.random(mask.shape)
     outputs, _, last = model.forward(x, h0=h0, return_state=True)
     outputs = host(outputs)
@@ -295,11 +295,11 @@ def test_loss_alone_equals_the_loss_of_loss_and_grads(output, device, rng):
         per_step = -np.log(np.take_along_axis(outputs, y[..., None], axis=2)[..., 0])
     else:
         per_step = 0.5 * ((outputs - y) ** 2).sum(axis=2)
-    loss, state = model.loss(x, y, weights=weights, h0=h0, return_state=True)
+    loss, state = model.loss(x, y, weights=weights, h0=h0, return_state=True, reduction="sum")
     assert loss == pytest.approx((per_step * weights).sum(), rel=1e-10)
     assert rel_error(state, host(last)) <= TIGHT
     with pytest.raises(ValueError, match="weights must be >= 0"):
-        model.loss(x, y, weights=-weights)
+        model.loss(x, y, weights=-weights, reduction="sum")
 
 
 @pytest.mark.parametrize("bias,masked", [(True, True), (False, False)])
@@ -311,14 +311,14 @@ def test_blocked_and_threaded_softmax_equal_the_plain_path(bias, masked, monkeyp
     model, x, y, mask, h0 = make_case(rng, "cpu", bias=bias, masked=masked, with_h0=True,
                                       batch=5, steps=9, sizes=(7, 5, 11))
     monkeypatch.setattr(host_threads, "HOST_THREADS", 1)
-    plain = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=3)
+    plain = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=3, reduction="sum")
     assert_matches_reference(model, x, y, mask, h0, 3)
     monkeypatch.setattr(losses, "LOGIT_BLOCK_ELEMENTS", 4 * 11)   # 4 rows a block: 12 blocks
     for threads in (1, 2, 3):
         monkeypatch.setattr(host_threads, "HOST_THREADS", threads)
         if threads > 1 and host_threads.host_workers(np, 12) == 1:
             pytest.fail("the threaded path must run here")
-        result = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=3)
+        result = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=3, reduction="sum")
         assert result.loss == pytest.approx(plain.loss, rel=1e-13)
         for name, grad in plain.grads.items():
             assert rel_error(result.grads[name], grad) <= 1e-13, (threads, name)

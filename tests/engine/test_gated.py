@@ -81,7 +81,7 @@ def assert_state_close(actual, expected_layers, cell, layers, tol=TIGHT):
 
 
 def assert_matches_reference(model, x, y, mask=None, h0=None, truncate=None):
-    result = model.loss_and_grads(x, y, truncate=truncate, mask=mask, h0=h0)
+    result = model.loss_and_grads(x, y, truncate=truncate, mask=mask, h0=h0, reduction="sum")
     loss, layer_grads, out_grads, last = reference(model, x, y, mask, h0, truncate)
     assert abs(result.loss - loss) <= TIGHT * abs(loss)
     expected = dict(out_grads)
@@ -144,9 +144,9 @@ def test_dense_inputs_without_bias_match_central_differences(cell, device, rng):
 @pytest.mark.parametrize("cell, layers", [("gru", 1), ("lstm", 1), ("lstm", 2), ("elman", 2)])
 def test_truncate_at_or_beyond_length_is_full_bptt(cell, layers, device, rng):
     model, x, y, _, _ = make_case(rng, device, cell, layers=layers, steps=7)
-    full = model.loss_and_grads(x, y).grads
+    full = model.loss_and_grads(x, y, reduction="sum").grads
     for truncate in (6, 7, 50):
-        windowed = model.loss_and_grads(x, y, truncate=truncate).grads
+        windowed = model.loss_and_grads(x, y, truncate=truncate, reduction="sum").grads
         for name in full:
             assert rel_error(windowed[name], host(full[name])) <= TIGHT
 
@@ -154,8 +154,8 @@ def test_truncate_at_or_beyond_length_is_full_bptt(cell, layers, device, rng):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_truncation_changes_the_gradient(cell, device, rng):
     model, x, y, _, _ = make_case(rng, device, cell, steps=7)
-    full = host(model.loss_and_grads(x, y).grads["weight_hh"])
-    cut = host(model.loss_and_grads(x, y, truncate=1).grads["weight_hh"])
+    full = host(model.loss_and_grads(x, y, reduction="sum").grads["weight_hh"])
+    cut = host(model.loss_and_grads(x, y, truncate=1, reduction="sum").grads["weight_hh"])
     assert rel_error(cut, full) > 1e-3
 
 
@@ -169,7 +169,7 @@ def test_chunked_truncation_carries_the_state_and_stops_the_gradient(cell, layer
     for start in range(0, 12, 4):
         xs, ys = x[:, start:start + 4], y[:, start:start + 4]
         assert rel_error(model.forward(xs, h0=state)[1], whole[:, start:start + 4]) <= TIGHT
-        result = model.loss_and_grads(xs, ys, h0=state, truncate=2)
+        result = model.loss_and_grads(xs, ys, h0=state, truncate=2, reduction="sum")
         _, layer_grads, _, last = reference(model, xs, ys, h0=state, truncate=2)
         for l, grads in enumerate(layer_grads):
             for name, value in grads.items():
@@ -187,11 +187,11 @@ def test_padded_steps_add_nothing(cell, device, rng):
     mask = np.ones((3, 6))
     mask[1, 3:] = 0
     mask[2, 1:] = 0
-    base = model.loss_and_grads(x, y, mask=mask, truncate=3)
+    base = model.loss_and_grads(x, y, mask=mask, truncate=3, reduction="sum")
     x2, y2 = x.copy(), y.copy()
     x2[mask == 0] = (x2[mask == 0] + 1) % model.input_size
     y2[mask == 0] = (y2[mask == 0] + 2) % model.output_size
-    other = model.loss_and_grads(x2, y2, mask=mask, truncate=3)
+    other = model.loss_and_grads(x2, y2, mask=mask, truncate=3, reduction="sum")
     assert other.loss == pytest.approx(base.loss, rel=1e-12)
     for name in base.grads:
         assert rel_error(other.grads[name], host(base.grads[name])) <= TIGHT
@@ -203,7 +203,7 @@ def test_padded_steps_add_nothing(cell, device, rng):
 def test_fully_padded_sequence_keeps_the_lstm_pair(device, rng):
     model, x, y, _, _ = make_case(rng, device, "lstm", batch=2, steps=3)
     h0 = (rng.normal(size=(2, 4)), rng.normal(size=(2, 4)))
-    result = model.loss_and_grads(x, y, mask=np.array([[1, 1, 0], [0, 0, 0]]), h0=h0)
+    result = model.loss_and_grads(x, y, mask=np.array([[1, 1, 0], [0, 0, 0]]), h0=h0, reduction="sum")
     assert rel_error(result.last_hidden[0][1], h0[0][1]) <= TIGHT
     assert rel_error(result.last_hidden[1][1], h0[1][1]) <= TIGHT
 
@@ -222,7 +222,7 @@ def test_forward_matches_reference_and_returns_the_state(cell, layers, device, r
         assert rel_error(outputs[b], y) <= TIGHT
         top = [s[-1][0] if cell == "lstm" else s[-1] for s in states]
         assert rel_error(hidden[b], np.array(top)) <= TIGHT
-    assert_state_close(last, per_layer(model.loss_and_grads(x, np.zeros((3, 6, 5)), h0=h0)
+    assert_state_close(last, per_layer(model.loss_and_grads(x, np.zeros((3, 6, 5)), h0=h0, reduction="sum")
                                        .last_hidden, cell, layers), cell, layers)
 
 
@@ -246,8 +246,8 @@ def test_cell_step_equals_the_batched_forward(cell, device, rng):
 def test_float32_agrees_with_float64(device, rng):
     for cell in ("gru", "lstm"):
         model, x, y, _, _ = make_case(rng, device, cell, steps=20, batch=4, layers=2, scale=0.4)
-        r64 = model.loss_and_grads(x, y, truncate=4)
-        r32 = model.copy(dtype="float32").loss_and_grads(x, y, truncate=4)
+        r64 = model.loss_and_grads(x, y, truncate=4, reduction="sum")
+        r32 = model.copy(dtype="float32").loss_and_grads(x, y, truncate=4, reduction="sum")
         assert r32.grads["weight_hh_l1"].dtype == np.float32
         assert r32.loss == pytest.approx(r64.loss, rel=1e-5)
         for name in r64.grads:
@@ -263,14 +263,14 @@ def _flat_state(state):
 def test_results_survive_later_calls(cell, layers, batch, device, rng):
     """Scratch buffers are reused between calls; what a call returned must not change."""
     model, x, y, _, _ = make_case(rng, device, cell, layers=layers, batch=batch, steps=6)
-    first = model.loss_and_grads(x, y, truncate=2)
+    first = model.loss_and_grads(x, y, truncate=2, reduction="sum")
     kept = {k: host(v).copy() for k, v in first.grads.items()}
     kept_last = _flat_state(first.last_hidden)
     outputs = model.forward(x, return_state=True)
     kept_outputs = [host(a).copy() for a in outputs[:2]] + _flat_state(outputs[2])
-    model.loss_and_grads((x[:, :3] + 1) % 7, y[:, :3])
+    model.loss_and_grads((x[:, :3] + 1) % 7, y[:, :3], reduction="sum")
     model.forward(x[:1, :2], return_state=True)
-    again = model.loss_and_grads(x, y, truncate=2)
+    again = model.loss_and_grads(x, y, truncate=2, reduction="sum")
     for name, value in kept.items():
         assert np.array_equal(host(first.grads[name]), value)
         assert np.array_equal(host(again.grads[name]), value)
@@ -290,7 +290,7 @@ def test_one_layer_elman_stack_is_the_seeds_model(device, rng):
     for name in plain.params:
         assert np.array_equal(host(stacked.params[name]), host(plain.params[name]))
     x, y = rng.integers(0, 6, (2, 5)), rng.integers(0, 5, (2, 5))
-    a, b = stacked.loss_and_grads(x, y, truncate=2), plain.loss_and_grads(x, y, truncate=2)
+    a, b = stacked.loss_and_grads(x, y, truncate=2, reduction="sum"), plain.loss_and_grads(x, y, truncate=2, reduction="sum")
     assert a.loss == pytest.approx(b.loss, rel=1e-12)
     for name in plain.params:
         assert rel_error(a.grads[name], host(b.grads[name])) <= TIGHT
@@ -387,13 +387,13 @@ def test_bad_initial_states():
     assert _raised(GRU(5, 3, 4), x, y, {"h0": np.zeros((3, 3))}) == elman
     assert _raised(GRU(5, 3, 4), x, y, {"h0": np.full((2, 3), np.inf)})[1] == "h0 contains NaN or Inf"
     with pytest.raises(ValueError, match=r"\(num_layers, batch, hidden\) = \(2, 2, 3\)"):
-        GRU(5, 3, 4, num_layers=2).loss_and_grads(x, y, h0=np.zeros((2, 3)))
+        GRU(5, 3, 4, num_layers=2).loss_and_grads(x, y, h0=np.zeros((2, 3)), reduction="sum")
     with pytest.raises(TypeError, match=r"pair \(h, c\)"):
-        LSTM(5, 3, 4).loss_and_grads(x, y, h0=np.zeros((2, 3)))
+        LSTM(5, 3, 4).loss_and_grads(x, y, h0=np.zeros((2, 3)), reduction="sum")
     with pytest.raises(ValueError, match=r"h0\[1\] \(c\) must have shape"):
-        LSTM(5, 3, 4).loss_and_grads(x, y, h0=(np.zeros((2, 3)), np.zeros((2, 4))))
+        LSTM(5, 3, 4).loss_and_grads(x, y, h0=(np.zeros((2, 3)), np.zeros((2, 4))), reduction="sum")
     with pytest.raises(ValueError, match="token ids"):
-        GRU(5, 3, 4, embedding_size=2).loss_and_grads(np.zeros((2, 3, 5)), y)
+        GRU(5, 3, 4, embedding_size=2).loss_and_grads(np.zeros((2, 3, 5)), y, reduction="sum")
 
 
 # --------------------------------------------------------------------- PyTorch
@@ -421,7 +421,7 @@ def test_weights_move_to_and_from_torch(kind, embedded, rng):
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), torch.as_tensor(y).reshape(-1),
                                              reduction="sum")
     loss.backward()
-    result = model.loss_and_grads(x, y)
+    result = model.loss_and_grads(x, y, reduction="sum")
     assert result.loss == pytest.approx(loss.item(), rel=1e-12)
     torch_grads = {"V": linear.weight.grad, "c": linear.bias.grad}
     for l in range(2):
@@ -475,9 +475,9 @@ def test_sweep_gate_gradients_equal_the_recomputed_ones(cell, layers, truncate, 
 
     model, x, y, mask, h0 = make_case(rng, "cpu", cell, layers=layers, masked=True,
                                       with_h0=True, steps=7)
-    fast = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=truncate)
+    fast = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=truncate, reduction="sum")
     monkeypatch.setattr(gated.GateCache, "swept_complete", lambda self, steps: False)
-    plain = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=truncate)
+    plain = model.loss_and_grads(x, y, mask=mask, h0=h0, truncate=truncate, reduction="sum")
     assert fast.loss == plain.loss
     for name, grad in plain.grads.items():
         assert rel_error(fast.grads[name], grad) <= 1e-13, name

@@ -167,18 +167,18 @@ def test_budget_gradients_are_those_of_keeping_everything(cell, layers, embeddin
     exact = device == "cpu"
     h0 = None
     if truncation == "chunked":                  # h0 from the previous chunk of the stream
-        h0 = model.loss_and_grads(x, y, mask=mask).last_hidden
-    expected = model.loss_and_grads(x, y, truncate=truncate, mask=mask, h0=h0)
+        h0 = model.loss_and_grads(x, y, mask=mask, reduction="sum").last_hidden
+    expected = model.loss_and_grads(x, y, truncate=truncate, mask=mask, h0=h0, reduction="sum")
     seen = set()
     for budget in budgets(model, x, y, truncate, mask, h0):
         schedule = model.schedule(x, y, truncate=truncate, mask=mask, h0=h0,
                                   memory_budget=budget)
         seen.add(schedule.policy)
         assert_identical(model.loss_and_grads(x, y, truncate=truncate, mask=mask, h0=h0,
-                                              memory_budget=budget), expected, exact)
+                                              memory_budget=budget, reduction="sum"), expected, exact)
     assert {"fits", "checkpoints", "nested"} <= seen
     every = model.loss_and_grads(x, y, truncate=truncate, mask=mask, h0=h0,
-                                 checkpoint_every=model.plan.block_steps)
+                                 checkpoint_every=model.plan.block_steps, reduction="sum")
     assert_identical(every, expected, exact)
 
 
@@ -189,7 +189,7 @@ def test_budget_matches_the_reference_loops(rng):
     x, y = rng.normal(size=(3, 31, 4)), rng.normal(size=(3, 31, 3))
     mask = (np.arange(31)[None] < np.array([31, 17, 0])[:, None]).astype(float)
     budget = model.schedule(x, y, truncate=4, mask=mask).footprint.need(1, 2)
-    result = model.loss_and_grads(x, y, truncate=4, mask=mask, memory_budget=budget)
+    result = model.loss_and_grads(x, y, truncate=4, mask=mask, memory_budget=budget, reduction="sum")
     params = {name: host(value) for name, value in model.params.items()}
     loss, grads, last = reference.batch_bptt(params, x, y, output="tanh", truncate=4,
                                              mask=mask)
@@ -202,7 +202,7 @@ def test_budget_matches_the_reference_loops(rng):
     lstm = make_model("lstm", 4, 3, 3, num_layers=2, output="tanh", dtype="float64", seed=4)
     lstm.plan = Plan(block_steps=2)
     budget = lstm.schedule(x, y).footprint.need(1, 1)
-    result = lstm.loss_and_grads(x, y, memory_budget=budget)
+    result = lstm.loss_and_grads(x, y, memory_budget=budget, reduction="sum")
     layer_params = [{n: host(lstm.params[gpurnn.engine.stack.layer_name(n, l)])
                      for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
                     for l in range(2)]
@@ -253,11 +253,11 @@ def test_user_cell_in_a_budget(truncate, rng):
     model = gpurnn.ElmanRNN(6, 4, 5, bias=False, dtype="float64", seed=2)
     model.plan = Plan(block_steps=4)
     x, y = rng.integers(0, 6, (2, 27)), rng.integers(0, 5, (2, 27))
-    builtin = model.loss_and_grads(x, y, truncate=truncate)
+    builtin = model.loss_and_grads(x, y, truncate=truncate, reduction="sum")
     model.cell = ProtocolElman()
-    expected = model.loss_and_grads(x, y, truncate=truncate)
+    expected = model.loss_and_grads(x, y, truncate=truncate, reduction="sum")
     budget = model.schedule(x, y, truncate=truncate).footprint.need(1, 1)
-    assert_identical(model.loss_and_grads(x, y, truncate=truncate, memory_budget=budget),
+    assert_identical(model.loss_and_grads(x, y, truncate=truncate, memory_budget=budget, reduction="sum"),
                      expected)
     assert expected.loss == pytest.approx(builtin.loss, rel=1e-12)
     for name in expected.grads:
@@ -271,8 +271,8 @@ def test_every_k_policy_with_chen_interval(rng):
     assert (schedule.policy, schedule.block, schedule.slots, schedule.forwards) == (
         "every", 8, 6, 13)
     model.plan = Plan(block_steps=8)
-    assert_identical(model.loss_and_grads(x, y, checkpoint_every="sqrt"),
-                     model.loss_and_grads(x, y))
+    assert_identical(model.loss_and_grads(x, y, checkpoint_every="sqrt", reduction="sum"),
+                     model.loss_and_grads(x, y, reduction="sum"))
 
 
 def test_budget_below_one_block_is_refused_with_the_need(rng):
@@ -280,18 +280,18 @@ def test_budget_below_one_block_is_refused_with_the_need(rng):
     x, y = rng.integers(0, 5, (4, 500)), rng.integers(0, 5, (4, 500))
     with pytest.raises(ValueError, match=r"memory_budget of 1,000 bytes is below what one "
                                          r"block of 256 steps needs: at least [0-9,]+ bytes"):
-        model.loss_and_grads(x, y, memory_budget=1000)
+        model.loss_and_grads(x, y, memory_budget=1000, reduction="sum")
     with pytest.raises(ValueError, match="memory_budget must be a number of bytes"):
-        model.loss_and_grads(x, y, memory_budget="lots")
+        model.loss_and_grads(x, y, memory_budget="lots", reduction="sum")
 
 
 def test_loss_in_a_budget_is_computed_block_by_block(rng):
     model = make_model("gru", 5, 4, 5, num_layers=2, dtype="float64", seed=1)
     x, y = rng.integers(0, 5, (3, 40)), rng.integers(0, 5, (3, 40))
     w = rng.uniform(size=(3, 40))
-    expected, state = model.loss(x, y, weights=w, return_state=True)
+    expected, state = model.loss(x, y, weights=w, return_state=True, reduction="sum")
     model.plan = Plan(memory_budget="1MB", block_steps=6)
-    loss, blocked_state = model.loss(x, y, weights=w, return_state=True)
+    loss, blocked_state = model.loss(x, y, weights=w, return_state=True, reduction="sum")
     assert loss == pytest.approx(expected, rel=1e-12)
     np.testing.assert_allclose(blocked_state, state, rtol=1e-12)
 
@@ -305,7 +305,7 @@ def traced_peak(model, x, y, budget):
     model.cell.workspace.clear()
     tracemalloc.start()
     try:
-        model.loss_and_grads(x, y, memory_budget=budget)
+        model.loss_and_grads(x, y, memory_budget=budget, reduction="sum")
         return tracemalloc.get_traced_memory()[1], schedule
     finally:
         tracemalloc.stop()

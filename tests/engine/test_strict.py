@@ -217,7 +217,7 @@ def test_a_training_step_synchronises_a_fixed_number_of_times(cell, rng):
         mask = np.ones((3, steps))
         mask[1, steps // 2:] = 0
         with transfer_guard("log") as guard:
-            out = model.loss_and_grads(x, x, truncate=2, mask=mask)
+            out = model.loss_and_grads(x, x, truncate=2, mask=mask, reduction="sum")
             clip_grad_norm(out.grads, 1.0)
             optimizer.step(model.params, out.grads)
         counts.append(len(guard.events))

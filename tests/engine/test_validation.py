@@ -33,7 +33,7 @@ def regressor():
 ])
 def test_bad_inputs(lm, inputs, error, words):
     with pytest.raises(error, match="inputs") as info:
-        lm.loss_and_grads(inputs, [[0, 1, 2]])
+        lm.loss_and_grads(inputs, [[0, 1, 2]], reduction="sum")
     assert words in str(info.value)
 
 
@@ -44,16 +44,16 @@ def test_bad_inputs(lm, inputs, error, words):
 ])
 def test_bad_class_targets(lm, targets, error, words):
     with pytest.raises(error, match="targets") as info:
-        lm.loss_and_grads(X, targets)
+        lm.loss_and_grads(X, targets, reduction="sum")
     assert words in str(info.value)
 
 
 def test_bad_float_targets(regressor):
     x = np.zeros((2, 3, 3))
     with pytest.raises(ValueError, match=r"targets .*\(2, 3, 2\)"):
-        regressor.loss_and_grads(x, np.zeros((2, 3)))
+        regressor.loss_and_grads(x, np.zeros((2, 3)), reduction="sum")
     with pytest.raises(ValueError, match="targets contains NaN"):
-        regressor.loss_and_grads(x, np.full((2, 3, 2), np.inf))
+        regressor.loss_and_grads(x, np.full((2, 3, 2), np.inf), reduction="sum")
 
 
 @pytest.mark.parametrize("mask, words", [
@@ -63,7 +63,7 @@ def test_bad_float_targets(regressor):
 ])
 def test_bad_mask(lm, mask, words):
     with pytest.raises(ValueError, match="mask") as info:
-        lm.loss_and_grads(X, X, mask=mask)
+        lm.loss_and_grads(X, X, mask=mask, reduction="sum")
     assert words in str(info.value)
 
 
@@ -75,7 +75,7 @@ def test_bad_mask(lm, mask, words):
 ])
 def test_bad_h0(lm, h0, error, words):
     with pytest.raises(error, match="h0") as info:
-        lm.loss_and_grads(X, X, h0=h0)
+        lm.loss_and_grads(X, X, h0=h0, reduction="sum")
     assert words in str(info.value)
 
 
@@ -83,7 +83,7 @@ def test_bad_h0(lm, h0, error, words):
                                              (True, TypeError), ("2", TypeError)])
 def test_bad_truncate(lm, truncate, error):
     with pytest.raises(error, match="truncate must be None or an int >= 0"):
-        lm.loss_and_grads(X, X, truncate=truncate)
+        lm.loss_and_grads(X, X, truncate=truncate, reduction="sum")
 
 
 def test_bad_reduction(lm):
@@ -151,9 +151,9 @@ def test_devices():
 def test_linear_rnn_bad_input():
     model = LinearRNN()
     with pytest.raises(ValueError, match=r"X must have shape \(samples, time\)"):
-        model.loss_and_grads(np.zeros(3), np.zeros(3))
+        model.loss_and_grads(np.zeros(3), np.zeros(3), reduction="sum")
     with pytest.raises(ValueError, match=r"targets must have shape \(samples,\) = \(2,\)"):
-        model.loss_and_grads(np.zeros((2, 3)), np.zeros(3))
+        model.loss_and_grads(np.zeros((2, 3)), np.zeros(3), reduction="sum")
 
 
 # --- the execution plan -------------------------------------------------------------------
