@@ -16,11 +16,29 @@ from .engine.model import ElmanRNN, LinearRNN, LossAndGrads, RecurrentModel
 from .engine.stack import StackedCell, StackedElmanRNN
 from . import reference
 from .tools.gradcheck import GradcheckResult, gradcheck
-# The trainer and sampling modules under their names of old: ``gpurnn.train.train(config)``,
-# ``gpurnn.generate.sample(...)``.
-from .training import generate, train
+from .training.config import TrainConfig
+from .training.data import Vocabulary
+from .training.generate import sample
+from .training.optim import (SGD, Adagrad, Adam, Momentum, Optimizer, RMSprop, Rprop,
+                             clip_grad_norm, make_optimizer)
+from .training.serialization import Saved, load, save
+from .training.train import TrainResult, train
+from . import _moved
+
+_moved.install()
+
+
+def __getattr__(name):
+    # gpurnn.generate, gpurnn.optim, ...: the modules of 0.1's flat layout, with a warning
+    if f"gpurnn.{name}" in _moved.MOVED:
+        import importlib
+        return importlib.import_module(f"gpurnn.{name}")
+    raise AttributeError(f"module 'gpurnn' has no attribute {name!r}")
+
 
 __all__ = ["ElmanRNN", "GRU", "LSTM", "LinearRNN", "StackedElmanRNN", "RecurrentModel",
            "make_model", "model_spec", "from_torch", "LossAndGrads", "Cell", "ElmanCell", "GRUCell",
            "LSTMCell", "StackedCell", "gradcheck", "GradcheckResult", "bptt", "reference",
-           "train", "generate", "get_device", "cuda_available", "__version__"]
+           "save", "load", "Saved", "Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam",
+           "Rprop", "make_optimizer", "clip_grad_norm", "TrainConfig", "TrainResult", "train",
+           "sample", "Vocabulary", "get_device", "cuda_available", "__version__"]

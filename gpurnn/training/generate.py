@@ -32,7 +32,7 @@ from . import data as D
 from ..engine.backend import to_host
 from .checkpoint import CheckpointError, load_checkpoint
 from ..engine.model import RecurrentModel
-from ..engine.factory import make_model
+from .serialization import model_from_checkpoint
 
 __all__ = ["LanguageModel", "UnknownWordWarning", "load_language_model", "sample",
            "warmup_ids", "join_tokens", "known_word_share"]
@@ -72,26 +72,21 @@ def load_language_model(path, device="cpu") -> LanguageModel:
             that do not fit the saved configuration.
     """
     saved = load_checkpoint(path)
+    model = model_from_checkpoint(saved, path, device)
     try:
-        spec = dict(saved.config["model"])
-        spec.setdefault("cell", "elman")           # checkpoints written before GRU/LSTM
-        level = saved.config["train"]["level"]
+        # A trainer's run records its level; gpurnn.save records it beside the vocabulary.
+        level = saved.config.get("train", saved.config)["level"]
         vocab = D.Vocabulary.from_list(saved.vocab)
-        if spec["input_size"] != len(vocab) or spec["output_size"] != len(vocab):
-            raise ValueError(f"model sizes {spec['input_size']}/{spec['output_size']} do "
-                             f"not match the vocabulary of {len(vocab)} tokens")
-        model = make_model(**spec, device=device)
-        for name, param in model.params.items():
-            value = saved.params.get(name)
-            if value is None or value.shape != param.shape:
-                raise ValueError(f"parameter {name} is missing or has the wrong shape")
-            setattr(model, name, value)
+        sizes = (getattr(model, "input_size", None), getattr(model, "output_size", None))
+        if sizes != (len(vocab), len(vocab)):
+            raise ValueError(f"model sizes {sizes[0]}/{sizes[1]} do not match the "
+                             f"vocabulary of {len(vocab)} tokens")
         warmup = (saved.extra or {}).get("warmup")
         if warmup is not None:
             warmup = numpy.asarray(warmup, dtype=D.ID_DTYPE)
             if warmup.ndim != 1 or not ((warmup >= 0) & (warmup < len(vocab))).all():
                 raise ValueError("its warm-up text is not a list of token ids")
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a usable language-model checkpoint "
                               f"({type(error).__name__}: {error})") from None
     return LanguageModel(model, vocab, level, saved.step, warmup)

@@ -20,7 +20,7 @@ import pytest
 from gpurnn.tools import cli
 
 from gpurnn.training import distributed
-from gpurnn import train as T
+from gpurnn.training import train as T
 from gpurnn.training.checkpoint import load_checkpoint
 from gpurnn.training.config import TrainConfig
 from gpurnn.training.data import Batch

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy
 import pytest
 
-from gpurnn import train as T
+from gpurnn.training import train as T
 from gpurnn.training import saving, sizing
 from gpurnn.training.checkpoint import CheckpointError, load_checkpoint
 from gpurnn.training.config import TrainConfig, merge_config, parse_duration, read_config_file
