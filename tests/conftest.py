@@ -1,10 +1,19 @@
 """Shared fixtures: every engine test body runs on NumPy, on cpu-strict (NumPy with CuPy's
-rules, see gpurnn.engine.strict) and, where a GPU is present, on CuPy."""
+rules, see gpurnn.engine.strict) and, where a GPU is present, on CuPy.
+
+Every test runs in a fresh empty folder of its own (see :func:`in_a_fresh_folder`): what a
+user's runs left in the checkout or in the folder pytest was started from (gpurnn-lm.npz,
+results, lock files) cannot change a result, and whatever a test writes by a relative path
+(the commands' defaults) lands there. Files of the checkout are found from ``__file__``."""
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from gpurnn.engine import backend
 
+ROOT = Path(__file__).resolve().parents[1]   # the checkout: tests/ and gpurnn/ beside it
 _NO_GPU = backend.cuda_unavailable_reason()
 
 DEVICES = [
@@ -13,6 +22,18 @@ DEVICES = [
     pytest.param("cuda", marks=pytest.mark.skipif(_NO_GPU is not None,
                                                   reason=f"no GPU: {_NO_GPU}")),
 ]
+
+
+@pytest.fixture(autouse=True)
+def in_a_fresh_folder(tmp_path_factory, monkeypatch):
+    """The current folder of each test: new and empty, apart from ``tmp_path``. Child
+    processes start there too and import this checkout's gpurnn (the checkout first on
+    PYTHONPATH), installed or not."""
+    folder = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    return folder
 
 
 @pytest.fixture(params=DEVICES)

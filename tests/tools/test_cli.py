@@ -350,3 +350,21 @@ def test_scripts_fail_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"train_lm.py: error: corpus path {tmp_path / 'reddit-comments-2015-08.csv'} does "
         f"not exist"]
+
+
+def test_what_a_run_leaves_in_the_current_folder_changes_no_test(capsys):
+    """``gpurnn train`` with its defaults writes gpurnn-lm.npz and .jsonl into the current
+    folder; tests run from that folder (or any other) still pass, each in a fresh folder of
+    its own (tests/conftest.py)."""
+    here = Path.cwd()
+    assert here != ROOT and not list(here.iterdir())        # a fresh, empty folder
+    assert cli.main(["train", "--steps", "1", "--hidden", "4", "--vocab-size", "50",
+                     "--samples", "0", "--eval-every", "1", "--quiet", "--device", "cpu"]) == 0
+    assert (here / "gpurnn-lm.npz").is_file() and (here / "gpurnn-lm.jsonl").is_file()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--basetemp", str(here / "pytest-tmp"), "-k", "bad_input",
+                           str(ROOT / "tests" / "tools" / "test_cli.py")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
+    assert load_checkpoint(here / "gpurnn-lm.npz").step == 1   # left as it was

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,15 +14,16 @@ from gpurnn.engine import backend, fused
 from gpurnn.engine.kernels import host
 from gpurnn.tools import gpu_sweep, selftest
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.mark.skipif(backend.cuda_available(), reason="a GPU is present: the command would run")
 @pytest.mark.parametrize("command", [["-m", "gpurnn", "selftest", "--device", "cuda"],
-                                     ["scripts/gpu_check.py"]])
+                                     [str(ROOT / "scripts" / "gpu_check.py")]])
 def test_without_a_gpu_it_fails_fast_with_one_line(command, tmp_path):
     start = time.time()
     done = subprocess.run([sys.executable, *command, "--output", str(tmp_path)],
-                          capture_output=True, text=True, cwd=os.path.dirname(
-                              os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                          capture_output=True, text=True)
     assert done.returncode != 0
     assert time.time() - start < 30
     lines = done.stderr.strip().splitlines()
@@ -61,10 +63,9 @@ def test_a_deadline_skips_what_it_cannot_start():
 def test_a_dry_run_goes_through_every_stage_on_the_cpu(launch, tmp_path):
     """``gpurnn selftest --dry-run``: the checks and the sweep in their worker processes, on
     the CPU with the kernels emulated, tiny sizes; the JSON files, the plot and the table."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, "-m", "gpurnn", "selftest", "--dry-run",
                            "--no-suite", "--output", str(tmp_path), "--budget", "300"],
-                          capture_output=True, text=True, cwd=root)
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "dry-run" / "selftest.json").read_text())
     checks = report["checks"]
