@@ -258,8 +258,9 @@ def summary_table(checks, rows) -> str:
     return "\n".join(lines)
 
 
-def plot_sweep(rows, path) -> str | None:
-    """tokens/s against T, one panel per cell, a line per system and TF32 setting."""
+def plot_sweep(rows, path, title=None) -> str | None:
+    """tokens/s against T, one panel per cell, a line per system and TF32 setting; ``title``
+    above the panels (the dry run's note that its figures are no GPU speeds)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -289,6 +290,8 @@ def plot_sweep(rows, path) -> str | None:
         axis.set_xlabel("T (time steps)")
         axis.set_ylabel("training tokens/s")
         axis.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -22,7 +22,9 @@ It writes ``selftest.json``, ``sweep.json`` and ``sweep.png`` under ``--output``
 only when every check passed. Without a usable GPU it stops at once with one line. Stages
 2–4 run in worker processes that record each result as it completes: a hang or a crash
 costs the rest of that stage only, and is reported. ``--dry-run`` runs every stage on the
-CPU with the kernels emulated and tiny sizes.
+CPU with the kernels emulated and tiny sizes, writing under ``gpurnn-selftest-dry-run/`` in
+the current folder unless ``--output`` says where; its timings are the host emulation's and
+say nothing about a GPU.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ __all__ = ["add_arguments", "execute", "run", "exactness_checks", "fused_checks"
            "main"]
 
 DEFAULT_OUTPUT = pathlib.Path("benchmarks") / "results" / "gpu"
+DRY_RUN_OUTPUT = pathlib.Path("gpurnn-selftest-dry-run")   # not the kept results
 BUDGET_S = 450            # the whole command, startup excluded: under 8 minutes
 SUITE_S = 170             # at most this for the test suite
 EXACT = 1e-10             # float64, CuPy (cuBLAS, FMA) against NumPy: rounding only
@@ -292,20 +295,25 @@ def _suite_verdict(returncode, summary, require_ran) -> dict:
 DRY_RUN = dict(persistent_shapes=((4, 2, 7),), lengths=(3, 5), repeats=1, with_torch=False,
                sizes=dict(vocab=9, hidden=4, batch=2, small_batch=1))
 CHECKS_S = 150            # at most this for the exactness and fused checks
+DRY_RUN_NOTE = ("dry run: every tokens/s and ratio here is the CPU emulating the kernels at "
+                "tiny sizes and says nothing about GPU speed (emulated, fused runs far slower "
+                "than plain); gpurnn selftest --device cuda on a GPU measures it")
 
 
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--device", default="cuda",
                         help="the GPU to check: cuda or cuda:N (default: cuda)")
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
+    parser.add_argument("--output", default=None,
                         help=f"folder for the JSON results and the plot (default: "
-                             f"{DEFAULT_OUTPUT})")
+                             f"{DEFAULT_OUTPUT}, or {DRY_RUN_OUTPUT} in the current folder "
+                             f"with --dry-run)")
     parser.add_argument("--budget", type=float, default=BUDGET_S,
                         help=f"seconds for the whole command (default: {BUDGET_S})")
     parser.add_argument("--no-suite", action="store_true", help="skip the pytest stage")
     parser.add_argument("--dry-run", action="store_true",
                         help="run every stage on the CPU with the kernels emulated and tiny "
-                             "sizes, writing under OUTPUT/dry-run: checks the command itself")
+                             "sizes: checks the command itself; its timings say nothing "
+                             "about a GPU")
 
 
 def _worker(argv, name, output, timeout, env=None):
@@ -331,13 +339,35 @@ def _worker(argv, name, output, timeout, env=None):
 
 def execute(args) -> int:
     if args.dry_run:
-        return run(backend.Device("cpu"), pathlib.Path(args.output) / "dry-run", args.budget,
-                   with_suite=not args.no_suite, dry_run=True)
-    device = backend.get_device(args.device)   # no usable GPU: RuntimeError, one line
+        output = pathlib.Path(args.output or DRY_RUN_OUTPUT)
+        _refuse_gpu_results(output)
+        return run(backend.Device("cpu"), output, args.budget, with_suite=not args.no_suite,
+                   dry_run=True)
+    hint = "run gpurnn selftest --dry-run to check the command on the CPU"
+    wants_gpu = re.fullmatch(r"cuda(:\d+)?|auto", args.device.strip().lower())
+    problem = backend.cuda_unavailable_reason()
+    if wants_gpu and problem is not None:
+        raise UsageError(f"no usable GPU: {problem}; {hint}")
+    try:
+        device = backend.get_device(args.device)
+    except ValueError as error:                     # cuda:N beyond the GPUs visible
+        raise UsageError(f"{error}; {hint}") from None
     if device.kind != "cuda":
-        raise UsageError("selftest checks the GPU path: give --device cuda or cuda:N "
-                         "(or --dry-run to check the command on the CPU)")
-    return run(device, pathlib.Path(args.output), args.budget, with_suite=not args.no_suite)
+        raise UsageError(f"selftest checks the GPU path: give --device cuda or cuda:N, or "
+                         f"{hint}")
+    return run(device, pathlib.Path(args.output or DEFAULT_OUTPUT), args.budget,
+               with_suite=not args.no_suite)
+
+
+def _refuse_gpu_results(output):
+    """A dry run never overwrites the results of a run on a GPU."""
+    try:
+        machine = json.loads((output / "selftest.json").read_text())["machine"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not machine.get("dry_run", True):
+        raise UsageError(f"--output {output} holds the results of a run on a GPU; a dry run "
+                         f"writes elsewhere (default: {DRY_RUN_OUTPUT})")
 
 
 def run(device, output, budget=BUDGET_S, with_suite=True, dry_run=False) -> int:
@@ -353,6 +383,8 @@ def run(device, output, budget=BUDGET_S, with_suite=True, dry_run=False) -> int:
             "sweep_sizes": DRY_RUN["sizes"] if dry_run else SWEEP,
             "lengths": DRY_RUN["lengths"] if dry_run else LENGTHS,
             "CUPY_TF32 (checks)": os.environ.get("CUPY_TF32", "unset")}
+    if dry_run:
+        info["note"] = DRY_RUN_NOTE
     checks, rows = [], []
 
     def save():
@@ -382,8 +414,12 @@ def run(device, output, budget=BUDGET_S, with_suite=True, dry_run=False) -> int:
             rows.append({"cell": "-", "T": 0, "B": 0, "H": 0, "system": "sweep", "tf32": tf32,
                          "step": "train", "error": problem})
         save()
-    plot = plot_sweep(rows, output / "sweep.png")
+    plot = plot_sweep(rows, output / "sweep.png", title=DRY_RUN_NOTE if dry_run else None)
+    if dry_run:
+        print(DRY_RUN_NOTE)
     print(summary_table(checks, rows))
+    if dry_run:
+        print(DRY_RUN_NOTE)
     print(f"wrote {output / 'selftest.json'}, {output / 'sweep.json'}"
           + (f", {plot}" if plot else "") + f" in {time.time() - start:.0f} s")
     return 0 if all(c["passed"] for c in checks) else 1

@@ -368,3 +368,27 @@ def test_what_a_run_leaves_in_the_current_folder_changes_no_test(capsys):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
     assert load_checkpoint(here / "gpurnn-lm.npz").step == 1   # left as it was
+
+
+def test_what_the_documented_commands_write_is_ignored_by_git():
+    """After ``gpurnn train``, ``plot``, ``diagnose``, ``selftest --dry-run`` or a docs build in
+    the checkout, git status stays clean; the GPU results a real selftest writes do not."""
+    import shutil
+
+    from gpurnn.tools import selftest
+    from gpurnn.training.config import TrainConfig
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    checkpoint = Path(TrainConfig().checkpoint)
+    written = [checkpoint, checkpoint.with_suffix(".jsonl"), checkpoint.with_suffix(".png"),
+               Path(f".{checkpoint.name}.lock"), Path(f".{checkpoint.name}.ab12cd34.tmp"),
+               Path(f"{checkpoint.stem}-diagnose.json"), Path(f"{checkpoint.stem}-diagnose.png"),
+               selftest.DRY_RUN_OUTPUT / "selftest.json", selftest.DRY_RUN_OUTPUT / "sweep.png",
+               Path("site") / "index.html"]
+    kept = [selftest.DEFAULT_OUTPUT / "selftest.json", selftest.DEFAULT_OUTPUT / "sweep.png"]
+
+    def ignored(path):
+        return subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index",
+                               str(path)], capture_output=True).returncode == 0
+    assert [str(p) for p in written if not ignored(p)] == []
+    assert [str(p) for p in kept if ignored(p)] == []

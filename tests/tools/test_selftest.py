@@ -28,7 +28,9 @@ def test_without_a_gpu_it_fails_fast_with_one_line(command, tmp_path):
     assert time.time() - start < 30
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cuda" in lines[0] and "error" in lines[0]
+    assert "--dry-run" in lines[0]                              # what can be run instead
     assert not list(tmp_path.iterdir())                         # nothing written
+    assert not list(Path.cwd().iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +62,70 @@ def test_a_deadline_skips_what_it_cannot_start():
     assert rows and all(r.get("skipped") == "time budget" for r in rows)
 
 
-def test_a_dry_run_goes_through_every_stage_on_the_cpu(launch, tmp_path):
+def test_a_dry_run_goes_through_every_stage_on_the_cpu(launch):
     """``gpurnn selftest --dry-run``: the checks and the sweep in their worker processes, on
-    the CPU with the kernels emulated, tiny sizes; the JSON files, the plot and the table."""
+    the CPU with the kernels emulated, tiny sizes; the JSON files, the plot and the table,
+    under gpurnn-selftest-dry-run/ of the current folder (ignored by git), nothing else."""
     done = subprocess.run([sys.executable, "-m", "gpurnn", "selftest", "--dry-run",
-                           "--no-suite", "--output", str(tmp_path), "--budget", "300"],
-                          capture_output=True, text=True)
+                           "--no-suite", "--budget", "300"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads((tmp_path / "dry-run" / "selftest.json").read_text())
+    assert [p.name for p in Path.cwd().iterdir()] == ["gpurnn-selftest-dry-run"]
+    folder = Path.cwd() / "gpurnn-selftest-dry-run"
+    report = json.loads((folder / "selftest.json").read_text())
+    assert report["machine"]["dry_run"] and "nothing about GPU speed" in \
+        report["machine"]["note"]
     checks = report["checks"]
     # per cell: float64 plain and fused, float32 fused; persistent: 2 dtypes × (Elman, GRU,
     # LSTM) × (forward, backward); the optimizers; no CUDA graph without a GPU
     assert len(checks) == 3 * len(selftest.CELLS) + 12 + len(fused.OPTIMIZERS)
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
-    rows = json.loads((tmp_path / "dry-run" / "sweep.json").read_text())["rows"]
+    rows = json.loads((folder / "sweep.json").read_text())["rows"]
     assert {r["tf32"] for r in rows} == {False, True}
     assert not [r for r in rows if "error" in r or "skipped" in r]
     assert "vs ref" in done.stdout and "wrote" in done.stdout
+    first, *_, note, wrote = done.stdout.strip().splitlines()
+    assert first == note == selftest.DRY_RUN_NOTE       # before the table and after it
+    assert "emulating" in note and "says nothing about GPU speed" in note
+
+
+def _where_it_writes(monkeypatch, argv, gpu=True):
+    """The folder ``gpurnn selftest ARGV`` writes to, run() itself left out."""
+    from gpurnn.tools import cli
+    seen = []
+    monkeypatch.setattr(selftest, "run", lambda device, output, *a, **k: seen.append(
+        (str(device), output)) or 0)
+    if gpu:
+        monkeypatch.setattr(backend, "cuda_unavailable_reason", lambda: None)
+        monkeypatch.setattr(backend, "get_device", lambda spec: backend.Device("cuda", 0))
+    assert cli.main(["selftest", *argv]) == 0
+    return seen
+
+
+def test_a_dry_run_writes_outside_the_kept_gpu_results(monkeypatch):
+    assert _where_it_writes(monkeypatch, ["--dry-run"], gpu=False) == \
+        [("cpu", Path("gpurnn-selftest-dry-run"))]
+    assert _where_it_writes(monkeypatch, ["--dry-run", "--output", "x"], gpu=False) == \
+        [("cpu", Path("x"))]
+    assert _where_it_writes(monkeypatch, []) == [("cuda:0", Path("benchmarks/results/gpu"))]
+
+
+def test_a_dry_run_never_overwrites_the_results_of_a_gpu_run(tmp_path, capsys):
+    from gpurnn.tools import cli
+    (tmp_path / "selftest.json").write_text(json.dumps({"machine": {"dry_run": False}}))
+    assert cli.main(["selftest", "--dry-run", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds the results of a run on a GPU" in err and len(err.splitlines()) == 1
+    assert json.loads((tmp_path / "selftest.json").read_text()) == {"machine": {"dry_run": False}}
+
+
+@pytest.mark.skipif(backend.cuda_available(), reason="a GPU is present: the command would run")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "auto"])
+def test_without_a_gpu_the_error_suggests_the_dry_run(device, capsys):
+    from gpurnn.tools import cli
+    assert cli.main(["selftest", "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpurnn selftest: error: no usable GPU: ") and len(err.splitlines()) == 1
+    assert err.endswith("run gpurnn selftest --dry-run to check the command on the CPU")
 
 
 @pytest.mark.parametrize("status,summary,require_ran,passed", [
