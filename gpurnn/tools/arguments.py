@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..engine.activations import ACTIVATIONS
 from ..engine.factory import CELL_TYPES
 
 __all__ = ["UsageError", "int_at_least", "positive_int", "positive_float", "int_or_none",
-           "DEVICE_HELP", "add_model_arguments"]
+           "DEVICE_HELP", "add_model_arguments", "plain_text"]
 
 
 class UsageError(Exception):
@@ -42,6 +43,15 @@ def int_or_none(text):
 
 DEVICE_HELP = ("auto (the GPU when CuPy finds one, else the CPU), cpu, cuda, cuda:N or cpu-strict "
                "(the CPU with CuPy's rules) (default auto)")
+
+
+def plain_text(text: str) -> str:
+    """A docstring's reST as the plain text of ``--help``: ``code``, :role:`name`, **bold**
+    and `title` marks dropped, the words kept."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    text = re.sub(r"``(.+?)``", r"\1", text, flags=re.S)
+    text = re.sub(r"\*\*(.+?)\*\*", r"\1", text, flags=re.S)
+    return re.sub(r"`([^`]+)`", r"\1", text)
 
 
 def add_model_arguments(p, *, hidden: int):

@@ -13,7 +13,7 @@ import numpy
 
 from ..engine.activations import OUTPUTS
 from .arguments import (DEVICE_HELP, UsageError, add_model_arguments, int_at_least, int_or_none,
-                        positive_float, positive_int)
+                        plain_text, positive_float, positive_int)
 from .command import run_reporting_errors, with_blas_threads
 
 __all__ = ["main", "build_parser", "UsageError"]
@@ -84,7 +84,8 @@ def run_gradcheck(args):
 
 _METAVARS = {"corpus": "PATH", "checkpoint": "PATH", "metrics": "PATH", "lr": "X", "clip": "X",
              "valid_fraction": "X", "truncate": "K", "time_limit": "DURATION",
-             "stop_signal": "SIGNAL", "log_every_seconds": "SECONDS", "csv_column": "NAME"}
+             "stop_signal": "SIGNAL", "log_every_seconds": "SECONDS", "csv_column": "NAME",
+             "device": "DEVICE", "memory_budget": "BYTES"}
 
 
 def add_train(subparsers):
@@ -288,7 +289,7 @@ def add_bench(subparsers):
     from . import bench
     p = subparsers.add_parser(
         "bench", help="training throughput against sequence length, beside PyTorch",
-        description=bench.__doc__.split("\n\n")[0] + " Needs PyTorch for the torch columns "
+        description=plain_text(bench.__doc__.split("\n\n")[0]) + " Needs PyTorch for the torch columns "
                     "(pip install gpurnn[bench]). Each system runs in its own process and "
                     "their timed steps take turns; the median, the spread and ratios taken "
                     "repeat by repeat are reported, no ratio where the spread is larger than "
@@ -306,7 +307,7 @@ def add_selftest(subparsers):
     from . import selftest
     p = subparsers.add_parser(
         "selftest", help="on a GPU: the CuPy tests, exactness, fused kernels, sweep beside cuDNN",
-        description=selftest.__doc__.split("\n\n")[0])
+        description=plain_text(selftest.__doc__.split("\n\n")[0]))
     selftest.add_arguments(p)
     p.set_defaults(handler=selftest.execute)
 

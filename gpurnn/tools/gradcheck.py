@@ -24,12 +24,16 @@ class GradcheckResult:
         return all(error <= self.tolerance for error in self.errors.values())
 
     def table(self) -> str:
-        lines = [f"{'param':<8} {'shape':<14} {'checked':>8} {'rel. error':>12}  ok",
-                 "-" * 50]
+        """One row per parameter, the name and shape columns as wide as their longest
+        entry (weight_hh_l1, ...)."""
+        names = max([len("param"), *map(len, self.errors)])
+        shapes = max([len("shape"), *(len(str(self.shapes[n])) for n in self.errors)])
+        header = f"{'param':<{names}}  {'shape':<{shapes}}  {'checked':>7}  {'rel. error':>10}  ok"
+        lines = [header, "-" * len(header)]
         for name, error in self.errors.items():
             mark = "yes" if error <= self.tolerance else "NO"
-            lines.append(f"{name:<8} {str(self.shapes[name]):<14} {self.checked[name]:>8} "
-                         f"{error:>12.3e}  {mark}")
+            lines.append(f"{name:<{names}}  {str(self.shapes[name]):<{shapes}}  "
+                         f"{self.checked[name]:>7}  {error:>10.3e}  {mark}")
         return "\n".join(lines)
 
 

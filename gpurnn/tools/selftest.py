@@ -301,13 +301,13 @@ DRY_RUN_NOTE = ("dry run: every tokens/s and ratio here is the CPU emulating the
 
 
 def add_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--device", default="cuda",
+    parser.add_argument("--device", default="cuda", metavar="DEVICE",
                         help="the GPU to check: cuda or cuda:N (default: cuda)")
-    parser.add_argument("--output", default=None,
+    parser.add_argument("--output", default=None, metavar="DIR",
                         help=f"folder for the JSON results and the plot (default: "
                              f"{DEFAULT_OUTPUT}, or {DRY_RUN_OUTPUT} in the current folder "
                              f"with --dry-run)")
-    parser.add_argument("--budget", type=float, default=BUDGET_S,
+    parser.add_argument("--budget", type=float, default=BUDGET_S, metavar="SECONDS",
                         help=f"seconds for the whole command (default: {BUDGET_S})")
     parser.add_argument("--no-suite", action="store_true", help="skip the pytest stage")
     parser.add_argument("--dry-run", action="store_true",

@@ -392,3 +392,19 @@ def test_what_the_documented_commands_write_is_ignored_by_git():
                                str(path)], capture_output=True).returncode == 0
     assert [str(p) for p in written if not ignored(p)] == []
     assert [str(p) for p in kept if ignored(p)] == []
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "gradcheck", "plot", "diagnose",
+                                     "bench", "selftest"])
+def test_help_is_plain_text_and_names_what_device_takes(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for mark in ("``", ":mod:", ":func:", ":class:", "**"):
+        assert mark not in text, (command, mark)
+    assert "--device N" not in text
+    if "--device" in text:
+        assert "--device DEVICE" in text
+        assert command == "selftest" or all(
+            name in " ".join(text.split()) for name in ("auto", "cpu", "cuda:N", "cpu-strict"))

@@ -26,3 +26,22 @@ def test_a_wrong_gradient_is_caught(rng):
     model.loss_and_grads = planted
     result = gradcheck(model, x, x)
     assert not result.ok and result.errors["W"] > 1e-3 and result.errors["V"] < 1e-6
+
+
+def test_the_table_stays_aligned_at_long_parameter_names():
+    from gpurnn.tools.gradcheck import GradcheckResult
+    names = ["W", "weight_hh_l1", "bias_ih_l10_reverse", "c"]
+    result = GradcheckResult(errors={n: 10.0 ** -k for k, n in enumerate(names, 5)},
+                             checked={n: 5 * (k + 1) for k, n in enumerate(names)},
+                             shapes={n: (3,) * (k + 1) for k, n in enumerate(names)})
+    header, rule, *rows = result.table().splitlines()
+    assert len(rows) == len(names) and set(rule) == {"-"} and len(rule) == len(header)
+    starts = [header.index(h) for h in ("shape", "checked", "ok")]
+    for name, row in zip(names, rows):
+        assert row.startswith(name + " ")
+        shape = str(result.shapes[name])
+        assert row.index(shape, len(name)) == starts[0]           # shapes start in one column
+        assert row.rstrip().endswith(("yes", "NO"))
+        assert len(row) - len(row.split()[-1]) == starts[2]        # verdicts too
+    widths = {len(row.rsplit(" ", 1)[0]) for row in rows}          # everything before "ok"
+    assert widths == {starts[2] - 1}
