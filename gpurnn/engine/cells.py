@@ -137,7 +137,8 @@ def _at(xin, t):
 class ElmanCell(Cell):
     """h_t = f(U x_t + W h_{t-1} + b) (seeds 000/002/004), batched over batch·time.
 
-    Parameters: U (hidden, input), W (hidden, hidden) and, with ``bias``, b (hidden,).
+    Parameters, named as PyTorch names them: weight_ih = U (hidden, input), weight_hh = W
+    (hidden, hidden) and, with ``bias``, bias_ih = b (hidden,).
     Token inputs (time, batch) select columns of U (a row gather of Uᵀ); dense inputs
     (time, batch, input) go through one GEMM for all steps. Only the recurrence
     W h_{t-1} and its transpose in the backward sweep run step by step.
@@ -148,11 +149,11 @@ class ElmanCell(Cell):
         self.bias = bool(bias)
 
     def step(self, params, x_t, s_prev):
-        return apply(self.activation, x_t + s_prev @ params["W"].T)
+        return apply(self.activation, x_t + s_prev @ params["weight_hh"].T)
 
     def project_inputs(self, params, inputs):
         xp = get_array_module(inputs)
-        U = params["U"]
+        U = params["weight_ih"]
         steps, batch = inputs.shape[:2]
         xin = self.workspace.empty("xin", (steps, batch, U.shape[0]), U.dtype, xp)  # (T, B, H)
         if inputs.dtype.kind in "iu":
@@ -161,7 +162,7 @@ class ElmanCell(Cell):
             xp.matmul(inputs.reshape(steps * batch, -1), U.T,
                       out=xin.reshape(steps * batch, -1))            # one GEMM for all steps
         if self.bias and fused.launcher_for(self.plan, xin) is None:
-            xin += params["b"]                                       # (fused: in the step kernel)
+            xin += params["bias_ih"]                                       # (fused: in the step kernel)
         return xin
 
     def forward(self, params, xin, h0, steps):
@@ -169,7 +170,7 @@ class ElmanCell(Cell):
         if launch is not None:
             return fused.elman_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(xin)
-        WT = params["W"].T
+        WT = params["weight_hh"].T
         states = self.workspace.empty("states", xin.shape, xin.dtype, xp)  # (T, B, H)
         h = h0
         batch, hidden = h0.shape
@@ -193,7 +194,7 @@ class ElmanCell(Cell):
         steps = states.shape[0]
         chunk = min(steps, FPRIME_CHUNK)
         fprime = workspace.empty("fprime", (chunk,) + states.shape[1:], states.dtype, xp)
-        W = params["W"]
+        W = params["weight_hh"]
         hidden = W.shape[0]
         buffers = {}
         first = [steps]                         # fprime holds steps first .. first + chunk − 1
@@ -225,21 +226,21 @@ class ElmanCell(Cell):
         rows = deltas.reshape(steps * batch, hidden)                 # e_h(t) for all (t, b)
         # dW = Σ_t e_h(t)ᵀ h_{t-1}: h_{-1} = h0 separately, saving a concatenated copy.
         dW = rows[batch:].T @ states[:-1].reshape(-1, hidden) + deltas[0].T @ h0
-        U = params["U"]
+        U = params["weight_ih"]
         if inputs.dtype.kind in "iu":
             dUT = xp.zeros(U.shape[::-1], dtype=U.dtype)             # (I, H)
             scatter_add(dUT, inputs.reshape(-1), rows)               # dU[:, x_t] += e_h(t)
             dU = xp.ascontiguousarray(dUT.T)
         else:
             dU = rows.T @ inputs.reshape(steps * batch, -1)          # Σ e_h(t) x_tᵀ
-        grads = {"U": dU, "W": dW}
+        grads = {"weight_ih": dU, "weight_hh": dW}
         if self.bias:
-            grads["b"] = rows.sum(axis=0)
+            grads["bias_ih"] = rows.sum(axis=0)
         return grads
 
     def input_grads(self, params, xin, deltas, t=None):
         """dL/dx_t = e_h(t) U for deltas e_h (..., batch, hidden), any step(s)."""
-        U = params["U"]
+        U = params["weight_ih"]
         return (deltas.reshape(-1, U.shape[0]) @ U).reshape(deltas.shape[:-1] + (U.shape[1],))
 
     def state_size(self, hidden: int) -> int:

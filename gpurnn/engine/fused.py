@@ -79,11 +79,11 @@ def elman_forward(cell, params, xin, h0, steps, launch):
     kernel for h_t = f(· + U x_t + b). Under a fused plan ``project_inputs`` leaves b out of
     ``xin`` (U x_t only): the step kernel adds it, saving a pass over (T, B, H)."""
     xp = get_array_module(xin)
-    WT = params["W"].T
+    WT = params["weight_hh"].T
     states = cell.workspace.empty("states", xin.shape, xin.dtype, xp)   # (T, B, H)
     hidden = xin.shape[-1]
     act = ACTIVATIONS.index(cell.activation)
-    bias = params["b"] if cell.bias else None
+    bias = params["bias_ih"] if cell.bias else None
     h = contiguous(xp, h0)
     for t in range(steps):
         a = states[t]
@@ -98,7 +98,7 @@ def elman_backward_stepper(cell, params, xin, h0, states, launch):
     """``ElmanCell.backward_stepper``: e_h(t) = g ⊙ f'(a_t) in one kernel, then the GEMM."""
     xp = get_array_module(states)
     workspace = cell.workspace
-    W = params["W"]
+    W = params["weight_hh"]
     hidden = W.shape[0]
     act = ACTIVATIONS.index(cell.activation)
 

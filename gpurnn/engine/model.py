@@ -16,6 +16,7 @@ from .cells import ElmanCell
 from .losses import (LOGIT_BLOCK_ELEMENTS, output_forward, output_loss,
                      output_loss_and_grads)
 from .plan import Plan
+from .parameters import ELMAN_ALIASES
 from .torch_interop import TorchInterop
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
                          check_reduction, check_size, check_truncate, resolve_dtype)
@@ -46,26 +47,32 @@ class _ParamsMixin:
         """The live parameter dict (name -> array); optimizers update it in place."""
         return self._params
 
+    _aliases: dict = {}  # other names of parameters: the seeds' U, W, b of an Elman model
+
     def __getattr__(self, name):
         params = self.__dict__.get("_params")
+        name = self._aliases.get(name, name)
         if params is not None and name in params:
             return params[name]
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def __setattr__(self, name, value):
-        if name in self._param_names:
-            self._params[name] = self._checked_param(name, value)
+        key = self._aliases.get(name, name)
+        if key in self._param_names:
+            label = name if key == name else f"{name} ({key})"   # what the user typed
+            self._params[key] = self._checked_param(key, value, label)
         else:
             object.__setattr__(self, name, value)
 
-    def _checked_param(self, name, value):
+    def _checked_param(self, name, value, label=None):
+        label = label or name
         if name not in self._param_shapes:
-            raise AttributeError(f"{type(self).__name__} has no parameter {name!r} "
+            raise AttributeError(f"{type(self).__name__} has no parameter {label!r} "
                                  f"(it was built with bias=False)")
-        array = as_float_array(value, name, self.dtype, self.device)
+        array = as_float_array(value, label, self.dtype, self.device)
         expected = self._param_shapes[name]
         if tuple(array.shape) != expected:
-            raise ValueError(f"{name} must have shape {expected}, got {tuple(array.shape)}")
+            raise ValueError(f"{label} must have shape {expected}, got {tuple(array.shape)}")
         return get_array_module(array).array(array, copy=True)
 
 
@@ -411,9 +418,14 @@ class ElmanRNN(TorchInterop, RecurrentModel):
         device: "cpu", "cuda", "cuda:N" or "auto".
         seed: initialisation seed; weights are uniform in ±1/sqrt(fan-in) as in the
             tutorial (U: input_size, W and V: hidden_size), biases zero.
+
+    Parameters (``params`` keys, PyTorch's names, and the seeds' names as attributes):
+    weight_ih = U (hidden, input), weight_hh = W (hidden, hidden), bias_ih = b (hidden,),
+    V (output, hidden), c (output,). ``model.U`` and ``model.weight_ih`` are one array.
     """
 
-    _param_names = ("U", "W", "V", "b", "c")
+    _param_names = ("weight_ih", "weight_hh", "bias_ih", "V", "c")
+    _aliases = ELMAN_ALIASES
     cell_type = "elman"
     single_layer = True  # for from_torch: a stack or an embedding is a StackedElmanRNN
 
@@ -424,11 +436,11 @@ class ElmanRNN(TorchInterop, RecurrentModel):
         self.cell = ElmanCell(activation, bias)
         I, H, O = self.input_size, self.hidden_size, self.output_size
         # The tutorial's initialisation: uniform in ±1/sqrt(fan-in); biases start at zero.
-        specs = {"U": ((H, I), ("uniform", 1 / numpy.sqrt(I))),
-                 "W": ((H, H), ("uniform", 1 / numpy.sqrt(H))),
+        specs = {"weight_ih": ((H, I), ("uniform", 1 / numpy.sqrt(I))),
+                 "weight_hh": ((H, H), ("uniform", 1 / numpy.sqrt(H))),
                  "V": ((O, H), ("uniform", 1 / numpy.sqrt(H)))}
         if bias:
-            specs.update(b=((H,), ("zeros",)), c=((O,), ("zeros",)))
+            specs.update(bias_ih=((H,), ("zeros",)), c=((O,), ("zeros",)))
         self._draw_params(specs, seed)
 
     @property
@@ -455,7 +467,7 @@ class LinearRNN(_ParamsMixin):
 
     def _cell_params(self):
         # (1, 1) views of the scalars, so in-place optimizer updates are seen here.
-        return {"U": self.wx.reshape(1, 1), "W": self.wRec.reshape(1, 1)}
+        return {"weight_ih": self.wx.reshape(1, 1), "weight_hh": self.wRec.reshape(1, 1)}
 
     def _run(self, X):
         x = as_float_array(X, "X", self.dtype, self.device)
@@ -490,5 +502,6 @@ class LinearRNN(_ParamsMixin):
         grads = bptt.backward(self.cell, self._cell_params(), x_tm, xin, h0, states,
                               dstates, truncate)
         return LossAndGrads(scale * float((diff * diff).sum()),
-                            {"wx": grads["U"].reshape(()), "wRec": grads["W"].reshape(())},
+                            {"wx": grads["weight_ih"].reshape(()),
+                             "wRec": grads["weight_hh"].reshape(())},
                             states[-1, :, 0].copy())

@@ -58,7 +58,7 @@ def elman_forward(params, xin, h0, activation, launch, threads=None, lanes=None,
         "elman_persistent_forward", xin.dtype, hidden, launch, threads, lanes)
     states = xp.empty(xin.shape, dtype=xin.dtype) if out is None else out
     launch("elman_persistent_forward", xin.dtype, (blocks,), (threads,),
-           (states, contiguous(xp, xin), contiguous(xp, h0), contiguous(xp, params["W"]),
+           (states, contiguous(xp, xin), contiguous(xp, h0), contiguous(xp, params["weight_hh"]),
             xp.zeros(2, dtype=xp.uint32) if barrier is None else barrier, steps, batch,
             hidden, rows, lanes, ACTIVATIONS.index(activation)), shared_mem=shared)
     return states
@@ -82,7 +82,7 @@ def elman_backward(params, states, dstates, activation, launch, threads=None,
         g.fill(0)
     launch("elman_persistent_backward", states.dtype, (blocks,), (threads,),
            (deltas, g, contiguous(xp, dstates), contiguous(xp, states),
-            contiguous(xp, params["W"]), xp.zeros(2, dtype=xp.uint32) if barrier is None
+            contiguous(xp, params["weight_hh"]), xp.zeros(2, dtype=xp.uint32) if barrier is None
             else barrier, steps, batch, hidden, rows, lanes, ACTIVATIONS.index(activation)),
            shared_mem=shared)
     return deltas

@@ -15,8 +15,8 @@ Truncation on a stack: ``truncate=k`` lets the error of output t reach steps t �
 every layer (the window is on the stacked state, exactly as for one layer), and chunked
 truncation carries every layer's state. Full BPTT is unaffected by the definition.
 
-Parameters of layer 0 keep the single-layer names (U, W, b for Elman; weight_ih, weight_hh,
-bias_ih, bias_hh for GRU/LSTM); layer l ≥ 1 appends ``_l{l}`` as PyTorch does.
+Parameters of layer 0 keep the single-layer names (weight_ih, weight_hh, bias_ih and, for
+GRU/LSTM, bias_hh); layer l ≥ 1 appends ``_l{l}`` as PyTorch does.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from .activations import check_activation
 from .backend import get_array_module, scatter_add, to_device
 from .cells import Cell, ElmanCell
 from .model import RecurrentModel
-from .parameters import layer_name
+from .parameters import elman_aliases, layer_name
 from .torch_interop import TorchInterop
 from .validation import as_float_array, as_state, check_size
 
@@ -294,8 +294,9 @@ class StackedElmanRNN(TorchInterop, LayeredRNN):
 
     The stacked (and embedded) form of :class:`gpurnn.ElmanRNN`; with one layer and no
     embedding it is the same model (same parameters, same initialisation for a seed).
-    Parameters U, W, b (layer 0), U_l1, W_l1, b_l1, … and E (input_size, embedding_size)
-    with ``embedding_size``. Weights uniform in ±1/sqrt(fan-in), biases zero, E ~ N(0, 1).
+    Parameters weight_ih, weight_hh, bias_ih (layer 0; the seeds' U, W, b as aliases),
+    weight_ih_l1, … (U_l1, …) above, V, c, and E (input_size, embedding_size) with
+    ``embedding_size``. Weights uniform in ±1/sqrt(fan-in), biases zero, E ~ N(0, 1).
     """
 
     cell_type = "elman"
@@ -304,6 +305,7 @@ class StackedElmanRNN(TorchInterop, LayeredRNN):
                  embedding_size=None, activation="tanh", output="softmax", bias=True,
                  dtype="float32", device="cpu", seed=0):
         self.activation = check_activation(activation)
+        object.__setattr__(self, "_aliases", elman_aliases(check_size(num_layers, "num_layers")))
         self._build(input_size, hidden_size, output_size, num_layers=num_layers,
                     embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
                     device=device, seed=seed)
@@ -313,10 +315,10 @@ class StackedElmanRNN(TorchInterop, LayeredRNN):
 
     def _layer_specs(self, fan_in, bias):
         H = self.hidden_size
-        specs = {"U": ((H, fan_in), ("uniform", 1 / numpy.sqrt(fan_in))),
-                 "W": ((H, H), ("uniform", 1 / numpy.sqrt(H)))}
+        specs = {"weight_ih": ((H, fan_in), ("uniform", 1 / numpy.sqrt(fan_in))),
+                 "weight_hh": ((H, H), ("uniform", 1 / numpy.sqrt(H)))}
         if bias:
-            specs["b"] = ((H,), ("zeros",))
+            specs["bias_ih"] = ((H,), ("zeros",))
         return specs
 
     @property

@@ -6,13 +6,14 @@ Every model with a torch counterpart takes :class:`TorchInterop` as a base and s
 * GRU and LSTM use PyTorch's equations, gate order and layout, so the conversion is a copy:
   ``weight_ih_l{k}`` ↔ ``weight_ih`` (layer 0) or ``weight_ih_l{k}`` (layer k ≥ 1), and
   likewise ``weight_hh``, ``bias_ih``, ``bias_hh``.
-* Elman ↔ ``nn.RNN`` (``nonlinearity`` tanh or relu): ``weight_ih`` ↔ U, ``weight_hh`` ↔ W.
-  PyTorch adds two biases where the seeds have one, h_t = f(U x_t + W h_{t−1} + b), so
-  ``from_torch`` takes b = bias_ih + bias_hh and ``to_torch`` writes bias_ih = b and
-  bias_hh = 0: the same function, and the round trip gpurnn → torch → gpurnn is exact.
+* Elman ↔ ``nn.RNN`` (``nonlinearity`` tanh or relu): ``weight_ih`` (U), ``weight_hh`` (W)
+  likewise. PyTorch adds two biases where the seeds have one, h_t = f(U x_t + W h_{t−1} + b),
+  so ``from_torch`` takes gpurnn's bias_ih (b) = bias_ih + bias_hh and ``to_torch`` writes
+  bias_ih = b and bias_hh = 0: the same function, and the round trip gpurnn → torch →
+  gpurnn is exact.
 * The output layer ``nn.Linear`` ↔ V, c; ``nn.Embedding.weight`` (vocabulary, embedding)
-  ↔ E. A model without an embedding takes token ids as one-hot columns of U (or
-  ``weight_ih``): torch sees the same model with one-hot float inputs.
+  ↔ E. A model without an embedding takes token ids as one-hot columns of ``weight_ih``:
+  torch sees the same model with one-hot float inputs.
 
 torch is imported only when these are called; it is never a dependency of gpurnn.
 """
@@ -26,9 +27,10 @@ from .parameters import layer_name
 __all__ = ["TorchInterop", "TorchModules"]
 
 _TORCH_RNN = {"elman": "RNN", "gru": "GRU", "lstm": "LSTM"}
-# gpurnn's name for each torch weight, per cell; Elman's two biases are handled apart.
-_NAMES = {"elman": {"weight_ih": "U", "weight_hh": "W"},
-          "gru": {n: n for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}}
+# The torch parameters copied as they are, per cell (gpurnn uses PyTorch's names); Elman's
+# two biases are handled apart.
+_NAMES = {"elman": ("weight_ih", "weight_hh"),
+          "gru": ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
 _NAMES["lstm"] = _NAMES["gru"]
 
 
@@ -116,12 +118,11 @@ class TorchInterop:
             return tensor.detach().cpu().double().numpy()
 
         for layer in range(rnn.num_layers):
-            for torch_name, name in _NAMES[cls.cell_type].items():
-                if hasattr(rnn, f"{torch_name}_l{layer}"):
-                    setattr(model, layer_name(name, layer),
-                            host(getattr(rnn, f"{torch_name}_l{layer}")))
+            for name in _NAMES[cls.cell_type]:
+                if hasattr(rnn, f"{name}_l{layer}"):
+                    setattr(model, layer_name(name, layer), host(getattr(rnn, f"{name}_l{layer}")))
             if cls.cell_type == "elman" and rnn.bias:
-                setattr(model, layer_name("b", layer),
+                setattr(model, layer_name("bias_ih", layer),
                         host(getattr(rnn, f"bias_ih_l{layer}"))
                         + host(getattr(rnn, f"bias_hh_l{layer}")))
         model.V = host(linear.weight)
@@ -158,12 +159,11 @@ class TorchInterop:
 
         with torch.no_grad():
             for layer in range(num_layers):
-                for torch_name, name in _NAMES[kind].items():
+                for name in _NAMES[kind]:
                     if layer_name(name, layer) in self.params:
-                        getattr(rnn, f"{torch_name}_l{layer}").copy_(
-                            tensor(layer_name(name, layer)))
+                        getattr(rnn, f"{name}_l{layer}").copy_(tensor(layer_name(name, layer)))
                 if kind == "elman" and self.bias:
-                    getattr(rnn, f"bias_ih_l{layer}").copy_(tensor(layer_name("b", layer)))
+                    getattr(rnn, f"bias_ih_l{layer}").copy_(tensor(layer_name("bias_ih", layer)))
                     getattr(rnn, f"bias_hh_l{layer}").zero_()
             linear.weight.copy_(tensor("V"))
             if self.bias:

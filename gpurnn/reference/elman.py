@@ -15,6 +15,8 @@ Shapes: ``T`` time steps, ``I`` inputs (vocabulary size for token ids), ``H`` hi
 ``O`` outputs, ``B`` sequences in a batch.
 """
 
+import functools
+
 import numpy as np
 
 
@@ -111,6 +113,29 @@ def tutorial_bptt(U, V, W, x, y, bptt_truncate):
 # --------------------------------------------------------------------------- seed 004
 
 
+# gpurnn's models name the seeds' U, W, b as PyTorch does; the loops below take either name,
+# so a model's ``params`` can be passed as they are.
+_MODEL_NAMES = {"weight_ih": "U", "weight_hh": "W", "bias_ih": "b"}
+
+
+def _either_names(function):
+    """``function(params, ...)`` on params named like the seeds or like gpurnn's models; the
+    grads it returns (if any) carry the names the params came with."""
+    back = {seed: model for model, seed in _MODEL_NAMES.items()}
+
+    @functools.wraps(function)
+    def wrapper(params, *args, **kwargs):
+        if not any(name in params for name in _MODEL_NAMES):
+            return function(params, *args, **kwargs)
+        result = function({_MODEL_NAMES.get(k, k): v for k, v in params.items()}, *args,
+                          **kwargs)
+        if len(result) == 3:                              # (loss, grads, last_hidden)
+            loss, grads, last = result
+            return loss, {back.get(k, k): v for k, v in grads.items()}, last
+        return result
+    return wrapper
+
+
 def _check_params(params):
     unknown = set(params) - set(_PARAM_KEYS)
     if unknown:
@@ -152,11 +177,13 @@ def _general_forward_full(params, x, activation, output, h0):
     return h_hat, h, y_hat, y, h0
 
 
+@_either_names
 def general_forward(params, x, *, activation="tanh", output="softmax", h0=None):
     """Seed 004: h(t) = f(U x(t) + W h(t-1) + b), y(t) = g(V h(t) + c) for one sequence.
 
     params: dict with "U" (H, I), "W" (H, H), "V" (O, H) and optionally "b" (H,), "c" (O,)
-    (a missing bias is no bias). x: (T,) integer token ids (U x(t) is the column U[:, x[t]])
+    (a missing bias is no bias), or with "weight_ih", "weight_hh", "bias_ih" for U, W, b as a
+    gpurnn model's ``params`` name them. x: (T,) integer token ids (U x(t) is the column U[:, x[t]])
     or (T, I) floats. h0: (H,) initial state, zeros by default.
     activation f: tanh | relu | sigmoid | identity; output g: softmax | identity | sigmoid | tanh.
     Returns y (T, O) and h (T, H), where h[t] is the state after step t (h0 is not included).
@@ -165,6 +192,7 @@ def general_forward(params, x, *, activation="tanh", output="softmax", h0=None):
     return y, h
 
 
+@_either_names
 def general_bptt(params, x, targets, *, activation="tanh", output="softmax", truncate=None, h0=None):
     """Seed 004 (windowed BPTT, which reduces to seeds 000/002 for tanh/softmax without biases).
 
@@ -215,6 +243,7 @@ def general_bptt(params, x, targets, *, activation="tanh", output="softmax", tru
     return loss, grads, h[T - 1]
 
 
+@_either_names
 def batch_bptt(params, inputs, targets, *, activation="tanh", output="softmax", truncate=None,
                h0=None, mask=None):
     """Seed 004 over a batch: :func:`general_bptt` on each sequence, losses and grads summed.

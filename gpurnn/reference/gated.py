@@ -6,7 +6,7 @@ turned into explicit one-hot vectors (or embedding rows), so every layer reads a
 
 Equations (PyTorch's ``nn.GRU`` and ``nn.LSTM``; σ the logistic function)::
 
-    Elman   h' = f(U x + W h + b)
+    Elman   h' = f(U x + W h + b)   (U, W, b: weight_ih, weight_hh, bias_ih)
     GRU     r = σ(W_ir x + b_ir + W_hr h + b_hr)     z = σ(W_iz x + b_iz + W_hz h + b_hz)
             n = tanh(W_in x + b_in + r (W_hn h + b_hn))     h' = (1 − z) n + z h
     LSTM    i, f, g, o = σ, σ, tanh, σ of (W_ih x + b_ih + W_hh h + b_hh), in blocks of H
@@ -18,8 +18,8 @@ back through steps t, t−1, …, max(0, t − truncate), through every layer at
 (the window is on the stacked state). Layer l ≥ 1 reads layer l−1's h at the same step.
 
 Parameters: a list with one dict per layer, keyed by the names of layer 0 in the models
-(``U``, ``W``, ``b`` / ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``; missing
-biases are zero), plus ``V``, ``c`` (optional) and ``E`` (optional, (vocabulary, embedding)).
+(``weight_ih``, ``weight_hh``, ``bias_ih`` and, for GRU/LSTM, ``bias_hh``, the Elman
+layer's U, W, b among them; missing biases are zero), plus ``V``, ``c`` (optional) and ``E`` (optional, (vocabulary, embedding)).
 """
 import numpy as np
 
@@ -44,7 +44,7 @@ def layer_step(kind, p, x, state, activation="tanh"):
     """One step of one layer: (new state, cache). ``state`` is h, or (h, c) for LSTM."""
     if kind == "elman":
         f, _ = _ACT[activation]
-        h = f(p["U"] @ x + p["W"] @ state + _zero_bias(p, "b", len(state)))
+        h = f(p["weight_ih"] @ x + p["weight_hh"] @ state + _zero_bias(p, "bias_ih", len(state)))
         return h, dict(x=x, h_prev=state, h=h)
     if kind == "gru":
         h = state
@@ -82,10 +82,10 @@ def layer_step_backward(kind, p, cache, dstate, grads, activation="tanh"):
     if kind == "elman":
         _, fprime = _ACT[activation]
         e = dstate * fprime(cache["h"])                              # e_h = f'(a) dL/dh
-        _add(grads, "U", np.outer(e, cache["x"]))
-        _add(grads, "W", np.outer(e, cache["h_prev"]))
-        _add(grads, "b", e)
-        return p["W"].T @ e, p["U"].T @ e
+        _add(grads, "weight_ih", np.outer(e, cache["x"]))
+        _add(grads, "weight_hh", np.outer(e, cache["h_prev"]))
+        _add(grads, "bias_ih", e)
+        return p["weight_hh"].T @ e, p["weight_ih"].T @ e
     if kind == "gru":
         dh = dstate
         r, z, n, hn, h = cache["r"], cache["z"], cache["n"], cache["hn"], cache["h_prev"]
@@ -143,8 +143,8 @@ def forward(kind, layers, params, x, *, output="softmax", h0=None, activation="t
     x: (T,) token ids or (T, I) floats; h0: list of per-layer states (h, or (h, c)) or None.
     Returns (y (T, O), states: list over t of lists over layers, caches likewise).
     """
-    H = layers[0]["weight_hh" if kind != "elman" else "W"].shape[1]
-    first = layers[0]["weight_ih" if kind != "elman" else "U"]
+    H = layers[0]["weight_hh"].shape[1]
+    first = layers[0]["weight_ih"]
     state = [(_zero_state(kind, H) if h0 is None else h0[l]) for l in range(len(layers))]
     g_out = {"softmax": None, "identity": lambda a: a, "sigmoid": _sigmoid, "tanh": np.tanh}
     ys, states, caches = [], [], []
@@ -222,7 +222,7 @@ def batch_bptt(kind, layers, params, inputs, targets, *, output="softmax", trunc
     inputs, targets = np.asarray(inputs), np.asarray(targets)
     B, T = inputs.shape[:2]
     L = len(layers)
-    H = layers[0]["weight_hh" if kind != "elman" else "W"].shape[1]
+    H = layers[0]["weight_hh"].shape[1]
     lengths = np.full(B, T) if mask is None else np.asarray(mask).sum(axis=1).astype(int)
     layer_grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in layers]
     out_grads = {k: np.zeros_like(v) for k, v in params.items()}

@@ -151,7 +151,8 @@ def reference_step(config: Config, steps: int):
     """The seeds' loop over REFERENCE_SEQUENCES sequences (tutorial bptt for the LM)."""
     model = ElmanRNN(config.input_size, config.hidden, config.output_size,
                      output="softmax" if config.kind == "lm" else "identity", dtype="float64")
-    params = {k: backend.to_host(v) for k, v in model.params.items()}
+    # the seeds' loops take the seeds' names: U, W, V, b, c
+    params = {old: backend.to_host(getattr(model, old)) for old in ("U", "W", "V", "b", "c")}
     x, y = make_data(config, steps)
     rows = range(min(REFERENCE_SEQUENCES, config.batch))
     lr = 1e-4

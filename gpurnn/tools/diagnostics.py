@@ -171,7 +171,7 @@ def _blocks(model):
     for layer in range(layers):
         prefix = f"layer {layer} " if layers > 1 else ""
         if gates is None:
-            out.append((f"{prefix}W", to_host(model.params[layer_name("W", layer)])))
+            out.append((f"{prefix}W", to_host(model.params[layer_name("weight_hh", layer)])))
             continue
         W = to_host(model.params[layer_name("weight_hh", layer)])
         for k, gate in enumerate(gates):
@@ -201,9 +201,8 @@ def scale_recurrent(model, radius: float) -> None:
     if not radius > 0:
         raise ValueError(f"radius must be a positive number, got {radius!r}")
     kind = getattr(model, "cell_type", "elman")
-    name = "W" if kind == "elman" else "weight_hh"
     for layer in range(getattr(model, "num_layers", 1)):
-        key = layer_name(name, layer)
+        key = layer_name("weight_hh", layer)
         W = to_host(model.params[key]).astype(numpy.float64)
         H = W.shape[1]
         current = max(numpy.abs(numpy.linalg.eigvals(W[k:k + H])).max()

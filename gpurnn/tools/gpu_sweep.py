@@ -81,7 +81,7 @@ def _recurrence(cell_name, steps, batch, device, sizes, one_launch):
     dstates, h0 = draw(steps, batch, width), xp.zeros((batch, width), dtype="float32")
     launch = fused.launcher_for(Plan(kernels="fused"), h0)
     if cell_name == "elman":
-        cell, params = ElmanCell("tanh"), {"W": draw(H, H, scale=H ** -0.5)}
+        cell, params = ElmanCell("tanh"), {"weight_hh": draw(H, H, scale=H ** -0.5)}
         xin = draw(steps, batch, H)
 
         def plain():

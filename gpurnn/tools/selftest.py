@@ -158,8 +158,8 @@ def _verdicts(name, dtype, tolerance, steps, batch, hidden, errors) -> list:
 def _persistent_elman(xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
     """The persistent Elman forward and backward against the per-step ones."""
     from ..engine.cells import ElmanCell
-    params = {"W": xp.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5,
-                              dtype=dtype)}
+    params = {"weight_hh": xp.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5,
+                                      dtype=dtype)}
     xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
     h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
     dstates = xp.asarray(rng.standard_normal(xin.shape), dtype=dtype)
@@ -223,7 +223,8 @@ def _graph_check(rng, steps=40, batch=8, hidden=256) -> dict:
     from ..engine.cells import ElmanCell
     name = f"float64 persistent forward+backward in a CUDA graph T={steps} B={batch} H={hidden}"
     try:
-        params = {"W": cupy.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5)}
+        W = rng.standard_normal((hidden, hidden)) / hidden ** 0.5
+        params = {"weight_hh": cupy.asarray(W)}
         xin = cupy.asarray(rng.standard_normal((steps, batch, hidden)))
         dstates = cupy.asarray(rng.standard_normal((steps, batch, hidden)))
         h0 = cupy.asarray(rng.standard_normal((batch, hidden)))

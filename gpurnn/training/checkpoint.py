@@ -19,13 +19,18 @@ from pathlib import Path
 import numpy
 
 from ..engine.backend import is_device_array, to_host
+from ..engine.parameters import elman_aliases
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "NonFiniteError", "Checkpoint",
            "save_checkpoint", "load_checkpoint"]
 
 FORMAT_NAME = "gpurnn-checkpoint"
-FORMAT_VERSION = 1
+# 2: every cell's parameters under PyTorch's names; version 1 files (the Elman weights as
+# U, W, b) are read with their names moved (:func:`_from_version_1`).
+FORMAT_VERSION = 2
+_READS = (1, 2)
 _META_KEY = "__gpurnn__"
+_VERSION_1_NAMES = elman_aliases(64)  # U -> weight_ih, …, U_l63 -> weight_ih_l63
 _META_FIELDS = ("format", "version", "step", "vocab", "config", "rng_state", "params",
                 "optimizer", "extra")
 
@@ -206,6 +211,18 @@ def _check_values(path: Path, step, arrays: dict) -> None:
             raise CheckpointError(f"{path}: {what} {name!r} holds NaN or Inf")
 
 
+def _from_version_1(params: dict, optimizer_state):
+    """Version 1's Elman names (U, W, b, U_l1, …) moved to PyTorch's, in the parameters and
+    in the optimizer's per-parameter slots; no other model of version 1 used those names."""
+    def renamed(arrays: dict) -> dict:
+        return {_VERSION_1_NAMES.get(name, name): value for name, value in arrays.items()}
+    if isinstance(optimizer_state, dict) and isinstance(optimizer_state.get("slots"), dict):
+        optimizer_state = {**optimizer_state, "slots": {
+            slot: renamed(arrays) if isinstance(arrays, dict) else arrays
+            for slot, arrays in optimizer_state["slots"].items()}}
+    return renamed(params), optimizer_state
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
 
@@ -226,9 +243,9 @@ def load_checkpoint(path) -> Checkpoint:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a gpurnn checkpoint (metadata format is "
                               f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
-    if meta.get("version") != FORMAT_VERSION:
+    if meta.get("version") not in _READS:
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')!r}; "
-                              f"this gpurnn reads version {FORMAT_VERSION}")
+                              f"this gpurnn reads versions {', '.join(map(str, _READS))}")
     missing = [field for field in _META_FIELDS if field not in meta]
     if missing:
         raise CheckpointError(f"{path}: checkpoint metadata lacks {', '.join(missing)}")
@@ -239,6 +256,8 @@ def load_checkpoint(path) -> Checkpoint:
     except KeyError as error:
         raise CheckpointError(f"{path}: checkpoint lacks the array {error.args[0]!r}") from None
     _check_values(path, meta["step"], arrays)
+    if meta["version"] == 1:
+        params, optimizer_state = _from_version_1(params, optimizer_state)
     return Checkpoint(params=params, optimizer_state=optimizer_state, vocab=meta["vocab"],
                       config=meta["config"], rng_state=meta["rng_state"], step=meta["step"],
                       extra=extra)

@@ -105,8 +105,9 @@ def model_from_checkpoint(saved, path, device="cpu", dtype=None):
         if unknown:
             raise ValueError(f"parameters {', '.join(unknown)} are not the model's")
     except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: its parameters do not make a gpurnn model "
-                              f"({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"{path}: not a usable model checkpoint: its parameters do "
+                              f"not make a gpurnn model ({type(error).__name__}: {error})") \
+            from None
     return model
 
 

@@ -88,12 +88,12 @@ def test_engine_equals_the_tutorial_bptt_code(truncate, device, rng):
     """Seeds 000/002 verbatim: tanh, softmax, no biases, one sentence at a time, summed."""
     model, x, y, _, _ = make_case(rng, device, bias=False, batch=4, steps=8, sizes=(9, 6, 9))
     U, V, W = (host(model.U), host(model.V), host(model.W))
-    expected = {"U": 0, "V": 0, "W": 0}
+    expected = {"weight_ih": 0, "V": 0, "weight_hh": 0}
     for b in range(x.shape[0]):
         dU, dV, dW = reference.tutorial_bptt(U, V, W, x[b], y[b], truncate)
-        expected["U"] += dU
+        expected["weight_ih"] += dU
         expected["V"] += dV
-        expected["W"] += dW
+        expected["weight_hh"] += dW
     result = model.loss_and_grads(x, y, truncate=truncate, reduction="sum")
     for name in expected:
         assert rel_error(result.grads[name], expected[name]) <= TIGHT
@@ -130,8 +130,8 @@ def test_truncate_at_or_beyond_length_is_full_bptt(device, rng):
 def test_truncation_changes_the_gradient(device, rng):
     """A shorter window really cuts paths (so the equality tests above can fail)."""
     model, x, y, _, _ = make_case(rng, device, steps=7)
-    full = host(model.loss_and_grads(x, y, reduction="sum").grads["W"])
-    cut = host(model.loss_and_grads(x, y, truncate=1, reduction="sum").grads["W"])
+    full = host(model.loss_and_grads(x, y, reduction="sum").grads["weight_hh"])
+    cut = host(model.loss_and_grads(x, y, truncate=1, reduction="sum").grads["weight_hh"])
     assert rel_error(cut, full) > 1e-3
 
 
@@ -198,7 +198,7 @@ def test_float32_agrees_with_float64(device, rng):
     single = model.copy(dtype="float32")
     r64 = model.loss_and_grads(x, y, truncate=4, reduction="sum")
     r32 = single.loss_and_grads(x, y, truncate=4, reduction="sum")
-    assert r32.grads["W"].dtype == np.float32
+    assert r32.grads["weight_hh"].dtype == np.float32
     assert r32.loss == pytest.approx(r64.loss, rel=1e-5)
     for name in r64.grads:
         assert rel_error(r32.grads[name], host(r64.grads[name])) <= 1e-4
@@ -209,24 +209,24 @@ class GenericElman(Cell):
 
     def step(self, params, x_t, s_prev):
         xp = gpurnn.engine.backend.get_array_module(s_prev)
-        return xp.tanh(params["U"].T[x_t] + s_prev @ params["W"].T)
+        return xp.tanh(params["weight_ih"].T[x_t] + s_prev @ params["weight_hh"].T)
 
     def vjp_state(self, params, x_t, s_prev, s_t, g):
-        return (g * (1 - s_t ** 2)) @ params["W"]
+        return (g * (1 - s_t ** 2)) @ params["weight_hh"]
 
     def vjp_params(self, params, x_t, s_prev, s_t, g):
         xp = gpurnn.engine.backend.get_array_module(s_prev)
         e = g * (1 - s_t ** 2)
-        dUT = xp.zeros(params["U"].shape[::-1])
+        dUT = xp.zeros(params["weight_ih"].shape[::-1])
         gpurnn.engine.backend.scatter_add(dUT, x_t, e)
-        return {"U": dUT.T, "W": e.T @ s_prev}
+        return {"weight_ih": dUT.T, "weight_hh": e.T @ s_prev}
 
 
 @pytest.mark.parametrize("truncate", [None, 0, 2, 5])
 def test_custom_cell_protocol_equals_the_batched_cell(truncate, device, rng):
     """A user cell on the default per-step hooks gives the Elman cell's gradients."""
     model, x, _, _, h0 = make_case(rng, device, bias=False, with_h0=True, steps=7)
-    params = {"U": model.U, "W": model.W}
+    params = {"weight_ih": model.U, "weight_hh": model.W}
     xp = gpurnn.engine.backend.get_device(device).xp
     x_tm, h0_dev = xp.asarray(x.T.copy()), xp.asarray(h0)
     dstates = xp.asarray(rng.normal(size=(7, 3, 5)))
@@ -236,7 +236,7 @@ def test_custom_cell_protocol_equals_the_batched_cell(truncate, device, rng):
         grads = bptt.backward(cell, params, x_tm, xin, h0_dev, states, dstates, truncate)
         results.append((host(states), {k: host(v) for k, v in grads.items()}))
     assert rel_error(results[0][0], results[1][0]) <= TIGHT
-    for name in ("U", "W"):
+    for name in ("weight_ih", "weight_hh"):
         assert rel_error(results[0][1][name], results[1][1][name]) <= TIGHT
 
 
@@ -360,7 +360,7 @@ def test_the_elman_sweep_holds_its_small_products_at_one_blas_thread_once(rng):
     if not before or max(before) < 2:
         pytest.skip("BLAS already runs on one thread here")
     cell = gpurnn.ElmanCell("tanh", True)
-    params = {"W": rng.normal(size=(6, 6)) * 0.3}
+    params = {"weight_hh": rng.normal(size=(6, 6)) * 0.3}
     states, dstates = np.tanh(rng.normal(size=(5, 3, 6))), rng.normal(size=(5, 3, 6))
     back = cell.backward_stepper(params, None, np.zeros((3, 6)), states)
     seen = []

@@ -116,15 +116,15 @@ def test_the_persistent_recurrence_matches_plain(activation, dtype, device, laun
     W = xp.asarray(rng.standard_normal((hidden, hidden)) / np.sqrt(hidden), dtype=dtype)
     xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
     h0 = xp.asarray(rng.standard_normal((batch, hidden)), dtype=dtype)
-    expected = ElmanCell(activation).forward({"W": W}, xin, h0, steps)
+    expected = ElmanCell(activation).forward({"weight_hh": W}, xin, h0, steps)
     runner = launch if device != "cuda" else fused.launcher_for(Plan(kernels="fused"), xin)
     lanes = 8 if device != "cuda" else None  # emulated: fewer barriers, same code paths
-    got = persistent.elman_forward({"W": W}, xin, h0, activation, runner, lanes=lanes)
+    got = persistent.elman_forward({"weight_hh": W}, xin, h0, activation, runner, lanes=lanes)
     assert relative_error(to_host(got), to_host(expected)) <= TOLERANCE[dtype]
     dstates = xp.asarray(rng.standard_normal(xin.shape), dtype=dtype)
     cell = ElmanCell(activation)
-    deltas = bptt.sweep(cell.backward_stepper({"W": W}, xin, h0, expected), dstates)
-    got = persistent.elman_backward({"W": W}, expected, dstates, activation, runner,
+    deltas = bptt.sweep(cell.backward_stepper({"weight_hh": W}, xin, h0, expected), dstates)
+    got = persistent.elman_backward({"weight_hh": W}, expected, dstates, activation, runner,
                                           lanes=lanes)
     assert relative_error(to_host(got), to_host(deltas)) <= TOLERANCE[dtype]
 

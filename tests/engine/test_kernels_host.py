@@ -148,7 +148,7 @@ OPTIMIZER_CASES = [("sgd", {}), ("momentum", {}), ("momentum", {"nesterov": True
 def check_optimizers(launch, dtype, rng):
     out = {}
     for name, kwargs in OPTIMIZER_CASES:
-        start = {"W": random(rng, (4, 3), dtype), "b": random(rng, 5, dtype)}
+        start = {"weight_hh": random(rng, (4, 3), dtype), "bias_ih": random(rng, 5, dtype)}
         grads = [{k: random(rng, v.shape, dtype) for k, v in start.items()} for _ in range(3)]
         results = []
         for plan in (Plan(), Plan(kernels="fused")):
@@ -172,7 +172,7 @@ def check_persistent(launch, dtype, rng):
                                         (3, 1, 33, 2, 32, 32)):
         for act in ("tanh", "relu"):
             cell = ElmanCell(act)
-            params = {"W": random(rng, (H, H), dtype, 1 / np.sqrt(H))}
+            params = {"weight_hh": random(rng, (H, H), dtype, 1 / np.sqrt(H))}
             xin, h0 = random(rng, (T, B, H), dtype), random(rng, (B, H), dtype)
             expected = cell.forward(params, xin.copy(), h0, T).copy()
             runner = host.HostLauncher(launch.path, multiprocessors=sms)

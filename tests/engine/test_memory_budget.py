@@ -236,16 +236,16 @@ class ProtocolElman(Cell):
     """A user cell written through the per-step protocol only (token inputs, no bias)."""
 
     def step(self, params, x_t, s_prev):
-        return np.tanh(params["U"].T[x_t] + s_prev @ params["W"].T)
+        return np.tanh(params["weight_ih"].T[x_t] + s_prev @ params["weight_hh"].T)
 
     def vjp_state(self, params, x_t, s_prev, s_t, g):
-        return (g * (1 - s_t ** 2)) @ params["W"]
+        return (g * (1 - s_t ** 2)) @ params["weight_hh"]
 
     def vjp_params(self, params, x_t, s_prev, s_t, g):
         e = g * (1 - s_t ** 2)
-        dUT = np.zeros(params["U"].shape[::-1])
+        dUT = np.zeros(params["weight_ih"].shape[::-1])
         np.add.at(dUT, x_t, e)
-        return {"U": dUT.T, "W": e.T @ s_prev}
+        return {"weight_ih": dUT.T, "weight_hh": e.T @ s_prev}
 
 
 @pytest.mark.parametrize("truncate", [None, 2])

@@ -111,7 +111,7 @@ class PlantedCell(Cell):
     def step(self, params, x_t, s_prev):
         if self.leak:
             s_prev = np.asarray(s_prev)                              # the planted fault
-        return gpurnn.engine.backend.get_array_module(x_t).tanh(x_t + s_prev @ params["W"].T)
+        return gpurnn.engine.backend.get_array_module(x_t).tanh(x_t + s_prev @ params["weight_hh"].T)
 
 
 @pytest.mark.parametrize("leak", [False, True])
@@ -122,9 +122,9 @@ def test_a_custom_cell_reading_its_state_on_the_host_fails_on_cpu_strict(device,
     h0 = backend.to_device(np.zeros((2, 4)), device)
     if leak and device == "cpu-strict":
         with pytest.raises(TypeError, match="Implicit conversion to a NumPy array"):
-            bptt.forward(PlantedCell(leak), {"W": W}, x, h0, 5)
+            bptt.forward(PlantedCell(leak), {"weight_hh": W}, x, h0, 5)
         return
-    _, states = bptt.forward(PlantedCell(leak), {"W": W}, x, h0, 5)
+    _, states = bptt.forward(PlantedCell(leak), {"weight_hh": W}, x, h0, 5)
     assert host(states).shape == (5, 2, 4)
 
 
@@ -134,14 +134,14 @@ class UserTanh(Cell):
 
     def step(self, params, x_t, s_prev):
         xp_ = backend.get_array_module(s_prev)
-        return xp_.tanh(x_t + s_prev @ params["W"].T)
+        return xp_.tanh(x_t + s_prev @ params["weight_hh"].T)
 
     def vjp_state(self, params, x_t, s_prev, s_t, g):
-        return (g * (1 - s_t ** 2)) @ params["W"]
+        return (g * (1 - s_t ** 2)) @ params["weight_hh"]
 
     def vjp_params(self, params, x_t, s_prev, s_t, g):
         e = g * (1 - s_t ** 2)
-        return {"W": e.reshape(-1, e.shape[-1]).T @ s_prev}
+        return {"weight_hh": e.reshape(-1, e.shape[-1]).T @ s_prev}
 
 
 LOOP_MODELS = [("elman", 1, None, act) for act in ("tanh", "relu", "sigmoid", "identity")] + [
@@ -174,7 +174,7 @@ def test_time_loops_make_no_hidden_synchronisation(cell, layers, embedding, acti
 
 @pytest.mark.parametrize("truncate", [None, 1])
 def test_the_default_per_step_loops_make_no_hidden_synchronisation(truncate, rng):
-    params = {"W": xp.asarray(rng.normal(size=(4, 4)))}
+    params = {"weight_hh": xp.asarray(rng.normal(size=(4, 4)))}
     x = xp.asarray(rng.normal(size=(6, 2, 4)))
     h0 = xp.asarray(np.zeros((2, 4)))
     with transfer_guard("disallow") as guard:
@@ -193,7 +193,7 @@ class SyncingCell(UserTanh):
 
 
 def test_the_guard_catches_a_planted_per_step_synchronisation(rng):
-    params = {"W": xp.asarray(rng.normal(size=(4, 4)))}
+    params = {"weight_hh": xp.asarray(rng.normal(size=(4, 4)))}
     x = xp.asarray(rng.normal(size=(6, 2, 4)))
     h0 = xp.asarray(np.zeros((2, 4)))
     with transfer_guard("disallow"), pytest.raises(TransferGuardError, match="float()"):

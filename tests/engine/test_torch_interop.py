@@ -58,13 +58,13 @@ def test_elman_matches_torch_autograd(nonlinearity, layers, embedded, tokens, bi
     assert result.loss == pytest.approx(loss.item(), rel=1e-12)
     torch_grads = {"V": linear.weight.grad}
     for layer in range(layers):
-        torch_grads[layer_name("U", layer)] = getattr(rnn, f"weight_ih_l{layer}").grad
-        torch_grads[layer_name("W", layer)] = getattr(rnn, f"weight_hh_l{layer}").grad
+        torch_grads[layer_name("weight_ih", layer)] = getattr(rnn, f"weight_ih_l{layer}").grad
+        torch_grads[layer_name("weight_hh", layer)] = getattr(rnn, f"weight_hh_l{layer}").grad
         if bias:
             # b = bias_ih + bias_hh: each torch bias gets the gradient of b
             grad_ih = getattr(rnn, f"bias_ih_l{layer}").grad
             assert rel_error(grad_ih, getattr(rnn, f"bias_hh_l{layer}").grad) <= 1e-12
-            torch_grads[layer_name("b", layer)] = grad_ih
+            torch_grads[layer_name("bias_ih", layer)] = grad_ih
     if bias:
         torch_grads["c"] = linear.bias.grad
     if embedded:

@@ -116,13 +116,13 @@ def test_bad_sizes(size):
 
 def test_parameter_assignment(lm):
     lm.W = np.eye(4)
-    assert lm.params["W"].dtype == np.float64 and np.array_equal(lm.W, np.eye(4))
-    with pytest.raises(ValueError, match=r"W must have shape \(4, 4\), got \(3, 3\)"):
+    assert lm.params["weight_hh"].dtype == np.float64 and np.array_equal(lm.W, np.eye(4))
+    with pytest.raises(ValueError, match=r"W \(weight_hh\) must have shape \(4, 4\), got \(3, 3\)"):
         lm.W = np.eye(3)
-    with pytest.raises(ValueError, match="U contains NaN"):
+    with pytest.raises(ValueError, match=r"U \(weight_ih\) contains NaN"):
         lm.U = np.full((4, 5), np.nan)
     no_bias = ElmanRNN(5, 4, 5, bias=False)
-    assert set(no_bias.params) == {"U", "W", "V"}
+    assert set(no_bias.params) == {"weight_ih", "weight_hh", "V"}
     with pytest.raises(AttributeError, match="bias=False"):
         no_bias.b = np.zeros(4)
 

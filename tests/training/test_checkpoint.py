@@ -159,7 +159,7 @@ def test_not_gpurnn_version_and_missing_parts(tmp_path):
     _expect_error(_write_npz(tmp_path / "other.npz", _meta(format="keras")),
                   "not a gpurnn checkpoint")
     _expect_error(_write_npz(tmp_path / "v9.npz", _meta(version=9)),
-                  "format version 9; this gpurnn reads version 1")
+                  "format version 9; this gpurnn reads versions 1, 2")
     meta = _meta()
     del meta["vocab"], meta["step"]
     _expect_error(_write_npz(tmp_path / "keys.npz", meta), "lacks step, vocab")

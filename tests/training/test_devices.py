@@ -72,7 +72,7 @@ def test_data_parallel_buffers_on_the_device(device, rng):
     """FlatGradients (packing, zeroing, the extra slots) and the parameter hash on device
     arrays; the collective itself is the identity in one process."""
     params = {name: backend.to_device(rng.normal(size=shape), device)
-              for name, shape in (("W", (3, 3)), ("b", (3,)))}
+              for name, shape in (("weight_hh", (3, 3)), ("bias_ih", (3,)))}
     flat = distributed.FlatGradients(params, extra=2)
     assert backend.device_of(flat.buffer) == backend.get_device(device)
     grads = {name: backend.to_device(rng.normal(size=value.shape), device)

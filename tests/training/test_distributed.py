@@ -47,7 +47,7 @@ class FakeRanks(distributed.Communicator):
 
 def test_flat_gradients_one_buffer_with_views_and_extra_slots():
     rng = numpy.random.default_rng(0)
-    params = {"U": rng.normal(size=(3, 5)), "W": rng.normal(size=(3, 3)), "b": rng.normal(size=3)}
+    params = {"weight_ih": rng.normal(size=(3, 5)), "weight_hh": rng.normal(size=(3, 3)), "bias_ih": rng.normal(size=3)}
     flat = distributed.FlatGradients(params, extra=2)
     assert flat.buffer.shape == (15 + 9 + 3 + 2,) and flat.buffer.dtype == numpy.float64
     assert flat.nbytes == 29 * 8
@@ -58,13 +58,14 @@ def test_flat_gradients_one_buffer_with_views_and_extra_slots():
         assert numpy.array_equal(views[name], grads[name])
     flat.set_extra([7.0, 8.0])
     flat.buffer *= 2  # what a reduction over 2 equal ranks does
-    assert numpy.array_equal(flat.grads["W"], 2 * grads["W"]) and flat.get_extra() == [14, 16]
+    assert numpy.array_equal(flat.grads["weight_hh"], 2 * grads["weight_hh"])
+    assert flat.get_extra() == [14, 16]
     flat.zero()
     assert not flat.values.any() and flat.get_extra() == [14, 16]
     with pytest.raises(KeyError):
-        flat.pack({"U": grads["U"]})
-    with pytest.raises(ValueError, match="gradient b has shape"):
-        flat.pack({**grads, "b": numpy.zeros(4)})
+        flat.pack({"weight_ih": grads["weight_ih"]})
+    with pytest.raises(ValueError, match="gradient bias_ih has shape"):
+        flat.pack({**grads, "bias_ih": numpy.zeros(4)})
     with pytest.raises(TypeError, match="one dtype"):
         distributed.FlatGradients({"a": numpy.zeros(2), "b": numpy.zeros(2, numpy.float32)})
 

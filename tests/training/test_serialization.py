@@ -10,6 +10,7 @@ import pytest
 
 import gpurnn
 from gpurnn.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gpurnn.engine.parameters import elman_aliases
 from gpurnn.training.generate import load_language_model
 
 from conftest import host
@@ -151,7 +152,7 @@ def test_save_never_replaces_a_file_that_is_not_a_checkpoint(tmp_path):
 
 def test_nan_is_never_saved(tmp_path):
     model = MODELS["elman"]("cpu")
-    model.params["W"][0, 0] = np.nan
+    model.params["weight_hh"][0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         gpurnn.save(tmp_path / "m.npz", model)
     assert not (tmp_path / "m.npz").exists()
@@ -181,3 +182,36 @@ def test_top_level_names_are_where_the_docs_say():
         assert issubclass(getattr(gpurnn, name), gpurnn.Optimizer)
     assert json.loads(json.dumps(gpurnn.__all__)) == list(gpurnn.__all__)
     assert all(hasattr(gpurnn, name) for name in gpurnn.__all__)
+
+
+def test_a_version_1_checkpoint_loads_with_the_elman_names_moved(tmp_path, monkeypatch):
+    from gpurnn.training import checkpoint
+    model = gpurnn.StackedElmanRNN(6, 4, 6, num_layers=2, dtype="float64", seed=3)
+    optimizer = gpurnn.Adam()
+    optimizer.step(model.params, model.loss_and_grads([[1, 2, 3]], [[2, 3, 4]]).grads)
+    old = {new: seed for seed, new in elman_aliases(2).items()}   # weight_ih_l1 -> U_l1
+
+    def to_v1(arrays):
+        return {old.get(name, name): value for name, value in arrays.items()}
+    state = optimizer.state_dict()
+    state["slots"] = {slot: to_v1(arrays) for slot, arrays in state["slots"].items()}
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 1)
+    save_checkpoint(tmp_path / "v1.npz", params=to_v1(model.params), optimizer_state=state,
+                    vocab=[], config={"model": gpurnn.model_spec(model)}, rng_state=None,
+                    step=1)
+    monkeypatch.undo()
+    loaded = gpurnn.load(tmp_path / "v1.npz")
+    assert set(loaded.model.params) == set(model.params)
+    assert np.array_equal(loaded.model.U_l1, model.params["weight_ih_l1"])
+    assert set(loaded.optimizer.state_dict()["slots"]["m"]) == set(model.params)
+
+
+def test_the_seeds_names_are_aliases_of_one_array():
+    model = gpurnn.ElmanRNN(5, 3, 5)
+    assert model.U is model.params["weight_ih"] and model.b is model.params["bias_ih"]
+    model.W = np.eye(3)
+    assert np.array_equal(model.params["weight_hh"], np.eye(3))
+    stack = gpurnn.StackedElmanRNN(5, 3, 5, num_layers=2)
+    assert stack.W_l1 is stack.params["weight_hh_l1"]
+    with pytest.raises(AttributeError):
+        gpurnn.GRU(5, 3, 5).U

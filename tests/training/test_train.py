@@ -576,10 +576,10 @@ def test_an_optimizer_state_that_overflowed_stops_as_diverged_not_unloadable(tmp
     def update(params, grads):  # Adam's second moment overflows at step 7 (float32, no clip)
         real(params, grads)
         if trainer.optimizer.t == 7:
-            trainer.optimizer._state["v"]["W"][...] = numpy.inf
+            trainer.optimizer._state["v"]["weight_hh"][...] = numpy.inf
     trainer.optimizer.step = update
     with pytest.raises(T.TrainingError, match=r"training stopped at step 10: "
-                                              r"optimizer/slots/v/W contains NaN or Inf; .*so "
+                                              r"optimizer/slots/v/weight_hh contains NaN or Inf; .*so "
                                               r"the run diverged; .*\(step 5\), is intact"):
         trainer.run()
     assert load_checkpoint(tmp_path / "lm.npz").step == 5
