@@ -139,7 +139,10 @@ class RecurrentModel(_ParamsMixin):
 
     # --- state hooks: the state is h itself unless a subclass says otherwise ------------
     def _initial_state(self, h0, batch):
-        """The cell's initial state (batch, state) from the user's ``h0`` (zeros if None)."""
+        """The cell's initial state (batch, state) from the user's ``h0`` (zeros if None),
+        (batch, hidden) or PyTorch's (1, batch, hidden)."""
+        if h0 is not None and numpy.ndim(h0) == 3 and len(h0) == 1:
+            h0 = h0[0]
         return as_state(h0, batch, self.hidden_size, self.dtype, self.device)
 
     def _hidden(self, states):
@@ -197,9 +200,13 @@ class RecurrentModel(_ParamsMixin):
         the logits of a softmax model (what a cross-entropy takes) and the outputs
         y_t = g(V h_t + c) of the others; ``state`` is the state after the last step, in
         the shape ``h0`` takes: (batch, hidden) for one layer, (num_layers, batch, hidden)
-        for a stack, and a pair (h, c) of those for an LSTM."""
+        for a stack, and a pair (h, c) of those for an LSTM. Given an ``h0`` in PyTorch's
+        layout, (num_layers, batch, hidden) even for one layer, ``state`` comes back in it."""
         out, _, state = self.forward(inputs, h0, logits=self.output == "softmax",
                                      return_state=True)
+        first = h0[0] if isinstance(h0, (tuple, list)) and len(h0) == 2 else h0
+        if first is not None and numpy.ndim(first) == 3:             # PyTorch's layout asked
+            state = _layered(state)
         return out, state
 
     def loss(self, inputs, targets, *, weights=None, h0=None, reduction="mean",
@@ -380,6 +387,13 @@ class RecurrentModel(_ParamsMixin):
         fixed = (4 * params + 6 * O * (H + 1) * item     # gradients, weight copies, output
                  + 6 * window * batch * S * item)         # carried states and errors
         return recompute.Footprint(forward, backward, batch * S * item, fixed)
+
+
+def _layered(state):
+    """A state (or an LSTM's pair) with one-layer (batch, hidden) parts as (1, batch, hidden)."""
+    if isinstance(state, tuple):
+        return tuple(_layered(part) for part in state)
+    return state[None] if state.ndim == 2 else state
 
 
 class _LastStates:

@@ -375,3 +375,26 @@ def test_the_elman_sweep_holds_its_small_products_at_one_blas_thread_once(rng):
     assert seen == [{1}] * 5
     assert blas_threads() == before
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("make", [lambda: gpurnn.ElmanRNN(6, 4, 6, dtype="float64"),
+                                  lambda: gpurnn.GRU(6, 4, 6, dtype="float64"),
+                                  lambda: gpurnn.LSTM(6, 4, 6, num_layers=2, dtype="float64")])
+def test_calling_a_model_gives_logits_and_the_state_in_the_layout_asked(make, device, rng):
+    model = make().copy(device=device)
+    x = rng.integers(0, 6, (3, 5))
+    logits, state = model(x)
+    probabilities, hidden, last = model.forward(x, return_state=True)
+    z = host(logits)
+    softmax = np.exp(z - z.max(-1, keepdims=True))
+    np.testing.assert_allclose(softmax / softmax.sum(-1, keepdims=True), host(probabilities),
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(host(model.forward(x, logits=True)[0]), z)
+    parts = state if isinstance(state, tuple) else (state,)
+    layers = getattr(model, "num_layers", 1)
+    torch_h0 = tuple(np.zeros((layers, 3, 4)) for _ in parts)
+    _, torch_state = model(x, torch_h0 if len(parts) == 2 else torch_h0[0])
+    torch_parts = torch_state if isinstance(torch_state, tuple) else (torch_state,)
+    for mine, theirs in zip(parts, torch_parts):
+        assert theirs.shape == (layers, 3, 4)
+        np.testing.assert_array_equal(host(theirs).reshape(host(mine).shape), host(mine))
