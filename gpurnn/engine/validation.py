@@ -21,6 +21,10 @@ def resolve_dtype(dtype) -> numpy.dtype:
         resolved = numpy.dtype(dtype)
     except TypeError:
         resolved = None
+    if resolved is not None and resolved.kind == "f" and resolved.name not in _DTYPES:
+        # a real floating type, just not one the engine computes in (yet): say so plainly
+        raise ValueError(f"dtype {resolved.name} is not supported: parameters and arithmetic "
+                         f"are {' or '.join(_DTYPES)}; use dtype='float32' for training")
     if resolved is None or resolved.name not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(_DTYPES)}")
     return resolved

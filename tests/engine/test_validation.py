@@ -94,7 +94,8 @@ def test_bad_reduction(lm):
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(activation="softsign"), ValueError, "activation 'softsign'; expected one of tanh"),
     (dict(output="relu"), ValueError, "output 'relu'; expected one of softmax"),
-    (dict(dtype="float16"), ValueError, "dtype 'float16'; expected one of float32, float64"),
+    (dict(dtype="float16"), ValueError, "dtype float16 is not supported: parameters and "
+                                         "arithmetic are float32 or float64; use dtype='float32'"),
     (dict(dtype="int32"), ValueError, "dtype"),
     (dict(device="tpu"), ValueError,
      "device 'tpu'; expected 'cpu', 'cuda', 'cuda:N', 'auto' or 'cpu-strict'"),
