@@ -43,14 +43,13 @@ _DEVICE_PATTERN = re.compile(r"^(cpu-strict|cpu|auto|cuda)(?::(\d+))?$")
 def cuda_unavailable_reason() -> str | None:
     """Why the GPU cannot be used, or None when it can."""
     if cupy is None:
-        return (f"CuPy is not importable ({_cupy_import_error!r}); install gpurnn[cuda12] "
-                "or gpurnn[cuda13] to match your CUDA driver")
+        return f"CuPy is not importable ({_cupy_import_error!r})"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # CUDARuntimeError when the driver is missing
-        return f"CuPy is installed but CUDA reports no usable device ({error})"
+        return f"CUDA reports no usable device ({error})"
     if count == 0:
-        return "CuPy is installed but no CUDA device is visible"
+        return "no CUDA device is visible"
     return None
 
 
@@ -63,7 +62,10 @@ def check_cuda_available() -> None:
     """Raise RuntimeError, chained to the original cause, when the GPU cannot be used."""
     problem = cuda_unavailable_reason()
     if problem is not None:
-        raise RuntimeError(f"device 'cuda' requested but {problem}") from _cupy_import_error
+        raise RuntimeError(f"device 'cuda' cannot be used: {problem}; use device 'cpu' "
+                           f"(--device cpu), or install the CuPy wheel that matches the CUDA "
+                           f"driver (pip install 'gpurnn[cuda12]' or 'gpurnn[cuda13]')") \
+            from _cupy_import_error
 
 
 @dataclass(frozen=True)
