@@ -83,6 +83,7 @@ def run_gradcheck(args):
 # ------------------------------------------------------------------------------------ train
 
 _METAVARS = {"corpus": "PATH", "checkpoint": "PATH", "metrics": "PATH", "lr": "X", "clip": "X",
+             "clip_value": "X",
              "valid_fraction": "X", "truncate": "K", "time_limit": "DURATION",
              "stop_signal": "SIGNAL", "log_every_seconds": "SECONDS", "csv_column": "NAME",
              "device": "DEVICE", "memory_budget": "BYTES"}

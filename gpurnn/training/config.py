@@ -89,6 +89,8 @@ class TrainConfig:
     schedule: str = _f("auto", "halve: the tutorial's schedule, halve the learning rate when "
                        "the validation loss rises; auto: halve for sgd only", SCHEDULES)
     clip: float = _f(5.0, "scale gradients down to this global L2 norm; 0 turns clipping off")
+    clip_value: float = _f(0.0, "then clip every gradient element to [-X, X] (min-char-rnn's "
+                           "clip, PyTorch's clip_grad_value_); 0 turns it off")
     max_bad_steps: int = _f(5, "stop after this many consecutive steps with a non-finite "
                             "loss or gradient (each is skipped)")
     # --- evaluation, logging, checkpoints -------------------------------------------------
@@ -150,8 +152,10 @@ class TrainConfig:
                 raise ValueError(f"{_flag(name)} must be an integer >= 0, got {value}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
-        if not (self.clip >= 0 and math.isfinite(self.clip)):
-            raise ValueError(f"--clip must be a number >= 0 (0: off), got {self.clip}")
+        for name in ("clip", "clip_value"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{_flag(name)} must be a number >= 0 (0: off), got {value}")
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
         if self.steps is not None and self.epochs is not None:
@@ -183,7 +187,8 @@ class TrainConfig:
 # Fields that may differ between a checkpoint and the run that resumes it: how long, how
 # often to log or save, where, on which device; the corpus path too, as the trainer compares
 # a hash of the data itself. Everything else must match, or it would not be the same run.
-RESUMABLE_FIELDS = frozenset({"corpus", "steps", "epochs", "lr", "clip", "max_bad_steps",
+RESUMABLE_FIELDS = frozenset({"corpus", "steps", "epochs", "lr", "clip", "clip_value",
+                              "max_bad_steps",
                               "eval_every", "log_every", "checkpoint", "checkpoint_every", "resume",
                               "metrics", "samples", "device", "quiet", "memory_budget", "kernels",
                               "overwrite", "log_every_seconds", "time_limit", "stop_signal"})

@@ -18,7 +18,8 @@ from ..engine.backend import device_of, get_array_module, to_device, to_host
 from ..engine.plan import Plan
 
 __all__ = ["Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "Rprop",
-           "make_optimizer", "HalveOnPlateau", "global_norm", "clip_grad_norm", "grads_finite"]
+           "make_optimizer", "HalveOnPlateau", "global_norm", "clip_grad_norm", "clip_grad_value",
+           "grads_finite"]
 
 
 def _check_positive(name: str, value) -> float:
@@ -370,6 +371,15 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
         for grad in grads.values():
             grad *= scale
     return norm
+
+
+def clip_grad_value(grads: dict, max_value: float) -> None:
+    """Clip every gradient element to [−max_value, max_value], in place (min-char-rnn's
+    ``np.clip(d, -5, 5, out=d)``, PyTorch's ``clip_grad_value_``). No device sync; NaN stays
+    NaN, so measure the norm (or :func:`grads_finite`) first to catch a bad step."""
+    max_value = _check_positive("max_value", max_value)
+    for grad in grads.values():
+        get_array_module(grad).clip(grad, -max_value, max_value, out=grad)
 
 
 def grads_finite(grads: dict) -> bool:

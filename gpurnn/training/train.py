@@ -43,7 +43,8 @@ from .corpus import cross_entropy, cross_entropy_sums, finite_state, load_data
 from .data import Batch, Vocabulary
 from .distributed import (Communicator, FlatGradients, abort_all_on_failure, device_for_rank,
                           world)
-from .optim import HalveOnPlateau, clip_grad_norm, global_norm, make_optimizer
+from .optim import (HalveOnPlateau, clip_grad_norm, clip_grad_value, global_norm,
+                    make_optimizer)
 from .reporting import Reporter, perplexity
 from .resuming import check_same_run, restore
 from .saving import (CheckpointSaver, FileLock, check_existing_outputs, check_output_paths,
@@ -276,6 +277,8 @@ class Trainer:
             loss, grads, tokens = self._all_reduce(loss, grads, tokens)
         t_reduced = time.perf_counter()
         norm = clip_grad_norm(grads, config.clip) if config.clip else global_norm(grads)
+        if config.clip_value:                 # after the norm is measured: Inf still shows
+            clip_grad_value(grads, config.clip_value)
         loss = loss if config.reduction == "mean" else loss / tokens
         t2 = time.perf_counter()
         good = self.guard.step_is_good(self.step + 1, loss, norm, model.params,

@@ -206,6 +206,18 @@ def test_clip_grad_norm(xp):
         optim.clip_grad_norm(grads, 0.0)
 
 
+def test_clip_grad_value(xp):
+    grads = {"a": xp.asarray([3.0, -7.0, 0.5]), "b": xp.asarray([[numpy.nan, -0.25]])}
+    same = grads["a"]
+    assert optim.clip_grad_value(grads, 1.0) is None
+    assert grads["a"] is same                               # in place
+    numpy.testing.assert_array_equal(backend.to_host(grads["a"]), [1.0, -1.0, 0.5])
+    b = backend.to_host(grads["b"])
+    assert numpy.isnan(b[0, 0]) and b[0, 1] == -0.25        # NaN is left for the guard
+    with pytest.raises(ValueError, match="max_value"):
+        optim.clip_grad_value(grads, -1.0)
+
+
 def test_grads_finite(xp):
     assert optim.grads_finite({"a": xp.ones(3), "b": xp.zeros((2, 2))})
     assert not optim.grads_finite({"a": xp.ones(3), "b": xp.asarray([numpy.nan])})

@@ -583,3 +583,17 @@ def test_an_optimizer_state_that_overflowed_stops_as_diverged_not_unloadable(tmp
                                               r"the run diverged; .*\(step 5\), is intact"):
         trainer.run()
     assert load_checkpoint(tmp_path / "lm.npz").step == 5
+
+
+def test_clip_value_clips_every_element_the_optimizer_sees(tmp_path):
+    trainer = T.Trainer(tiny(tmp_path, steps=6, clip=0, clip_value=1e-3))
+    seen, real = [], trainer.optimizer.step
+
+    def step(params, grads):
+        seen.append(max(float(numpy.abs(g).max()) for g in grads.values()))
+        real(params, grads)
+    trainer.optimizer.step = step
+    trainer.run()
+    assert len(seen) == 6 and max(seen) == float(numpy.float32(1e-3))   # float32 training
+    with pytest.raises(ValueError, match="--clip-value must be a number >= 0"):
+        tiny(tmp_path, clip_value=-1.0)
