@@ -222,7 +222,7 @@ class RecurrentModel(_ParamsMixin):
         """
         reduction = check_reduction(reduction)
         if self.plan.memory_budget is not None or self.plan.checkpoint_every is not None:
-            loss, last, total = self._blocked_loss(inputs, targets, weights, h0)
+            loss, last, w, rows = self._blocked_loss(inputs, targets, weights, h0)
         else:
             _, _, h0, states = self._run(inputs, h0)
             steps, batch = states.shape[:2]
@@ -232,10 +232,9 @@ class RecurrentModel(_ParamsMixin):
             loss = output_loss(self.output, self._params["V"], self._params.get("c"),
                                self._hidden(states), _time_major(y),
                                None if w is None else _time_major(w))
-            last = states[-1]
-            total = float(w.sum()) if w is not None else float(batch * steps)
-        if reduction == "mean":
-            loss /= total or 1.0                         # no weight at all: the loss is 0
+            last, rows = states[-1], batch * steps
+        if reduction == "mean":                          # (the sum of weights: one sync)
+            loss /= (float(w.sum()) if w is not None else rows) or 1.0   # no weight: loss 0
         if not return_state:
             return loss
         return loss, self._final_state(last.copy())
@@ -253,8 +252,8 @@ class RecurrentModel(_ParamsMixin):
 
     def _blocked_loss(self, inputs, targets, weights, h0):
         """The summed loss one block of the plan's grid at a time, in one working cache (what
-        evaluation on a long sequence holds in a memory budget), with the last state and
-        the total weight."""
+        evaluation on a long sequence holds in a memory budget), with the last state, the
+        checked weights and the number of steps (batch · time)."""
         x = as_inputs(inputs, self.input_size, self.dtype, self.device)
         batch, steps = x.shape[:2]
         h0 = self._initial_state(h0, batch)
@@ -272,7 +271,7 @@ class RecurrentModel(_ParamsMixin):
                                 self._hidden(states), _time_major(y[:, a:b]),
                                 None if w is None else _time_major(w[:, a:b]))
             last = states[-1]
-        return loss, last, float(w.sum()) if w is not None else float(batch * steps)
+        return loss, last, w, batch * steps
 
     def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                        reduction="mean", memory_budget=None,

@@ -398,3 +398,20 @@ def test_calling_a_model_gives_logits_and_the_state_in_the_layout_asked(make, de
     for mine, theirs in zip(parts, torch_parts):
         assert theirs.shape == (layers, 3, 4)
         np.testing.assert_array_equal(host(theirs).reshape(host(mine).shape), host(mine))
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_loss_reductions_equal_those_of_loss_and_grads(blocked, device, rng):
+    """model.loss (evaluation, plain or one block at a time) against loss_and_grads."""
+    model = ElmanRNN(7, 5, 7, dtype="float64", device=device, seed=2)
+    if blocked:
+        model.plan = model.plan.replace(checkpoint_every=2)
+    x = rng.integers(0, 7, (3, 6))
+    mask = np.ones((3, 6))
+    mask[1, 4:] = 0
+    mask[2, 1:] = 0
+    for reduction in ("mean", "sum"):
+        expected = model.loss_and_grads(x, x, mask=mask, reduction=reduction).loss
+        got = model.loss(x, x, weights=mask, reduction=reduction)
+        assert got == pytest.approx(expected, rel=1e-12)
+    assert model.loss(x, x) == pytest.approx(model.loss_and_grads(x, x).loss, rel=1e-12)
