@@ -19,11 +19,12 @@ from typing import Optional
 
 from ..engine.plan import KERNELS
 
-__all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "MODES", "OPTIMIZERS", "REDUCTIONS",
+__all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "RAW_LEVELS", "MODES", "OPTIMIZERS", "REDUCTIONS",
            "SCHEDULES", "DEVICES", "DTYPES", "CELLS", "RESUMABLE_FIELDS", "read_config_file",
            "merge_config", "parse_duration", "signal_number"]
 
-LEVELS = ("word", "char")
+LEVELS = ("word", "char", "byte", "char-sentences")
+RAW_LEVELS = ("char", "byte")  # the text as one stream, layout kept; no sentences
 MODES = ("stream", "sentence")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "rprop")
 REDUCTIONS = ("mean", "sum")
@@ -46,13 +47,17 @@ class TrainConfig:
     corpus: Optional[str] = _f(None, "UTF-8 text file, folder of .txt files, or .csv (the text "
                                "in --csv-column); default: the built-in corpus (Python's own "
                                "documentation, pydoc_data)")
-    level: str = _f("word", "tokens are words (with punctuation) or characters", LEVELS)
+    level: str = _f("word", "word: words and punctuation of sentences; char: every character "
+                    "of the text as it is (newlines, case, spacing kept); byte: its UTF-8 "
+                    "bytes (256 tokens, any file); char-sentences: characters of split "
+                    "sentences, whitespace runs as one space", LEVELS)
     vocab_size: int = _f(2000, "vocabulary size, the 4 special tokens included; rarer tokens "
                          "become UNKNOWN_TOKEN")
     mode: str = _f("stream", "stream: the corpus as one text cut into chunks, hidden state "
                    "carried from chunk to chunk; sentence: padded batches of whole sentences",
                    MODES)
-    valid_fraction: float = _f(0.1, "fraction of sentences held out for validation")
+    valid_fraction: float = _f(0.1, "fraction held out for validation: sentences drawn at "
+                               "random, or for char and byte the last stretch of the text")
     csv_column: str = _f("body", "the column of a .csv corpus that holds the text")
     # --- model and BPTT -------------------------------------------------------------------
     cell: str = _f("elman", "recurrent cell: elman (the tutorial's tanh RNN), gru or lstm "
@@ -106,7 +111,8 @@ class TrainConfig:
                          "continued, with --resume)")
     metrics: Optional[str] = _f(None, "JSON-lines metrics file (default: the checkpoint path "
                                 "with .jsonl)")
-    samples: int = _f(3, "sentences sampled from the model at the end")
+    samples: int = _f(3, "samples drawn from the model at the end: sentences, or for char and "
+                      "byte a stretch of text each")
     seed: int = _f(0, "seed for initial weights, the validation split and the batch order")
     device: str = _f("auto", "auto (the GPU when CuPy finds one, else the CPU), cpu, cuda, "
                      "cuda:N or cpu-strict (the CPU with CuPy's rules, to check code for the GPU)")
@@ -158,6 +164,11 @@ class TrainConfig:
                 raise ValueError(f"{_flag(name)} must be a number >= 0 (0: off), got {value}")
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.level in RAW_LEVELS and self.mode != "stream":
+            raise ValueError(f"--level {self.level} reads the text as one stream, without "
+                             f"sentences; --mode sentence needs them: use --level "
+                             f"{'char-sentences' if self.level == 'char' else 'word'}, or "
+                             f"--mode stream")
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give --steps or --epochs, not both")
         if not re.fullmatch(r"auto|cpu|cpu-strict|cuda(:\d+)?", self.device):
