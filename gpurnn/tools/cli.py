@@ -114,7 +114,8 @@ def add_train(subparsers):
                "intact); 75 stopped before\n  --time-limit; 128+N stopped by signal N (130 "
                "Ctrl-C, 143 SIGTERM); after 75 and 128+N,\n  continue with --resume.\n\n"
                "examples:\n  gpurnn train\n"
-               "  gpurnn train --corpus book.txt --level char --hidden 128 --epochs 5\n"
+               "  gpurnn train --corpus book.txt --level char --cell lstm --hidden 256 "
+               "--epochs 5\n"
                "  gpurnn train --resume --steps 3000\n")
     hints = typing.get_type_hints(TrainConfig)
     exclusive = p.add_mutually_exclusive_group()
@@ -208,26 +209,35 @@ def run_train(args, base=None):
 
 def add_generate(subparsers):
     p = subparsers.add_parser(
-        "generate", help="sample sentences from a trained language model",
-        description="Sample sentences from a checkpoint written by gpurnn train, one per "
-                    "line: each starts at SENTENCE_START (then the prompt) and stops at "
-                    "SENTENCE_END or --max-length tokens. A model trained in stream mode "
-                    "first reads the stretch of its training text kept in the checkpoint, so "
-                    "that sampling starts from a state like those it was trained on.")
+        "generate", help="sample text or sentences from a trained language model",
+        description="Sample from a checkpoint written by gpurnn train. A char or byte model "
+                    "writes --length characters (bytes) of text per sample, with its "
+                    "newlines and indentation, each sample under a numbered rule. A word or "
+                    "char-sentences model writes one sentence per line: each starts at "
+                    "SENTENCE_START (then the prompt) and stops at SENTENCE_END or "
+                    "--max-length tokens. A model trained in stream mode first reads the "
+                    "stretch of its training text kept in the checkpoint, so that sampling "
+                    "starts from a state like those it was trained on.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz written by gpurnn train")
-    p.add_argument("--num", type=positive_int, default=5, help="sentences (default 5)")
+    p.add_argument("--num", type=positive_int, default=5,
+                   help="samples: sentences, or stretches of text (default 5)")
     p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="divides the log-probabilities: below 1 safer, above 1 wilder "
                         "(default 1.0)")
     p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
                    help="draw only among the K most likely tokens (default: all)")
     p.add_argument("--prompt", metavar="TEXT", default=None,
-                   help="text every sentence starts with; words outside the vocabulary are "
-                        "named in a warning")
+                   help="text every sample starts with (for char and byte models, as typed: "
+                        "\\n in the shell's $'...' quotes is a newline); tokens outside the "
+                        "vocabulary are named in a warning")
+    p.add_argument("--length", type=positive_int, default=None, metavar="N",
+                   help="char and byte models: characters (bytes) written after the prompt "
+                        "(default 500)")
     p.add_argument("--min-length", type=int_at_least(0), default=0, metavar="N",
-                   help="tokens before SENTENCE_END may be drawn (default 0)")
+                   help="sentence models: tokens before SENTENCE_END may be drawn (default 0)")
     p.add_argument("--max-length", type=positive_int, default=None, metavar="N",
-                   help="stop after N tokens (default 60 words or 300 characters)")
+                   help="sentence models: stop after N tokens (default 60 words or 300 "
+                        "characters)")
     p.add_argument("--show-unknown", action="store_true",
                    help="let the model draw UNKNOWN_TOKEN and print it, also for unknown "
                         "prompt words (default: never drawn, prompt words shown as typed)")
@@ -246,19 +256,68 @@ def _print_warning(command):
 def run_generate(args):
     import warnings
 
-    from ..training.generate import load_language_model, sample
+    from ..training.data import RAW_LEVELS
+    from ..training.generate import format_samples, load_language_model, sample
     if args.min_length and args.max_length and args.min_length > args.max_length:
         raise UsageError(f"--min-length {args.min_length} is above --max-length "
                          f"{args.max_length}")
     lm = load_language_model(args.checkpoint, device=args.device)
+    raw = lm.level in RAW_LEVELS
+    if lm.written_as:
+        print(f"gpurnn generate: note: {args.checkpoint} holds a model of the characters of "
+              f"split sentences (--level {lm.level}; written as --level {lm.written_as}, the "
+              f"name this mode had before gpurnn 0.2)", file=sys.stderr)
+    misplaced = ([flag for flag, given in (("--min-length", args.min_length),
+                                           ("--max-length", args.max_length)) if given]
+                 if raw else (["--length"] if args.length else []))
+    if misplaced:
+        raise UsageError(f"{misplaced[0]} is for {'sentence' if raw else 'char and byte'} "
+                         f"models; {args.checkpoint} is a {lm.level} model: use "
+                         + ("--length N (characters written)" if raw
+                            else "--max-length N (tokens per sentence at most)"))
+    lengths = {"length": args.length} if raw else {"min_length": args.min_length,
+                                                   "max_length": args.max_length}
     with warnings.catch_warnings():
         warnings.showwarning = _print_warning("generate")
-        sentences = sample(lm.model, lm.vocab, num=args.num, level=lm.level,
-                           prompt=args.prompt, temperature=args.temperature, top_k=args.top_k,
-                           min_length=args.min_length, max_length=args.max_length,
-                           warmup=lm.warmup, show_unknown=args.show_unknown, seed=args.seed)
-    for sentence in sentences:
-        print(sentence)
+        samples = sample(lm.model, lm.vocab, num=args.num, level=lm.level,
+                         prompt=args.prompt, temperature=args.temperature, top_k=args.top_k,
+                         warmup=lm.warmup, show_unknown=args.show_unknown, seed=args.seed,
+                         **lengths)
+    print(format_samples(samples, lm.level) if raw else "\n".join(samples))
+    return 0
+
+
+# --------------------------------------------------------------------------------- evaluate
+
+def add_evaluate(subparsers):
+    p = subparsers.add_parser(
+        "evaluate", help="loss, perplexity and bits per character of a model on a file",
+        description="Score a checkpoint written by gpurnn train on a held-out FILE, read as "
+                    "the model was trained (its --level, --mode and --seq-len; a stream's "
+                    "hidden state carried from chunk to chunk): the mean cross-entropy per "
+                    "predicted token in nats, the perplexity, and for char and byte models "
+                    "the bits per character (byte). The model's own held-out stretch scores "
+                    "what its last validation did.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz written by gpurnn train")
+    p.add_argument("file", metavar="FILE",
+                   help="text file, folder of .txt files or .csv (as gpurnn train reads them)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                   help="parallel rows per batch; each starts from the zero state (default: "
+                        "as the training run validated, at least 32)")
+    p.add_argument("--seq-len", type=positive_int, default=None, metavar="N",
+                   help="steps per chunk (default: the training run's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args):
+    import json
+
+    from ..training.evaluation import evaluate_file
+    result = evaluate_file(args.checkpoint, args.file, device=args.device,
+                           batch_size=args.batch_size, seq_len=args.seq_len)
+    print(json.dumps(result.to_dict()) if args.json else result.line())
     return 0
 
 
@@ -313,7 +372,7 @@ def add_selftest(subparsers):
     p.set_defaults(handler=selftest.execute)
 
 
-SUBCOMMANDS = [add_train, add_generate, add_gradcheck, add_plot, add_diagnose, add_bench,
+SUBCOMMANDS = [add_train, add_generate, add_evaluate, add_gradcheck, add_plot, add_diagnose, add_bench,
                add_selftest]
 
 

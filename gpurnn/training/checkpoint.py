@@ -27,8 +27,10 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "NonFiniteError",
 FORMAT_NAME = "gpurnn-checkpoint"
 # 2: every cell's parameters under PyTorch's names; version 1 files (the Elman weights as
 # U, W, b) are read with their names moved (:func:`_from_version_1`).
-FORMAT_VERSION = 2
-_READS = (1, 2)
+# 3: level "char" is the raw text; the sentence-split character level of versions 1 and 2,
+# then called "char", is read as "char-sentences" (:func:`_levels_before_3`).
+FORMAT_VERSION = 3
+_READS = (1, 2, 3)
 _META_KEY = "__gpurnn__"
 _VERSION_1_NAMES = elman_aliases(64)  # U -> weight_ih, …, U_l63 -> weight_ih_l63
 _META_FIELDS = ("format", "version", "step", "vocab", "config", "rng_state", "params",
@@ -54,6 +56,7 @@ class Checkpoint:
     rng_state: dict | None
     step: int
     extra: dict | None
+    version: int = FORMAT_VERSION  # the format the file was written in (it is read as this one)
 
 
 def _is_array(value) -> bool:
@@ -223,6 +226,21 @@ def _from_version_1(params: dict, optimizer_state):
     return renamed(params), optimizer_state
 
 
+def _levels_before_3(config):
+    """Versions 1-2 named the sentence-split character level "char"; it is "char-sentences"
+    now, and "char" the raw text. The level is in the trainer's ``train`` table, or at the
+    top where gpurnn.save wrote it."""
+    if not isinstance(config, dict):
+        return config
+    config = dict(config)
+    if config.get("level") == "char":
+        config["level"] = "char-sentences"
+    train = config.get("train")
+    if isinstance(train, dict) and train.get("level") == "char":
+        config["train"] = {**train, "level": "char-sentences"}
+    return config
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
 
@@ -258,6 +276,7 @@ def load_checkpoint(path) -> Checkpoint:
     _check_values(path, meta["step"], arrays)
     if meta["version"] == 1:
         params, optimizer_state = _from_version_1(params, optimizer_state)
+    config = meta["config"] if meta["version"] >= 3 else _levels_before_3(meta["config"])
     return Checkpoint(params=params, optimizer_state=optimizer_state, vocab=meta["vocab"],
-                      config=meta["config"], rng_state=meta["rng_state"], step=meta["step"],
-                      extra=extra)
+                      config=config, rng_state=meta["rng_state"], step=meta["step"],
+                      extra=extra, version=meta["version"])

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..engine.plan import KERNELS
+from .data import LEVELS, RAW_LEVELS, SPECIAL_TOKENS
 
-__all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "RAW_LEVELS", "MODES", "OPTIMIZERS", "REDUCTIONS",
-           "SCHEDULES", "DEVICES", "DTYPES", "CELLS", "RESUMABLE_FIELDS", "read_config_file",
+__all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "RAW_LEVELS", "MODES", "OPTIMIZERS",
+           "REDUCTIONS", "SCHEDULES", "DEVICES", "DTYPES", "CELLS", "RESUMABLE_FIELDS", "read_config_file",
            "merge_config", "parse_duration", "signal_number"]
 
-LEVELS = ("word", "char", "byte", "char-sentences")
-RAW_LEVELS = ("char", "byte")  # the text as one stream, layout kept; no sentences
 MODES = ("stream", "sentence")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "rprop")
 REDUCTIONS = ("mean", "sum")
@@ -142,7 +141,6 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{_flag(f.name)} must be one of {', '.join(choices)}, "
                                  f"got {getattr(self, f.name)!r}")
-        from .data import SPECIAL_TOKENS
         if self.vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 1}: "
                              f"{len(SPECIAL_TOKENS)} ids are the special tokens "

@@ -15,6 +15,19 @@ and a training pair is X = sentence[:-1], y = sentence[1:].
 Special token ids are fixed: ``PAD_ID = 0``, ``UNKNOWN_ID = 1``, ``SENTENCE_START_ID = 2``,
 ``SENTENCE_END_ID = 3``; ordinary tokens follow from id 4, most frequent first.
 
+Raw text (levels ``char`` and ``byte``) has no sentences and no special tokens but the unknown
+one: :func:`load_text` reads a file as it is, every character (or byte) kept, and the text is
+one stream of ids for :class:`StreamBatcher`::
+
+    text = load_text("book.txt", level="char")         # or load_builtin_text()
+    train_t, valid_t = split_text(text, 0.1)             # the last 10% held out
+    vocab = Vocabulary.for_text(text, level="char", size=200)  # UNKNOWN_TOKEN, then chars
+    batches = StreamBatcher(vocab.encode(train_t), batch_size=32, seq_len=64)
+
+A byte-level text is a ``str`` too: its bytes as the code points 0-255 (Latin-1), so one
+:class:`Vocabulary` of 256 one-character tokens covers any file; :func:`text_from_tokens`
+turns tokens back into readable text for either level.
+
 Batchers are resumable: epoch e's order depends only on (seed, e), so the position
 ``(epoch, index)`` in :meth:`state_dict` is all a checkpoint needs to continue with exactly the
 next batch.
@@ -41,7 +54,8 @@ __all__ = [
     "read_documents", "split_sentences", "tokenize_words", "tokenize", "detokenize",
     "load_corpus", "load_builtin_corpus", "Vocabulary", "encode_sentences",
     "train_valid_split", "Batch", "SentenceBatcher", "StreamBatcher", "CorpusWarning",
-    "MAX_LINE_BYTES",
+    "MAX_LINE_BYTES", "LEVELS", "RAW_LEVELS", "SENTENCE_LEVELS", "load_text",
+    "load_builtin_text", "split_text", "text_from_tokens",
 ]
 
 PAD_TOKEN = "PAD_TOKEN"
@@ -53,11 +67,17 @@ PAD_ID, UNKNOWN_ID, SENTENCE_START_ID, SENTENCE_END_ID = range(len(SPECIAL_TOKEN
 _SPECIAL_SET = frozenset(SPECIAL_TOKENS)
 ID_DTYPE = numpy.int64  # what the model's input checks convert token ids to anyway
 
-_LEVELS = ("word", "char")
+SENTENCE_LEVELS = ("word", "char-sentences")  # split into sentences, START/END around each
+RAW_LEVELS = ("char", "byte")                 # the text as it is, one stream
+LEVELS = SENTENCE_LEVELS[:1] + RAW_LEVELS + SENTENCE_LEVELS[1:]
 _TOKENIZERS = ("regex", "nltk")
 
 
 def _check_choice(name: str, value, choices) -> None:
+    if name == "level" and value in RAW_LEVELS and choices == SENTENCE_LEVELS:
+        raise ValueError(f"level {value!r} reads the text as it is, without sentences: use "
+                         f"load_text(path, level={value!r}) (or level='char-sentences' for "
+                         f"the characters of split sentences)")
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
@@ -232,16 +252,17 @@ def tokenize(text: str, *, level: str = "word", lowercase: bool | None = None,
 
     Args:
         text: the raw text.
-        level: ``"word"`` (words, numbers, punctuation) or ``"char"`` (each character of the
-            sentence, spaces included; sentences are still split, so SENTENCE_START/END mark
-            sentence boundaries in both modes).
+        level: ``"word"`` (words, numbers, punctuation) or ``"char-sentences"`` (each
+            character of the sentence, spaces included; sentences are still split, so
+            SENTENCE_START/END mark sentence boundaries in both modes). The raw levels
+            ``"char"`` and ``"byte"`` have no sentences: see :func:`load_text`.
         lowercase: lower-case the text; None means True for words and False for characters.
         tokenizer: ``"regex"`` (built in) or ``"nltk"`` (``sent_tokenize``/``word_tokenize``;
             only if installed with its ``punkt`` data).
     Returns:
         One list of tokens per non-empty sentence.
     """
-    _check_choice("level", level, _LEVELS)
+    _check_choice("level", level, SENTENCE_LEVELS)
     _check_choice("tokenizer", tokenizer, _TOKENIZERS)
     if lowercase is None:
         lowercase = level == "word"
@@ -255,7 +276,7 @@ def tokenize(text: str, *, level: str = "word", lowercase: bool | None = None,
                               "python -m nltk.downloader punkt punkt_tab") from error
     else:
         sentences = split_sentences(text)
-    if level == "char":
+    if level == "char-sentences":
         return [list(s.lower() if lowercase else s) for s in sentences if s]
     if tokenizer == "nltk":
         tokenized = [nltk.word_tokenize(s.lower() if lowercase else s) for s in sentences]
@@ -267,9 +288,9 @@ def tokenize(text: str, *, level: str = "word", lowercase: bool | None = None,
 def detokenize(tokens: Iterable[str], *, level: str = "word") -> str:
     """Join tokens into text, dropping the special tokens: spaces between words, none between
     characters."""
-    _check_choice("level", level, _LEVELS)
+    _check_choice("level", level, SENTENCE_LEVELS)
     kept = [token for token in tokens if token not in _SPECIAL_SET or token == UNKNOWN_TOKEN]
-    return ("" if level == "char" else " ").join(kept)
+    return ("" if level == "char-sentences" else " ").join(kept)
 
 
 def load_corpus(path, *, level: str = "word", lowercase: bool | None = None,
@@ -299,59 +320,185 @@ def load_builtin_corpus(*, level: str = "word", lowercase: bool | None = None) -
         FileNotFoundError: this Python installation lacks ``pydoc_data`` (some distributions
             split it out); pass a corpus path instead.
     """
+    return [tokens for document in _builtin_documents()
+            for tokens in tokenize(document, level=level, lowercase=lowercase)]
+
+
+def _builtin_documents() -> list[str]:
     try:
         from pydoc_data.topics import topics
     except ImportError as error:
         raise FileNotFoundError("the built-in corpus needs the standard library module "
                                 "pydoc_data.topics, which this Python installation lacks; "
                                 "give a corpus path instead") from error
-    return [tokens for key in sorted(topics)
-            for tokens in tokenize(topics[key], level=level, lowercase=lowercase)]
+    return [topics[key] for key in sorted(topics)]
+
+
+# -------------------------------------------------------------------------------------- raw text
+
+def _join_documents(documents: Sequence[str]) -> str:
+    """One text: every document but the last ends with a newline (added where it lacks one),
+    so that no two documents run together on one line."""
+    return "".join(d if d.endswith("\n") else d + "\n" for d in documents[:-1]) + documents[-1]
+
+
+def _as_byte_text(data: bytes) -> str:
+    return data.decode("latin-1")  # byte b is the character chr(b): a lossless view
+
+
+def load_text(path, *, level: str = "char", column: str = "body") -> str:
+    """A corpus as one text, every character kept: newlines, case, spacing, layout.
+
+    Args:
+        path: as in :func:`read_documents` (a text file, a folder of ``.txt`` files, a
+            ``.csv`` column); documents are joined in order, each ending with a newline.
+        level: ``"char"``: the UTF-8 text (checked as :func:`read_documents` does);
+            ``"byte"``: the bytes of a file as they are (any file, binary too; a CSV
+            column's or a folder's texts encoded as UTF-8), as a ``str`` of the code points
+            0-255, one character per byte.
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_documents`; and an empty text.
+    """
+    _check_choice("level", level, RAW_LEVELS)
+    path = Path(path)
+    if level == "byte" and path.is_file() and path.suffix.lower() != ".csv":
+        try:
+            return _nonempty(_as_byte_text(path.read_bytes()), path)
+        except OSError as error:
+            raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
+    text = _join_documents(read_documents(path, column=column))
+    return _nonempty(_as_byte_text(text.encode("utf-8")) if level == "byte" else text, path)
+
+
+def _nonempty(text: str, path) -> str:
+    if not text:
+        raise ValueError(f"corpus {path} is empty: there is no text to learn from")
+    return text
+
+
+def load_builtin_text(*, level: str = "char") -> str:
+    """The built-in corpus (see :func:`load_builtin_corpus`) as one raw text, every
+    character kept: its documents in sorted order, each ending with a newline."""
+    _check_choice("level", level, RAW_LEVELS)
+    text = _join_documents(_builtin_documents())
+    return _as_byte_text(text.encode("utf-8")) if level == "byte" else text
+
+
+def split_text(text: str, valid_fraction: float = 0.1) -> tuple[str, str]:
+    """(train, valid): the last ``round(len(text) * valid_fraction)`` characters are held
+    out, one contiguous stretch, as char-rnn and nanoGPT split."""
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
+    cut = len(text) - round(len(text) * valid_fraction)
+    if cut < 2:
+        raise ValueError(f"valid_fraction={valid_fraction} leaves {cut} of the text's "
+                         f"{len(text)} characters for training; at least 2 are needed")
+    return text[:cut], text[cut:]
+
+
+def text_from_tokens(tokens: Iterable[str], *, level: str = "char") -> str:
+    """Readable text from raw-level tokens: characters joined as they are (UNKNOWN_TOKEN
+    shown as U+FFFD), or bytes decoded as UTF-8 (invalid sequences shown as U+FFFD)."""
+    _check_choice("level", level, RAW_LEVELS)
+    text = "".join("\ufffd" if token == UNKNOWN_TOKEN else token for token in tokens)
+    return text.encode("latin-1").decode("utf-8", errors="replace") if level == "byte" else text
 
 
 # ------------------------------------------------------------------------------------ vocabulary
 
 
 class Vocabulary:
-    """Token <-> id mapping: the special tokens (ids 0-3, see the module docstring) followed by
-    ordinary tokens, most frequent first. Unknown tokens encode to ``UNKNOWN_ID``.
+    """Token <-> id mapping: the special tokens followed by ordinary tokens, most frequent
+    first. Unknown tokens encode to the id of ``UNKNOWN_TOKEN``.
+
+    Three layouts, told apart by their first tokens (``specials``):
+
+    - sentence levels (word, char-sentences): the four special tokens, ids 0-3 (see the
+      module docstring);
+    - raw characters (level char): ``UNKNOWN_TOKEN`` alone at id 0, for the characters
+      beyond the vocabulary's size and those a prompt may bring;
+    - bytes (level byte): no special token, the 256 byte values, id = byte (:meth:`of_bytes`).
 
     Saved in checkpoints as :meth:`to_list` and rebuilt with :meth:`from_list`.
     """
 
-    def __init__(self, tokens: Sequence[str]):
-        tokens = list(tokens)
-        if tuple(tokens[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
-            raise ValueError(f"tokens must start with the special tokens {list(SPECIAL_TOKENS)}, "
-                             f"got {tokens[:len(SPECIAL_TOKENS)]}")
+    LAYOUTS = (SPECIAL_TOKENS, (UNKNOWN_TOKEN,), ())
+
+    def __init__(self, tokens: Sequence[str], *, specials: Sequence[str] = SPECIAL_TOKENS):
+        tokens, specials = list(tokens), tuple(specials)
+        if specials not in self.LAYOUTS:
+            raise ValueError(f"specials must be one of {[list(s) for s in self.LAYOUTS]}, "
+                             f"got {list(specials)}")
+        if tuple(tokens[:len(specials)]) != specials:
+            raise ValueError(f"tokens must start with the special tokens {list(specials)}, "
+                             f"got {tokens[:len(specials)]}")
+        if not specials and tokens != _BYTE_TOKENS:
+            raise ValueError("a vocabulary without special tokens is the byte vocabulary, "
+                             "the 256 characters chr(0) ... chr(255) in order "
+                             "(Vocabulary.of_bytes())")
         if not all(isinstance(token, str) for token in tokens):
             raise TypeError("tokens must all be strings")
-        self._tokens = tokens
+        ordinary = set(tokens[len(specials):]) & _SPECIAL_SET
+        if ordinary:
+            raise ValueError(f"special tokens may only come first; found {sorted(ordinary)} "
+                             f"among the ordinary tokens")
+        self._tokens, self.specials = tokens, specials
         self._ids = {token: index for index, token in enumerate(tokens)}
         if len(self._ids) != len(tokens):
             repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)
             raise ValueError(f"tokens must be unique; repeated: {repeated[:10]}")
+        self.unknown_id = self._ids.get(UNKNOWN_TOKEN)  # None for bytes: nothing is unknown
+        self._bytes = specials == () and tokens == _BYTE_TOKENS
 
     @classmethod
-    def build(cls, sentences: Iterable[Sequence[str]], size: int) -> "Vocabulary":
-        """The ``size - 4`` most frequent tokens of ``sentences`` after the 4 specials.
+    def build(cls, sentences: Iterable[Sequence[str]], size: int, *,
+              specials: Sequence[str] = SPECIAL_TOKENS) -> "Vocabulary":
+        """The ``size - len(specials)`` most frequent tokens of ``sentences`` after the
+        special tokens.
 
         Ties are broken by the token's string order, so the result does not depend on the
         order of the sentences. The vocabulary is smaller when the corpus has fewer tokens.
         """
         if isinstance(size, bool) or not isinstance(size, (int, numpy.integer)):
             raise TypeError(f"size must be an integer, got {type(size).__name__}")
-        if size < len(SPECIAL_TOKENS):
-            raise ValueError(f"size must be at least {len(SPECIAL_TOKENS)} (the special tokens "
-                             f"{', '.join(SPECIAL_TOKENS)}), got {size}")
+        specials = tuple(specials)
+        if size < max(len(specials), 1):
+            raise ValueError(f"size must be at least {max(len(specials), 1)}"
+                             + (f" (the special tokens {', '.join(specials)})" if specials
+                                else "") + f", got {size}")
         counts = Counter(token for sentence in sentences for token in sentence)
         ranked = sorted((t for t in counts if t not in _SPECIAL_SET), key=lambda t: (-counts[t], t))
-        return cls(SPECIAL_TOKENS + tuple(ranked[:size - len(SPECIAL_TOKENS)]))
+        return cls(specials + tuple(ranked[:size - len(specials)]), specials=specials)
+
+    @classmethod
+    def for_text(cls, text: str, *, level: str = "char", size: int = 2000) -> "Vocabulary":
+        """The vocabulary of a raw text: for ``"char"``, ``UNKNOWN_TOKEN`` then the text's
+        characters, most frequent first, ``size`` in all (:meth:`build`); for ``"byte"``,
+        :meth:`of_bytes` (``size`` is not used)."""
+        _check_choice("level", level, RAW_LEVELS)
+        if level == "byte":
+            return cls.of_bytes()
+        return cls.build([text], size, specials=(UNKNOWN_TOKEN,))
+
+    @classmethod
+    def of_bytes(cls) -> "Vocabulary":
+        """The 256 byte values as one-character tokens ``chr(0)`` … ``chr(255)``, id = byte."""
+        return cls(_BYTE_TOKENS, specials=())
 
     @classmethod
     def from_list(cls, tokens: Sequence[str]) -> "Vocabulary":
-        """The inverse of :meth:`to_list`."""
-        return cls(tokens)
+        """The inverse of :meth:`to_list`; the layout is read from the first tokens."""
+        tokens = list(tokens)
+        if tokens == _BYTE_TOKENS:
+            return cls(tokens, specials=())
+        specials = next((layout for layout in cls.LAYOUTS[:2]
+                         if tuple(tokens[:len(layout)]) == layout), None)
+        if specials is None:
+            raise ValueError(f"tokens must start with the special tokens "
+                             f"{list(SPECIAL_TOKENS)} (levels word, char-sentences) or with "
+                             f"{UNKNOWN_TOKEN} (char), or be the 256 byte values (byte); "
+                             f"got {tokens[:4]}")
+        return cls(tokens, specials=specials)
 
     def to_list(self) -> list[str]:
         """All tokens in id order (JSON-able)."""
@@ -370,9 +517,28 @@ class Vocabulary:
         return f"Vocabulary({len(self)} tokens)"
 
     def encode(self, tokens: Iterable[str]) -> numpy.ndarray:
-        """Token ids, shape (n,), dtype ``ID_DTYPE``; unknown tokens map to ``UNKNOWN_ID``."""
-        ids = self._ids
-        return numpy.fromiter((ids.get(token, UNKNOWN_ID) for token in tokens), dtype=ID_DTYPE)
+        """Token ids, shape (n,), dtype ``ID_DTYPE``; unknown tokens map to ``unknown_id``.
+        A raw text (a ``str``) is a sequence of one-character tokens.
+
+        Raises:
+            ValueError: a token outside a vocabulary without ``UNKNOWN_TOKEN`` (bytes:
+                a character above U+00FF, which no byte view of a text holds).
+        """
+        if self._bytes and isinstance(tokens, str):
+            try:
+                return numpy.frombuffer(tokens.encode("latin-1"), numpy.uint8).astype(ID_DTYPE)
+            except UnicodeEncodeError as error:
+                raise ValueError(f"a byte-level text holds only the characters U+0000-U+00FF "
+                                 f"(one per byte); got {tokens[error.start]!r} at "
+                                 f"{error.start}") from None
+        ids, unknown = self._ids, self.unknown_id
+        if unknown is None:
+            missing = next((t for t in tokens if t not in ids), None) \
+                if not isinstance(tokens, str) else None
+            if missing is not None:
+                raise ValueError(f"token {missing!r} is not in this vocabulary, which has no "
+                                 f"{UNKNOWN_TOKEN}")
+        return numpy.fromiter((ids.get(token, unknown) for token in tokens), dtype=ID_DTYPE)
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Tokens for ids (any int sequence or array)."""
@@ -383,6 +549,9 @@ class Vocabulary:
                 raise ValueError(f"ids must lie in [0, {size}), got {index}")
             tokens.append(self._tokens[index])
         return tokens
+
+
+_BYTE_TOKENS = [chr(byte) for byte in range(256)]
 
 
 def encode_sentences(sentences: Iterable[Sequence[str]], vocab: Vocabulary) -> list[numpy.ndarray]:

@@ -1,8 +1,12 @@
-"""Sampling sentences from a trained language model.
+"""Sampling text from a trained language model: sentences, or raw text with its layout.
 
     from gpurnn.generate import load_language_model, sample
     lm = load_language_model("gpurnn-lm.npz")
     print(sample(lm.model, lm.vocab, num=5, level=lm.level, temperature=0.8, seed=1))
+
+A model of raw text (levels char and byte) writes ``length`` characters (or bytes) after
+the prompt, newlines and indentation as it learnt them; there are no sentence ends. The
+rest of this docstring is about sentences.
 
 A sentence starts from ``SENTENCE_START`` (then the prompt's tokens, if any) and grows one
 token at a time, drawn from the model's next-token distribution, until ``SENTENCE_END`` or
@@ -35,9 +39,11 @@ from ..engine.model import RecurrentModel
 from .serialization import model_from_checkpoint
 
 __all__ = ["LanguageModel", "UnknownWordWarning", "load_language_model", "sample",
-           "warmup_ids", "join_tokens", "known_word_share"]
+           "format_samples", "warmup_ids", "join_tokens", "known_word_share"]
 
-_MAX_LENGTH = {"word": 60, "char": 300}
+_MAX_LENGTH = {"word": 60, "char-sentences": 300}  # tokens per sentence at most
+DEFAULT_LENGTH = 500  # characters (or bytes) a raw-text sample writes
+END_SAMPLE_LENGTH = 300  # those the trainer shows at the end of a run
 
 
 class UnknownWordWarning(UserWarning):
@@ -47,9 +53,11 @@ class UnknownWordWarning(UserWarning):
 class LanguageModel(NamedTuple):
     model: RecurrentModel
     vocab: D.Vocabulary
-    level: str   # "word" or "char": how tokens join into text
+    level: str   # word, char, byte or char-sentences: how tokens join into text
     step: int    # training steps behind these parameters
-    warmup: numpy.ndarray | None = None  # token ids read before each sentence (stream mode)
+    warmup: numpy.ndarray | None = None  # token ids read before each sample (stream mode)
+    config: dict | None = None  # the checkpoint's configuration (the training run's settings)
+    written_as: str | None = None  # the level's name in the file, where it was renamed since
 
 
 def warmup_ids(stream: numpy.ndarray, length: int) -> numpy.ndarray:
@@ -76,7 +84,13 @@ def load_language_model(path, device="cpu") -> LanguageModel:
     try:
         # A trainer's run records its level; gpurnn.save records it beside the vocabulary.
         level = saved.config.get("train", saved.config)["level"]
+        if level not in D.LEVELS:
+            raise ValueError(f"its level {level!r} is none of {', '.join(D.LEVELS)}")
         vocab = D.Vocabulary.from_list(saved.vocab)
+        layout = {"char": (D.UNKNOWN_TOKEN,), "byte": ()}.get(level, D.SPECIAL_TOKENS)
+        if vocab.specials != layout:
+            raise ValueError(f"its vocabulary does not start as a {level} model's does "
+                             f"({list(layout)[:4]}), but with {vocab.to_list()[:4]}")
         sizes = (getattr(model, "input_size", None), getattr(model, "output_size", None))
         if sizes != (len(vocab), len(vocab)):
             raise ValueError(f"model sizes {sizes[0]}/{sizes[1]} do not match the "
@@ -89,7 +103,9 @@ def load_language_model(path, device="cpu") -> LanguageModel:
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a usable language-model checkpoint "
                               f"({type(error).__name__}: {error})") from None
-    return LanguageModel(model, vocab, level, saved.step, warmup)
+    renamed = level == "char-sentences" and saved.version < 3
+    return LanguageModel(model, vocab, level, saved.step, warmup, saved.config,
+                         "char" if renamed else None)
 
 
 def _check(name, value, ok, expected):
@@ -99,42 +115,63 @@ def _check(name, value, ok, expected):
 
 def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: str = "word",
            prompt: str | None = None, temperature: float = 1.0, top_k: int | None = None,
-           min_length: int = 0, max_length: int | None = None, warmup=None,
-           show_unknown: bool = False, seed=None, rng=None) -> list[str]:
-    """Draw ``num`` sentences.
+           min_length: int = 0, max_length: int | None = None, length: int | None = None,
+           warmup=None, show_unknown: bool = False, seed=None, rng=None) -> list[str]:
+    """Draw ``num`` samples: sentences (levels word and char-sentences), or stretches of
+    text of ``length`` characters or bytes (levels char and byte) that keep the layout
+    the model learnt (newlines, indentation).
 
     Args:
-        prompt: text the sentences start with (tokenised like the corpus; tokens outside the
-            vocabulary are named in an :class:`UnknownWordWarning`).
+        prompt: text the samples start with: tokenised like the corpus for the sentence
+            levels, read character by character (or as its UTF-8 bytes) for char and byte;
+            tokens outside the vocabulary are named in an :class:`UnknownWordWarning`.
         temperature: divides the log-probabilities; < 1 is more conservative, > 1 wilder.
         top_k: draw only among the k most likely tokens; None: all.
-        min_length: tokens (prompt included) before ``SENTENCE_END`` may be drawn.
-        max_length: stop a sentence after this many tokens (default 60 words / 300 chars).
-        warmup: token ids (1-D) the model reads before ``SENTENCE_START``, normally
-            ``LanguageModel.warmup``; None starts from the zero state.
-        show_unknown: allow drawing UNKNOWN_TOKEN and show it (in the prompt too); by default
-            it is never drawn (the tutorial's "re-sample" loop, done exactly by giving it
-            probability 0) and prompt words are shown as typed.
+        min_length: sentence levels: tokens (prompt included) before ``SENTENCE_END`` may be
+            drawn.
+        max_length: sentence levels: stop a sentence after this many tokens (default 60
+            words / 300 characters).
+        length: char and byte: tokens drawn after the prompt (default 500).
+        warmup: token ids (1-D) the model reads first, normally ``LanguageModel.warmup``;
+            None starts from the zero state.
+        show_unknown: allow drawing UNKNOWN_TOKEN and show it (in the prompt too; as U+FFFD
+            in raw text); by default it is never drawn (the tutorial's "re-sample" loop,
+            done exactly by giving it probability 0) and prompt words are shown as typed.
         seed, rng: an int seed, or a ``numpy.random.Generator`` to draw from.
     Returns:
-        One string per sentence, the prompt included, special tokens dropped.
+        One string per sample, the prompt included, special tokens dropped.
     """
     _check("num", num, lambda v: isinstance(v, int) and v > 0, "a positive integer")
     _check("temperature", temperature,
            lambda v: isinstance(v, (int, float)) and 0 < v < float("inf"), "a positive number")
     _check("top_k", top_k, lambda v: v is None or (isinstance(v, int) and v > 0),
            "None or a positive integer")
-    _check("min_length", min_length, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-    max_length = _MAX_LENGTH.get(level, 60) if max_length is None else max_length
-    _check("max_length", max_length, lambda v: isinstance(v, int) and v > 0,
-           "a positive integer")
-    if level not in ("word", "char"):
-        raise ValueError(f"level must be 'word' or 'char', got {level!r}")
+    if level not in D.LEVELS:
+        raise ValueError(f"level must be one of {', '.join(map(repr, D.LEVELS))}, got {level!r}")
+    raw = level in D.RAW_LEVELS
+    unused = ({"min_length": min_length != 0, "max_length": max_length is not None} if raw
+              else {"length": length is not None})
+    for name in (name for name, given in unused.items() if given):
+        raise ValueError(f"{name} is for {'sentence' if raw else 'char and byte'} models; "
+                         + ("this one writes length tokens (no sentence ends)" if raw else
+                            "this one stops at SENTENCE_END or max_length"))
+    if raw:
+        steps = DEFAULT_LENGTH if length is None else length
+        _check("length", steps, lambda v: isinstance(v, int) and v > 0, "a positive integer")
+    else:
+        _check("min_length", min_length, lambda v: isinstance(v, int) and v >= 0,
+               "an integer >= 0")
+        max_length = _MAX_LENGTH[level] if max_length is None else max_length
+        _check("max_length", max_length, lambda v: isinstance(v, int) and v > 0,
+               "a positive integer")
     rng = rng if rng is not None else numpy.random.default_rng(seed)
-    shown = [t for sentence in D.tokenize(prompt, level=level) for t in sentence] \
-        if prompt else []
+    if raw:
+        shown = list(_raw_prompt(prompt or "", level))
+    else:
+        shown = [t for sentence in D.tokenize(prompt, level=level) for t in sentence] \
+            if prompt else []
     prompt_ids = vocab.encode(shown).tolist()
-    unknown = [t for t, i in zip(shown, prompt_ids) if i == D.UNKNOWN_ID]
+    unknown = [t for t, i in zip(shown, prompt_ids) if i == vocab.unknown_id]
     if unknown:
         names = ", ".join(repr(t) for t in dict.fromkeys(unknown))
         warnings.warn(f"not in the model's vocabulary of {len(vocab)} tokens, read as "
@@ -142,28 +179,58 @@ def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: s
     if show_unknown:
         shown = vocab.decode(prompt_ids)
     read = [] if warmup is None else numpy.asarray(warmup, dtype=D.ID_DTYPE).tolist()
-    start = read + [D.SENTENCE_START_ID] + prompt_ids
-    tokens = numpy.tile(numpy.array(start, dtype=D.ID_DTYPE), (num, 1))  # (N, read + prompt)
-    probs, _, state = model.forward(tokens, return_state=True)
-    rows, done = [[] for _ in range(num)], numpy.zeros(num, dtype=bool)
-    length = len(prompt_ids)
-    banned = [D.PAD_ID, D.SENTENCE_START_ID] + ([] if show_unknown else [D.UNKNOWN_ID])
-    while length < max_length and not done.all():
-        p = to_host(probs[:, -1]).astype(numpy.float64)      # (N, V)
-        p[:, banned] = 0.0
-        if length < min_length:
-            p[:, D.SENTENCE_END_ID] = 0.0
-        choice = _draw(p, temperature, top_k, rng)
-        length += 1
-        for row in numpy.flatnonzero(~done):
-            rows[row].append(int(choice[row]))
-        done |= choice == D.SENTENCE_END_ID
-        probs, _, state = model.forward(choice[:, None], state, return_state=True)
+    never = [] if show_unknown or vocab.unknown_id is None else [vocab.unknown_id]
+    if raw:
+        rows = _draw_rows(model, read + prompt_ids, num, steps, never, temperature, top_k,
+                          rng, fallback=never[0] if never else 0)
+        return [D.text_from_tokens(shown + vocab.decode(row), level=level) for row in rows]
+    rows = _draw_rows(model, read + [D.SENTENCE_START_ID] + prompt_ids, num,
+                      max_length - len(prompt_ids), [D.PAD_ID, D.SENTENCE_START_ID] + never,
+                      temperature, top_k, rng, fallback=D.SENTENCE_END_ID,
+                      end=D.SENTENCE_END_ID, min_steps=min_length - len(prompt_ids))
     return [join_tokens(shown + vocab.decode(row), level) for row in rows]
 
 
-def _draw(p, temperature, top_k, rng):
-    """One index per row of the unnormalised probabilities ``p`` (N, V)."""
+def format_samples(samples: list[str], level: str) -> str:
+    """Samples as printed: one ``  > sentence`` line each, or for raw text each sample
+    under a rule that numbers it, its newlines and indentation as written."""
+    if level not in D.RAW_LEVELS:
+        return "\n".join(f"  > {sentence}" for sentence in samples)
+    return "\n".join(f"----- sample {n} of {len(samples)} -----\n{text.rstrip(chr(10))}"
+                      for n, text in enumerate(samples, 1)) + "\n----- end -----"
+
+
+def _raw_prompt(prompt: str, level: str) -> str:
+    """A raw-level prompt as tokens: its characters, or its UTF-8 bytes (Latin-1 view)."""
+    return prompt.encode("utf-8").decode("latin-1") if level == "byte" else prompt
+
+
+def _draw_rows(model, start, num, steps, banned, temperature, top_k, rng, *, fallback,
+               end=None, min_steps=0) -> list[list[int]]:
+    """``num`` continuations of the ids ``start``, drawn together as one batch: up to
+    ``steps`` ids each, a row ending at ``end`` (never drawn in its first ``min_steps``)."""
+    tokens = numpy.tile(numpy.array(start, dtype=D.ID_DTYPE), (num, 1))  # (N, len(start))
+    probs, _, state = model.forward(tokens, return_state=True)
+    rows, done = [[] for _ in range(num)], numpy.zeros(num, dtype=bool)
+    for drawn in range(steps):
+        p = to_host(probs[:, -1]).astype(numpy.float64)      # (N, V)
+        p[:, banned] = 0.0
+        if end is not None and drawn < min_steps:
+            p[:, end] = 0.0
+        choice = _draw(p, temperature, top_k, rng, fallback)
+        for row in numpy.flatnonzero(~done):
+            rows[row].append(int(choice[row]))
+        if end is not None:
+            done |= choice == end
+        if done.all() or drawn + 1 == steps:
+            break
+        probs, _, state = model.forward(choice[:, None], state, return_state=True)
+    return rows
+
+
+def _draw(p, temperature, top_k, rng, fallback):
+    """One index per row of the unnormalised probabilities ``p`` (N, V); ``fallback`` where
+    a row has nothing left to draw (a vocabulary of banned tokens only)."""
     if temperature != 1.0:
         with numpy.errstate(divide="ignore"):
             logp = numpy.log(p) / temperature
@@ -171,8 +238,8 @@ def _draw(p, temperature, top_k, rng):
     if top_k is not None and top_k < p.shape[1]:
         kth = numpy.partition(p, -top_k, axis=1)[:, -top_k][:, None]
         p = numpy.where(p >= kth, p, 0.0)
-    empty = p.sum(axis=1) == 0  # everything banned (a vocabulary of special tokens only)
-    p[empty, D.SENTENCE_END_ID] = 1.0
+    empty = p.sum(axis=1) == 0
+    p[empty, fallback] = 1.0
     cdf = numpy.cumsum(p, axis=1)
     u = rng.random(len(p)) * cdf[:, -1]
     return numpy.minimum((cdf <= u[:, None]).sum(axis=1), p.shape[1] - 1).astype(D.ID_DTYPE)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .callbacks import Callback
 
-__all__ = ["perplexity", "MetricsLog", "Progress", "Reporter", "world_record",
+__all__ = ["perplexity", "bits", "BITS_KEYS", "MetricsLog", "Progress", "Reporter", "world_record",
            "world_lines"]
 
 
@@ -25,6 +25,16 @@ def perplexity(loss: float | None) -> float | None:
     if loss is None:
         return None
     return math.exp(loss) if loss < 709 else math.inf
+
+
+# A raw-text model's loss is per character (or byte) of the text: also given in bits, the
+# unit the field compares character models in.
+BITS_KEYS = {"char": "bits_per_char", "byte": "bits_per_byte"}
+
+
+def bits(loss: float | None) -> float | None:
+    """The loss in bits (nats / ln 2)."""
+    return None if loss is None else loss / math.log(2)
 
 
 def _json_number(value):
@@ -166,7 +176,8 @@ class Reporter(Callback):
         if not trainer.data.valid and self.root:
             warnings.warn("the corpus is too small for a validation set; the schedule and "
                           "the reports use the training loss", stacklevel=2)
-        self.say(f"training {trainer.model!r} on {trainer.data.train_tokens} tokens "
+        unit = {"char": "characters", "byte": "bytes"}.get(config.level, "tokens")
+        self.say(f"training {trainer.model!r} on {trainer.data.train_tokens} {unit} "
                  f"({len(trainer.data.train)} batches per epoch), steps {trainer.step} -> "
                  f"{trainer.total_steps}; loss = mean cross-entropy per token, ppl = exp(loss)")
         for line in world_lines(trainer):
@@ -202,6 +213,9 @@ class Reporter(Callback):
             self._window = [0.0, 0, 0.0, 0.0, now]
 
     def on_eval(self, trainer, record: dict) -> None:
+        unit = BITS_KEYS.get(self.config.level)
+        if unit and record["valid_loss"] is not None:
+            record = {**record, f"valid_{unit}": bits(record["valid_loss"])}
         self.metrics.write({key: _json_number(value) if isinstance(value, float) else value
                             for key, value in record.items()})
         line = f"step {record['step']}: "
@@ -210,6 +224,8 @@ class Reporter(Callback):
         loss = record["valid_loss"]
         line += (f"valid loss {loss:.3f}, perplexity {perplexity(loss):.1f}" if loss is not None
                  else f"perplexity {perplexity(record['train_loss']):.1f} (training data)")
+        if unit and loss is not None:
+            line += f", {bits(loss):.3f} {unit.replace('_', ' ')}"
         if record.get("lr_halved"):
             line += f"; loss rose, learning rate halved to {record['lr']:.3g}"
         self.say(line)
@@ -219,10 +235,12 @@ class Reporter(Callback):
             self.progress.close()
         config = self.config
         if not result.interrupted and config.samples and self.root:
-            from .generate import sample
+            from .generate import END_SAMPLE_LENGTH, sample
+            raw = config.level in BITS_KEYS
             result.samples = sample(trainer.model, trainer.data.vocab, num=config.samples,
                                     level=config.level, rng=trainer.rng,
-                                    warmup=trainer.data.warmup)
+                                    warmup=trainer.data.warmup,
+                                    **({"length": END_SAMPLE_LENGTH} if raw else {}))
         self._summary(trainer, result)
 
     def on_close(self, trainer) -> None:
@@ -244,8 +262,11 @@ class Reporter(Callback):
         last = ""
         if history:
             first, final = perplexity(history[0][1]), perplexity(history[-1][1])
+            unit = BITS_KEYS.get(self.config.level)
+            in_bits = (f" ({bits(history[0][1]):.3f} -> {bits(history[-1][1]):.3f} "
+                       f"{unit.replace('_', ' ')})") if unit else ""
             self.say(f"perplexity {first:.1f} (step {history[0][0]}) -> {final:.1f} "
-                     f"(step {history[-1][0]})")
+                     f"(step {history[-1][0]}){in_bits}")
             last = f", perplexity {final:.1f} at step {history[-1][0]}"
         reduce = ""
         if self.comm.size > 1:
@@ -256,8 +277,9 @@ class Reporter(Callback):
                  f"{100 * result.overhead:.1f}% of it outside loss_and_grads and the "
                  f"update{reduce}; validation {timing['valid']:.1f} s, checkpoints "
                  f"{timing['save']:.1f} s")
-        for sentence in result.samples:
-            self.say(f"  > {sentence}")
+        if result.samples:
+            from .generate import format_samples
+            self.say(format_samples(result.samples, self.config.level))
         path = trainer.path
         if result.interrupted:
             self.final(f"stopped at step {trainer.step} of {trainer.total_steps} by "

@@ -29,13 +29,16 @@ def test_sentence_splitting():
 def test_tokenize_word_and_char_levels():
     assert data.tokenize("Hi there. Bye!") == [["hi", "there", "."], ["bye", "!"]]
     # characters keep case by default; sentences are still split
-    assert data.tokenize("Ab c. D", level="char") == [list("Ab c."), ["D"]]
-    assert data.tokenize("Ab", level="char", lowercase=True) == [["a", "b"]]
+    assert data.tokenize("Ab c. D", level="char-sentences") == [list("Ab c."), ["D"]]
+    assert data.tokenize("Ab", level="char-sentences", lowercase=True) == [["a", "b"]]
 
 
 def test_tokenize_rejects_bad_choices():
     with pytest.raises(ValueError, match="level"):
-        data.tokenize("x", level="byte")
+        data.tokenize("x", level="bytes")
+    # the raw levels have no sentences: the message names what reads them
+    with pytest.raises(ValueError, match=r"load_text\(path, level='char'\).*char-sentences"):
+        data.tokenize("x", level="char")
     with pytest.raises(ValueError, match="tokenizer"):
         data.tokenize("x", tokenizer="spacy")
 
@@ -56,7 +59,7 @@ def test_nltk_missing_gives_clear_error(monkeypatch):
 def test_detokenize_drops_markers():
     tokens = ["SENTENCE_START", "a", "UNKNOWN_TOKEN", "SENTENCE_END", "PAD_TOKEN"]
     assert data.detokenize(tokens) == "a UNKNOWN_TOKEN"
-    assert data.detokenize(["SENTENCE_START", "h", "i"], level="char") == "hi"
+    assert data.detokenize(["SENTENCE_START", "h", "i"], level="char-sentences") == "hi"
 
 
 # -------------------------------------------------------------------------------------- reading

@@ -124,7 +124,7 @@ def char_lm(tmp_path_factory):
     text = " ".join(f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
                     for _ in range(300))
     (folder / "c.txt").write_text(text)
-    Trainer(TrainConfig(corpus=str(folder / "c.txt"), level="char", hidden=32, batch_size=8,
+    Trainer(TrainConfig(corpus=str(folder / "c.txt"), level="char-sentences", hidden=32, batch_size=8,
                         seq_len=32, steps=150, lr=0.01, checkpoint=str(folder / "c.npz"),
                         samples=0, quiet=True, device="cpu", checkpoint_every=0)).run()
     return load_language_model(folder / "c.npz"), text
@@ -134,7 +134,7 @@ def test_char_samples_are_words_of_the_text_and_safer_when_colder(char_lm):
     lm, text = char_lm
 
     def share(temperature, **kwargs):
-        samples = sample(lm.model, lm.vocab, num=60, level="char", temperature=temperature,
+        samples = sample(lm.model, lm.vocab, num=60, level="char-sentences", temperature=temperature,
                          seed=0, **kwargs)
         return (known_word_share(samples, text),
                 known_word_share(samples, text, first_only=True))
@@ -152,7 +152,8 @@ def test_char_vocabulary_holds_every_character_of_the_corpus(tmp_path):
     text = "ab ab ab. " * 30 + "Zap!"
     (tmp_path / "c.txt").write_text(text)
     for seed in range(4):
-        data = load_data(TrainConfig(corpus=str(tmp_path / "c.txt"), level="char", seed=seed,
+        data = load_data(TrainConfig(corpus=str(tmp_path / "c.txt"), level="char-sentences",
+                                     seed=seed,
                                      batch_size=2, seq_len=4, valid_fraction=0.3))
         assert set(text) - {" "} <= set(data.vocab.to_list())
 
@@ -162,7 +163,8 @@ def test_char_vocabulary_holds_every_character_of_the_corpus(tmp_path):
     (dict(temperature=0.0), "temperature must be a positive number"),
     (dict(top_k=0), "top_k must be None or a positive integer"),
     (dict(min_length=-1), "min_length must be an integer >= 0"),
-    (dict(level="byte"), "level must be 'word' or 'char'"),
+    (dict(level="bytes"), "level must be one of 'word', 'char', 'byte', 'char-sentences'"),
+    (dict(length=10), "length is for char and byte models"),
 ])
 def test_bad_arguments(lm, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -179,7 +181,7 @@ def test_a_vocabulary_of_special_tokens_only_still_ends(lm):
 def test_join_tokens():
     assert join_tokens(["SENTENCE_START", "hello", ",", "(", "world", ")", "!", "it", "'s",
                         "SENTENCE_END"]) == "hello, (world)! it's"
-    assert join_tokens(list("hi there"), level="char") == "hi there"
+    assert join_tokens(list("hi there"), level="char-sentences") == "hi there"
 
 
 def test_junk_and_foreign_checkpoints_are_rejected(tmp_path):
