@@ -133,7 +133,8 @@ def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: s
             words / 300 characters).
         length: char and byte: tokens drawn after the prompt (default 500).
         warmup: token ids (1-D) the model reads first, normally ``LanguageModel.warmup``;
-            None starts from the zero state.
+            None starts from the zero state (a raw-text model without a prompt then reads
+            one line break first).
         show_unknown: allow drawing UNKNOWN_TOKEN and show it (in the prompt too; as U+FFFD
             in raw text); by default it is never drawn (the tutorial's "re-sample" loop,
             done exactly by giving it probability 0) and prompt words are shown as typed.
@@ -181,7 +182,10 @@ def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: s
     read = [] if warmup is None else numpy.asarray(warmup, dtype=D.ID_DTYPE).tolist()
     never = [] if show_unknown or vocab.unknown_id is None else [vocab.unknown_id]
     if raw:
-        rows = _draw_rows(model, read + prompt_ids, num, steps, never, temperature, top_k,
+        # with nothing to read, a line break (not shown) starts the text, as a file's
+        # lines do: the model needs one input before it predicts
+        start = read + prompt_ids or vocab.encode(_raw_prompt("\n", level)).tolist()
+        rows = _draw_rows(model, start, num, steps, never, temperature, top_k,
                           rng, fallback=never[0] if never else 0)
         return [D.text_from_tokens(shown + vocab.decode(row), level=level) for row in rows]
     rows = _draw_rows(model, read + [D.SENTENCE_START_ID] + prompt_ids, num,
