@@ -6,7 +6,7 @@ Without --corpus, a 35 KB English text is cut from the built-in corpus (the pros
 of Python's own documentation, pydoc_data; code lines left out) so that every machine can
 rerun this. Then the README's command trains on it:
 
-    gpurnn train --corpus book.txt --level char --hidden 128 --seq-len 64 --epochs 10
+    gpurnn train --corpus book.txt --level char-sentences --hidden 128 --seq-len 64 --epochs 10
 
 and samples are drawn at temperatures 1.0, 0.8 and 0.5, each way of starting a sample side by
 side on the same model and seeds: after reading the stretch of training text kept in the
@@ -29,7 +29,7 @@ from gpurnn.training.generate import known_word_share, load_language_model, samp
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 SCRATCH = pathlib.Path(tempfile.gettempdir()) / "gpurnn-bench"
-RECIPE = ["--level", "char", "--hidden", "128", "--seq-len", "64", "--epochs", "10"]
+RECIPE = ["--level", "char-sentences", "--hidden", "128", "--seq-len", "64", "--epochs", "10"]
 TEMPERATURES = (1.0, 0.8, 0.5)
 
 
@@ -108,7 +108,7 @@ def main(argv=None):
             results[start_name] = {}
             for temperature in TEMPERATURES:
                 samples = [s for seed in range(args.seeds)
-                           for s in sample(lm.model, lm.vocab, num=args.num, level="char",
+                           for s in sample(lm.model, lm.vocab, num=args.num, level="char-sentences",
                                            temperature=temperature, warmup=warmup, seed=seed)]
                 results[start_name][str(temperature)] = {
                     "all_words": known_word_share(samples, text),

@@ -18,6 +18,7 @@ from . import reference
 from .tools.gradcheck import GradcheckResult, gradcheck
 from .training.config import TrainConfig
 from .training.data import Vocabulary
+from .training.evaluation import Evaluation, evaluate_file as evaluate
 from .training.generate import sample
 from .training.optim import (SGD, Adagrad, Adam, Momentum, Optimizer, RMSprop, Rprop,
                              clip_grad_norm, clip_grad_value, make_optimizer)
@@ -41,4 +42,4 @@ __all__ = ["ElmanRNN", "GRU", "LSTM", "LinearRNN", "StackedElmanRNN", "Recurrent
            "LSTMCell", "StackedCell", "gradcheck", "GradcheckResult", "bptt", "reference",
            "save", "load", "Saved", "Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam",
            "Rprop", "make_optimizer", "clip_grad_norm", "clip_grad_value", "TrainConfig", "TrainResult", "train",
-           "sample", "Vocabulary", "get_device", "cuda_available", "__version__"]
+           "sample", "evaluate", "Evaluation", "Vocabulary", "get_device", "cuda_available", "__version__"]
