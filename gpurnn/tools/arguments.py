@@ -18,9 +18,12 @@ class UsageError(Exception):
 def int_at_least(minimum: int):
     """An argparse ``type`` for integers >= ``minimum``, with a message that says so."""
     def parse(text):
-        value = int(text)
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}") from None
         if value < minimum:
-            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
     return parse
@@ -34,6 +37,18 @@ def positive_float(text):
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+def float_in(low: float, high: float):
+    """An argparse ``type`` for numbers in (low, high]: NaN, infinities and values outside
+    are refused with the range in the message."""
+    def parse(text):
+        value = float(text)
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"expected a number above {low:g} and at most "
+                                             f"{high:g}, got {text}")
+        return value
+    return parse
 
 
 def int_or_none(text):

@@ -12,8 +12,9 @@ import sys
 import numpy
 
 from ..engine.activations import OUTPUTS
-from .arguments import (DEVICE_HELP, UsageError, add_model_arguments, int_at_least, int_or_none,
-                        plain_text, positive_float, positive_int)
+from ..engine.backend import get_device
+from .arguments import (DEVICE_HELP, UsageError, add_model_arguments, float_in, int_at_least,
+                        int_or_none, plain_text, positive_float, positive_int)
 from .command import run_reporting_errors, with_blas_threads
 
 __all__ = ["main", "build_parser", "UsageError"]
@@ -39,12 +40,13 @@ def add_gradcheck(subparsers):
     p.add_argument("--no-bias", action="store_true", help="drop the biases")
     p.add_argument("--dense", action="store_true",
                    help="random float inputs instead of token ids")
-    p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (default 1e-6)")
-    p.add_argument("--tolerance", type=float, default=1e-6,
-                   help="largest relative error that passes (default 1e-6)")
+    p.add_argument("--eps", type=float_in(0.0, 1.0), default=1e-6,
+                   help="finite-difference step, in (0, 1] (default 1e-6)")
+    p.add_argument("--tolerance", type=float_in(0.0, 1.0), default=1e-6,
+                   help="largest relative error that passes, in (0, 1] (default 1e-6)")
     p.add_argument("--max-checks", type=positive_int, default=50,
                    help="entries checked per parameter, sampled when larger (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(handler=run_gradcheck)
 
@@ -171,7 +173,11 @@ def _saved_train_config(checkpoint):
     if not Path(checkpoint).is_file():
         raise UsageError(f"--resume: no checkpoint at {checkpoint} (give its path "
                          f"with --checkpoint)")
-    return dataclasses.replace(read_train_config(checkpoint), quiet=False)
+    # Paths stored in a checkpoint never say where this run writes: a copied or downloaded
+    # checkpoint would otherwise append to (or cut) another run's metrics. The checkpoint
+    # is the one named here, and the metrics go beside it unless --metrics says otherwise.
+    return dataclasses.replace(read_train_config(checkpoint), quiet=False, metrics=None,
+                               checkpoint=str(checkpoint))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -241,7 +247,7 @@ def add_generate(subparsers):
     p.add_argument("--show-unknown", action="store_true",
                    help="let the model draw UNKNOWN_TOKEN and print it, also for unknown "
                         "prompt words (default: never drawn, prompt words shown as typed)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=int_at_least(0), default=None,
                    help="random seed, for repeatable samples (default: fresh randomness)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(handler=run_generate)
@@ -261,6 +267,7 @@ def run_generate(args):
     if args.min_length and args.max_length and args.min_length > args.max_length:
         raise UsageError(f"--min-length {args.min_length} is above --max-length "
                          f"{args.max_length}")
+    get_device(args.device)  # a bad --device is the flag's fault, not the checkpoint's
     lm = load_language_model(args.checkpoint, device=args.device)
     raw = lm.level in RAW_LEVELS
     if lm.written_as:
@@ -315,6 +322,7 @@ def run_evaluate(args):
     import json
 
     from ..training.evaluation import evaluate_file
+    get_device(args.device)
     result = evaluate_file(args.checkpoint, args.file, device=args.device,
                            batch_size=args.batch_size, seq_len=args.seq_len)
     print(json.dumps(result.to_dict()) if args.json else result.line())

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +160,9 @@ def _write_atomically(path: Path, arrays: dict) -> None:
         raise FileNotFoundError(f"cannot save checkpoint {path}: folder {folder} does not exist")
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        # mkstemp makes the file 0600: give it the mode the file it replaces has (a user's
+        # chmod survives every save), or for a new one what the umask allows, as open() would
+        os.fchmod(descriptor, _mode_for(path))
         with os.fdopen(descriptor, "wb") as file:
             numpy.savez(file, **arrays)
             file.flush()
@@ -178,6 +183,53 @@ def _write_atomically(path: Path, arrays: dict) -> None:
         os.close(directory)
 
 
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+# What a checkpoint's arrays may hold beside its parameters, uncompressed: the optimizer's
+# slots (two per parameter at most) and the extras (the carried state, a warm-up text, a
+# batcher position) are a few times the parameters; a small file that would inflate to far
+# more (a "zip bomb") is refused before anything is decompressed.
+_OTHER_BYTES_PER_PARAM_BYTE = 8
+_OTHER_BYTES_ALLOWED = 64 << 20
+_META_BYTES_ALLOWED = 256 << 20  # the JSON metadata: a vocabulary of millions of words fits
+
+
+def _check_members(path: Path) -> None:
+    """The archive's members, by their declared sizes, before any is decompressed: only
+    ``.npy`` arrays, the metadata and the non-parameter arrays within their caps."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint "
+                              f"({type(error).__name__}: {error})") from None
+    sizes, names = {}, set()
+    for member in members:
+        name = member.filename
+        if not name.endswith(".npy") or name in names:
+            raise CheckpointError(f"{path}: not a gpurnn checkpoint (archive member {name!r} "
+                                  f"is {'repeated' if name in names else 'not an array'})")
+        names.add(name)
+        kind = "meta" if name == f"{_META_KEY}.npy" else \
+            "params" if name.startswith("params/") else "other"
+        sizes[kind] = sizes.get(kind, 0) + member.file_size
+    allowed = _OTHER_BYTES_ALLOWED + _OTHER_BYTES_PER_PARAM_BYTE * sizes.get("params", 0)
+    if sizes.get("meta", 0) > _META_BYTES_ALLOWED or sizes.get("other", 0) > allowed:
+        what, size, cap = (("metadata", sizes["meta"], _META_BYTES_ALLOWED)
+                           if sizes.get("meta", 0) > _META_BYTES_ALLOWED
+                           else ("optimizer state and extras", sizes["other"], allowed))
+        raise CheckpointError(f"{path}: its {what} would take {size:,} bytes uncompressed, "
+                              f"more than a checkpoint of its {sizes.get('params', 0):,} bytes "
+                              f"of parameters holds (at most {cap:,}); refusing to read it")
+
+
 def _read_arrays(path: Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -189,6 +241,7 @@ def _read_arrays(path: Path) -> dict:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
     if head != b"PK\x03\x04":  # every .npz is a zip archive
         raise CheckpointError(f"{path}: not a gpurnn checkpoint (not an .npz/zip file)")
+    _check_members(path)
     try:
         with numpy.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
@@ -226,6 +279,27 @@ def _from_version_1(params: dict, optimizer_state):
     return renamed(params), optimizer_state
 
 
+# What save_checkpoint writes in each metadata field; a damaged or hand-made file is refused
+# naming the field, before any code trips over a list where it expects a dict.
+_META_TYPES = {"vocab": (list,), "config": (dict,), "rng_state": (dict, type(None)),
+               "params": (list,), "optimizer": (dict,), "extra": (dict, type(None))}
+
+
+def _check_meta_types(path: Path, meta: dict) -> None:
+    for field, types in _META_TYPES.items():
+        if not isinstance(meta[field], types):
+            expected = " or ".join("null" if t is type(None) else {"list": "a list", "dict":
+                                   "an object"}[t.__name__] for t in types)
+            raise CheckpointError(f"{path}: checkpoint metadata field {field!r} is "
+                                  f"{type(meta[field]).__name__}, expected {expected}")
+    for field in ("vocab", "params"):
+        if not all(isinstance(item, str) for item in meta[field]):
+            raise CheckpointError(f"{path}: checkpoint metadata field {field!r} must list "
+                                  f"strings only")
+    if len(set(meta["params"])) != len(meta["params"]):
+        raise CheckpointError(f"{path}: checkpoint metadata names a parameter twice")
+
+
 def _levels_before_3(config):
     """Versions 1-2 named the sentence-split character level "char"; it is "char-sentences"
     now, and "char" the raw text. The level is in the trainer's ``train`` table, or at the
@@ -258,6 +332,9 @@ def load_checkpoint(path) -> Checkpoint:
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise CheckpointError(f"{path}: corrupt checkpoint metadata ({error})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata (nested too deeply)") \
+            from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a gpurnn checkpoint (metadata format is "
                               f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
@@ -267,6 +344,7 @@ def load_checkpoint(path) -> Checkpoint:
     missing = [field for field in _META_FIELDS if field not in meta]
     if missing:
         raise CheckpointError(f"{path}: checkpoint metadata lacks {', '.join(missing)}")
+    _check_meta_types(path, meta)
     try:
         params = {name: arrays[f"params/{name}"] for name in meta["params"]}
         optimizer_state = _join_arrays(meta["optimizer"], arrays)

@@ -55,7 +55,7 @@ __all__ = [
     "load_corpus", "load_builtin_corpus", "Vocabulary", "encode_sentences",
     "train_valid_split", "Batch", "SentenceBatcher", "StreamBatcher", "CorpusWarning",
     "MAX_LINE_BYTES", "LEVELS", "RAW_LEVELS", "SENTENCE_LEVELS", "load_text",
-    "load_builtin_text", "split_text", "text_from_tokens",
+    "load_builtin_text", "split_text", "text_from_tokens", "corpus_files", "MAX_CORPUS_BYTES",
 ]
 
 PAD_TOKEN = "PAD_TOKEN"
@@ -88,6 +88,7 @@ def _check_choice(name: str, value, choices) -> None:
 # than tokenised for minutes (or until memory runs out).
 MAX_LINE_BYTES = 10_000_000  # a line (or a CSV field) longer than this is not running text
 MAX_INVALID_UTF8 = 0.01      # share of characters that may be undecodable, replaced by U+FFFD
+MAX_CORPUS_BYTES = 1 << 30   # a larger corpus is refused unless a limit is given (--corpus-limit)
 
 
 class CorpusWarning(UserWarning):
@@ -99,6 +100,9 @@ def _read_text(file: Path) -> str:
         data = file.read_bytes()
     except OSError as error:
         raise ValueError(f"{file}: cannot be read ({error.strerror or error})") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or _looks_like_utf16(data):
+        raise ValueError(f"{file}: is UTF-16 text, not UTF-8; convert it (e.g. iconv -f "
+                         f"utf-16 -t utf-8), or read its bytes with --level byte")
     nul = data.find(b"\x00")
     if nul >= 0:  # UTF-8 text never contains NUL; binaries almost always do
         raise ValueError(f"{file}: looks like a binary file (NUL byte at offset {nul}); "
@@ -117,6 +121,16 @@ def _read_text(file: Path) -> str:
     warnings.warn(f"{file}: {replaced} undecodable byte sequence(s) replaced by U+FFFD (the "
                   f"first {first}); the rest is valid UTF-8", CorpusWarning, stacklevel=3)
     return text
+
+
+def _looks_like_utf16(data: bytes) -> bool:
+    """UTF-16 without a byte-order mark: of mostly-ASCII text, every other byte is NUL."""
+    head = data[:4096]
+    if len(head) < 8:
+        return False
+    even, odd = head[0::2], head[1::2]
+    return max(even.count(0) / len(even), odd.count(0) / len(odd)) > 0.3 and \
+        min(even.count(0), odd.count(0)) < 0.05 * len(odd)
 
 
 def _check_line_length(file: Path, data: bytes) -> None:
@@ -153,21 +167,16 @@ def _read_csv_column(file: Path, column: str) -> list[str]:
         csv.field_size_limit(limit)
 
 
-def read_documents(path, *, column: str = "body") -> list[str]:
-    """Read raw texts: one per ``.txt`` file, or one per CSV row.
+def corpus_files(path, *, max_bytes: int | None = None) -> list[Path]:
+    """The files a corpus path names: itself, or every ``*.txt`` regular file below a folder
+    (sorted), after checking that each is a regular file and that together they hold at most
+    ``max_bytes`` (None: ``MAX_CORPUS_BYTES``; 0: no limit).
 
-    Args:
-        path: a UTF-8 text file; a folder (every ``*.txt`` below it, recursively, in sorted
-            path order); or a ``.csv`` file with a header row.
-        column: the CSV column holding the text (``body`` in the tutorial's Reddit comments).
     Raises:
         FileNotFoundError: ``path`` does not exist (or is a link to nothing), or a folder
             holds no ``.txt`` file.
-        ValueError: a binary or mostly non-UTF-8 file (named), a line or CSV field over
-            ``MAX_LINE_BYTES``, or a CSV without ``column``.
-    Warns:
-        CorpusWarning: a file with a few undecodable bytes (at most ``MAX_INVALID_UTF8`` of
-            its characters), read with those replaced by U+FFFD; the count is in the message.
+        ValueError: a device, FIFO or socket (``/dev/zero`` would be read forever, a FIFO
+            without a writer blocks), or a corpus over the limit.
     """
     path = Path(path)
     if not path.exists():
@@ -176,13 +185,45 @@ def read_documents(path, *, column: str = "body") -> list[str]:
                                     f"target is missing, or the links form a loop)")
         raise FileNotFoundError(f"corpus path {path} does not exist")
     if path.is_dir():
+        # is_file() leaves out FIFOs, devices and links to them
         files = sorted(file for file in path.rglob("*.txt") if file.is_file())
         if not files:
             raise FileNotFoundError(f"corpus folder {path} contains no .txt files")
+    elif not path.is_file():
+        raise ValueError(f"corpus path {path} is not a regular file (a device, FIFO or "
+                         f"socket); give a text file or a folder of them")
+    else:
+        files = [path]
+    limit = MAX_CORPUS_BYTES if max_bytes is None else max_bytes
+    total = sum(file.stat().st_size for file in files)
+    if limit and total > limit:
+        raise ValueError(f"corpus {path} holds {total:,} bytes, more than the limit of "
+                         f"{limit:,} (--corpus-limit raises it)")
+    return files
+
+
+def read_documents(path, *, column: str = "body", max_bytes: int | None = None) -> list[str]:
+    """Read raw texts: one per ``.txt`` file, or one per CSV row.
+
+    Args:
+        path: a UTF-8 text file; a folder (every ``*.txt`` below it, recursively, in sorted
+            path order); or a ``.csv`` file with a header row.
+        column: the CSV column holding the text (``body`` in the tutorial's Reddit comments).
+        max_bytes: refuse a corpus larger than this (see :func:`corpus_files`).
+    Raises:
+        FileNotFoundError, ValueError: as :func:`corpus_files`; and a binary, UTF-16 or
+            mostly non-UTF-8 file (named), a line or CSV field over ``MAX_LINE_BYTES``, or a
+            CSV without ``column``.
+    Warns:
+        CorpusWarning: a file with a few undecodable bytes (at most ``MAX_INVALID_UTF8`` of
+            its characters), read with those replaced by U+FFFD; the count is in the message.
+    """
+    files = corpus_files(path, max_bytes=max_bytes)
+    if Path(path).is_dir():
         return [_read_text(file) for file in files]
-    if path.suffix.lower() == ".csv":
-        return _read_csv_column(path, column)
-    return [_read_text(path)]
+    if files[0].suffix.lower() == ".csv":
+        return _read_csv_column(files[0], column)
+    return [_read_text(files[0])]
 
 
 # ------------------------------------------------------------------------------------ tokenising
@@ -294,13 +335,15 @@ def detokenize(tokens: Iterable[str], *, level: str = "word") -> str:
 
 
 def load_corpus(path, *, level: str = "word", lowercase: bool | None = None,
-                tokenizer: str = "regex", column: str = "body") -> list[list[str]]:
+                tokenizer: str = "regex", column: str = "body",
+                max_bytes: int | None = None) -> list[list[str]]:
     """Read and tokenise a corpus (see :func:`read_documents` and :func:`tokenize`).
 
     Raises:
         ValueError: the corpus holds no tokens (besides the errors of :func:`read_documents`).
     """
-    sentences = [tokens for document in read_documents(path, column=column)
+    sentences = [tokens for document in read_documents(path, column=column,
+                                                       max_bytes=max_bytes)
                  for tokens in tokenize(document, level=level, lowercase=lowercase,
                                         tokenizer=tokenizer)]
     if not sentences:
@@ -346,7 +389,8 @@ def _as_byte_text(data: bytes) -> str:
     return data.decode("latin-1")  # byte b is the character chr(b): a lossless view
 
 
-def load_text(path, *, level: str = "char", column: str = "body") -> str:
+def load_text(path, *, level: str = "char", column: str = "body",
+              max_bytes: int | None = None) -> str:
     """A corpus as one text, every character kept: newlines, case, spacing, layout.
 
     Args:
@@ -356,17 +400,19 @@ def load_text(path, *, level: str = "char", column: str = "body") -> str:
             ``"byte"``: the bytes of a file as they are (any file, binary too; a CSV
             column's or a folder's texts encoded as UTF-8), as a ``str`` of the code points
             0-255, one character per byte.
+        max_bytes: refuse a corpus larger than this (see :func:`corpus_files`).
     Raises:
         FileNotFoundError, ValueError: as :func:`read_documents`; and an empty text.
     """
     _check_choice("level", level, RAW_LEVELS)
     path = Path(path)
-    if level == "byte" and path.is_file() and path.suffix.lower() != ".csv":
+    files = corpus_files(path, max_bytes=max_bytes)
+    if level == "byte" and not path.is_dir() and path.suffix.lower() != ".csv":
         try:
-            return _nonempty(_as_byte_text(path.read_bytes()), path)
+            return _nonempty(_as_byte_text(files[0].read_bytes()), path)
         except OSError as error:
             raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
-    text = _join_documents(read_documents(path, column=column))
+    text = _join_documents(read_documents(path, column=column, max_bytes=max_bytes))
     return _nonempty(_as_byte_text(text.encode("utf-8")) if level == "byte" else text, path)
 
 

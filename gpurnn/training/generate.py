@@ -26,6 +26,7 @@ the vocabulary are shown as typed (the model reads them as ``UNKNOWN_TOKEN``) an
 """
 from __future__ import annotations
 
+import numbers
 import re
 import warnings
 from typing import NamedTuple
@@ -108,6 +109,13 @@ def load_language_model(path, device="cpu") -> LanguageModel:
                          "char" if renamed else None)
 
 
+MAX_SAMPLES = 100_000  # drawn together: num x vocabulary probabilities per step
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check(name, value, ok, expected):
     if isinstance(value, bool) or not ok(value):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
@@ -142,11 +150,23 @@ def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: s
     Returns:
         One string per sample, the prompt included, special tokens dropped.
     """
-    _check("num", num, lambda v: isinstance(v, int) and v > 0, "a positive integer")
+    _check("num", num, lambda v: _is_int(v) and 0 < v <= MAX_SAMPLES,
+           f"a positive integer up to {MAX_SAMPLES:,} (the samples are drawn as one batch)")
     _check("temperature", temperature,
-           lambda v: isinstance(v, (int, float)) and 0 < v < float("inf"), "a positive number")
-    _check("top_k", top_k, lambda v: v is None or (isinstance(v, int) and v > 0),
+           lambda v: isinstance(v, numbers.Real) and 0 < v < float("inf"), "a positive number")
+    _check("top_k", top_k, lambda v: v is None or (_is_int(v) and v > 0),
            "None or a positive integer")
+    num, top_k = int(num), None if top_k is None else int(top_k)
+    sizes = (getattr(model, "input_size", None), getattr(model, "output_size", None))
+    if sizes != (len(vocab), len(vocab)):
+        raise ValueError(f"the model reads {sizes[0]} and predicts {sizes[1]} tokens, but the "
+                         f"vocabulary has {len(vocab)}: give the vocabulary it was trained with")
+    if warmup is not None:
+        warmup = numpy.asarray(warmup)
+        if warmup.ndim != 1 or (warmup.size and (warmup.dtype.kind not in "iu" or not (
+                (warmup >= 0) & (warmup < len(vocab))).all())):
+            raise ValueError(f"warmup must be 1-D integer token ids in [0, {len(vocab)}), got "
+                             f"dtype {warmup.dtype}, shape {warmup.shape}")
     if level not in D.LEVELS:
         raise ValueError(f"level must be one of {', '.join(map(repr, D.LEVELS))}, got {level!r}")
     raw = level in D.RAW_LEVELS
@@ -158,13 +178,14 @@ def sample(model: RecurrentModel, vocab: D.Vocabulary, *, num: int = 1, level: s
                             "this one stops at SENTENCE_END or max_length"))
     if raw:
         steps = DEFAULT_LENGTH if length is None else length
-        _check("length", steps, lambda v: isinstance(v, int) and v > 0, "a positive integer")
+        _check("length", steps, lambda v: _is_int(v) and v > 0, "a positive integer")
+        steps = int(steps)
     else:
-        _check("min_length", min_length, lambda v: isinstance(v, int) and v >= 0,
-               "an integer >= 0")
+        _check("min_length", min_length, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
         max_length = _MAX_LENGTH[level] if max_length is None else max_length
-        _check("max_length", max_length, lambda v: isinstance(v, int) and v > 0,
+        _check("max_length", max_length, lambda v: _is_int(v) and v > 0,
                "a positive integer")
+        min_length, max_length = int(min_length), int(max_length)
     rng = rng if rng is not None else numpy.random.default_rng(seed)
     if raw:
         shown = list(_raw_prompt(prompt or "", level))

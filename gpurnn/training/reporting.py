@@ -43,25 +43,66 @@ def _json_number(value):
 
 
 class MetricsLog:
-    """The JSON-lines file: one record per line, each flushed as written."""
+    """The JSON-lines file: one record per line, each flushed as written.
+
+    The file never disagrees with the checkpoint beside it. A resumed run rewrites it
+    atomically without the records past the checkpoint's step. A run that replaces the
+    metrics of another (``--overwrite``) writes to a temporary beside them until its first
+    checkpoint is written (:meth:`commit`); a run that fails before that leaves the old
+    checkpoint and the old metrics together.
+    """
 
     def __init__(self, path: Path):
         self.path, self.file = Path(path), None
+        self.pending: Path | None = None  # the temporary that becomes self.path at commit
 
     def open(self, *, resume: bool, step: int) -> None:
-        kept = []
-        if resume and self.path.is_file():
+        from .saving import stale_temporaries
+        for temporary in stale_temporaries(self.path):  # a writer that died; we hold the lock
+            temporary.unlink(missing_ok=True)
+        replaces = self.path.is_file() and self.path.stat().st_size > 0
+        if resume and replaces:
             # A run that crashed after its last checkpoint logged steps it will now redo; a
             # process killed mid-write left a torn last line. Neither is kept.
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+            kept = []
+            for line in text.splitlines():
                 try:
                     record = json.loads(line)
                 except ValueError:
                     continue
                 if isinstance(record, dict) and record.get("step", 0) <= step:
                     kept.append(line + "\n")
-        self.file = open(self.path, "w", encoding="utf-8")
-        self.file.writelines(kept)
+            if "".join(kept) == text:  # nothing to drop: go on appending
+                self.file = open(self.path, "a", encoding="utf-8")
+                return
+            try:  # atomically; on a disk too full for a copy, in place
+                self.file = self._temporary()
+                self.file.writelines(kept)
+                self.file.flush()
+                self.commit()
+            except OSError:
+                self.close()
+                self.file = open(self.path, "w", encoding="utf-8")
+                self.file.writelines(kept)
+        elif replaces:
+            self.file = self._temporary()
+        else:
+            self.file = open(self.path, "w", encoding="utf-8")
+
+    def _temporary(self):
+        import tempfile
+        descriptor, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                            dir=self.path.parent)
+        self.pending = Path(name)
+        return os.fdopen(descriptor, "w", encoding="utf-8")
+
+    def commit(self) -> None:
+        """The records written so far replace the file at ``path`` (called once the run's
+        first checkpoint is written); the records that follow go on into it."""
+        if self.pending is not None:
+            os.replace(self.pending, self.path)  # the open file follows its new name
+            self.pending = None
 
     def write(self, record: dict) -> None:
         if self.file is None:
@@ -81,6 +122,9 @@ class MetricsLog:
             except OSError:
                 pass
             self.file = None
+        if self.pending is not None:  # no checkpoint of this run: the old metrics stay
+            self.pending.unlink(missing_ok=True)
+            self.pending = None
 
 
 class Progress:
@@ -174,8 +218,11 @@ class Reporter(Callback):
             train_tokens=trainer.data.train_tokens, device=str(trainer.device),
             config=config.to_dict(), **world_record(trainer)))
         if not trainer.data.valid and self.root:
-            warnings.warn("the corpus is too small for a validation set; the schedule and "
-                          "the reports use the training loss", stacklevel=2)
+            why = ("--valid-fraction 0 holds nothing out" if not config.valid_fraction else
+                   f"the corpus is too small for a validation set at --valid-fraction "
+                   f"{config.valid_fraction}")
+            warnings.warn(f"{why}; the schedule and the reports use the training loss",
+                          stacklevel=2)
         unit = {"char": "characters", "byte": "bytes"}.get(config.level, "tokens")
         self.say(f"training {trainer.model!r} on {trainer.data.train_tokens} {unit} "
                  f"({len(trainer.data.train)} batches per epoch), steps {trainer.step} -> "

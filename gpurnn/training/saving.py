@@ -32,6 +32,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import threading
 import time
 import warnings
@@ -50,6 +51,8 @@ __all__ = ["CheckpointWriteError", "CheckpointInUseError", "FileLock", "check_ou
            "stale_temporaries", "CheckpointSaver", "RETRY_PAUSE_S"]
 
 RETRY_PAUSE_S = 1.0  # before the one retry of a failed checkpoint write
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted as the lock must not block open()
 
 
 class CheckpointWriteError(RuntimeError):
@@ -118,9 +121,24 @@ def check_existing_outputs(config, checkpoint: Path, metrics: Path) -> None:
         if not is_metrics_file(metrics):
             raise FileExistsError(f"--metrics {metrics} exists and is not a gpurnn metrics "
                                   f"file; refusing to replace it (give another path)")
-        if not config.resume and not config.overwrite:
+        if not config.resume and not config.overwrite and \
+                not _run_without_checkpoint(metrics, checkpoint):
             raise FileExistsError(f"--metrics {metrics} already holds the metrics of a run; add "
                                   f"--resume to continue it or --overwrite to replace it")
+
+
+def _run_without_checkpoint(metrics: Path, checkpoint: Path) -> bool:
+    """Whether ``metrics`` are those of a run of this very checkpoint that never wrote it
+    (stopped or failed before its first save): nothing to continue, nothing to keep."""
+    if checkpoint.exists():
+        return False
+    with open(metrics, "rb") as file:
+        first = file.readline(1 << 20)
+    try:
+        written_for = json.loads(first.decode("utf-8"))["config"]["checkpoint"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(written_for, str) and _same_file(Path(written_for), checkpoint)
 
 
 def is_metrics_file(path: Path) -> bool:
@@ -143,14 +161,34 @@ class FileLock:
 
     def __init__(self, target: Path, flag: str):
         self.target, self.flag = Path(target), flag
-        self.path = self.target.parent / f".{self.target.name}.lock"
+        # Keyed by the file the name leads to: two trainers that reach one checkpoint through
+        # different names (a symbolic link) take the same lock.
+        resolved = _resolved(self.target)
+        self.path = resolved.parent / f".{resolved.name}.lock"
         self._fd = None
+
+    def _open(self) -> int:
+        """The lock file, never through a symbolic link and only if it is a regular file:
+        a link or a device planted under its name would have us write into another file."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK, 0o644)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise FileExistsError(f"{self.flag} {self.target}: its lock file {self.path} "
+                                      f"is a symbolic link; gpurnn never writes through one "
+                                      f"(remove it if no gpurnn train is running)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileExistsError(f"{self.flag} {self.target}: its lock file {self.path} is "
+                                  f"not a regular file; remove it")
+        return fd
 
     def acquire(self) -> "FileLock":
         if fcntl is None:
             return self
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -242,6 +280,13 @@ class CheckpointSaver(Callback):
             return f"{self.path} is unchanged"
         return "no checkpoint was written"
 
+    def _advice(self) -> str:
+        """What to run after a failed write: continue this run's checkpoint if it wrote
+        one, else start again (a run without a checkpoint leaves no metrics in the way)."""
+        if self.saved_step is not None:
+            return f"fix it and continue with: gpurnn train --resume --checkpoint {self.path}"
+        return "fix it and run the same gpurnn train command again"
+
     def save(self, trainer) -> None:
         start = time.perf_counter()
         fields = checkpoint_fields(trainer)  # collective: every rank calls it
@@ -250,6 +295,8 @@ class CheckpointSaver(Callback):
         except NonFiniteError as error:  # e.g. optimizer state overflowed: the run diverged
             raise trainer.guard.diverged(trainer.step, str(error), self.kept(),
                                          trainer.optimizer.lr) from None
+        if self.comm.rank == 0:
+            trainer.reporter.metrics.commit()  # its metrics now describe this checkpoint
         self.saved_step = trainer.step
         seconds = time.perf_counter() - start
         trainer.timing["save"] += seconds
@@ -264,8 +311,7 @@ class CheckpointSaver(Callback):
                 if attempt == 2:
                     raise CheckpointWriteError(
                         f"could not write checkpoint {self.path} at step {fields['step']}: "
-                        f"{_describe(error)} (tried twice); {self.kept()}; fix it and "
-                        f"continue with: gpurnn train --resume --checkpoint {self.path}") \
+                        f"{_describe(error)} (tried twice); {self.kept()}; {self._advice()}") \
                         from None
                 warnings.warn(f"writing checkpoint {self.path} failed ({_describe(error)}); "
                               f"trying once more", RuntimeWarning, stacklevel=2)
