@@ -16,7 +16,7 @@ from .cells import ElmanCell
 from .losses import (LOGIT_BLOCK_ELEMENTS, output_forward, output_loss,
                      output_loss_and_grads)
 from .plan import Plan
-from .parameters import ELMAN_ALIASES
+from .parameters import ELMAN_ALIASES, Parameters, check_memory
 from .torch_interop import TorchInterop
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
                          check_reduction, check_size, check_truncate, resolve_dtype)
@@ -60,9 +60,18 @@ class _ParamsMixin:
         key = self._aliases.get(name, name)
         if key in self._param_names:
             label = name if key == name else f"{name} ({key})"   # what the user typed
-            self._params[key] = self._checked_param(key, value, label)
+            if key not in self._param_shapes:
+                self._checked_param(key, value, label)  # raises: no such parameter here
+            dict.__setitem__(self._params, key, self._checked_param(key, value, label))
         else:
             object.__setattr__(self, name, value)
+
+    def check_finite(self) -> None:
+        """Raise ValueError naming the first parameter that holds NaN or Inf (after an
+        in-place edit, say); the engine itself does not look, to keep steps fast."""
+        for name, value in self._params.items():
+            if not bool(get_array_module(value).isfinite(value).all()):
+                raise ValueError(f"parameter {name} holds NaN or Inf")
 
     def _checked_param(self, name, value, label=None):
         label = label or name
@@ -101,6 +110,10 @@ class RecurrentModel(_ParamsMixin):
         ("normal", std) or ("zeros",); drawn on the host in the order of ``specs`` (so a
         seed gives the same numbers on every device), then moved."""
         self._param_shapes = {name: shape for name, (shape, _) in specs.items()}
+        check_memory(f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                     f"{self.output_size})",
+                     8 * sum(int(numpy.prod(shape, dtype=object)) for shape in
+                             self._param_shapes.values()))
         rng = host_rng(seed)
         host = {}
         for name, (shape, init) in specs.items():
@@ -110,8 +123,9 @@ class RecurrentModel(_ParamsMixin):
                 host[name] = rng.normal(0.0, init[1], shape)
             else:
                 host[name] = numpy.zeros(shape)
-        self._params = {name: to_device(value, self.device, self.dtype)
-                        for name, value in host.items()}
+        self._params = Parameters({name: to_device(value, self.device, self.dtype)
+                                   for name, value in host.items()}, self._checked_param,
+                                  self._aliases)
 
     @property
     def config(self) -> dict:
@@ -475,8 +489,9 @@ class LinearRNN(_ParamsMixin):
         self.device = get_device(device)
         self.cell = ElmanCell("identity", bias=False)
         self._param_shapes = {"wx": (), "wRec": ()}
-        self._params = {}
-        self.wx, self.wRec = wx, wRec
+        self._params = Parameters({}, self._checked_param)
+        for name, value in (("wx", wx), ("wRec", wRec)):
+            dict.__setitem__(self._params, name, self._checked_param(name, value))
 
     def _cell_params(self):
         # (1, 1) views of the scalars, so in-place optimizer updates are seen here.

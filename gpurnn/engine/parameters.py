@@ -1,7 +1,11 @@
-"""Parameter names shared by stacks, torch interop and diagnostics."""
+"""Parameter names shared by stacks, torch interop and diagnostics; the checked parameter
+dict; the size check made before parameters are allocated."""
 from __future__ import annotations
 
-__all__ = ["layer_name", "elman_aliases", "ELMAN_ALIASES", "LEGACY_ELMAN_NAMES"]
+import os
+
+__all__ = ["layer_name", "elman_aliases", "ELMAN_ALIASES", "LEGACY_ELMAN_NAMES", "Parameters",
+           "check_memory"]
 
 
 def layer_name(name: str, layer: int) -> str:
@@ -22,3 +26,67 @@ def elman_aliases(num_layers: int) -> dict:
 
 
 ELMAN_ALIASES = elman_aliases(1)
+
+
+class Parameters(dict):
+    """A model's live parameter dict. Optimizers update its arrays in place; assigning an
+    entry (``model.params["weight_hh"] = array``) is checked as assigning the attribute is
+    (shape, dtype, device), and entries cannot be added or removed, so a wrong array fails
+    here, naming the parameter, not later inside a product."""
+
+    __slots__ = ("_check", "_aliases")
+
+    def __init__(self, values: dict, check, aliases: dict | None = None):
+        super().__init__(values)
+        self._check = check  # (name, value) -> the array to store, or raises
+        self._aliases = aliases or {}
+
+    def __setitem__(self, name, value):
+        if name not in self:
+            alias = self._aliases.get(name)
+            hint = (f" (the seeds' name {name} is the attribute model.{name}; its key here "
+                    f"is {alias!r})") if alias in self else ""
+            raise KeyError(f"{name!r} is not a parameter of this model{hint}; its parameters "
+                           f"are {', '.join(self)}")
+        super().__setitem__(name, self._check(name, value))
+
+    def update(self, *args, **kwargs):
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+    def setdefault(self, name, value=None):
+        return self[name] if name in self else self.__setitem__(name, value)
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a model's parameters cannot be removed; build the model without "
+                        "them (bias=False) instead")
+
+    __delitem__ = pop = popitem = clear = _refuse
+
+    def __reduce__(self):  # pickled and copied as the plain dict it is
+        return dict, (dict(self),)
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(what: str, nbytes: int) -> None:
+    """Refuse, before allocating, parameters that could never fit this machine's memory
+    (NumPy would raise a MemoryError from deep inside, or the OS kill the process)."""
+    available = host_memory_bytes()
+    if available is not None and nbytes > available:
+        raise ValueError(f"{what} would need {_size(nbytes)} for its parameters (drawn on the "
+                         f"host in float64), more than this machine's {_size(available)} of "
+                         f"memory; choose smaller sizes")
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:,.0f} {unit}" if unit == "bytes" else f"{nbytes:,.1f} {unit}"
+        nbytes /= 1024

@@ -279,3 +279,40 @@ def test_a_hostile_corpus_is_one_line_in_a_real_process(tmp_path):
                                                                           "/dev/null")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+# --------------------------------------------------------------------------- the Python API
+
+def test_assigning_a_parameter_entry_is_checked_like_the_attribute():
+    from gpurnn import ElmanRNN, LSTM
+    model = ElmanRNN(5, 3, 5)
+    with pytest.raises(KeyError, match=r"'W' is not a parameter of this model \(the seeds' "
+                                       r"name W is the attribute model\.W; its key here is "
+                                       r"'weight_hh'\)"):
+        model.params["W"] = numpy.zeros((3, 3))
+    with pytest.raises(ValueError, match=r"weight_hh must have shape \(3, 3\), got \(4, 3\)"):
+        model.params["weight_hh"] = numpy.zeros((4, 3))
+    with pytest.raises(TypeError, match="cannot be removed"):
+        model.params.pop("V")
+    model.params["weight_hh"] = numpy.eye(3)           # a good one is stored, as a copy
+    assert numpy.array_equal(model.W, numpy.eye(3)) and model.W.dtype == model.dtype
+    lstm = LSTM(4, 2, 4)
+    lstm.params.update(weight_hh=numpy.zeros((8, 2)))
+    with pytest.raises(ValueError, match="weight_hh must have shape"):
+        lstm.params.update(weight_hh=numpy.zeros((2, 2)))
+
+
+def test_a_model_too_big_for_the_machine_is_refused_before_allocating():
+    from gpurnn import ElmanRNN
+    with pytest.raises(ValueError, match=r"ElmanRNN\(20, 1000000000000, 20\) would need .*PiB "
+                                         r"for its parameters.*more than this machine's"):
+        ElmanRNN(20, 10**12, 20)
+
+
+def test_check_finite_names_the_parameter():
+    from gpurnn import GRU
+    model = GRU(4, 3, 4)
+    model.check_finite()
+    model.params["weight_hh"][0, 0] = numpy.nan          # in place: the dict cannot see it
+    with pytest.raises(ValueError, match="parameter weight_hh holds NaN or Inf"):
+        model.check_finite()
