@@ -368,6 +368,13 @@ class RecurrentModel(_ParamsMixin):
     def _schedule(self, plan, x, y, h0, truncate, masked):
         batch, steps = x.shape[:2]
         block = recompute.block_steps(batch, steps, plan.checkpoint_every, plan.block_steps)
+        if plan.memory_budget is not None and plan.block_steps is None \
+                and plan.checkpoint_every is None:
+            # the default grid's block does not fit: shorter ones (a grid the user chose
+            # is kept as chosen, and refused if it cannot fit)
+            block = recompute.fitting_block(
+                block, plan.memory_budget,
+                lambda b: self._footprint(x, y, h0, b, truncate, masked))
         footprint = self._footprint(x, y, h0, block, truncate, masked)
         return recompute.make_schedule(steps, block, plan.memory_budget, footprint,
                                        every=plan.checkpoint_every is not None)

@@ -40,7 +40,8 @@ import math
 
 import numpy
 
-__all__ = ["BLOCK_ROWS", "Footprint", "Schedule", "block_steps", "chen_interval",
+__all__ = ["BLOCK_ROWS", "Footprint", "Schedule", "block_steps", "fitting_block",
+           "chen_interval",
            "min_forwards", "min_forwards_table", "optimal_split", "make_schedule", "actions",
            "format_bytes"]
 
@@ -165,6 +166,17 @@ def _forwards(blocks: int, kept: int, slots: int) -> int:
     return kept + int(min_forwards(prefix, slots))
 
 
+def fitting_block(block: int, budget: int, footprint_of) -> int:
+    """The longest block, from ``block`` halving down to one step, whose cache fits
+    ``budget`` with nothing else kept (``footprint_of(block)`` gives a :class:`Footprint`);
+    one step when none does (make_schedule then says what the least budget is). Shorter
+    blocks regroup the sums over time (equal to ~1e-16, not bit for bit) and run slower
+    products, which is why a budget that fits the default grid keeps it."""
+    while block > 1 and footprint_of(block).need(1, 0) > budget:
+        block = max(1, block // 2)
+    return block
+
+
 def make_schedule(steps: int, block: int, budget=None, footprint: Footprint = None,
                   every: bool = False) -> Schedule:
     """The fastest schedule whose estimated peak fits ``budget`` bytes.
@@ -186,12 +198,14 @@ def make_schedule(steps: int, block: int, budget=None, footprint: Footprint = No
         return Schedule(steps, block, n, 0, "fits", n, footprint.need(n, 0), footprint)
     least = footprint.need(1, 0)
     if least > budget:
+        shorter = (" or make blocks shorter (Plan(block_steps=...))" if block > 1 else
+                   ", the least that one step of BPTT can run in")
         raise ValueError(
             f"memory_budget of {format_bytes(budget)} is below what one block of {block} "
-            f"steps needs: at least {format_bytes(least)} (the block's cache "
-            f"{format_bytes(footprint.forward + footprint.backward)} plus "
+            f"step{'s' if block > 1 else ''} needs: at least {format_bytes(least)} (the "
+            f"block's cache {format_bytes(footprint.forward + footprint.backward)} plus "
             f"{format_bytes(footprint.fixed)} that does not grow with time); raise the "
-            f"budget or make blocks shorter (Plan(block_steps=...))")
+            f"budget{shorter}")
     # Checkpoints at every boundary of the prefix, and as many kept caches as fit.
     if footprint.need(1, n - 1) <= budget:
         spare = budget - footprint.need(1, n - 1)

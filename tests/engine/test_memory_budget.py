@@ -278,11 +278,39 @@ def test_every_k_policy_with_chen_interval(rng):
 def test_budget_below_one_block_is_refused_with_the_need(rng):
     model = make_model("lstm", 5, 8, 5, seed=0)
     x, y = rng.integers(0, 5, (4, 500)), rng.integers(0, 5, (4, 500))
+    # the default grid shrinks its blocks down to one step before it refuses
     with pytest.raises(ValueError, match=r"memory_budget of 1,000 bytes is below what one "
-                                         r"block of 256 steps needs: at least [0-9,]+ bytes"):
+                                         r"block of 1 step needs: at least [0-9,]+ bytes .*"
+                                         r"the least that one step of BPTT can run in"):
+        model.loss_and_grads(x, y, memory_budget=1000, reduction="sum")
+    # a grid the user chose is kept, and the message says how to change it
+    model.plan = Plan(block_steps=256)
+    with pytest.raises(ValueError, match=r"below what one block of 256 steps needs: at least "
+                                         r"[0-9,]+ bytes .*make blocks shorter"):
         model.loss_and_grads(x, y, memory_budget=1000, reduction="sum")
     with pytest.raises(ValueError, match="memory_budget must be a number of bytes"):
         model.loss_and_grads(x, y, memory_budget="lots", reduction="sum")
+
+
+def test_a_budget_below_the_default_block_shrinks_the_blocks(rng):
+    """The default grid's block (128 steps here) needs more than the budget: the planner
+    halves it until one block fits, and the step keeps its budget with the gradients of
+    keeping everything."""
+    model = make_model("lstm", 8, 32, 4, output="identity", dtype="float64", seed=0)
+    x, y = rng.normal(size=(8, 1500, 8)), rng.normal(size=(8, 1500, 4))
+    default = recompute.block_steps(8, 1500)
+    one_block = model.schedule(x, y, memory_budget=10**12).footprint.need(1, 0)
+    budget = one_block // 3
+    schedule = model.schedule(x, y, memory_budget=budget)
+    assert schedule.block < default and schedule.bytes <= budget
+    kept = model.loss_and_grads(x, y)
+    peak, _ = traced_peak(model, x, y, budget)
+    assert peak <= budget + SLACK
+    fitted = model.loss_and_grads(x, y, memory_budget=budget)
+    assert fitted.loss == pytest.approx(kept.loss, rel=1e-12)
+    for name in kept.grads:
+        np.testing.assert_allclose(fitted.grads[name], kept.grads[name], rtol=1e-12,
+                                   atol=1e-14, err_msg=name)
 
 
 def test_loss_in_a_budget_is_computed_block_by_block(rng):
