@@ -24,7 +24,7 @@ from ..engine.backend import is_device_array, to_host
 from ..engine.parameters import elman_aliases
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "NonFiniteError", "Checkpoint",
-           "save_checkpoint", "load_checkpoint"]
+           "save_checkpoint", "load_checkpoint", "file_mode"]
 
 FORMAT_NAME = "gpurnn-checkpoint"
 # 2: every cell's parameters under PyTorch's names; version 1 files (the Elman weights as
@@ -162,7 +162,7 @@ def _write_atomically(path: Path, arrays: dict) -> None:
     try:
         # mkstemp makes the file 0600: give it the mode the file it replaces has (a user's
         # chmod survives every save), or for a new one what the umask allows, as open() would
-        os.fchmod(descriptor, _mode_for(path))
+        os.fchmod(descriptor, file_mode(path))
         with os.fdopen(descriptor, "wb") as file:
             numpy.savez(file, **arrays)
             file.flush()
@@ -183,7 +183,9 @@ def _write_atomically(path: Path, arrays: dict) -> None:
         os.close(directory)
 
 
-def _mode_for(path: Path) -> int:
+def file_mode(path: Path) -> int:
+    """The permission bits a file written to ``path`` gets: those of the file it replaces,
+    else what the umask leaves of 0666, as ``open()`` would give."""
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
     except OSError:

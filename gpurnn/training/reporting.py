@@ -92,8 +92,10 @@ class MetricsLog:
 
     def _temporary(self):
         import tempfile
+        from .checkpoint import file_mode
         descriptor, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                             dir=self.path.parent)
+        os.fchmod(descriptor, file_mode(self.path))  # not mkstemp's 0600: the file's own
         self.pending = Path(name)
         return os.fdopen(descriptor, "w", encoding="utf-8")
 

@@ -223,9 +223,13 @@ def test_checkpoints_follow_the_umask_and_keep_a_chosen_mode(tmp_path):
     try:
         Trainer(tiny(tmp_path, steps=2)).run()
         assert stat.S_IMODE(os.stat(tmp_path / "lm.npz").st_mode) == 0o644
+        assert stat.S_IMODE(os.stat(tmp_path / "lm.jsonl").st_mode) == 0o644
         os.chmod(tmp_path / "lm.npz", 0o640)
+        os.chmod(tmp_path / "lm.jsonl", 0o600)
         Trainer(tiny(tmp_path, steps=4, resume=True)).run()
         assert stat.S_IMODE(os.stat(tmp_path / "lm.npz").st_mode) == 0o640
+        Trainer(tiny(tmp_path, steps=3, overwrite=True)).run()  # metrics via a temporary
+        assert stat.S_IMODE(os.stat(tmp_path / "lm.jsonl").st_mode) == 0o600
     finally:
         os.umask(old)
 
