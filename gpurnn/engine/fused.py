@@ -282,7 +282,9 @@ def optimizer_update(plan, optimizer, param, grad, slots) -> bool:
     place; False when the plain update must run instead (plain plan, NumPy arrays, an
     optimizer without a kernel, or arrays that are not contiguous)."""
     launch = launcher_for(plan, param)
-    if launch is None or optimizer.name not in OPTIMIZERS:
+    # the kernels put eps outside the root, as the default: the other placement runs plain
+    if launch is None or optimizer.name not in OPTIMIZERS or \
+            getattr(optimizer, "eps_placement", "outside") != "outside":
         return False
     if not all(a.flags.c_contiguous for a in (param, grad, *slots)):
         return False

@@ -85,7 +85,8 @@ def run_gradcheck(args):
 # ------------------------------------------------------------------------------------ train
 
 _METAVARS = {"corpus": "PATH", "checkpoint": "PATH", "metrics": "PATH", "lr": "X", "clip": "X",
-             "clip_value": "X",
+             "clip_value": "X", "min_lr": "X", "weight_decay": "X", "eps": "X",
+             "corpus_limit": "BYTES",
              "valid_fraction": "X", "truncate": "K", "time_limit": "DURATION",
              "stop_signal": "SIGNAL", "log_every_seconds": "SECONDS", "csv_column": "NAME",
              "device": "DEVICE", "memory_budget": "BYTES"}
@@ -176,8 +177,9 @@ def _saved_train_config(checkpoint):
     # Paths stored in a checkpoint never say where this run writes: a copied or downloaded
     # checkpoint would otherwise append to (or cut) another run's metrics. The checkpoint
     # is the one named here, and the metrics go beside it unless --metrics says otherwise.
+    # Nor does the run that wrote it having replaced an older one (--overwrite) carry over.
     return dataclasses.replace(read_train_config(checkpoint), quiet=False, metrics=None,
-                               checkpoint=str(checkpoint))
+                               checkpoint=str(checkpoint), overwrite=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

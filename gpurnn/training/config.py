@@ -20,8 +20,10 @@ from typing import Optional
 from ..engine.plan import KERNELS
 from .data import LEVELS, RAW_LEVELS, SPECIAL_TOKENS
 
+MAX_SAMPLES = 100_000  # samples drawn at once, at most (gpurnn.sample, --samples)
+
 __all__ = ["TrainConfig", "DEFAULT_STEPS", "LEVELS", "RAW_LEVELS", "MODES", "OPTIMIZERS",
-           "REDUCTIONS", "SCHEDULES", "DEVICES", "DTYPES", "CELLS", "RESUMABLE_FIELDS", "read_config_file",
+           "REDUCTIONS", "SCHEDULES", "EPS_PLACEMENTS", "DEVICES", "DTYPES", "CELLS", "RESUMABLE_FIELDS", "read_config_file",
            "merge_config", "parse_duration", "signal_number"]
 
 MODES = ("stream", "sentence")
@@ -29,7 +31,8 @@ OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "rprop")
 REDUCTIONS = ("mean", "sum")
 DTYPES = ("float32", "float64")
 CELLS = ("elman", "gru", "lstm")
-SCHEDULES = ("auto", "halve", "none")
+SCHEDULES = ("auto", "halve", "cosine", "none")
+EPS_PLACEMENTS = ("outside", "inside")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "cpu-strict")
 DEFAULT_STEPS = 1800  # neither steps nor epochs given: the built-in corpus, ~19 epochs
 
@@ -58,6 +61,8 @@ class TrainConfig:
     valid_fraction: float = _f(0.1, "fraction held out for validation: sentences drawn at "
                                "random, or for char and byte the last stretch of the text")
     csv_column: str = _f("body", "the column of a .csv corpus that holds the text")
+    corpus_limit: str = _f("1GiB", "refuse a corpus larger than this many bytes (e.g. 4GB); "
+                           "0: no limit")
     # --- model and BPTT -------------------------------------------------------------------
     cell: str = _f("elman", "recurrent cell: elman (the tutorial's tanh RNN), gru or lstm "
                    "(PyTorch's gate equations)", CELLS)
@@ -91,7 +96,21 @@ class TrainConfig:
                         "tutorial's sum over tokens (scales the gradient with the batch)",
                         REDUCTIONS)
     schedule: str = _f("auto", "halve: the tutorial's schedule, halve the learning rate when "
-                       "the validation loss rises; auto: halve for sgd only", SCHEDULES)
+                       "the validation loss rises; cosine: decay from --lr to --min-lr over "
+                       "the run's steps (nanoGPT's); none: constant; auto: halve for sgd, "
+                       "none for the others", SCHEDULES)
+    warmup_steps: int = _f(0, "raise the learning rate linearly over the first N steps "
+                           "(with --schedule cosine or none)")
+    min_lr: Optional[float] = _f(None, "--schedule cosine: the learning rate it ends at "
+                                 "(default: --lr / 10)")
+    weight_decay: float = _f(0.0, "decoupled weight decay (AdamW's) on the weight matrices "
+                             "and embeddings, never the biases: each step multiplies them by "
+                             "1 - lr * X")
+    eps: Optional[float] = _f(None, "the optimizer's eps (adagrad, rmsprop, adam; default "
+                              "1e-8)")
+    eps_placement: str = _f("outside", "adagrad and rmsprop: eps outside the root, g / "
+                            "(sqrt(G) + eps) as PyTorch, or inside, g / sqrt(G + eps) as "
+                            "min-char-rnn", EPS_PLACEMENTS)
     clip: float = _f(5.0, "scale gradients down to this global L2 norm; 0 turns clipping off")
     clip_value: float = _f(0.0, "then clip every gradient element to [-X, X] (min-char-rnn's "
                            "clip, PyTorch's clip_grad_value_); 0 turns it off")
@@ -154,8 +173,35 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{_flag(name)} must be an integer >= 0, got {value}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        for name in ("lr", "min_lr", "eps"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{_flag(name)} must be a positive number, got {value}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be an integer >= 0, got {self.warmup_steps}")
+        halving = self.schedule == "halve" or (self.schedule == "auto"
+                                               and self.optimizer == "sgd")
+        if self.warmup_steps and halving:
+            raise ValueError("--warmup-steps works with --schedule cosine or none; the "
+                             "halving schedule (--schedule halve, or auto with sgd) has no "
+                             "warm-up")
+        if self.min_lr is not None and self.schedule != "cosine":
+            raise ValueError("--min-lr is where --schedule cosine ends; add --schedule cosine")
+        if self.min_lr is not None and self.lr is not None and self.min_lr > self.lr:
+            raise ValueError(f"--min-lr {self.min_lr} is above --lr {self.lr}; the cosine "
+                             f"schedule decays from --lr down to --min-lr")
+        if self.eps is not None and self.optimizer not in ("adagrad", "rmsprop", "adam"):
+            raise ValueError(f"--eps is for adagrad, rmsprop and adam, not {self.optimizer}")
+        if self.eps_placement != "outside" and self.optimizer not in ("adagrad", "rmsprop"):
+            raise ValueError(f"--eps-placement {self.eps_placement} is for adagrad and "
+                             f"rmsprop; {self.optimizer} has no such choice")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the checkpoint and --overwrite replaces it; "
+                             "give one of them")
+        if self.samples > MAX_SAMPLES:
+            raise ValueError(f"--samples must be at most {MAX_SAMPLES:,}, got {self.samples}")
         for name in ("clip", "clip_value"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
@@ -175,6 +221,8 @@ class TrainConfig:
             raise ValueError("--checkpoint must be a file path")
         from ..engine.plan import parse_bytes
         parse_bytes(self.memory_budget, "--memory-budget")
+        if self.corpus_limit.strip() != "0":
+            parse_bytes(self.corpus_limit, "--corpus-limit")
         if not (self.log_every_seconds >= 0 and math.isfinite(self.log_every_seconds)):
             raise ValueError(f"--log-every-seconds must be a number >= 0, got "
                              f"{self.log_every_seconds}")
@@ -183,6 +231,12 @@ class TrainConfig:
         if self.stop_signal is not None:
             signal_number(self.stop_signal)
         return self
+
+    @property
+    def corpus_bytes(self) -> int:
+        """--corpus-limit in bytes; 0 for no limit."""
+        from ..engine.plan import parse_bytes
+        return 0 if self.corpus_limit.strip() == "0" else parse_bytes(self.corpus_limit)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -197,7 +251,7 @@ class TrainConfig:
 # often to log or save, where, on which device; the corpus path too, as the trainer compares
 # a hash of the data itself. Everything else must match, or it would not be the same run.
 RESUMABLE_FIELDS = frozenset({"corpus", "steps", "epochs", "lr", "clip", "clip_value",
-                              "max_bad_steps",
+                              "max_bad_steps", "corpus_limit",
                               "eval_every", "log_every", "checkpoint", "checkpoint_every", "resume",
                               "metrics", "samples", "device", "quiet", "memory_budget", "kernels",
                               "overwrite", "log_every_seconds", "time_limit", "stop_signal"})
@@ -230,10 +284,15 @@ def signal_number(name: str) -> int:
         number = int(text)
     except ValueError:
         number = getattr(signal, text if text.startswith("SIG") else "SIG" + text, None)
-    valid = {s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP)}
+    # Beyond KILL and STOP (which cannot be caught), signals of a fault in the process
+    # itself: a handler that returns after a real SEGV re-runs the faulting instruction.
+    unsafe = {getattr(signal, n) for n in ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE",
+                                           "SIGILL", "SIGABRT", "SIGTRAP", "SIGSYS", "SIGCHLD",
+                                           "SIGPIPE") if hasattr(signal, n)}
+    valid = {s for s in signal.Signals if s not in unsafe}
     if number not in valid:
-        raise ValueError(f"--stop-signal must name a signal that can be caught, such as USR1, "
-                         f"USR2, HUP or TERM; got {name!r}")
+        raise ValueError(f"--stop-signal must name a signal that can be caught safely, such "
+                         f"as USR1, USR2, HUP or TERM; got {name!r}")
     return int(number)
 
 
@@ -312,8 +371,11 @@ def read_config_file(path) -> dict:
         file, or a top level that is not a table / object.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {path} is a folder; give a .toml or .json file")
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise FileNotFoundError(f"config file {path} does not exist" if not path.exists() else
+                                f"config file {path} is not a regular file")
     text = path.read_bytes()
     if path.suffix.lower() == ".toml":
         try:

@@ -49,7 +49,8 @@ def load_data(config, vocab: D.Vocabulary | None = None, *, world_size: int = 1)
     if config.corpus is None:
         sentences = D.load_builtin_corpus(level=config.level)
     else:
-        sentences = D.load_corpus(config.corpus, level=config.level, column=config.csv_column)
+        sentences = D.load_corpus(config.corpus, level=config.level, column=config.csv_column,
+                                  max_bytes=config.corpus_bytes)
     with warnings.catch_warnings():  # a corpus too small for validation: the trainer says so
         warnings.simplefilter("ignore")
         train_s, valid_s = D.train_valid_split(sentences, config.valid_fraction,
@@ -116,7 +117,8 @@ def _load_text(config, vocab, world_size: int) -> Corpus:
     """Levels char and byte: the text as one stream, the last valid_fraction held out."""
     level = config.level
     text = (D.load_builtin_text(level=level) if config.corpus is None
-            else D.load_text(config.corpus, level=level, column=config.csv_column))
+            else D.load_text(config.corpus, level=level, column=config.csv_column,
+                             max_bytes=config.corpus_bytes))
     train_t, valid_t = D.split_text(text, config.valid_fraction)
     if vocab is None:
         # every character of the text, the held-out part too (as char-rnn and nanoGPT

@@ -36,6 +36,7 @@ import numpy
 from . import data as D
 from ..engine.backend import to_host
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import MAX_SAMPLES  # drawn together: num x vocabulary probabilities per step
 from ..engine.model import RecurrentModel
 from .serialization import model_from_checkpoint
 
@@ -107,9 +108,6 @@ def load_language_model(path, device="cpu") -> LanguageModel:
     renamed = level == "char-sentences" and saved.version < 3
     return LanguageModel(model, vocab, level, saved.step, warmup, saved.config,
                          "char" if renamed else None)
-
-
-MAX_SAMPLES = 100_000  # drawn together: num x vocabulary probabilities per step
 
 
 def _is_int(value) -> bool:

@@ -18,14 +18,21 @@ from ..engine.backend import device_of, get_array_module, to_device, to_host
 from ..engine.plan import Plan
 
 __all__ = ["Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "Rprop",
-           "make_optimizer", "HalveOnPlateau", "global_norm", "clip_grad_norm", "clip_grad_value",
-           "grads_finite"]
+           "make_optimizer", "HalveOnPlateau", "scheduled_lr", "global_norm", "clip_grad_norm",
+           "clip_grad_value", "grads_finite", "EPS_PLACEMENTS"]
 
 
 def _check_positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not value > 0 \
             or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_nonnegative(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
@@ -40,15 +47,21 @@ class Optimizer:
 
     Subclasses name their per-parameter buffers in ``slots`` (each starts as zeros, or as
     :meth:`_initial` says) and implement :meth:`_update`. ``lr`` may be changed between steps
-    (see :class:`HalveOnPlateau`); ``t`` counts the steps taken.
+    (see :class:`HalveOnPlateau` and :func:`scheduled_lr`); ``t`` counts the steps taken.
+
+    ``weight_decay`` (every optimizer) is decoupled: before each update the weight matrices
+    and embeddings (parameters of two or more dimensions; biases never) shrink by
+    ``1 - lr * weight_decay``, as PyTorch's AdamW does. With Adam that is AdamW; with SGD
+    it equals an L2 penalty of ``weight_decay / 2 * |p|**2``.
     """
 
     name = ""
     slots: tuple[str, ...] = ()
     plan = Plan()  # a fused plan updates CuPy arrays with one kernel per parameter
 
-    def __init__(self, lr: float):
+    def __init__(self, lr: float, weight_decay: float = 0.0):
         self.lr = _check_positive("lr", lr)
+        self.weight_decay = _check_nonnegative("weight_decay", weight_decay)
         self.t = 0
         self._state: dict[str, dict[str, object]] = {slot: {} for slot in self.slots}
         self._scratch: dict[str, object] = {}  # one temporary per parameter, never saved
@@ -56,7 +69,7 @@ class Optimizer:
 
     def hyperparameters(self) -> dict:
         """The constructor arguments, as saved in :meth:`state_dict`."""
-        return {"lr": self.lr}
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
 
     def _initial(self, slot: str, param):
         return get_array_module(param).zeros_like(param)
@@ -82,6 +95,10 @@ class Optimizer:
                     self._state[slot][name] = self._initial(slot, param)
             if name not in self._scratch:
                 self._scratch[name] = get_array_module(param).empty_like(param)
+            if self.weight_decay and param.ndim >= 2:
+                # decoupled (Loshchilov & Hutter's AdamW, PyTorch's p.mul_(1 - lr * wd)),
+                # on the weight matrices and embeddings only, never on a bias
+                param *= 1.0 - self.lr * self.weight_decay
             slots = [self._state[slot][name] for slot in self.slots]
             if not fused.optimizer_update(self.plan, self, param, grad, slots):
                 self._update(name, param, grad, self._scratch[name])
@@ -120,8 +137,8 @@ class SGD(Optimizer):
 
     name = "sgd"
 
-    def __init__(self, lr: float = 0.005):
-        super().__init__(lr)
+    def __init__(self, lr: float = 0.005, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
 
     def _update(self, name, param, grad, scratch):
         get_array_module(param).multiply(grad, self.lr, out=scratch)
@@ -136,13 +153,15 @@ class Momentum(Optimizer):
     name = "momentum"
     slots = ("velocity",)
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = False):
-        super().__init__(lr)
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
         self.momentum = _check_fraction("momentum", momentum)
         self.nesterov = bool(nesterov)
 
     def hyperparameters(self):
-        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
+        return {**super().hyperparameters(), "momentum": self.momentum,
+                "nesterov": self.nesterov}
 
     def _update(self, name, param, grad, scratch):
         xp = get_array_module(param)
@@ -158,49 +177,78 @@ class Momentum(Optimizer):
         param -= scratch
 
 
-class Adagrad(Optimizer):
-    """``G += g**2``; ``p -= lr * g / (sqrt(G) + eps)``."""
+# Where eps goes in Adagrad's and RMSprop's division: "outside" the root, g / (sqrt(G) + eps)
+# (PyTorch, Keras), or "inside", g / sqrt(G + eps) (min-char-rnn, TensorFlow 1's RMSProp).
+# At the first step, with G = g², the two differ wherever |g| is near sqrt(eps).
+EPS_PLACEMENTS = ("outside", "inside")
+
+
+def _check_placement(value) -> str:
+    if value not in EPS_PLACEMENTS:
+        raise ValueError(f"eps_placement must be 'outside' (g / (sqrt(G) + eps), PyTorch's) or "
+                         f"'inside' (g / sqrt(G + eps), min-char-rnn's), got {value!r}")
+    return value
+
+
+class _RootScaled(Optimizer):
+    """An update ``p -= lr * g / root(G)`` with a running sum or mean of squares ``G``,
+    eps placed as ``eps_placement`` says (Adagrad, RMSprop)."""
+
+    def __init__(self, lr, eps, eps_placement, weight_decay):
+        super().__init__(lr, weight_decay)
+        self.eps = _check_positive("eps", eps)
+        self.eps_placement = _check_placement(eps_placement)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "eps": self.eps,
+                "eps_placement": self.eps_placement}
+
+    def _divide_step(self, xp, param, grad, squares, scratch):
+        """``param -= lr * grad / root(squares)`` through ``scratch``."""
+        if self.eps_placement == "inside":
+            xp.add(squares, self.eps, out=scratch)
+            xp.sqrt(scratch, out=scratch)
+        else:
+            xp.sqrt(squares, out=scratch)
+            scratch += self.eps
+        xp.divide(grad, scratch, out=scratch)
+        scratch *= self.lr
+        param -= scratch
+
+
+class Adagrad(_RootScaled):
+    """``G += g**2``; ``p -= lr * g / (sqrt(G) + eps)``, or with ``eps_placement="inside"``
+    ``p -= lr * g / sqrt(G + eps)`` (min-char-rnn's)."""
 
     name = "adagrad"
     slots = ("sum_sq",)
 
-    def __init__(self, lr: float = 0.01, eps: float = 1e-8):
-        super().__init__(lr)
-        self.eps = _check_positive("eps", eps)
-
-    def hyperparameters(self):
-        return {"lr": self.lr, "eps": self.eps}
+    def __init__(self, lr: float = 0.01, eps: float = 1e-8, eps_placement: str = "outside",
+                 weight_decay: float = 0.0):
+        super().__init__(lr, eps, eps_placement, weight_decay)
 
     def _update(self, name, param, grad, scratch):
         xp = get_array_module(param)
         sum_sq = self._state["sum_sq"][name]
         xp.multiply(grad, grad, out=scratch)
         sum_sq += scratch
-        _divide_step(xp, param, grad, sum_sq, scratch, self.lr, self.eps)
+        self._divide_step(xp, param, grad, sum_sq, scratch)
 
 
-def _divide_step(xp, param, grad, mean_sq, scratch, lr, eps):
-    """``param -= lr * grad / (sqrt(mean_sq) + eps)`` through ``scratch``."""
-    xp.sqrt(mean_sq, out=scratch)
-    scratch += eps
-    xp.divide(grad, scratch, out=scratch)
-    scratch *= lr
-    param -= scratch
-
-
-class RMSprop(Optimizer):
-    """``E = decay * E + (1 - decay) * g**2``; ``p -= lr * g / (sqrt(E) + eps)``."""
+class RMSprop(_RootScaled):
+    """``E = decay * E + (1 - decay) * g**2``; ``p -= lr * g / (sqrt(E) + eps)``, or with
+    ``eps_placement="inside"`` ``p -= lr * g / sqrt(E + eps)`` (TensorFlow 1's)."""
 
     name = "rmsprop"
     slots = ("mean_sq",)
 
-    def __init__(self, lr: float = 0.001, decay: float = 0.9, eps: float = 1e-8):
-        super().__init__(lr)
+    def __init__(self, lr: float = 0.001, decay: float = 0.9, eps: float = 1e-8,
+                 eps_placement: str = "outside", weight_decay: float = 0.0):
+        super().__init__(lr, eps, eps_placement, weight_decay)
         self.decay = _check_fraction("decay", decay)
-        self.eps = _check_positive("eps", eps)
 
     def hyperparameters(self):
-        return {"lr": self.lr, "decay": self.decay, "eps": self.eps}
+        return {**super().hyperparameters(), "decay": self.decay}
 
     def _update(self, name, param, grad, scratch):
         xp = get_array_module(param)
@@ -209,26 +257,27 @@ class RMSprop(Optimizer):
         scratch *= 1.0 - self.decay
         mean_sq *= self.decay
         mean_sq += scratch
-        _divide_step(xp, param, grad, mean_sq, scratch, self.lr, self.eps)
+        self._divide_step(xp, param, grad, mean_sq, scratch)
 
 
 class Adam(Optimizer):
     """Adam with bias correction (Kingma & Ba): ``m = b1 m + (1-b1) g``,
     ``v = b2 v + (1-b2) g**2``, ``p -= lr * m̂ / (sqrt(v̂) + eps)`` with ``m̂ = m / (1-b1**t)``,
-    ``v̂ = v / (1-b2**t)``."""
+    ``v̂ = v / (1-b2**t)``; with ``weight_decay``, AdamW (decoupled, see :class:`Optimizer`)."""
 
     name = "adam"
     slots = ("m", "v")
 
     def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8):
-        super().__init__(lr)
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
         self.beta1 = _check_fraction("beta1", beta1)
         self.beta2 = _check_fraction("beta2", beta2)
         self.eps = _check_positive("eps", eps)
 
     def hyperparameters(self):
-        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+        return {**super().hyperparameters(), "beta1": self.beta1, "beta2": self.beta2,
+                "eps": self.eps}
 
     def _update(self, name, param, grad, scratch):
         xp = get_array_module(param)
@@ -266,8 +315,8 @@ class Rprop(Optimizer):
     slots = ("step", "prev_sign")
 
     def __init__(self, lr: float = 0.001, eta_plus: float = 1.2, eta_minus: float = 0.5,
-                 step_min: float = 1e-6, step_max: float = 50.0):
-        super().__init__(lr)
+                 step_min: float = 1e-6, step_max: float = 50.0, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
         self.eta_plus = _check_positive("eta_plus", eta_plus)
         self.eta_minus = _check_positive("eta_minus", eta_minus)
         if isinstance(step_min, bool) or not isinstance(step_min, Real) \
@@ -279,8 +328,9 @@ class Rprop(Optimizer):
         self.step_min, self.step_max = float(step_min), float(step_max)
 
     def hyperparameters(self):
-        return {"lr": self.lr, "eta_plus": self.eta_plus, "eta_minus": self.eta_minus,
-                "step_min": self.step_min, "step_max": self.step_max}
+        return {**super().hyperparameters(), "eta_plus": self.eta_plus,
+                "eta_minus": self.eta_minus, "step_min": self.step_min,
+                "step_max": self.step_max}
 
     def _initial(self, slot, param):
         xp = get_array_module(param)
@@ -348,6 +398,25 @@ class HalveOnPlateau:
     def load_state_dict(self, state: dict) -> None:
         self.factor, self.min_lr = float(state["factor"]), float(state["min_lr"])
         self.last_loss = None if state["last_loss"] is None else float(state["last_loss"])
+
+
+def scheduled_lr(step: int, lr: float, *, total_steps: int, warmup_steps: int = 0,
+                 min_lr: float | None = None, cosine: bool = True) -> float:
+    """The learning rate of the update that makes step ``step + 1`` (``step`` counts the
+    updates before it), nanoGPT's shape: a linear warm-up ``lr * (step + 1) /
+    (warmup_steps + 1)`` for the first ``warmup_steps`` updates; then, with ``cosine``,
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * r)) / 2`` where r runs from 0 after the warm-up
+    to 1 at ``total_steps``, and ``min_lr`` beyond; without it, ``lr``. ``min_lr`` defaults
+    to ``lr / 10``. A pure function of the step: a resumed run continues the same curve."""
+    min_lr = lr / 10 if min_lr is None else min_lr
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    if not cosine:
+        return lr
+    if step >= total_steps or total_steps <= warmup_steps:
+        return min_lr
+    ratio = (step - warmup_steps) / (total_steps - warmup_steps)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * ratio))
 
 
 def global_norm(grads: dict) -> float:

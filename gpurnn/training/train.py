@@ -44,7 +44,7 @@ from .data import Batch, Vocabulary
 from .distributed import (Communicator, FlatGradients, abort_all_on_failure, device_for_rank,
                           world)
 from .optim import (HalveOnPlateau, clip_grad_norm, clip_grad_value, global_norm,
-                    make_optimizer)
+                    make_optimizer, scheduled_lr)
 from .reporting import Reporter, perplexity
 from .resuming import check_same_run, restore
 from .saving import (CheckpointSaver, FileLock, check_existing_outputs, check_output_paths,
@@ -86,7 +86,10 @@ def read_train_config(path) -> TrainConfig:
     """The TrainConfig saved in a checkpoint (what ``--resume`` starts from)."""
     saved = load_checkpoint(path).config
     try:
-        return TrainConfig.from_dict(saved["train"])
+        # how the run that wrote it was started (--resume, --overwrite) is not a setting of
+        # the run: the command that resumes it says its own
+        return TrainConfig.from_dict({key: value for key, value in saved["train"].items()
+                                      if key not in ("resume", "overwrite")})
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a language-model checkpoint of this gpurnn "
                               f"({error})") from None
@@ -155,13 +158,14 @@ class Trainer:
                                 dtype=config.dtype, device=self.device, seed=config.seed)
         self.model.plan = self.model.plan.replace(memory_budget=config.memory_budget,
                                                   kernels=config.kernels)
-        lr = self._lr()
-        self.optimizer = make_optimizer(config.optimizer, lr, **(
-            {"step_max": RPROP_STEP_MAX * lr} if config.optimizer == "rprop" else {}))
+        self.base_lr = lr = self._lr()
+        self.optimizer = make_optimizer(config.optimizer, lr, **optimizer_options(config, lr))
         self.optimizer.plan = self.model.plan
         halve = config.schedule == "halve" or (config.schedule == "auto" and
                                                config.optimizer == "sgd")
         self.schedule = HalveOnPlateau(self.optimizer) if halve else None
+        # cosine, and any warm-up: the rate is a function of the step, set before each one
+        self.by_step = config.schedule == "cosine" or config.warmup_steps > 0
         self.rng = numpy.random.default_rng(config.seed)  # for the samples at the end
         self.step, self.hidden = 0, None
         self.valid_history: list = []
@@ -256,6 +260,11 @@ class Trainer:
 
     def _train_step(self, batch) -> None:
         config, model, dev, comm = self.config, self.model, self.device, self.comm
+        if self.by_step:
+            self.optimizer.lr = scheduled_lr(
+                self.step, self.base_lr, total_steps=self.total_steps,
+                warmup_steps=config.warmup_steps, min_lr=config.min_lr,
+                cosine=config.schedule == "cosine")
         if comm.size > 1:  # this rank's rows of the global batch
             batch = _rows(batch, slice(comm.rank, None, comm.size), config.mode == "sentence")
         local = len(batch.inputs) > 0  # the last sentence batch may have fewer rows than ranks
@@ -354,6 +363,18 @@ class Trainer:
     def _overhead(self) -> float:
         step = self.timing["step"]
         return 1.0 - (self.timing["engine"] + self.timing["allreduce"]) / step if step else 0.0
+
+
+def optimizer_options(config: TrainConfig, lr: float) -> dict:
+    """The optimizer's constructor options that the settings name, besides the rate."""
+    options = {"weight_decay": config.weight_decay}
+    if config.optimizer == "rprop":
+        options["step_max"] = RPROP_STEP_MAX * lr
+    if config.optimizer in ("adagrad", "rmsprop"):
+        options["eps_placement"] = config.eps_placement
+    if config.eps is not None:
+        options["eps"] = config.eps
+    return options
 
 
 def _rows(batch: Batch, rows: slice, trim: bool) -> Batch:
