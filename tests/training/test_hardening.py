@@ -320,3 +320,43 @@ def test_check_finite_names_the_parameter():
     model.params["weight_hh"][0, 0] = numpy.nan          # in place: the dict cannot see it
     with pytest.raises(ValueError, match="parameter weight_hh holds NaN or Inf"):
         model.check_finite()
+
+
+# ----------------------------------------------------------------------- contradictions
+
+@pytest.mark.parametrize("argv, words", [
+    (["--resume", "--overwrite"], ["--resume continues the checkpoint and --overwrite "
+                                   "replaces it"]),
+    (["--stop-signal", "SEGV"], ["--stop-signal must name a signal that can be caught safely"]),
+    (["--samples", "99999999999999999999"], ["--samples must be at most 100,000"]),
+    (["--corpus-limit", "lots"], ["--corpus-limit must be a number of bytes"]),
+])
+def test_train_refuses_contradictions_and_unsafe_values(tmp_path, capsys, argv, words):
+    write_corpus(tmp_path)
+    assert exit_code(train_argv(tmp_path, *argv)) == 2
+    one_line_error(capsys, *words)
+    assert not (tmp_path / "lm.npz").exists()
+
+
+def test_the_corpus_limit_flag(tmp_path, capsys):
+    write_corpus(tmp_path)
+    assert exit_code(train_argv(tmp_path, "--corpus-limit", "1kB")) == 2
+    one_line_error(capsys, "more than the limit of 1,000 (--corpus-limit raises it)")
+    assert exit_code(train_argv(tmp_path, "--corpus-limit", "0")) == 0  # 0: no limit
+
+
+def test_a_config_that_is_a_folder_is_named_as_one(tmp_path, capsys):
+    write_corpus(tmp_path)
+    assert exit_code(train_argv(tmp_path, "--config", str(tmp_path))) == 2
+    one_line_error(capsys, "is a folder; give a .toml or .json file")
+
+
+def test_an_older_checkpoint_of_a_run_started_with_overwrite_resumes(tmp_path):
+    """Run-control flags stored in a checkpoint (it was started with --overwrite) do not
+    contradict the --resume of the command that continues it."""
+    write_corpus(tmp_path)
+    assert exit_code(train_argv(tmp_path)) == 0
+    assert exit_code(train_argv(tmp_path, "--overwrite")) == 0
+    assert exit_code(["train", "--resume", "--checkpoint", str(tmp_path / "lm.npz"),
+                      "--steps", "8", "--quiet"]) == 0
+    assert C.load_checkpoint(tmp_path / "lm.npz").step == 8
