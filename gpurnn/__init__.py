@@ -21,7 +21,7 @@ from .training.data import Vocabulary
 from .training.evaluation import Evaluation, evaluate_file as evaluate
 from .training.generate import sample
 from .training.optim import (SGD, Adagrad, Adam, Momentum, Optimizer, RMSprop, Rprop,
-                             clip_grad_norm, clip_grad_value, make_optimizer)
+                             clip_grad_norm, clip_grad_value, make_optimizer, scheduled_lr)
 from .training.serialization import Saved, load, save
 from .training.train import TrainResult, train
 from . import _moved
@@ -41,5 +41,6 @@ __all__ = ["ElmanRNN", "GRU", "LSTM", "LinearRNN", "StackedElmanRNN", "Recurrent
            "make_model", "model_spec", "from_torch", "LossAndGrads", "Cell", "ElmanCell", "GRUCell",
            "LSTMCell", "StackedCell", "gradcheck", "GradcheckResult", "bptt", "reference",
            "save", "load", "Saved", "Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam",
-           "Rprop", "make_optimizer", "clip_grad_norm", "clip_grad_value", "TrainConfig", "TrainResult", "train",
+           "Rprop", "make_optimizer", "clip_grad_norm", "clip_grad_value", "scheduled_lr",
+           "TrainConfig", "TrainResult", "train",
            "sample", "evaluate", "Evaluation", "Vocabulary", "get_device", "cuda_available", "__version__"]

@@ -97,12 +97,13 @@ class TrainConfig:
                         REDUCTIONS)
     schedule: str = _f("auto", "halve: the tutorial's schedule, halve the learning rate when "
                        "the validation loss rises; cosine: decay from --lr to --min-lr over "
-                       "the run's steps (nanoGPT's); none: constant; auto: halve for sgd, "
+                       "the run's total steps (nanoGPT's; more --steps on resuming stretch "
+                       "what is left); none: constant; auto: halve for sgd, "
                        "none for the others", SCHEDULES)
     warmup_steps: int = _f(0, "raise the learning rate linearly over the first N steps "
                            "(with --schedule cosine or none)")
-    min_lr: Optional[float] = _f(None, "--schedule cosine: the learning rate it ends at "
-                                 "(default: --lr / 10)")
+    min_lr: Optional[float] = _f(None, "--schedule cosine: the learning rate it ends at, "
+                                 "0 allowed (default: --lr / 10, nanoGPT's habit)")
     weight_decay: float = _f(0.0, "decoupled weight decay (AdamW's) on the weight matrices "
                              "and embeddings, never the biases: each step multiplies them by "
                              "1 - lr * X")
@@ -173,10 +174,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{_flag(name)} must be an integer >= 0, got {value}")
-        for name in ("lr", "min_lr", "eps"):
+        for name in ("lr", "eps"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{_flag(name)} must be a positive number, got {value}")
+        if self.min_lr is not None and not (self.min_lr >= 0 and math.isfinite(self.min_lr)):
+            raise ValueError(f"--min-lr must be a number >= 0, got {self.min_lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
         if self.warmup_steps < 0:

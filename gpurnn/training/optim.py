@@ -9,7 +9,7 @@ next :meth:`Optimizer.step`.
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy
 
@@ -407,8 +407,21 @@ def scheduled_lr(step: int, lr: float, *, total_steps: int, warmup_steps: int = 
     (warmup_steps + 1)`` for the first ``warmup_steps`` updates; then, with ``cosine``,
     ``min_lr + (lr - min_lr) * (1 + cos(pi * r)) / 2`` where r runs from 0 after the warm-up
     to 1 at ``total_steps``, and ``min_lr`` beyond; without it, ``lr``. ``min_lr`` defaults
-    to ``lr / 10``. A pure function of the step: a resumed run continues the same curve."""
-    min_lr = lr / 10 if min_lr is None else min_lr
+    to ``lr / 10``. A pure function of the step: a resumed run continues the same curve.
+
+    ``total_steps`` is the whole run's: a run resumed with more steps follows the longer
+    run's curve from the step it resumed at (a higher rate than the shorter run had there).
+    Set it on an optimizer before each update: ``opt.lr = scheduled_lr(step, 3e-3, ...)``.
+    """
+    lr = _check_positive("lr", lr)
+    min_lr = lr / 10 if min_lr is None else _check_nonnegative("min_lr", min_lr)
+    if min_lr > lr:
+        raise ValueError(f"min_lr {min_lr} is above lr {lr}: the cosine decays from lr down "
+                         f"to min_lr")
+    for name, value in (("step", step), ("total_steps", total_steps),
+                        ("warmup_steps", warmup_steps)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     if step < warmup_steps:
         return lr * (step + 1) / (warmup_steps + 1)
     if not cosine:

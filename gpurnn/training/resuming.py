@@ -101,6 +101,7 @@ def checkpoint_fields(trainer) -> dict | None:
              "schedule": trainer.schedule.state_dict() if trainer.schedule else None,
              **trainer.guard.state_dict(),
              "valid_history": trainer.valid_history, "world_size": comm.size,
+             "total_steps": trainer.total_steps,  # what a cosine schedule ran over
              "warmup": trainer.data.warmup}  # read by gpurnn generate before sampling
     return dict(params=trainer.model.params, optimizer_state=trainer.optimizer.state_dict(),
                 vocab=trainer.data.vocab,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +184,33 @@ class Trainer:
         self.moved_from = None  # (world size, position) of a checkpoint from another world size
         if saved is not None:
             restore(self, saved)
+        if self.by_step:
+            self._check_schedule(saved)
+
+    def _check_schedule(self, saved) -> None:
+        """The ends of a rate set by the step, against the rate and this run's total."""
+        config, lr = self.config, self.base_lr
+        if config.min_lr is not None and config.min_lr > lr:  # --lr not given: the default
+            raise ValueError(f"--min-lr {config.min_lr} is above the learning rate {lr:g} "
+                             f"({config.optimizer}'s default); lower it or give --lr")
+        if config.warmup_steps >= self.total_steps and self.comm.rank == 0:
+            warnings.warn(f"--warmup-steps {config.warmup_steps} is not below the run's "
+                          f"{self.total_steps} steps: the rate never reaches {lr:g}",
+                          stacklevel=2)
+        before = saved.extra.get("total_steps") if saved is not None else None
+        if config.schedule == "cosine" and before is not None and before != self.total_steps:
+            # the curve is over the run's total: a longer run is higher at every step
+            self.reporter.say(
+                f"the cosine schedule now runs over {self.total_steps} steps, not {before}: "
+                f"the rate at step {self.step} is "
+                f"{self._scheduled(self.step):.3g}, not {self._scheduled(self.step, before):.3g}")
+
+    def _scheduled(self, step: int, total_steps: int | None = None) -> float:
+        """The rate of the update after ``step`` updates (warm-up and cosine)."""
+        config = self.config
+        return scheduled_lr(step, self.base_lr, warmup_steps=config.warmup_steps,
+                            total_steps=self.total_steps if total_steps is None else total_steps,
+                            min_lr=config.min_lr, cosine=config.schedule == "cosine")
 
     def _identity(self) -> dict:
         """What every rank of a run must share (compared across ranks at start-up)."""
@@ -261,10 +289,7 @@ class Trainer:
     def _train_step(self, batch) -> None:
         config, model, dev, comm = self.config, self.model, self.device, self.comm
         if self.by_step:
-            self.optimizer.lr = scheduled_lr(
-                self.step, self.base_lr, total_steps=self.total_steps,
-                warmup_steps=config.warmup_steps, min_lr=config.min_lr,
-                cosine=config.schedule == "cosine")
+            self.optimizer.lr = self._scheduled(self.step)
         if comm.size > 1:  # this rank's rows of the global batch
             batch = _rows(batch, slice(comm.rank, None, comm.size), config.mode == "sentence")
         local = len(batch.inputs) > 0  # the last sentence batch may have fewer rows than ranks

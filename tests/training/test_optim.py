@@ -223,3 +223,32 @@ def test_grads_finite(xp):
     assert not optim.grads_finite({"a": xp.ones(3), "b": xp.asarray([numpy.nan])})
     assert not optim.grads_finite({"a": xp.asarray([-numpy.inf])})
     assert optim.grads_finite({})
+
+
+def test_the_fused_update_runs_after_the_weight_decay(monkeypatch):
+    """The fused kernels know no weight decay: step() shrinks the matrices first, in place,
+    and the kernel then updates the shrunk weights; eps inside the root runs the plain update
+    (test_recipes.py). Here the kernel launch is replaced by the plain update it stands for."""
+    from gpurnn.engine import fused
+    seen = {}
+
+    def elementwise(launch, kernel, dtype, size, args):
+        param, grad = args[:2]
+        seen[param.ndim] = param.copy()
+        name = next(k for k, v in fused_params.items() if v is param)
+        adam._update(name, param, grad, numpy.empty_like(param))
+    monkeypatch.setattr(fused, "launcher_for", lambda plan, param: "launch")
+    monkeypatch.setattr(fused, "_elementwise", elementwise)
+    rng = numpy.random.default_rng(3)
+    start = {"W": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    grads = {k: rng.normal(size=v.shape) for k, v in start.items()}
+    fused_params = {k: v.copy() for k, v in start.items()}
+    adam = optim.Adam(lr=0.1, weight_decay=0.5)
+    adam.step(fused_params, grads)
+    assert numpy.array_equal(seen[2], start["W"] * (1 - 0.1 * 0.5))
+    assert numpy.array_equal(seen[1], start["b"])
+    monkeypatch.undo()
+    plain = {k: v.copy() for k, v in start.items()}
+    optim.Adam(lr=0.1, weight_decay=0.5).step(plain, grads)
+    for k in start:
+        assert numpy.array_equal(fused_params[k], plain[k]), k

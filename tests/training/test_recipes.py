@@ -1,20 +1,18 @@
 """The recipes users copy: cosine decay with warm-up, decoupled weight decay (AdamW), eps
-inside or outside the root, and min-char-rnn's loop replayed with the library's parts."""
+inside or outside the root (min-char-rnn's loop replayed: test_min_char_rnn.py)."""
 import json
 import math
+import signal
 
 import numpy
 import pytest
 
-import gpurnn
 from gpurnn.engine import fused
 from gpurnn.training import optim
 from gpurnn.training.checkpoint import load_checkpoint
 from gpurnn.training.config import TrainConfig
 from gpurnn.training.optim import Adagrad, Adam, RMSprop, SGD, make_optimizer, scheduled_lr
-from gpurnn.training.train import Trainer, optimizer_options
-
-import signal
+from gpurnn.training.train import Trainer
 
 from test_train import _send_at, tiny
 
@@ -174,126 +172,6 @@ def test_the_fused_update_leaves_eps_inside_to_the_plain_one(monkeypatch):
     p = numpy.zeros(3)
     assert not fused.optimizer_update(None, Adagrad(eps_placement="inside"), p, p, [p])
     assert fused.optimizer_update(None, Adagrad(), p, p, [p])
-
-
-# ------------------------------------------------------------------------------ min-char-rnn
-
-# 101 characters: the fourth chunk of 25 would run past the end, so the pointer wraps and
-# the state starts again from zero, as min-char-rnn does
-TEXT = ("hello world, this is min-char-rnn's loop.\nit learns to write like its text,\n"
-        "one character at a time.\n")
-
-
-def min_char_rnn(data, chars, steps, hidden=100, seq_length=25, lr=1e-1, seed=0,
-                 placement="inside"):
-    """Karpathy's min-char-rnn, as published (float64, column vectors), for ``steps``
-    updates; returns its initial and final parameters and the loss of each step."""
-    V = len(chars)
-    index = {ch: i for i, ch in enumerate(chars)}
-    rng = numpy.random.default_rng(seed)
-    Wxh = rng.standard_normal((hidden, V)) * 0.01
-    Whh = rng.standard_normal((hidden, hidden)) * 0.01
-    Why = rng.standard_normal((V, hidden)) * 0.01
-    bh, by = numpy.zeros((hidden, 1)), numpy.zeros((V, 1))
-    initial = [a.copy() for a in (Wxh, Whh, Why, bh, by)]
-
-    def loss_fun(inputs, targets, hprev):
-        xs, hs, ps = {}, {-1: numpy.copy(hprev)}, {}
-        loss = 0.0
-        for t in range(len(inputs)):
-            xs[t] = numpy.zeros((V, 1))
-            xs[t][inputs[t]] = 1
-            hs[t] = numpy.tanh(Wxh @ xs[t] + Whh @ hs[t - 1] + bh)
-            ys = Why @ hs[t] + by
-            ps[t] = numpy.exp(ys) / numpy.sum(numpy.exp(ys))
-            loss += -numpy.log(ps[t][targets[t], 0])
-        dWxh, dWhh, dWhy = (numpy.zeros_like(a) for a in (Wxh, Whh, Why))
-        dbh, dby = numpy.zeros_like(bh), numpy.zeros_like(by)
-        dhnext = numpy.zeros_like(hs[0])
-        for t in reversed(range(len(inputs))):
-            dy = numpy.copy(ps[t])
-            dy[targets[t]] -= 1
-            dWhy += dy @ hs[t].T
-            dby += dy
-            dh = Why.T @ dy + dhnext
-            dhraw = (1 - hs[t] * hs[t]) * dh
-            dbh += dhraw
-            dWxh += dhraw @ xs[t].T
-            dWhh += dhraw @ hs[t - 1].T
-            dhnext = Whh.T @ dhraw
-        for dparam in (dWxh, dWhh, dWhy, dbh, dby):
-            numpy.clip(dparam, -5, 5, out=dparam)
-        return loss, (dWxh, dWhh, dWhy, dbh, dby), hs[len(inputs) - 1]
-
-    mems = [numpy.zeros_like(a) for a in (Wxh, Whh, Why, bh, by)]
-    p, hprev, losses, after = 0, None, [], []
-    for n in range(steps):
-        if p + seq_length + 1 >= len(data) or n == 0:
-            hprev, p = numpy.zeros((hidden, 1)), 0
-        inputs = [index[ch] for ch in data[p:p + seq_length]]
-        targets = [index[ch] for ch in data[p + 1:p + seq_length + 1]]
-        loss, grads, hprev = loss_fun(inputs, targets, hprev)
-        losses.append(loss)
-        for param, dparam, mem in zip((Wxh, Whh, Why, bh, by), grads, mems):
-            mem += dparam * dparam
-            root = numpy.sqrt(mem + 1e-8) if placement == "inside" else numpy.sqrt(mem) + 1e-8
-            param += -lr * dparam / root
-        after.append([a.copy() for a in (Wxh, Whh, Why, bh, by)])
-        p += seq_length
-    return initial, after, losses
-
-
-def library_loop(data, chars, initial, steps, seq_length=25, placement="inside"):
-    """The same loop with gpurnn's parts: an Elman model, the summed loss with the state
-    carried, clip_grad_value and Adagrad with eps inside the root."""
-    index = {ch: i for i, ch in enumerate(chars)}
-    Wxh, Whh, Why, bh, by = initial
-    model = gpurnn.ElmanRNN(len(chars), Whh.shape[0], len(chars), dtype="float64")
-    model.weight_ih, model.weight_hh, model.V = Wxh, Whh, Why
-    model.bias_ih, model.c = bh[:, 0], by[:, 0]
-    adagrad = gpurnn.Adagrad(lr=0.1, eps=1e-8, eps_placement=placement)
-    p, hprev, losses, after = 0, None, [], []
-    for n in range(steps):
-        if p + seq_length + 1 >= len(data) or n == 0:
-            hprev, p = None, 0                               # None: the zero state
-        x = numpy.array([[index[ch] for ch in data[p:p + seq_length]]])
-        y = numpy.array([[index[ch] for ch in data[p + 1:p + seq_length + 1]]])
-        loss, grads, hprev = model.loss_and_grads(x, y, h0=hprev, reduction="sum")
-        gpurnn.clip_grad_value(grads, 5.0)
-        adagrad.step(model.params, grads)
-        losses.append(loss)
-        after.append([model.weight_ih, model.weight_hh, model.V, model.bias_ih[:, None],
-                      model.c[:, None]])
-        after[-1] = [a.copy() for a in after[-1]]
-        p += seq_length
-    return after, losses
-
-
-def test_min_char_rnn_replayed_with_the_librarys_parts():
-    """Four updates, the state carried and then reset at the wrap. The batched sums and the
-    loop's outer products round differently (~1e-16), and Adagrad's first steps divide a
-    small gradient by about its own size (g / sqrt(g**2 + eps)), which magnifies that by up
-    to 1 / sqrt(eps) = 1e4; so the weights agree to 1e-11 of each one's scale, not 1e-16."""
-    chars = sorted(set(TEXT))
-    steps = 4
-    initial, expected, expected_losses = min_char_rnn(TEXT, chars, steps)
-    after, losses = library_loop(TEXT, chars, initial, steps)
-    numpy.testing.assert_allclose(losses, expected_losses, rtol=1e-13)
-    for n, (ours, theirs) in enumerate(zip(after, expected)):
-        for name, a, b in zip(("Wxh", "Whh", "Why", "bh", "by"), ours, theirs):
-            assert abs(a - b).max() <= 1e-11 * abs(b).max(), f"step {n + 1}: {name}"
-    # the placement matters: PyTorch's, outside the root, is another loop
-    outside, _ = library_loop(TEXT, chars, initial, steps, placement="outside")
-    assert max(abs(a - b).max() for a, b in zip(outside[0], expected[0])) > 1e-4
-
-
-def test_the_command_line_says_min_char_rnns_loop():
-    config = TrainConfig(level="char", cell="elman", hidden=100, seq_len=25, batch_size=1,
-                         optimizer="adagrad", lr=0.1, clip=0.0, clip_value=5.0,
-                         reduction="sum", eps=1e-8, eps_placement="inside")
-    built = make_optimizer(config.optimizer, config.lr, **optimizer_options(config, config.lr))
-    assert isinstance(built, Adagrad)
-    assert (built.lr, built.eps, built.eps_placement) == (0.1, 1e-8, "inside")
 
 
 # -------------------------------------------------------------------------- flags and errors
