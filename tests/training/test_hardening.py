@@ -360,3 +360,22 @@ def test_an_older_checkpoint_of_a_run_started_with_overwrite_resumes(tmp_path):
     assert exit_code(["train", "--resume", "--checkpoint", str(tmp_path / "lm.npz"),
                       "--steps", "8", "--quiet"]) == 0
     assert C.load_checkpoint(tmp_path / "lm.npz").step == 8
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_checkpoint_whose_stored_corpus_is_a_device_resumes_to_one_line(tmp_path, capsys):
+    """--resume reads the corpus path stored in the checkpoint only after the checks a
+    --corpus flag gets: a device there is refused at once, not read forever."""
+    write_corpus(tmp_path)
+    assert exit_code(train_argv(tmp_path)) == 0
+    saved = C.load_checkpoint(tmp_path / "lm.npz")
+    config = {**saved.config, "train": {**saved.config["train"], "corpus": "/dev/zero"}}
+    C.save_checkpoint(tmp_path / "lm.npz", params=saved.params,
+                      optimizer_state=saved.optimizer_state, vocab=saved.vocab, config=config,
+                      rng_state=saved.rng_state, step=saved.step, extra=saved.extra)
+    capsys.readouterr()
+    start = time.monotonic()
+    assert exit_code(["train", "--resume", "--checkpoint", str(tmp_path / "lm.npz"),
+                      "--steps", "9", "--quiet"]) == 2
+    one_line_error(capsys, "/dev/zero is not a regular file")
+    assert time.monotonic() - start < 20
