@@ -168,8 +168,9 @@ class FileLock:
         self._fd = None
 
     def _open(self) -> int:
-        """The lock file, never through a symbolic link and only if it is a regular file:
-        a link or a device planted under its name would have us write into another file."""
+        """The lock file, never through a symbolic link and only if it is a regular file of
+        one name: a link (symbolic or hard) or a device planted under its name would have us
+        write into another file."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK, 0o644)
         except OSError as error:
@@ -178,10 +179,17 @@ class FileLock:
                                       f"is a symbolic link; gpurnn never writes through one "
                                       f"(remove it if no gpurnn train is running)") from None
             raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise FileExistsError(f"{self.flag} {self.target}: its lock file {self.path} is "
                                   f"not a regular file; remove it")
+        if info.st_nlink > 1:  # a hard link to another file: writing the PID would cut it
+            os.close(fd)
+            raise FileExistsError(f"{self.flag} {self.target}: its lock file {self.path} has "
+                                  f"{info.st_nlink} names (a hard link to another file); "
+                                  f"gpurnn never writes into one (remove it if no gpurnn "
+                                  f"train is running)")
         return fd
 
     def acquire(self) -> "FileLock":

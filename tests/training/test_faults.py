@@ -128,9 +128,6 @@ def test_the_hostile_verdicts_tell_each_failure_apart(faults, tmp_path, monkeypa
     assert changed["changed_outside"] == ["$CASE/outside/someone-elses.txt"]
 
 
-@pytest.mark.xfail(strict=True, reason="gpurnn train truncates .NAME.lock and writes its PID "
-                   "into it although the file is a hard link to a file outside the run "
-                   "(only symbolic links and non-regular files are refused); issue 24")
 def test_a_lock_planted_as_a_hard_link_leaves_its_other_name_untouched(faults, tmp_path):
     case = faults.hostile(tmp_path, ["lock-hard-link-to-a-victim"])["cases"][0]
     assert case["verdict"] == "clean", case

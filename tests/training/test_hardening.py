@@ -68,6 +68,18 @@ def test_a_lock_that_is_not_a_regular_file_is_refused(tmp_path, capsys):
 
 
 @posix
+def test_a_lock_planted_as_a_hard_link_is_refused_and_its_other_name_untouched(tmp_path,
+                                                                              capsys):
+    write_corpus(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.link(victim, tmp_path / ".lm.npz.lock")
+    assert cli.main(train_argv(tmp_path)) == 2
+    one_line_error(capsys, ".lm.npz.lock has 2 names (a hard link to another file)")
+    assert victim.read_text() == "precious"
+
+
+@posix
 def test_two_names_of_one_checkpoint_share_its_lock(tmp_path):
     (tmp_path / "cc.npz").write_bytes(b"")
     os.symlink(tmp_path / "cc.npz", tmp_path / "ccl.npz")
