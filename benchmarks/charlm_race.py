@@ -1,6 +1,6 @@
 """gpurnn's character recipe against a small character Transformer, at equal wall time.
 
-    python benchmarks/charlm_race.py [--seeds 2] [--quick] [--save]
+    python benchmarks/charlm_race.py [--seeds 3] [--quick] [--save]
 
 The competitor is what a user would run on a CPU today: nanoGPT's baby ``shakespeare_char``
 Transformer, written here in PyTorch (4 layers, 4 heads, 128 channels, context 64, batch 12,
@@ -48,6 +48,16 @@ STDLIB_MODULES = ("argparse.py", "dataclasses.py", "enum.py", "functools.py", "i
 TRANSFORMER = dict(layers=4, heads=4, channels=128, context=64, batch=12, lr=1e-3,
                    min_lr=1e-4, warmup=100, iters=2000, eval_every=250, eval_batches=16)
 VALID_FRACTION = 0.1
+METHOD = ("Both systems read the same raw text, the last 10% held out as one stretch, and the "
+          "same vocabulary (every character of the text and UNKNOWN_TOKEN). The Transformer "
+          "trains first; its wall time T (its periodic evaluations included) is gpurnn's "
+          "budget: time_limit T, and steps from a 20-step timing so that the cosine schedule "
+          "ends inside T. Curves: (seconds of training, step, validation loss) at each "
+          "evaluation, the Transformer on 16 fixed batches of held-out windows, gpurnn on the "
+          "whole stretch. Final scores (score, nats per character): the summed cross-entropy of "
+          "characters 1 to n-1 of the stretch divided by their count, the Transformer from "
+          "windows of 64 sliding by 32 (each character with 32 to 64 characters of context), "
+          "gpurnn from one stream whose state runs over the whole stretch.")
 
 
 # ------------------------------------------------------------------------------------ texts
@@ -212,26 +222,31 @@ class _Clock:
 
 
 def train_gpurnn(path: pathlib.Path, seconds: float, seed: int, work: pathlib.Path,
-                 quick: bool) -> dict:
+                 quick: bool, settings: dict | None = None) -> dict:
+    """gpurnn's run for ``seconds`` of wall time, with the recipe's ``settings`` (read from
+    recipes/char-gru.toml when None)."""
     import gpurnn
     from gpurnn.training.train import Trainer
-    settings = {**recipe(), "corpus": str(path), "seed": seed, "quiet": True, "samples": 0,
+    settings = {**(recipe() if settings is None else settings), "corpus": str(path), "seed": seed, "quiet": True, "samples": 0,
                 "device": "cpu", "valid_fraction": VALID_FRACTION, "overwrite": True}
     # a short timed run: how many steps fit the budget (the cosine curve ends at the last)
     probe = gpurnn.TrainConfig.from_dict({**settings, "steps": 20, "eval_every": 1000,
+                                          "warmup_steps": 0,
                                           "checkpoint": str(work / "probe.npz")})
     trainer = Trainer(probe, out=io.StringIO())
     trainer.run()
     step_seconds = trainer.timing["step"] / max(1, trainer.timed_steps)
-    steps = max(20, int(0.85 * seconds / step_seconds))  # evaluations take the rest
+    steps = max(20, int(0.8 * seconds / step_seconds))  # evaluations and noise take the rest
+    warmup = min(settings.get("warmup_steps", 0), steps // 10)  # a run too short shrinks it
     config = gpurnn.TrainConfig.from_dict({
-        **settings, "steps": steps, "time_limit": f"{seconds:.1f}s",
+        **settings, "steps": steps, "warmup_steps": warmup, "time_limit": f"{seconds:.1f}s",
         "eval_every": max(10, steps // 8), "checkpoint": str(work / f"lm-{seed}.npz")})
     clock = _Clock()
     trainer = Trainer(config, out=io.StringIO())
     trainer.events.callbacks.append(clock.callback)
     result = trainer.run()
-    return {"seconds": result.seconds, "steps": result.step, "planned_steps": steps,
+    return {"budget_seconds": seconds, "seconds": result.seconds, "steps": result.step,
+            "planned_steps": steps, "warmup_steps": warmup,
             "step_ms": 1e3 * step_seconds, "curve": clock.curve,
             "checkpoint": config.checkpoint, "stopped_by": result.stopped_by,
             "sample": write_sample(config.checkpoint, seed)}
@@ -258,7 +273,9 @@ def score_gpurnn(checkpoint: str, valid_text: str, work: pathlib.Path) -> tuple[
 
 # ------------------------------------------------------------------------------------- race
 
-def race(seeds: int, quick: bool) -> dict:
+def race(seeds: int, quick: bool, corpora: dict | None = None) -> dict:
+    """Train and score both systems on each text (``corpora``: name → raw text; the two
+    built-in texts by default), ``seeds`` rounds, system by system, text by text."""
     import torch
     from gpurnn.training import data as D
     torch.set_num_threads(os.cpu_count() or 1)
@@ -266,7 +283,8 @@ def race(seeds: int, quick: bool) -> dict:
     runs = []
     with tempfile.TemporaryDirectory(prefix="gpurnn-race-") as scratch:
         work = pathlib.Path(scratch)
-        corpora = texts(quick)
+        corpora = texts(quick) if corpora is None else corpora
+        settings = recipe()                      # read once: every run trains the same recipe
         for name, text in corpora.items():
             (work / f"{name}.txt").write_text(text, encoding="utf-8", newline="")
         for seed in range(seeds):
@@ -281,7 +299,8 @@ def race(seeds: int, quick: bool) -> dict:
                              "score": total / count, "scored": count, **tf})
                 print(f"seed {seed}, {name}: gpurnn for {tf['seconds']:.1f} s ...",
                       file=sys.stderr, flush=True)
-                ours = train_gpurnn(work / f"{name}.txt", tf["seconds"], seed, work, quick)
+                ours = train_gpurnn(work / f"{name}.txt", tf["seconds"], seed, work, quick,
+                                    settings)
                 total, count = score_gpurnn(ours["checkpoint"], valid_t, work)
                 ours.pop("checkpoint")
                 runs.append({"system": "gpurnn", "text": name, "seed": seed,
@@ -291,7 +310,27 @@ def race(seeds: int, quick: bool) -> dict:
         sizes = {name: {"characters": len(text), "held_out": len(D.split_text(text, 0.1)[1]),
                         "vocabulary": len(D.Vocabulary.for_text(text, size=2000))}
                  for name, text in corpora.items()}
-    return {"runs": runs, "texts": sizes, "transformer": cfg}
+    return {"runs": runs, "texts": sizes, "transformer": cfg, "gpurnn_recipe": settings}
+
+
+def run(seeds: int, quick: bool, corpora: dict | None = None) -> dict:
+    """The race with its record: machine, versions, threads, method, recipe and summary."""
+    import gpurnn
+    from gpurnn.tools.bench import machine_info
+    from gpurnn.tools.command import blas_threads
+    # both systems get every core: PyTorch takes them by default, gpurnn when told
+    os.environ.setdefault("GPURNN_BLAS_THREADS", str(os.cpu_count() or 1))
+    with blas_threads():
+        result = race(seeds, quick, corpora)
+    result["machine"] = machine_info()
+    result["versions"] = {"python": result["machine"]["python"],
+                          "numpy": result["machine"]["numpy"],
+                          "torch": result["machine"].get("torch"), "gpurnn": gpurnn.__version__}
+    result["threads"] = {"torch": result["machine"].get("torch_threads"),
+                         "gpurnn_blas": int(os.environ["GPURNN_BLAS_THREADS"])}
+    result["method"] = METHOD
+    result["summary"] = summary(result)
+    return result
 
 
 def summary(result: dict) -> dict:
@@ -311,8 +350,11 @@ def summary(result: dict) -> dict:
                  if a["text"] == b["text"] == text and a["seed"] == b["seed"]
                  and a["system"] == "gpurnn" and b["system"] == "transformer"]
         row["gpurnn_minus_transformer"] = [round(a - b, 4) for a, b in pairs]
-        row["winner"] = ("gpurnn" if row["gpurnn"]["median_nats_per_char"]
-                         <= row["transformer"]["median_nats_per_char"] else "transformer")
+        ours, theirs = (row[s]["median_nats_per_char"] for s in ("gpurnn", "transformer"))
+        row["winner"] = "gpurnn" if ours <= theirs else "transformer"
+        wins = sum(d <= 0 for d in row["gpurnn_minus_transformer"])
+        row["verdict"] = (f"{row['winner']} by {abs(ours - theirs):.3f} nats per character "
+                          f"(medians); gpurnn lower in {wins} of {len(pairs)} paired seeds")
         out[text] = row
     return out
 
@@ -347,21 +389,12 @@ def plot(result: dict, path: pathlib.Path) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=2, help="runs per system and text")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per system and text")
     parser.add_argument("--quick", action="store_true", help="tiny texts and runs (a smoke test)")
     parser.add_argument("--save", action="store_true",
                         help="write to benchmarks/results/ instead of a scratch folder")
     args = parser.parse_args(argv)
-    from gpurnn.tools.bench import machine_info
-    from gpurnn.tools.command import blas_threads
-    # both systems get every core: PyTorch takes them by default, gpurnn when told
-    os.environ.setdefault("GPURNN_BLAS_THREADS", str(os.cpu_count() or 1))
-    with blas_threads():
-        result = race(args.seeds, args.quick)
-    result["machine"] = machine_info()
-    result["gpurnn_recipe"] = recipe()
-    result["gpurnn_blas_threads"] = os.environ["GPURNN_BLAS_THREADS"]
-    result["summary"] = summary(result)
+    result = run(args.seeds, args.quick)
     folder = RESULTS if args.save else pathlib.Path(tempfile.gettempdir()) / "gpurnn-bench"
     folder.mkdir(parents=True, exist_ok=True)
     stem = "charlm_race" + ("_quick" if args.quick else "")
@@ -370,7 +403,7 @@ def main(argv=None) -> int:
     for text, row in result["summary"].items():
         print(f"{text}: transformer {row['transformer']['median_nats_per_char']:.4f}, gpurnn "
               f"{row['gpurnn']['median_nats_per_char']:.4f} nats/char (medians); "
-              f"winner {row['winner']}")
+              f"{row['verdict']}")
     print(f"wrote {folder / stem}.json" + (" and .png" if drawn else ""))
     return 0
 

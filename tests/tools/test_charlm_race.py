@@ -51,3 +51,21 @@ def test_the_transformer_scores_every_character_once_whatever_the_length():
         ids = numpy.random.default_rng(n).integers(0, 7, n)
         _, count = race.score_transformer(model, ids, race.TRANSFORMER["context"])
         assert count == n - 1, n
+
+
+def test_a_quick_race_records_both_systems_scored_alike(monkeypatch):
+    monkeypatch.setenv("GPURNN_BLAS_THREADS", "1")
+    result = race.run(1, quick=True, corpora={"code": TEXT})
+    for key in ("machine", "versions", "threads", "method", "gpurnn_recipe", "transformer",
+                "texts", "summary"):
+        assert key in result, key
+    assert set(result["versions"]) == {"python", "numpy", "torch", "gpurnn"}
+    by_system = {r["system"]: r for r in result["runs"]}
+    assert set(by_system) == {"transformer", "gpurnn"}
+    ours, theirs = by_system["gpurnn"], by_system["transformer"]
+    assert ours["scored"] == theirs["scored"] == result["texts"]["code"]["held_out"] - 1
+    for r in (ours, theirs):
+        assert math.isfinite(r["score"]) and r["curve"]
+        assert all(math.isfinite(loss) for _, _, loss in r["curve"])
+    assert ours["budget_seconds"] == theirs["seconds"] and "\n" in ours["sample"]
+    assert result["summary"]["code"]["winner"] in ("gpurnn", "transformer")
