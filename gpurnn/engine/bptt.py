@@ -43,6 +43,7 @@ def forward(cell, params, inputs, h0, steps):
     Returns:
         (xin, states): the cell's projected inputs and the states (time, batch, ...).
     """
+    cell.enter_block(0)
     xin = cell.project_inputs(params, inputs) if inputs is not None else None
     return xin, cell.forward(params, xin, h0, steps)
 
@@ -180,6 +181,7 @@ def run(cell, params, inputs, h0, schedule, head, truncate=None, first=None):
                 if mode is not None:                     # a cache keeps its own h0
                     start = slot.empty(("engine", "h0"), h0.shape, h0.dtype, xp)
                     start[...] = cursor
+                cell.enter_block(a)
                 xin = cell.project_inputs(params, x) if x is not None else None
                 states = cell.forward(params, xin, start, b - a)
                 if i == seen:
@@ -226,6 +228,7 @@ def forward_blocks(cell, params, inputs, h0, schedule):
         cell.use_workspace(slot)
         try:
             x = inputs(a, b)
+            cell.enter_block(a)
             xin = cell.project_inputs(params, x) if x is not None else None
             states = cell.forward(params, xin, cursor, b - a)
         finally:

@@ -37,7 +37,7 @@ from .plan import Plan
 from .host_threads import small_products
 from .workspace import Workspace
 
-__all__ = ["Cell", "ElmanCell", "FPRIME_CHUNK"]
+__all__ = ["Cell", "ElmanCell", "FPRIME_CHUNK", "masked_previous"]
 
 # Steps whose activation derivatives the Elman backward sweep computes in one operation.
 FPRIME_CHUNK = 32
@@ -47,6 +47,23 @@ class Cell:
     """Base class of recurrent cells; see the module docstring for the protocol."""
 
     plan = Plan()  # how steps run (gpurnn.engine.plan); the model running the cell sets it
+    # dropout_state's locked mask (batch, hidden) on h_{t-1} where it feeds weight_hh, or
+    # None; set per call by the stack that owns the cell (gpurnn.engine.dropout)
+    state_mask = None
+
+    def launcher(self, array):
+        """The fused kernels' launcher for ``array`` under the plan, or None for the plain
+        path; the kernels have no state mask, so a masked call runs plain."""
+        return None if self.state_mask is not None else fused.launcher_for(self.plan, array)
+
+    def masked(self, h):
+        """h as weight_hh sees it: times the state mask, if any."""
+        return h if self.state_mask is None else h * self.state_mask
+
+    def enter_block(self, start: int) -> None:
+        """Called before ``project_inputs`` with the block's first step in the sequence (0
+        for a whole sequence); a cell whose inputs vary with the step (the stack's dropout
+        between layers) records it."""
 
     @property
     def workspace(self) -> Workspace:
@@ -134,6 +151,14 @@ def _at(xin, t):
     return None if xin is None else xin[t]
 
 
+def masked_previous(mask, hprev, h0):
+    """h_0 … h_{T−2} and h_{-1} as weight_hh saw them: times the state mask, if any (for
+    the weight gradient Σ_t δʰ_tᵀ h_{t-1})."""
+    if mask is None:
+        return hprev, h0
+    return hprev * mask, h0 * mask
+
+
 class ElmanCell(Cell):
     """h_t = f(U x_t + W h_{t-1} + b) (seeds 000/002/004), batched over batch·time.
 
@@ -149,7 +174,7 @@ class ElmanCell(Cell):
         self.bias = bool(bias)
 
     def step(self, params, x_t, s_prev):
-        return apply(self.activation, x_t + s_prev @ params["weight_hh"].T)
+        return apply(self.activation, x_t + self.masked(s_prev) @ params["weight_hh"].T)
 
     def project_inputs(self, params, inputs):
         xp = get_array_module(inputs)
@@ -161,12 +186,12 @@ class ElmanCell(Cell):
         else:
             xp.matmul(inputs.reshape(steps * batch, -1), U.T,
                       out=xin.reshape(steps * batch, -1))            # one GEMM for all steps
-        if self.bias and fused.launcher_for(self.plan, xin) is None:
+        if self.bias and self.launcher(xin) is None:
             xin += params["bias_ih"]                                       # (fused: in the step kernel)
         return xin
 
     def forward(self, params, xin, h0, steps):
-        launch = fused.launcher_for(self.plan, xin)
+        launch = self.launcher(xin)
         if launch is not None:
             return fused.elman_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(xin)
@@ -174,16 +199,18 @@ class ElmanCell(Cell):
         states = self.workspace.empty("states", xin.shape, xin.dtype, xp)  # (T, B, H)
         h = h0
         batch, hidden = h0.shape
+        m = self.state_mask
+        hm = None if m is None else self.workspace.empty("masked_h", h0.shape, h0.dtype, xp)
         with small_products(xp, 2 * batch * hidden * hidden):       # see host_threads
             for t in range(steps):
                 a = states[t]
-                xp.matmul(h, WT, out=a)                              # W h_{t-1}
+                xp.matmul(h if m is None else xp.multiply(h, m, out=hm), WT, out=a)  # W h_{t-1}
                 a += xin[t]                                          # + U x_t + b
                 h = apply(self.activation, a, out=a)                 # h_t = f(a_t)
         return states
 
     def backward_stepper(self, params, xin, h0, states):
-        launch = fused.launcher_for(self.plan, states)
+        launch = self.launcher(states)
         if launch is not None:
             return fused.elman_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
@@ -213,6 +240,8 @@ class ElmanCell(Cell):
             # dL/dh_{t-1} = e_h(t) W, into the buffer that g (from step t + 1) is not in.
             g_prev = g_buffers[t % 2]
             xp.matmul(delta.reshape(-1, hidden), W, out=g_prev.reshape(-1, hidden))
+            if self.state_mask is not None:
+                g_prev *= self.state_mask                            # h_{t-1} entered as h ⊙ m
             return delta, g_prev
 
         # The sweep enters this once around its loop: a BLAS limit set per step would cost
@@ -225,7 +254,8 @@ class ElmanCell(Cell):
         steps, batch, hidden = deltas.shape
         rows = deltas.reshape(steps * batch, hidden)                 # e_h(t) for all (t, b)
         # dW = Σ_t e_h(t)ᵀ h_{t-1}: h_{-1} = h0 separately, saving a concatenated copy.
-        dW = rows[batch:].T @ states[:-1].reshape(-1, hidden) + deltas[0].T @ h0
+        hprev, h0 = masked_previous(self.state_mask, states[:-1], h0)
+        dW = rows[batch:].T @ hprev.reshape(-1, hidden) + deltas[0].T @ h0
         U = params["weight_ih"]
         if inputs.dtype.kind in "iu":
             dUT = xp.zeros(U.shape[::-1], dtype=U.dtype)             # (I, H)

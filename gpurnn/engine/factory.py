@@ -1,6 +1,7 @@
 """Models by cell name: ``make_model("gru", ...)`` and ``model_spec`` to rebuild one."""
 from __future__ import annotations
 
+from .dropout import DROPOUT_KINDS
 from .gated import GRU, LSTM
 from .model import ElmanRNN
 from .stack import LayeredRNN, StackedElmanRNN
@@ -15,15 +16,18 @@ def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw
     """A model by cell name: ``"elman"`` | ``"gru"`` | ``"lstm"``.
 
     ``kw`` are the constructors' keywords (``embedding_size``, ``output``, ``bias``,
-    ``dtype``, ``device``, ``seed``; ``activation`` for Elman only). One Elman layer without
-    an embedding gives :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
+    ``dtype``, ``device``, ``seed``, the dropout rates of :mod:`gpurnn.engine.dropout`;
+    ``activation`` for Elman only). One Elman layer without an embedding or dropout gives
+    :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
     rebuilds a model like ``m``.
     """
     if cell not in CELL_TYPES:
         raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELL_TYPES)}")
     if cell == "elman":
-        if check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None:
-            kw.pop("embedding_size", None)
+        if check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None \
+                and not any(kw.get(kind) for kind in DROPOUT_KINDS):
+            for name in ("embedding_size",) + DROPOUT_KINDS:        # None and rates of 0
+                kw.pop(name, None)
             return ElmanRNN(input_size, hidden_size, output_size, **kw)
         return StackedElmanRNN(input_size, hidden_size, output_size, num_layers=num_layers, **kw)
     activation = kw.pop("activation", "tanh")

@@ -36,7 +36,7 @@ import numpy
 
 from . import fused
 from .backend import get_array_module, scatter_add
-from .cells import Cell
+from .cells import Cell, masked_previous
 from .stack import LayeredRNN
 from .torch_interop import TorchInterop
 
@@ -197,7 +197,7 @@ class GRUCell(_GatedCell):
         """One step from the row ``x_t`` (batch, 3H) of ``project_inputs``, left intact."""
         xp = get_array_module(s_prev)
         H = s_prev.shape[-1]
-        gh = s_prev @ params["weight_hh"].T                          # (B, 3H)
+        gh = self.masked(s_prev) @ params["weight_hh"].T             # (B, 3H)
         if self.bias:
             gh[:, 2 * H:] += params["bias_hh"][2 * H:]
         rz = 0.5 * xp.tanh(x_t[:, :2 * H] + 0.5 * gh[:, :2 * H]) + 0.5   # σ; x_t holds a/2
@@ -206,7 +206,7 @@ class GRUCell(_GatedCell):
         return n + z * (s_prev - n)
 
     def forward(self, params, xin, h0, steps):
-        launch = fused.launcher_for(self.plan, h0)
+        launch = self.launcher(h0)
         if launch is not None:
             return fused.gru_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(h0)
@@ -222,10 +222,13 @@ class GRUCell(_GatedCell):
         # than on whole contiguous arrays (about 30% less time per step here).
         rz = self._buffer("rz", (batch, 2 * H), h0)                  # [r, z]
         n = self._buffer("n", (batch, H), h0)
+        m = self.state_mask
+        hm = None if m is None else self._buffer("masked_h", (batch, H), h0)
         h = h0
         for t in range(steps):
             a = gates[t]                                             # (B, 3H)
-            xp.matmul(h, WT, out=gh)                                 # W_hh h_{t-1}, all gates
+            xp.matmul(h if m is None else xp.multiply(h, m, out=hm), WT,
+                      out=gh)                                        # W_hh h_{t-1}, all gates
             xp.add(a[:, :2 * H], gh[:, :2 * H], out=rz)
             xp.tanh(rz, out=rz)
             rz *= 0.5
@@ -247,7 +250,7 @@ class GRUCell(_GatedCell):
         return states
 
     def backward_stepper(self, params, xin, h0, states):
-        launch = fused.launcher_for(self.plan, states)
+        launch = self.launcher(states)
         if launch is not None:
             return fused.gru_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
@@ -289,6 +292,8 @@ class GRUCell(_GatedCell):
                 xin.sweep_target(t, d)
             g_prev = buffer(t % 2, g.shape, g.dtype)
             xp.matmul(d.reshape(-1, 3 * H), W, out=g_prev.reshape(-1, H))   # δʰ W_hh
+            if self.state_mask is not None:
+                g_prev *= self.state_mask                            # W_hh saw h ⊙ m
             gz = buffer("gz", g.shape, g.dtype)
             xp.multiply(g, z[t], out=gz)
             g_prev += gz                                             # + the direct path z ⊙ h_{t-1}
@@ -311,7 +316,7 @@ class GRUCell(_GatedCell):
             D2 = self._buffer("D2", D.shape, deltas)
             get_array_module(D).multiply(deltas[..., None, :], xin.K2, out=D2)
         return self._weight_grads(params, inputs, rows, D2.reshape(steps * batch, 3 * H),
-                                  states[:-1], h0, batch)
+                                  *masked_previous(self.state_mask, states[:-1], h0), batch)
 
     def activations(self, xin, states):
         """Gate values after ``forward``: name -> (array (T, B, H), "sigmoid" | "tanh")."""
@@ -349,14 +354,14 @@ class LSTMCell(_GatedCell):
         H = s_prev.shape[-1] // 2
         h, c = s_prev[:, :H], s_prev[:, H:]
         W = params["weight_hh"]
-        a = xp.tanh(x_t + (h @ W.T) * self.gate_scale(H, W))        # x_t holds a/2 for i, f, o
+        a = xp.tanh(x_t + (self.masked(h) @ W.T) * self.gate_scale(H, W))   # x_t: a/2 for i, f, o
         i, f, o = (0.5 * a[:, k * H:(k + 1) * H] + 0.5 for k in (0, 1, 3))
         g = a[:, 2 * H:3 * H]
         c_new = f * c + i * g
         return xp.concatenate([o * xp.tanh(c_new), c_new], axis=1)
 
     def forward(self, params, xin, h0, steps):
-        launch = fused.launcher_for(self.plan, h0)
+        launch = self.launcher(h0)
         if launch is not None:
             return fused.lstm_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(h0)
@@ -367,10 +372,13 @@ class LSTMCell(_GatedCell):
         states = self._buffer("states", (steps, batch, 2 * H), h0)   # (T, B, [h, c])
         gh = self._buffer("gh", (batch, 4 * H), h0)
         ig = self._buffer("ig", (batch, H), h0)
+        m = self.state_mask
+        hm = None if m is None else self._buffer("masked_h", (batch, H), h0)
         h, c = h0[:, :H], h0[:, H:]
         for t in range(steps):
             a = gates[t]                                             # (B, 4H)
-            xp.matmul(h, WT, out=gh)                                 # W_hh h_{t-1}, all gates
+            xp.matmul(h if m is None else xp.multiply(h, m, out=hm), WT,
+                      out=gh)                                        # W_hh h_{t-1}, all gates
             a += gh
             xp.tanh(a, out=a)                                        # g, and 2σ − 1 for i, f, o
             for block in (a[:, :2 * H], a[:, 3 * H:]):
@@ -386,7 +394,7 @@ class LSTMCell(_GatedCell):
         return states
 
     def backward_stepper(self, params, xin, h0, states):
-        launch = fused.launcher_for(self.plan, states)
+        launch = self.launcher(states)
         if launch is not None:
             return fused.lstm_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
@@ -432,6 +440,8 @@ class LSTMCell(_GatedCell):
             g_prev = buffer(t % 2, grad.shape, grad.dtype)
             dh_prev = buffer("dh_prev", grad.shape[:-1] + (H,), grad.dtype)
             xp.matmul(d.reshape(-1, 4 * H), W, out=dh_prev.reshape(-1, H))   # δ W_hh
+            if self.state_mask is not None:
+                dh_prev *= self.state_mask                           # W_hh saw h ⊙ m
             g_prev[..., :H] = dh_prev
             xp.multiply(dc, f[t], out=g_prev[..., H:])               # dL/dc_{t-1} = dc ⊙ f
             return grad, g_prev
@@ -461,8 +471,9 @@ class LSTMCell(_GatedCell):
         else:
             D = self._gate_grads(xin, deltas, out=self._buffer("D", xin.K.shape, deltas))
         rows = D.reshape(steps * batch, 4 * H)
-        return self._weight_grads(params, inputs, rows, rows, states[:-1, :, :H],
-                                  h0[:, :H], batch)
+        return self._weight_grads(params, inputs, rows, rows,
+                                  *masked_previous(self.state_mask, states[:-1, :, :H],
+                                                   h0[:, :H]), batch)
 
     def activations(self, xin, states):
         """Gate values after ``forward`` and tanh(c): name -> (array (T, B, H), kind)."""
@@ -487,10 +498,10 @@ class _GatedRNN(TorchInterop, LayeredRNN):
 
     def __init__(self, input_size, hidden_size, output_size, *, num_layers=1,
                  embedding_size=None, output="softmax", bias=True, dtype="float32",
-                 device="cpu", seed=0):
+                 device="cpu", seed=0, **dropout):
         self._build(input_size, hidden_size, output_size, num_layers=num_layers,
                     embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
-                    device=device, seed=seed)
+                    device=device, seed=seed, dropout=dropout)
 
     def _make_cell(self):
         return self._cell_class(self.bias)

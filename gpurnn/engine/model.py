@@ -5,6 +5,7 @@ arrays are batch-major, (batch, time, ...); internally everything is time-major.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import numpy
@@ -21,7 +22,7 @@ from .torch_interop import TorchInterop
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
                          check_reduction, check_size, check_truncate, resolve_dtype)
 
-__all__ = ["LossAndGrads", "RecurrentModel", "ElmanRNN", "LinearRNN"]
+__all__ = ["LossAndGrads", "RecurrentModel", "ElmanRNN", "LinearRNN", "evaluating"]
 
 
 class LossAndGrads(NamedTuple):
@@ -142,7 +143,7 @@ class RecurrentModel(_ParamsMixin):
         clone = type(self)(**config, device=device if device is not None else self.device)
         for name, value in self._params.items():
             setattr(clone, name, value)
-        clone.plan = self.plan
+        clone.plan, clone.training = self.plan, self.training
         return clone
 
     def __repr__(self):
@@ -181,15 +182,46 @@ class RecurrentModel(_ParamsMixin):
         """The inverse of :meth:`pack_state`."""
         return self._final_state(rows)
 
+    # --- dropout: training and evaluation modes ------------------------------------
+    training = True  # PyTorch's default; dropout (where a model has it) applies in training
+
+    def train(self, mode: bool = True):
+        """Training mode (``mode=True``, the default) or evaluation mode; returns the model.
+        Dropout applies in training mode only (see :mod:`gpurnn.engine.dropout`)."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"mode must be True or False, got {type(mode).__name__}")
+        self.training = mode
+        return self
+
+    def eval(self):
+        """Evaluation mode: no dropout; the same as ``train(False)``. Returns the model."""
+        return self.train(False)
+
+    def _call_params(self, x):
+        """The parameters and dropout masks of one call on inputs ``x`` (batch, time, ...):
+        ``(params, masks)``; a model without dropout runs its parameters, no masks."""
+        return self._params, None
+
+    def _dropout_bytes(self, batch, steps) -> int:
+        """Bytes the masks of a call on (batch, steps) hold (none without dropout)."""
+        return 0
+
     # --- running ---------------------------------------------------------------------
     def _run(self, inputs, h0):
+        """(x_tm, xin, h0, states) of a forward pass; see :meth:`_forward_pass`."""
+        return self._forward_pass(inputs, h0)[:4]
+
+    def _forward_pass(self, inputs, h0):
+        """The forward pass over the whole sequence: the time-major inputs, the cell's
+        projected inputs, the initial state, the states and the call's dropout masks."""
         x = as_inputs(inputs, self.input_size, self.dtype, self.device)
         batch, steps = x.shape[:2]
         h0 = self._initial_state(h0, batch)
         x_tm = _time_major(x)
+        params, masks = self._call_params(x)
         self.cell.plan = self.plan
-        xin, states = bptt.forward(self.cell, self._params, x_tm, h0, steps)
-        return x_tm, xin, h0, states
+        xin, states = bptt.forward(self.cell, params, x_tm, h0, steps)
+        return x_tm, xin, h0, states, masks
 
     def forward(self, inputs, h0=None, *, logits=False, return_state=False):
         """Outputs (batch, time, output_size) and hidden states (batch, time, hidden_size).
@@ -201,10 +233,10 @@ class RecurrentModel(_ParamsMixin):
                 (for softmax models: unnormalised log-probabilities).
             return_state: also return the state after the last step (what ``h0`` takes).
         """
-        _, _, _, states = self._run(inputs, h0)
+        _, _, _, states, masks = self._forward_pass(inputs, h0)
         hidden = self._hidden(states)
-        y = output_forward(self.output, self._params["V"], self._params.get("c"), hidden,
-                           logits=logits)
+        y = output_forward(self.output, self._params["V"], self._params.get("c"),
+                           _output_dropped(hidden, masks), logits=logits)
         if not return_state:
             return _time_major(y), _time_major(hidden)
         return _time_major(y), _time_major(hidden), self._final_state(states[-1].copy())
@@ -238,13 +270,13 @@ class RecurrentModel(_ParamsMixin):
         if self.plan.memory_budget is not None or self.plan.checkpoint_every is not None:
             loss, last, w, rows = self._blocked_loss(inputs, targets, weights, h0)
         else:
-            _, _, h0, states = self._run(inputs, h0)
+            _, _, h0, states, masks = self._forward_pass(inputs, h0)
             steps, batch = states.shape[:2]
             y = as_targets(targets, self.output, self.output_size, batch, steps, self.dtype,
                            self.device)
             w = self._weights(weights, batch, steps)
             loss = output_loss(self.output, self._params["V"], self._params.get("c"),
-                               self._hidden(states), _time_major(y),
+                               _output_dropped(self._hidden(states), masks), _time_major(y),
                                None if w is None else _time_major(w))
             last, rows = states[-1], batch * steps
         if reduction == "mean":                          # (the sum of weights: one sync)
@@ -278,11 +310,14 @@ class RecurrentModel(_ParamsMixin):
                                       self.plan.block_steps)
         schedule = recompute.Schedule(steps, block, 0, 0, "forward", -(-steps // block))
         loss, last = 0.0, None
-        for a, states in bptt.forward_blocks(self.cell, self._params,
+        params, masks = self._call_params(x)
+        self.cell.plan = self.plan
+        for a, states in bptt.forward_blocks(self.cell, params,
                                              lambda a, b: _time_major(x[:, a:b]), h0, schedule):
             b = a + states.shape[0]
             loss += output_loss(self.output, self._params["V"], self._params.get("c"),
-                                self._hidden(states), _time_major(y[:, a:b]),
+                                _output_dropped(self._hidden(states), masks),
+                                _time_major(y[:, a:b]),
                                 None if w is None else _time_major(w[:, a:b]))
             last = states[-1]
         return loss, last, w, batch * steps
@@ -321,15 +356,21 @@ class RecurrentModel(_ParamsMixin):
         if reduction == "mean":
             scale = 1.0 / max(1.0, float(m.sum()) if m is not None else float(batch * steps))
         schedule = self._schedule(plan, x, y, h0, truncate, m is not None)
+        params, masks = self._call_params(x)
         V, c = self._params["V"], self._params.get("c")
         workspace = self.cell.workspace
         out = {"loss": 0.0, "dV": None, "dc": None}
+        output_mask = None if masks is None else masks.output
 
         def head(a, b, states):                          # the output layer of steps a … b − 1
-            block = output_loss_and_grads(self.output, V, c, self._hidden(states),
+            block = output_loss_and_grads(self.output, V, c,
+                                          _output_dropped(self._hidden(states), masks),
                                           _time_major(y[:, a:b]),
                                           None if m is None else _time_major(m[:, a:b]),
                                           scale, workspace, plan=plan)
+            dhidden = block.dstates
+            if output_mask is not None:
+                dhidden *= output_mask                   # the output layer read h ⊙ m
             out["loss"] += block.loss
             if out["dV"] is None:
                 out["dV"], out["dc"] = block.dV, block.dc
@@ -337,12 +378,14 @@ class RecurrentModel(_ParamsMixin):
                 out["dV"] += block.dV
                 if c is not None:
                     out["dc"] += block.dc
-            return self._state_grads(block.dstates, states)
+            return self._state_grads(dhidden, states)
 
         last = _LastStates(m, h0)
         self.cell.plan = plan                            # kernels: see gpurnn.engine.plan
-        grads, final = bptt.run(self.cell, self._params, lambda a, b: _time_major(x[:, a:b]),
+        grads, final = bptt.run(self.cell, params, lambda a, b: _time_major(x[:, a:b]),
                                 h0, schedule, head, truncate, last.see)
+        if masks is not None:
+            masks.mask_weight_grads(grads)
         grads["V"] = out["dV"]
         if self.bias:
             grads["c"] = out["dc"]
@@ -405,8 +448,31 @@ class RecurrentModel(_ParamsMixin):
         window = truncate + 1 if truncate is not None and truncate < x.shape[1] - 1 else 1
         params = sum(value.nbytes for value in self._params.values())
         fixed = (4 * params + 6 * O * (H + 1) * item     # gradients, weight copies, output
-                 + 6 * window * batch * S * item)         # carried states and errors
+                 + 6 * window * batch * S * item          # carried states and errors
+                 + self._dropout_bytes(batch, x.shape[1]))
         return recompute.Footprint(forward, backward, batch * S * item, fixed)
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """A context in which ``model`` is in evaluation mode (no dropout), its mode restored
+    on leaving: how sampling and evaluation run a model, whatever mode it is in."""
+    before = getattr(model, "training", None)
+    if before is None:                                   # LinearRNN: no modes
+        yield model
+        return
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(before)
+
+
+def _output_dropped(hidden, masks):
+    """h_t as the output layer reads it: times dropout_output's locked mask, if any."""
+    if masks is None or masks.output is None:
+        return hidden
+    return hidden * masks.output
 
 
 def _layered(state):

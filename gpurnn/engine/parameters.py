@@ -3,9 +3,16 @@ dict; the size check made before parameters are allocated."""
 from __future__ import annotations
 
 import os
+import re
 
-__all__ = ["layer_name", "elman_aliases", "ELMAN_ALIASES", "LEGACY_ELMAN_NAMES", "Parameters",
+__all__ = ["layer_name", "is_recurrent_weight", "elman_aliases", "ELMAN_ALIASES", "LEGACY_ELMAN_NAMES", "Parameters",
            "check_memory"]
+
+
+def is_recurrent_weight(name: str) -> bool:
+    """True for a layer's ``weight_hh`` (``weight_hh``, ``weight_hh_l1``, ..., and their
+    ``_reverse`` twins): the matrices weight-drop masks."""
+    return re.fullmatch(r"weight_hh(_l[0-9]+)?(_reverse)?", name) is not None
 
 
 def layer_name(name: str, layer: int) -> str:

@@ -25,8 +25,9 @@ import numpy
 from .activations import check_activation
 from .backend import get_array_module, scatter_add, to_device
 from .cells import Cell, ElmanCell
+from .dropout import DropoutRates, DropoutStream, Masks
 from .model import RecurrentModel
-from .parameters import elman_aliases, layer_name
+from .parameters import elman_aliases, is_recurrent_weight, layer_name
 from .torch_interop import TorchInterop
 from .validation import as_float_array, as_state, check_size
 
@@ -35,9 +36,11 @@ __all__ = ["StackedCell", "LayeredRNN", "StackedElmanRNN", "layer_name"]
 
 class _StackWork:
     """The stack's workspace (its ``xin``): per layer, the inputs, the cell's own workspace,
-    the initial state and the states, filled by ``project_inputs`` and ``forward``."""
+    the initial state and the states, filled by ``project_inputs`` and ``forward``; the
+    block's first step and the masks of the call."""
 
-    def __init__(self, layers: int):
+    def __init__(self, layers: int, start: int, masks):
+        self.start, self.masks = start, masks
         self.inputs = [None] * layers
         self.xin = [None] * layers
         self.h0 = [None] * layers
@@ -64,6 +67,26 @@ class StackedCell(Cell):
         self.embedding = bool(embedding)
         self.state_width = self.cells[0].state_size(hidden_size)     # S per layer
         self.delta_width = self.cells[0].delta_size(hidden_size)     # D per layer
+        self.masks, self._start = None, 0
+
+    def set_masks(self, masks) -> None:
+        """The dropout masks of the next calls (a :class:`gpurnn.engine.dropout.Masks`, or
+        None for none): the state masks go to the layers' cells, the others apply here."""
+        self.masks = masks
+        for layer, cell in enumerate(self.cells):
+            cell.state_mask = (None if masks is None or masks.state is None
+                               else masks.state[layer])
+
+    def enter_block(self, start: int) -> None:
+        self._start = start                           # where the block's between-masks begin
+
+    def _between(self, work, layer, steps):
+        """The dropout mask on the input of ``layer`` ≥ 1 over the block's ``steps`` steps
+        (steps, batch, H), or None without one."""
+        masks = work.masks
+        if masks is None or masks.between is None:
+            return None
+        return masks.between[layer - 1][work.start:work.start + steps]
 
     def use_workspace(self, workspace):
         previous = super().use_workspace(workspace)
@@ -107,12 +130,20 @@ class StackedCell(Cell):
 
     def project_inputs(self, params, inputs):
         xp = get_array_module(inputs)
+        masks = self.masks
+        work = _StackWork(self.num_layers, self._start, masks)
         if self.embedding:
             if inputs.dtype.kind not in "iu":
                 raise ValueError("inputs must be int token ids (batch, time) for a model with "
                                  "an embedding; dense inputs have no embedding to look up")
-            inputs = xp.take(params["E"], inputs, axis=0)           # rows E[x_t], (T, B, D)
-        work = _StackWork(self.num_layers)
+            tokens, inputs = inputs, xp.take(params["E"], inputs, axis=0)   # E[x_t], (T, B, D)
+            if masks is not None and masks.embedding is not None:
+                inputs *= masks.embedding[tokens][..., None]         # whole token types dropped
+        if masks is not None and masks.input is not None:
+            if inputs.dtype.kind in "iu":
+                raise ValueError("dropout_input needs an embedding (embedding_size=...) or "
+                                 "dense inputs: token ids select columns of weight_ih")
+            inputs = inputs * masks.input                            # one mask for every step
         work.inputs[0] = inputs
         work.xin[0] = self.cells[0].project_inputs(self.layer_params(params, 0), inputs)
         return work
@@ -124,7 +155,9 @@ class StackedCell(Cell):
             p = self.layer_params(params, layer)
             if layer > 0:
                 below = work.states[layer - 1]
-                work.inputs[layer] = below if S == H else xp.ascontiguousarray(below[..., :H])
+                below = below if S == H else xp.ascontiguousarray(below[..., :H])
+                mask = self._between(work, layer, steps)
+                work.inputs[layer] = below if mask is None else below * mask
                 work.xin[layer] = self.cells[layer].project_inputs(p, work.inputs[layer])
             work.h0[layer] = xp.ascontiguousarray(h0[:, self._slice(layer, S)])
             work.states[layer] = self.cells[layer].forward(p, work.xin[layer], work.h0[layer],
@@ -138,6 +171,8 @@ class StackedCell(Cell):
         backs = [self.cells[layer].backward_stepper(layers[layer], work.xin[layer],
                                                     work.h0[layer], work.states[layer])
                  for layer in range(self.num_layers)]
+        between = [None] + [self._between(work, layer, states.shape[0])
+                            for layer in range(1, self.num_layers)]
 
         def back(t, g):
             deltas, g_prev = [None] * self.num_layers, [None] * self.num_layers
@@ -151,6 +186,8 @@ class StackedCell(Cell):
                 if layer > 0:
                     dx = self.cells[layer].input_grads(layers[layer], work.xin[layer],
                                                        deltas[layer], t)
+                    if between[layer] is not None:
+                        dx *= between[layer][t]                      # the dropout between
             return xp.concatenate(deltas, axis=-1), xp.concatenate(g_prev, axis=-1)
         return back
 
@@ -166,8 +203,13 @@ class StackedCell(Cell):
             if layer == 0 and self.embedding:
                 E = params["E"]
                 dx = self.cells[0].input_grads(p, work.xin[0], d)    # (T, B, D)
+                masks = work.masks
+                if masks is not None and masks.input is not None:
+                    dx *= masks.input
                 dE = xp.zeros_like(E)
                 scatter_add(dE, inputs.reshape(-1), dx.reshape(-1, E.shape[1]))  # dE[x_t] += dx_t
+                if masks is not None and masks.embedding is not None:
+                    dE *= masks.embedding[:, None]                   # the rows as they entered
                 grads["E"] = dE
         return grads
 
@@ -190,12 +232,15 @@ class LayeredRNN(RecurrentModel):
     _param_names: tuple = ()  # set per instance: the names depend on the layers
 
     def _build(self, input_size, hidden_size, output_size, *, num_layers, embedding_size,
-               output, bias, dtype, device, seed):
+               output, bias, dtype, device, seed, dropout):
         self._setup(input_size, hidden_size, output_size, output, bias, dtype, device)
         self.num_layers = check_size(num_layers, "num_layers")
         if embedding_size is not None:
             embedding_size = check_size(embedding_size, "embedding_size")
         self.embedding_size = embedding_size
+        self.dropout = DropoutRates.from_options(type(self).__name__, dropout)
+        self._check_dropout()
+        self.dropout_stream = DropoutStream(seed)
         layer_cell = self._make_cell()
         H = self.hidden_size
         def all_specs(bias):
@@ -216,7 +261,7 @@ class LayeredRNN(RecurrentModel):
         self._draw_params(all_specs(bias), seed)
         self._layer_names = tuple(self._layer_specs(1, True))
         self._state_width = layer_cell.state_size(H)                 # S per layer
-        if self.num_layers == 1 and embedding_size is None:
+        if self.num_layers == 1 and embedding_size is None and not self.dropout.active:
             self.cell = layer_cell
         else:
             cells = [layer_cell] + [self._make_cell() for _ in range(1, self.num_layers)]
@@ -226,7 +271,54 @@ class LayeredRNN(RecurrentModel):
     @property
     def config(self) -> dict:
         return {**super().config, "num_layers": self.num_layers,
-                "embedding_size": self.embedding_size}
+                "embedding_size": self.embedding_size, **self.dropout.nonzero()}
+
+    def copy(self, *, dtype=None, device=None):
+        clone = super().copy(dtype=dtype, device=device)
+        clone.dropout_stream.load_state_dict(self.dropout_stream.state_dict())  # same masks
+        return clone
+
+    # --- dropout (gpurnn.engine.dropout) --------------------------------------------
+    def _check_dropout(self):
+        rates = self.dropout
+        if rates.dropout > 0 and self.num_layers == 1:
+            raise ValueError("dropout acts between stacked layers and this model has one; "
+                             "use num_layers >= 2, or dropout_output for the top layer's output")
+        if rates.dropout_embedding > 0 and self.embedding_size is None:
+            raise ValueError("dropout_embedding drops rows of an embedding and this model has "
+                             "none; give embedding_size=...")
+
+    def fixed_dropout(self):
+        """A context in which every call draws the same dropout masks (for gradient
+        checks, which compare several calls); see :class:`gpurnn.engine.dropout.DropoutStream`."""
+        return self.dropout_stream.fixed()
+
+    def _call_params(self, x):
+        cell = self.cell
+        if not (self.training and self.dropout.active):
+            if isinstance(cell, StackedCell):
+                cell.set_masks(None)
+            return self._params, None
+        batch, steps = x.shape[:2]
+        recurrent = {name: value.shape for name, value in self._params.items()
+                     if is_recurrent_weight(name)}
+        masks = Masks(self.dropout, self.dropout_stream.next_draw(self.device), self.dtype,
+                      vocabulary=self.input_size if self.embedding_size else 0, batch=batch,
+                      steps=steps, input_width=self.embedding_size or self.input_size,
+                      hidden=self.hidden_size, layers=self.num_layers, recurrent=recurrent)
+        cell.set_masks(masks)
+        return masks.dropped_weights(self._params), masks
+
+    def _dropout_bytes(self, batch, steps) -> int:
+        if not (self.training and self.dropout.active):
+            return 0
+        rates, H = self.dropout, self.hidden_size
+        count = (rates.dropout > 0) * (self.num_layers - 1) * steps * batch * H
+        if rates.weight_drop > 0:                        # the masks and the masked copies
+            count += 2 * sum(value.size for name, value in self._params.items()
+                             if is_recurrent_weight(name))
+        count += batch * (self.embedding_size or self.input_size) + 2 * self.num_layers * batch * H
+        return count * self.dtype.itemsize
 
     # --- state hooks ----------------------------------------------------------------
     @property
@@ -303,12 +395,12 @@ class StackedElmanRNN(TorchInterop, LayeredRNN):
 
     def __init__(self, input_size, hidden_size, output_size, *, num_layers=1,
                  embedding_size=None, activation="tanh", output="softmax", bias=True,
-                 dtype="float32", device="cpu", seed=0):
+                 dtype="float32", device="cpu", seed=0, **dropout):
         self.activation = check_activation(activation)
         object.__setattr__(self, "_aliases", elman_aliases(check_size(num_layers, "num_layers")))
         self._build(input_size, hidden_size, output_size, num_layers=num_layers,
                     embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
-                    device=device, seed=seed)
+                    device=device, seed=seed, dropout=dropout)
 
     def _make_cell(self):
         return ElmanCell(self.activation, self.bias)

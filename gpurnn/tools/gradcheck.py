@@ -1,6 +1,8 @@
 """Gradient checking by central differences in float64."""
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 
 import numpy
@@ -42,6 +44,7 @@ def gradcheck(model, inputs, targets, *, eps=1e-6, tolerance=1e-6, max_checks=50
     """Compare ``model.loss_and_grads`` with central differences of its loss.
 
     The check runs on a float64 copy of the model (the model itself is left untouched).
+    With dropout in training mode, every call of the check uses the masks of one draw.
     Truncated BPTT does not compute the gradient of the loss, so ``truncate`` is refused.
 
     Args:
@@ -55,6 +58,14 @@ def gradcheck(model, inputs, targets, *, eps=1e-6, tolerance=1e-6, max_checks=50
     if model.dtype != numpy.float64:
         model = model.copy(dtype="float64")
     rng = host_rng(seed)
+    # A model with dropout in training mode: every call below draws the same masks, so
+    # the check is of the gradient for those masks.
+    fixed = getattr(model, "fixed_dropout", contextlib.nullcontext)
+    with fixed():
+        return _check(model, inputs, targets, eps, tolerance, max_checks, rng, loss_kwargs)
+
+
+def _check(model, inputs, targets, eps, tolerance, max_checks, rng, loss_kwargs):
     analytic = model.loss_and_grads(inputs, targets, **loss_kwargs).grads
     loss = _loss_alone(model, inputs, targets, loss_kwargs)
     result = GradcheckResult(tolerance=tolerance)

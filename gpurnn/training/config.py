@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..engine.dropout import DROPOUT_KINDS
 from ..engine.plan import KERNELS
 from .data import LEVELS, RAW_LEVELS, SPECIAL_TOKENS
 
@@ -68,6 +69,21 @@ class TrainConfig:
                    "(PyTorch's gate equations)", CELLS)
     layers: int = _f(1, "stacked recurrent layers")
     hidden: int = _f(64, "hidden state size (of each layer)")
+    embedding_size: Optional[int] = _f(None, "look tokens up in an embedding of this size "
+                                       "under the first layer (default: none, a token "
+                                       "selects a column of the first layer's weights)")
+    # --- dropout (training only; each a rate in [0, 1), 0: off) ----------------------------
+    dropout: float = _f(0.0, "between stacked layers, a fresh mask at every step "
+                        "(PyTorch's dropout; needs --layers 2 or more)")
+    dropout_input: float = _f(0.0, "locked (one mask per sequence, every step) on the "
+                              "embedding's output (needs --embedding-size)")
+    dropout_output: float = _f(0.0, "locked, on the top layer's output before the softmax")
+    dropout_state: float = _f(0.0, "locked, on h(t-1) where it feeds the recurrent weights, "
+                              "in every layer")
+    weight_drop: float = _f(0.0, "DropConnect on the recurrent weights, one mask per batch "
+                            "(AWD-LSTM's weight-drop)")
+    dropout_embedding: float = _f(0.0, "whole rows of the embedding, one mask per batch "
+                                  "(needs --embedding-size)")
     dtype: str = _f("float32", "precision of parameters and gradients (float64 for exact "
                     "comparisons)", DTYPES)
     batch_size: int = _f(32, "sequences per batch (parallel streams in stream mode); under "
@@ -165,7 +181,7 @@ class TrainConfig:
             raise ValueError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 1}: "
                              f"{len(SPECIAL_TOKENS)} ids are the special tokens "
                              f"{', '.join(SPECIAL_TOKENS)}, got {self.vocab_size}")
-        for name in ("layers", "hidden", "batch_size", "seq_len", "max_bad_steps", "eval_every",
+        for name in ("layers", "hidden", "embedding_size", "batch_size", "seq_len", "max_bad_steps", "eval_every",
                      "log_every", "steps", "epochs"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -182,6 +198,17 @@ class TrainConfig:
             raise ValueError(f"--min-lr must be a number >= 0, got {self.min_lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
+        for name in DROPOUT_KINDS:
+            rate = getattr(self, name)
+            if not 0 <= rate < 1:
+                raise ValueError(f"{_flag(name)} must be a rate in [0, 1), got {rate}")
+        if self.dropout > 0 and self.layers == 1:
+            raise ValueError("--dropout acts between stacked layers; give --layers 2 or more, "
+                             "or use --dropout-output for the one layer's output")
+        for name in ("dropout_input", "dropout_embedding"):
+            if getattr(self, name) > 0 and self.embedding_size is None:
+                raise ValueError(f"{_flag(name)} drops the embedding's rows or output; give "
+                                 f"--embedding-size too")
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup-steps must be an integer >= 0, got {self.warmup_steps}")
         halving = self.schedule == "halve" or (self.schedule == "auto"

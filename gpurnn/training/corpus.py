@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy
 
 from ..engine.backend import get_array_module
+from ..engine.model import evaluating
 from . import data as D
 from .generate import warmup_ids
 
@@ -174,6 +175,11 @@ def cross_entropy_sums(model, batches, *, carry_state: bool,
     """The summed weighted cross-entropy (nats) and the summed weights of
     :func:`cross_entropy`, over the rows ``rows`` of every batch (the same rows each
     batch, so the carried state follows them: a rank's share of the validation set)."""
+    with evaluating(model):                               # no dropout in evaluation
+        return _sums(model, batches, carry_state, rows)
+
+
+def _sums(model, batches, carry_state, rows):
     total, count, hidden = 0.0, 0.0, None
     for inputs, targets, weights in batches:
         inputs, targets, weights = inputs[rows], targets[rows], weights[rows]

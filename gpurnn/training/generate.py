@@ -37,7 +37,7 @@ from . import data as D
 from ..engine.backend import to_host
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import MAX_SAMPLES  # drawn together: num x vocabulary probabilities per step
-from ..engine.model import RecurrentModel
+from ..engine.model import RecurrentModel, evaluating
 from .serialization import model_from_checkpoint
 
 __all__ = ["LanguageModel", "UnknownWordWarning", "load_language_model", "sample",
@@ -232,6 +232,13 @@ def _draw_rows(model, start, num, steps, banned, temperature, top_k, rng, *, fal
                end=None, min_steps=0) -> list[list[int]]:
     """``num`` continuations of the ids ``start``, drawn together as one batch: up to
     ``steps`` ids each, a row ending at ``end`` (never drawn in its first ``min_steps``)."""
+    with evaluating(model):                                  # no dropout while sampling
+        return _continue(model, start, num, steps, banned, temperature, top_k, rng,
+                         fallback, end, min_steps)
+
+
+def _continue(model, start, num, steps, banned, temperature, top_k, rng, fallback, end,
+              min_steps):
     tokens = numpy.tile(numpy.array(start, dtype=D.ID_DTYPE), (num, 1))  # (N, len(start))
     probs, _, state = model.forward(tokens, return_state=True)
     rows, done = [[] for _ in range(num)], numpy.zeros(num, dtype=bool)

@@ -76,6 +76,8 @@ def save(path, model, optimizer: Optimizer | None = None, *, vocab=None, level: 
     if step is None:
         step = optimizer.t if optimizer is not None else 0
     config = {"model": _spec(model)}
+    if hasattr(model, "dropout_stream"):  # the masks to come: loading continues them
+        config["dropout_stream"] = model.dropout_stream.state_dict()
     if vocab is not None:
         config["level"] = level
     return save_checkpoint(path, params=model.params,
@@ -104,6 +106,9 @@ def model_from_checkpoint(saved, path, device="cpu", dtype=None):
         unknown = sorted(set(saved.params) - set(model.params))
         if unknown:
             raise ValueError(f"parameters {', '.join(unknown)} are not the model's")
+        stream = saved.config.get("dropout_stream")
+        if stream is not None and hasattr(model, "dropout_stream"):
+            model.dropout_stream.load_state_dict(stream)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a usable model checkpoint: its parameters do "
                               f"not make a gpurnn model ({type(error).__name__}: {error})") \

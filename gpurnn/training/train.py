@@ -36,6 +36,7 @@ import numpy
 
 from .._version import __version__
 from ..engine.backend import get_device, to_device
+from ..engine.dropout import DROPOUT_KINDS
 from ..engine.factory import make_model
 from .callbacks import Callbacks
 from .checkpoint import CheckpointError, load_checkpoint
@@ -156,7 +157,12 @@ class Trainer:
         size = len(self.data.vocab)
         check_fits(config, size, self.device, comm.size)
         self.model = make_model(config.cell, size, config.hidden, size, num_layers=config.layers,
-                                dtype=config.dtype, device=self.device, seed=config.seed)
+                                embedding_size=config.embedding_size, dtype=config.dtype,
+                                device=self.device, seed=config.seed,
+                                **{kind: getattr(config, kind) for kind in DROPOUT_KINDS
+                                   if getattr(config, kind) > 0})
+        if hasattr(self.model, "dropout_stream"):
+            self.model.dropout_stream.stream = comm.rank   # each rank its own masks
         self.model.plan = self.model.plan.replace(memory_budget=config.memory_budget,
                                                   kernels=config.kernels)
         self.base_lr = lr = self._lr()
@@ -302,6 +308,11 @@ class Trainer:
         t0 = time.perf_counter()
         loss, grads, last = 0.0, None, None
         if local:
+            if hasattr(model, "dropout_stream"):
+                # the masks of step n are draw n of this rank's stream: a resumed run draws
+                # the same ones, and a rank without rows in one batch falls out of step with
+                # no other
+                model.dropout_stream.draws = self.step
             # Several ranks sum over their tokens here; the mean is taken over all ranks' tokens.
             loss, grads, last = model.loss_and_grads(
                 inputs, targets, truncate=config.truncate, mask=mask, h0=self.hidden,
