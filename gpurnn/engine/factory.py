@@ -15,12 +15,16 @@ def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw
     """A model by cell name: ``"elman"`` | ``"gru"`` | ``"lstm"``.
 
     ``kw`` are the constructors' keywords (``embedding_size``, ``output``, ``bias``,
-    ``dtype``, ``device``, ``seed``; ``activation`` for Elman only). One Elman layer without
+    ``dtype``, ``device``, ``seed``; ``activation`` for Elman only, ``proj_size`` for LSTM
+    only). One Elman layer without
     an embedding gives :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
     rebuilds a model like ``m``.
     """
     if cell not in CELL_TYPES:
         raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELL_TYPES)}")
+    if cell != "lstm" and kw.pop("proj_size", 0):
+        raise ValueError(f"proj_size applies to the lstm cell only; use cell='lstm' or leave "
+                         f"proj_size out for the {cell} cell")
     if cell == "elman":
         if check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None:
             kw.pop("embedding_size", None)
