@@ -20,8 +20,9 @@ LSTM (gates i, f, g, o); the cell's state is [h, c], shape (batch, 2H)::
 
 LSTM with ``proj_size`` P > 0 (LSTMP, Sak et al. 2014; PyTorch's ``proj_size``): h' =
 W_hr (o ⊙ tanh(c')) with weight_hr (P, H), so h is (batch, P), weight_hh is (4H, P) and
-the state is [h, c], (batch, P + H). The backward sweep turns dL/dh into dL/dm = dL/dh W_hr
-for m = o ⊙ tanh(c) and goes on from there as from dL/dh without a projection.
+the state is [h, c], (batch, P + H). Each step of the backward sweep turns dL/dh into
+dL/dm = dL/dh W_hr for m = o ⊙ tanh(c) (a second GEMM, P × H) and goes on from there as
+from dL/dh without a projection.
 
 How the work is split (as for the Elman cell): the input projections of all gates for all
 steps are one GEMM over batch·time rows (a row gather for token ids); each step adds
@@ -638,5 +639,6 @@ def _check_proj_size(proj_size, hidden_size) -> int:
                         f"({hidden}), got {type(proj_size).__name__}")
     if not 0 <= proj_size < hidden:
         raise ValueError(f"proj_size must satisfy 0 <= proj_size < hidden_size ({hidden}), got "
-                         f"{proj_size}; use a smaller proj_size, or 0 for no projection")
+                         f"{proj_size}; choose 0 < proj_size < {hidden} for a projection, or "
+                         f"0 for none")
     return int(proj_size)

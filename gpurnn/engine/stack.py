@@ -184,8 +184,8 @@ class LayeredRNN(RecurrentModel):
 
     ``h0`` and ``last_hidden``: (batch, hidden) for one layer, (num_layers, batch, hidden)
     for several; an LSTM's are pairs (h, c) of those (h with proj_size columns where the
-    LSTM projects). Subclasses define ``cell_type``,
-    ``_make_cell()`` and ``_layer_specs(layer_input_size, bias)`` (name -> (shape, init)).
+    LSTM projects). Subclasses define ``cell_type``, ``_make_cell()`` and
+    ``_layer_specs(layer_input_size, bias)`` (name -> (shape, init)).
     """
 
     cell_type = ""

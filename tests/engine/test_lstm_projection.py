@@ -216,8 +216,9 @@ def test_shapes_spec_and_no_projection(rng):
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda: LSTM(5, 4, 3, proj_size=4), ValueError,
-     r"proj_size must satisfy 0 <= proj_size < hidden_size \(4\), got 4; use a smaller"),
-    (lambda: LSTM(5, 4, 3, proj_size=-1), ValueError, "got -1; use a smaller proj_size, or 0"),
+     r"proj_size must satisfy 0 <= proj_size < hidden_size \(4\), got 4; choose 0 < "),
+    (lambda: LSTM(5, 4, 3, proj_size=-1), ValueError, "got -1; choose 0 < proj_size < 4 for a "
+     "projection, or 0 for none"),
     (lambda: LSTM(5, 4, 3, proj_size=1.5), TypeError, "proj_size must be an int"),
     (lambda: LSTM(5, 4, 3, proj_size=True), TypeError, "proj_size must be an int"),
     (lambda: make_model("gru", 5, 4, 3, proj_size=2), ValueError,
