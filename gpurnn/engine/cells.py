@@ -139,6 +139,11 @@ class Cell:
                 grads[name] += value
         return grads
 
+    def hidden_width(self, hidden: int) -> int:
+        """Width of h, the leading part of the state that the layer above and the output
+        layer read: ``hidden`` unless the cell projects it (an LSTM with ``proj_size``)."""
+        return hidden
+
     def input_grads(self, params, xin, deltas, t=None):
         """dL/dx from the engine's ``deltas``: for all steps (time, batch, ...), or for step
         ``t`` only (..., batch, ...), after ``backward_stepper`` ran on ``xin``. What a layer

@@ -17,12 +17,16 @@ def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw
 
     ``kw`` are the constructors' keywords (``embedding_size``, ``output``, ``bias``,
     ``dtype``, ``device``, ``seed``, the dropout rates of :mod:`gpurnn.engine.dropout`;
-    ``activation`` for Elman only). One Elman layer without an embedding or dropout gives
-    :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
+    ``activation`` for Elman only, ``proj_size`` for LSTM only). One Elman layer without an
+    embedding or dropout gives :class:`gpurnn.ElmanRNN`, the seeds' model.
+    ``make_model(**model_spec(m))``
     rebuilds a model like ``m``.
     """
     if cell not in CELL_TYPES:
         raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELL_TYPES)}")
+    if cell != "lstm" and kw.pop("proj_size", 0):
+        raise ValueError(f"proj_size applies to the lstm cell only; use cell='lstm' or leave "
+                         f"proj_size out for the {cell} cell")
     if cell == "elman":
         if check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None \
                 and not any(kw.get(kind) for kind in DROPOUT_KINDS):

@@ -18,6 +18,12 @@ LSTM (gates i, f, g, o); the cell's state is [h, c], shape (batch, 2H)::
     i, f, o = σ(W_i· x + b_i· + W_h· h + b_h·)      g = tanh(W_ig x + b_ig + W_hg h + b_hg)
     c' = f ⊙ c + i ⊙ g       h' = o ⊙ tanh(c')
 
+LSTM with ``proj_size`` P > 0 (LSTMP, Sak et al. 2014; PyTorch's ``proj_size``): h' =
+W_hr (o ⊙ tanh(c')) with weight_hr (P, H), so h is (batch, P), weight_hh is (4H, P) and
+the state is [h, c], (batch, P + H). Each step of the backward sweep turns dL/dh into
+dL/dm = dL/dh W_hr for m = o ⊙ tanh(c) (a second GEMM, P × H) and goes on from there as
+from dL/dh without a projection.
+
 How the work is split (as for the Elman cell): the input projections of all gates for all
 steps are one GEMM over batch·time rows (a row gather for token ids); each step adds
 h_{t-1} @ weight_hhᵀ for all gates with one GEMM and applies the gate activations in
@@ -32,6 +38,8 @@ exact.)
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy
 
 from . import fused
@@ -39,6 +47,7 @@ from .backend import get_array_module, scatter_add
 from .cells import Cell, masked_previous
 from .stack import LayeredRNN
 from .torch_interop import TorchInterop
+from .validation import check_size
 
 __all__ = ["GRUCell", "LSTMCell", "GRU", "LSTM"]
 
@@ -54,14 +63,17 @@ class GateCache:
     (time, batch, G, H) collects the hidden-side gate gradients that the backward sweep
     computes step by step anyway (summed over window origins), and ``swept_steps`` which
     steps it holds: when it holds all of them, ``param_grads`` takes them from there
-    instead of recomputing them from the deltas.
+    instead of recomputing them from the deltas. ``projection`` (an LSTM with
+    ``proj_size``): (weight_hr (P, H), m = o ⊙ tanh(c) (time, batch, H)), set by
+    ``backward_stepper``; None otherwise.
     """
 
-    __slots__ = ("gates", "extra", "K", "K2", "swept", "swept_steps")
+    __slots__ = ("gates", "extra", "K", "K2", "swept", "swept_steps", "projection")
 
     def __init__(self, gates, extra=None):
         self.gates, self.extra, self.K, self.K2 = gates, extra, None, None
         self.swept, self.swept_steps = None, set()
+        self.projection = None
 
     def sweep_target(self, t, d):
         """Where the sweep's gate gradients ``d`` (..., batch, G, H) of step ``t`` go: a
@@ -104,7 +116,7 @@ class _GatedCell(Cell):
     _cache_widths = (0, 0)
 
     def cache_bytes(self, params, batch, steps, state_size, itemsize):
-        H = params["weight_hh"].shape[1]
+        H = params["weight_hh"].shape[0] // self.gates              # (columns: P if projected)
         forward, backward = self._cache_widths
         step = 8 * self.gates * batch * H * itemsize                # per-step scratch
         return (forward * steps * batch * H * itemsize + step,
@@ -327,20 +339,29 @@ class GRUCell(_GatedCell):
 
 
 class LSTMCell(_GatedCell):
-    """PyTorch's LSTM step (module docstring); the state is [h, c], shape (batch, 2H).
+    """PyTorch's LSTM step (module docstring); the state is [h, c], shape (batch, 2H), or
+    (batch, P + H) with ``proj_size`` P > 0.
 
     ``xin`` is a :class:`GateCache`: gates (time, batch, 4H) = W_ih x + b_ih + b_hh (i, f, o
     halved) before the forward, i, f, g, o after it. With dL/dS_t = [dh, dc_in]: dc = dc_in + dh ⊙ K2
     (K2 = o ⊙ (1 − tanh² c_t)), the gate gradients are dc ⊙ K[:3] for i, f, g and dh ⊙ K[3]
-    for o, the same on the input and the hidden side.
+    for o, the same on the input and the hidden side. With a projection dh there is
+    dL/dm = dL/dh W_hr, and dW_hr = Σ_t dh_tᵀ m_t (m = o ⊙ tanh(c)).
     """
 
     gates = 4
     _tanh_block = 2  # g
     _cache_widths = (6, 11)
 
+    def __init__(self, bias: bool = True, proj_size: int = 0):
+        super().__init__(bias)
+        self.proj_size = int(proj_size)
+
     def state_size(self, hidden: int) -> int:
-        return 2 * hidden
+        return self.hidden_width(hidden) + hidden
+
+    def hidden_width(self, hidden: int) -> int:
+        return self.proj_size or hidden
 
     def project_inputs(self, params, inputs):
         W = params["weight_ih"]
@@ -351,14 +372,22 @@ class LSTMCell(_GatedCell):
     def step(self, params, x_t, s_prev):
         """One step from the row ``x_t`` (batch, 4H) of ``project_inputs``, left intact."""
         xp = get_array_module(s_prev)
-        H = s_prev.shape[-1] // 2
-        h, c = s_prev[:, :H], s_prev[:, H:]
         W = params["weight_hh"]
+        H = W.shape[0] // 4
+        h, c = s_prev[:, :-H], s_prev[:, -H:]
         a = xp.tanh(x_t + (self.masked(h) @ W.T) * self.gate_scale(H, W))   # x_t: a/2 for i, f, o
         i, f, o = (0.5 * a[:, k * H:(k + 1) * H] + 0.5 for k in (0, 1, 3))
         g = a[:, 2 * H:3 * H]
         c_new = f * c + i * g
-        return xp.concatenate([o * xp.tanh(c_new), c_new], axis=1)
+        h_new = o * xp.tanh(c_new)
+        if self.proj_size:
+            h_new = h_new @ params["weight_hr"].T                    # h = W_hr m
+        return xp.concatenate([h_new, c_new], axis=1)
+
+    def launcher(self, array):
+        """As :meth:`Cell.launcher`; the kernels compute h = o ⊙ tanh(c) in place and know
+        no projection, so with ``proj_size`` the plain path runs whatever the plan says."""
+        return None if self.proj_size else super().launcher(array)
 
     def forward(self, params, xin, h0, steps):
         launch = self.launcher(h0)
@@ -366,15 +395,19 @@ class LSTMCell(_GatedCell):
             return fused.lstm_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(h0)
         gates = xin.gates
-        batch, H = h0.shape[0], h0.shape[1] // 2
         W = params["weight_hh"]
-        WT = (W * self.gate_scale(H, W)[:, None]).T                  # (H, 4H), i, f, o rows halved
-        states = self._buffer("states", (steps, batch, 2 * H), h0)   # (T, B, [h, c])
+        H = W.shape[0] // 4
+        batch, R = h0.shape[0], h0.shape[1] - H                      # R: h's width, P or H
+        WT = (W * self.gate_scale(H, W)[:, None]).T                  # (R, 4H), i, f, o rows halved
+        states = self._buffer("states", (steps, batch, R + H), h0)   # (T, B, [h, c])
         gh = self._buffer("gh", (batch, 4 * H), h0)
         ig = self._buffer("ig", (batch, H), h0)
         m = self.state_mask
-        hm = None if m is None else self._buffer("masked_h", (batch, H), h0)
-        h, c = h0[:, :H], h0[:, H:]
+        hm = None if m is None else self._buffer("masked_h", (batch, R), h0)
+        if self.proj_size:                                           # o ⊙ tanh(c), W_hr ·
+            mo, hp = self._buffer("m", (batch, H), h0), self._buffer("hp", (batch, R), h0)
+            WrT = params["weight_hr"].T                              # (H, P)
+        h, c = h0[:, :R], h0[:, R:]
         for t in range(steps):
             a = gates[t]                                             # (B, 4H)
             xp.matmul(h if m is None else xp.multiply(h, m, out=hm), WT,
@@ -384,12 +417,16 @@ class LSTMCell(_GatedCell):
             for block in (a[:, :2 * H], a[:, 3 * H:]):
                 block *= 0.5
                 block += 0.5                                         # i, f, o = ½ tanh(a/2) + ½
-            c_new, h_new = states[t, :, H:], states[t, :, :H]
+            c_new, h_new = states[t, :, R:], states[t, :, :R]
             xp.multiply(a[:, H:2 * H], c, out=c_new)                 # f ⊙ c_{t-1}
             xp.multiply(a[:, :H], a[:, 2 * H:3 * H], out=ig)
             c_new += ig                                              # + i ⊙ g
-            xp.tanh(c_new, out=h_new)
-            h_new *= a[:, 3 * H:]                                    # h_t = o ⊙ tanh(c_t)
+            out = mo if self.proj_size else h_new
+            xp.tanh(c_new, out=out)
+            out *= a[:, 3 * H:]                                      # h_t (or m_t) = o ⊙ tanh(c_t)
+            if self.proj_size:
+                xp.matmul(mo, WrT, out=hp)                            # h_t = W_hr m_t (a contiguous
+                h_new[...] = hp                                      # GEMM target, then the slot)
             h, c = h_new, c_new
         return states
 
@@ -399,9 +436,10 @@ class LSTMCell(_GatedCell):
             return fused.lstm_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
         steps, batch, width = states.shape
-        H = width // 2
+        H = xin.gates.shape[-1] // 4
+        R = width - H                                                # h's width, P or H
         i, f, g, o = (xin.gates[..., k * H:(k + 1) * H] for k in range(4))
-        c = states[..., H:]
+        c = states[..., R:]
         K = self._buffer("K", (steps, batch, 4, H), states)
         A = self._buffer("K2", (steps, batch, H), states)
         tc = self._buffer("tc", (steps, batch, H), states)
@@ -413,7 +451,7 @@ class LSTMCell(_GatedCell):
         xp.subtract(1, f, out=tmp)
         tmp *= f
         xp.multiply(c[:-1], tmp[1:], out=K[1:, :, 1])                # ∂c/∂a_f = c_{t-1} σ'(a_f)
-        xp.multiply(h0[:, H:], tmp[0], out=K[0, :, 1])
+        xp.multiply(h0[:, R:], tmp[0], out=K[0, :, 1])
         xp.multiply(g, g, out=tmp)
         xp.subtract(1, tmp, out=tmp)
         xp.multiply(i, tmp, out=K[:, :, 2])                          # ∂c/∂a_g = i (1 − g²)
@@ -424,8 +462,11 @@ class LSTMCell(_GatedCell):
         xp.subtract(1, A, out=A)
         A *= o                                                       # ∂h/∂c = o (1 − tanh² c)
         xin.K, xin.K2 = K, A
+        if self.proj_size:
+            tc *= o                                                  # m = o ⊙ tanh(c), for dW_hr
+            xin.projection = (params["weight_hr"], tc)
         xin.swept, xin.swept_steps = self._buffer("swept", K.shape, states), set()
-        W = params["weight_hh"]                                      # (4H, H)
+        W = params["weight_hh"]                                      # (4H, R)
         def buffer(name, shape, dtype):                              # per-step scratch
             return self.workspace.empty(("step", name), shape, dtype, xp)
 
@@ -438,51 +479,69 @@ class LSTMCell(_GatedCell):
             if not plain:
                 xin.sweep_target(t, d)
             g_prev = buffer(t % 2, grad.shape, grad.dtype)
-            dh_prev = buffer("dh_prev", grad.shape[:-1] + (H,), grad.dtype)
-            xp.matmul(d.reshape(-1, 4 * H), W, out=dh_prev.reshape(-1, H))   # δ W_hh
+            dh_prev = buffer("dh_prev", grad.shape[:-1] + (R,), grad.dtype)
+            xp.matmul(d.reshape(-1, 4 * H), W, out=dh_prev.reshape(-1, R))   # δ W_hh
             if self.state_mask is not None:
                 dh_prev *= self.state_mask                           # W_hh saw h ⊙ m
-            g_prev[..., :H] = dh_prev
-            xp.multiply(dc, f[t], out=g_prev[..., H:])               # dL/dc_{t-1} = dc ⊙ f
+            g_prev[..., :R] = dh_prev
+            xp.multiply(dc, f[t], out=g_prev[..., R:])               # dL/dc_{t-1} = dc ⊙ f
             return grad, g_prev
         return back
 
     def _gate_grads(self, xin, deltas, t=None, out=None, dc=None):
         """Gate gradients (..., batch, 4, H) from dL/dS = [dh, dc_in]; dL/dc goes to ``dc``."""
         xp = get_array_module(deltas)
-        H = deltas.shape[-1] // 2
         K, A = (xin.K, xin.K2) if t is None else (xin.K[t], xin.K2[t])
-        dh = deltas[..., :H]
+        H = K.shape[-1]
+        dh = deltas[..., :-H]
+        if xin.projection is not None:
+            dh = self._unproject(xin.projection[0], dh, t)           # dL/dm: the maths goes on
         if dc is None:
             dc = xp.empty(deltas.shape[:-1] + (H,), dtype=deltas.dtype)
         xp.multiply(dh, A, out=dc)
-        dc += deltas[..., H:]                                        # dc = dc_in + dh ⊙ ∂h/∂c
+        dc += deltas[..., -H:]                                       # dc = dc_in + dh ⊙ ∂h/∂c
         if out is None:
             out = xp.empty(deltas.shape[:-1] + (4, H), dtype=deltas.dtype)
         xp.multiply(dc[..., None, :], K[..., :3, :], out=out[..., :3, :])
         xp.multiply(dh, K[..., 3, :], out=out[..., 3, :])
         return out
 
+    def _unproject(self, W_hr, dh, t):
+        """dL/dm = dL/dh W_hr (..., batch, H) through h = W_hr m: one GEMM over all rows (in
+        a per-step buffer for a step ``t`` of the sweep)."""
+        xp = get_array_module(dh)
+        P, H = W_hr.shape
+        shape = dh.shape[:-1] + (H,)
+        dm = (xp.empty(shape, dtype=dh.dtype) if t is None else
+              self.workspace.empty(("step", "dm"), shape, dh.dtype, xp))
+        xp.matmul(dh.reshape(-1, P), W_hr, out=dm.reshape(-1, H))
+        return dm
+
     def param_grads(self, params, inputs, xin, h0, states, deltas):
         steps, batch, width = deltas.shape
-        H = width // 2
+        H = xin.K.shape[-1]
+        R = width - H                                                # h's width, P or H
         if xin.swept_complete(steps):
             D = xin.swept                                            # the sweep's δ
         else:
             D = self._gate_grads(xin, deltas, out=self._buffer("D", xin.K.shape, deltas))
         rows = D.reshape(steps * batch, 4 * H)
-        return self._weight_grads(params, inputs, rows, rows,
-                                  *masked_previous(self.state_mask, states[:-1, :, :H],
-                                                   h0[:, :H]), batch)
+        grads = self._weight_grads(params, inputs, rows, rows,
+                                   *masked_previous(self.state_mask, states[:-1, :, :R],
+                                                    h0[:, :R]), batch)
+        if xin.projection is not None:                               # dW_hr = Σ_t dh_tᵀ m_t
+            m = xin.projection[1]
+            grads["weight_hr"] = deltas[..., :R].reshape(-1, R).T @ m.reshape(-1, H)
+        return grads
 
     def activations(self, xin, states):
         """Gate values after ``forward`` and tanh(c): name -> (array (T, B, H), kind)."""
         xp = get_array_module(states)
-        H = states.shape[-1] // 2
+        H = xin.gates.shape[-1] // 4
         g = xin.gates
         out = {name: (g[..., k * H:(k + 1) * H], "tanh" if name == "g" else "sigmoid")
                for k, name in enumerate("ifgo")}
-        out["tanh(c)"] = (xp.tanh(states[..., H:]), "tanh")
+        out["tanh(c)"] = (xp.tanh(states[..., -H:]), "tanh")
         return out
 
 
@@ -547,7 +606,49 @@ class LSTM(_GatedRNN):
     Arguments as for :class:`GRU`; weight_ih (4H, input), weight_hh (4H, H), bias_ih and
     bias_hh (4H,) with the gates in the order i, f, g, o. ``h0`` and ``last_hidden`` are
     pairs (h, c), each (batch, hidden), or (num_layers, batch, hidden) for a stack.
+
+    ``proj_size`` P, 0 < P < hidden_size, projects h as PyTorch's ``proj_size`` does (LSTMP,
+    Sak et al. 2014): h_t = W_hr (o_t ⊙ tanh(c_t)) with weight_hr (P, H) per layer (uniform
+    in ±1/sqrt(hidden), as PyTorch draws it); weight_hh is then (4H, P), weight_ih of layers
+    l ≥ 1 (4H, P) and V (output, P); h in ``h0`` and ``last_hidden`` has P columns, c keeps
+    H. 0 (the default) for no projection.
     """
 
     cell_type = "lstm"
     _cell_class = LSTMCell
+
+    def __init__(self, input_size, hidden_size, output_size, *, proj_size=0, **kw):
+        self.proj_size = _check_proj_size(proj_size, hidden_size)
+        super().__init__(input_size, hidden_size, output_size, **kw)
+
+    def _make_cell(self):
+        return LSTMCell(self.bias, self.proj_size)
+
+    def _layer_specs(self, fan_in, bias):
+        specs = super()._layer_specs(fan_in, bias)
+        if self.proj_size:                                           # h is W_hr m, P wide
+            G, H, P = LSTMCell.gates, self.hidden_size, self.proj_size
+            init = ("uniform", 1 / numpy.sqrt(H))
+            specs["weight_hh"] = ((G * H, P), init)
+            specs["weight_hr"] = ((P, H), init)
+        return specs
+
+    @property
+    def config(self) -> dict:
+        config = super().config
+        if self.proj_size:  # left out at 0: configs and checkpoints of plain LSTMs unchanged
+            config["proj_size"] = self.proj_size
+        return config
+
+
+def _check_proj_size(proj_size, hidden_size) -> int:
+    """PyTorch's rule: an int, 0 <= proj_size < hidden_size (0: no projection)."""
+    hidden = check_size(hidden_size, "hidden_size")
+    if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
+        raise TypeError(f"proj_size must be an int with 0 <= proj_size < hidden_size "
+                        f"({hidden}), got {type(proj_size).__name__}")
+    if not 0 <= proj_size < hidden:
+        raise ValueError(f"proj_size must satisfy 0 <= proj_size < hidden_size ({hidden}), got "
+                         f"{proj_size}; choose 0 < proj_size < {hidden} for a projection, or "
+                         f"0 for none")
+    return int(proj_size)

@@ -55,7 +55,8 @@ class StackedCell(Cell):
             and ``input_grads`` (Elman, GRU, LSTM); separate objects, since a cell keeps
             its scratch buffers in its own workspace.
         names: the cells' parameter names (layer 0's); layer l's are ``layer_name(n, l)``.
-        hidden_size: H of every layer; a layer's h is the first H entries of its state.
+        hidden_size: H of every layer; a layer's h is the first ``hidden_width(H)`` entries
+            of its state (H, or an LSTM's proj_size).
         embedding: True to look token ids up in ``params["E"]`` (input_size, embedding_size).
     """
 
@@ -63,7 +64,7 @@ class StackedCell(Cell):
         self.cells = list(cells)
         self.num_layers = len(self.cells)
         self.names = tuple(names)
-        self.hidden = hidden_size
+        self.hidden = self.cells[0].hidden_width(hidden_size)        # width of h
         self.embedding = bool(embedding)
         self.state_width = self.cells[0].state_size(hidden_size)     # S per layer
         self.delta_width = self.cells[0].delta_size(hidden_size)     # D per layer
@@ -224,8 +225,9 @@ class LayeredRNN(RecurrentModel):
     output layer y_t = g(V h_t + c) of the top layer; subclasses name the cell.
 
     ``h0`` and ``last_hidden``: (batch, hidden) for one layer, (num_layers, batch, hidden)
-    for several; an LSTM's are pairs (h, c) of those. Subclasses define ``cell_type``,
-    ``_make_cell()`` and ``_layer_specs(layer_input_size, bias)`` (name -> (shape, init)).
+    for several; an LSTM's are pairs (h, c) of those (h with proj_size columns where the
+    LSTM projects). Subclasses define ``cell_type``, ``_make_cell()`` and
+    ``_layer_specs(layer_input_size, bias)`` (name -> (shape, init)).
     """
 
     cell_type = ""
@@ -243,15 +245,16 @@ class LayeredRNN(RecurrentModel):
         self.dropout_stream = DropoutStream(seed)
         layer_cell = self._make_cell()
         H = self.hidden_size
+        R = layer_cell.hidden_width(H)                               # h, read above and by V
         def all_specs(bias):
             specs = {}
             if embedding_size is not None:
                 specs["E"] = ((self.input_size, embedding_size), ("normal", 1.0))
             for layer in range(self.num_layers):
-                fan_in = H if layer else (embedding_size or self.input_size)
+                fan_in = R if layer else (embedding_size or self.input_size)
                 for name, spec in self._layer_specs(fan_in, bias).items():
                     specs[layer_name(name, layer)] = spec
-            specs["V"] = ((self.output_size, H), ("uniform", 1 / numpy.sqrt(H)))
+            specs["V"] = ((self.output_size, R), ("uniform", 1 / numpy.sqrt(H)))
             if bias:
                 specs["c"] = ((self.output_size,), ("zeros",))
             return specs
@@ -261,6 +264,7 @@ class LayeredRNN(RecurrentModel):
         self._draw_params(all_specs(bias), seed)
         self._layer_names = tuple(self._layer_specs(1, True))
         self._state_width = layer_cell.state_size(H)                 # S per layer
+        self._hidden_width = R
         if self.num_layers == 1 and embedding_size is None and not self.dropout.active:
             self.cell = layer_cell
         else:
@@ -305,14 +309,14 @@ class LayeredRNN(RecurrentModel):
         masks = Masks(self.dropout, self.dropout_stream.next_draw(self.device), self.dtype,
                       vocabulary=self.input_size if self.embedding_size else 0, batch=batch,
                       steps=steps, input_width=self.embedding_size or self.input_size,
-                      hidden=self.hidden_size, layers=self.num_layers, recurrent=recurrent)
+                      hidden=self._hidden_width, layers=self.num_layers, recurrent=recurrent)
         cell.set_masks(masks)
         return masks.dropped_weights(self._params), masks
 
     def _dropout_bytes(self, batch, steps) -> int:
         if not (self.training and self.dropout.active):
             return 0
-        rates, H = self.dropout, self.hidden_size
+        rates, H = self.dropout, self._hidden_width
         count = (rates.dropout > 0) * (self.num_layers - 1) * steps * batch * H
         if rates.weight_drop > 0:                        # the masks and the masked copies
             count += 2 * sum(value.size for name, value in self._params.items()
@@ -325,9 +329,10 @@ class LayeredRNN(RecurrentModel):
     def _pair_state(self) -> bool:
         return self._state_width != self.hidden_size                # LSTM: [h, c]
 
-    def _layer_states(self, value, batch, name):
-        """(num_layers, batch, hidden) from the user's value, or (batch, hidden) for one layer."""
-        L, H = self.num_layers, self.hidden_size
+    def _layer_states(self, value, batch, name, width=None):
+        """(num_layers, batch, hidden) from the user's value, or (batch, hidden) for one layer;
+        ``width`` in place of hidden where it differs (a projected LSTM's h)."""
+        L, H = self.num_layers, width or self.hidden_size
         if value is None:
             return to_device(numpy.zeros((L, batch, H)), self.device, self.dtype)
         if L == 1 and numpy.ndim(value) != 3:
@@ -347,16 +352,16 @@ class LayeredRNN(RecurrentModel):
             if not isinstance(h0, (tuple, list)) or len(h0) != 2:
                 raise TypeError(f"h0 for an LSTM must be a pair (h, c) or None, "
                                 f"got {type(h0).__name__}")
-            h = self._layer_states(h0[0], batch, "h0[0] (h)")
+            h = self._layer_states(h0[0], batch, "h0[0] (h)", self._hidden_width)
             c = self._layer_states(h0[1], batch, "h0[1] (c)")
-            layered = xp.concatenate([h, c], axis=-1)                # (L, B, 2H)
+            layered = xp.concatenate([h, c], axis=-1)                # (L, B, S)
         else:
             layered = self._layer_states(h0, batch, "h0")            # (L, B, H)
         return xp.ascontiguousarray(layered.transpose(1, 0, 2)).reshape(batch, -1)
 
     def _top(self):
         start = (self.num_layers - 1) * self._state_width
-        return slice(start, start + self.hidden_size)
+        return slice(start, start + self._hidden_width)
 
     def _hidden(self, states):
         if states.shape[-1] == self.hidden_size:
@@ -372,11 +377,11 @@ class LayeredRNN(RecurrentModel):
 
     def _final_state(self, state):
         xp = get_array_module(state)
-        L, H = self.num_layers, self.hidden_size
+        L, R = self.num_layers, self._hidden_width
         layered = state.reshape(state.shape[0], L, -1).transpose(1, 0, 2)   # (L, B, S)
         if self._pair_state:
             h, c = (xp.ascontiguousarray(layered[..., part]) for part in
-                    (slice(0, H), slice(H, 2 * H)))
+                    (slice(0, R), slice(R, None)))
             return (h[0], c[0]) if L == 1 else (h, c)
         return state if L == 1 else xp.ascontiguousarray(layered)
 

@@ -5,7 +5,8 @@ Every model with a torch counterpart takes :class:`TorchInterop` as a base and s
 
 * GRU and LSTM use PyTorch's equations, gate order and layout, so the conversion is a copy:
   ``weight_ih_l{k}`` ↔ ``weight_ih`` (layer 0) or ``weight_ih_l{k}`` (layer k ≥ 1), and
-  likewise ``weight_hh``, ``bias_ih``, ``bias_hh``.
+  likewise ``weight_hh``, ``bias_ih``, ``bias_hh`` and, for an LSTM with ``proj_size``,
+  ``weight_hr``.
 * Elman ↔ ``nn.RNN`` (``nonlinearity`` tanh or relu): ``weight_ih`` (U), ``weight_hh`` (W)
   likewise. PyTorch adds two biases where the seeds have one, h_t = f(U x_t + W h_{t−1} + b),
   so ``from_torch`` takes gpurnn's bias_ih (b) = bias_ih + bias_hh and ``to_torch`` writes
@@ -31,7 +32,7 @@ _TORCH_RNN = {"elman": "RNN", "gru": "GRU", "lstm": "LSTM"}
 # two biases are handled apart.
 _NAMES = {"elman": ("weight_ih", "weight_hh"),
           "gru": ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-_NAMES["lstm"] = _NAMES["gru"]
+_NAMES["lstm"] = _NAMES["gru"] + ("weight_hr",)  # (present with proj_size only)
 
 
 class TorchModules(NamedTuple):
@@ -52,11 +53,11 @@ def _torch():
 def _check_modules(torch, rnn, linear, embedding):
     if rnn.bidirectional:
         raise ValueError("bidirectional torch RNNs have no gpurnn counterpart")
-    if getattr(rnn, "proj_size", 0):
-        raise ValueError("LSTMs with proj_size > 0 have no gpurnn counterpart")
-    if not isinstance(linear, torch.nn.Linear) or linear.in_features != rnn.hidden_size:
-        raise ValueError(f"linear must be a torch.nn.Linear with in_features = hidden_size "
-                         f"({rnn.hidden_size}), got {linear!r}")
+    proj_size = getattr(rnn, "proj_size", 0)                         # an LSTM's h is P wide
+    width, label = (proj_size, "proj_size") if proj_size else (rnn.hidden_size, "hidden_size")
+    if not isinstance(linear, torch.nn.Linear) or linear.in_features != width:
+        raise ValueError(f"linear must be a torch.nn.Linear with in_features = {label} "
+                         f"({width}), got {linear!r}")
     if (linear.bias is not None) != bool(rnn.bias):
         raise ValueError("gpurnn models have biases everywhere or nowhere: rnn.bias and "
                          "linear.bias must agree")
@@ -85,7 +86,8 @@ class TorchInterop:
 
         Args:
             rnn: ``torch.nn.RNN`` (Elman models), ``torch.nn.GRU`` or ``torch.nn.LSTM``:
-                unidirectional, no ``proj_size``; ``batch_first`` does not matter.
+                unidirectional, with or without ``proj_size`` (an LSTM's);
+                ``batch_first`` does not matter.
             linear: ``torch.nn.Linear`` (hidden → outputs), the output layer.
             embedding: optional ``torch.nn.Embedding`` under the first layer (token inputs).
             output: the output nonlinearity g, as in the models (softmax by default).
@@ -102,6 +104,8 @@ class TorchInterop:
                                        else "float32"))
         if cls.cell_type == "elman":
             options["activation"] = rnn.nonlinearity
+        if getattr(rnn, "proj_size", 0):                             # (torch: LSTMs only)
+            options["proj_size"] = rnn.proj_size
         if cls.single_layer:
             if rnn.num_layers != 1 or embedding is not None:
                 raise ValueError(f"{cls.__name__} has one layer and no embedding; for "
@@ -142,14 +146,16 @@ class TorchInterop:
         embedding_size = getattr(self, "embedding_size", None)
         num_layers = getattr(self, "num_layers", 1)
         options = {"nonlinearity": self.activation} if kind == "elman" else {}
+        if getattr(self, "proj_size", 0):
+            options["proj_size"] = self.proj_size
         if kind == "elman" and self.activation not in ("tanh", "relu"):
             raise ValueError(f"torch.nn.RNN has tanh and relu only; this model's activation "
                              f"is {self.activation!r}")
         rnn = getattr(torch.nn, _TORCH_RNN[kind])(
             embedding_size or self.input_size, self.hidden_size, num_layers=num_layers,
             bias=self.bias, batch_first=True, dtype=dtype, **options)
-        linear = torch.nn.Linear(self.hidden_size, self.output_size, bias=self.bias,
-                                 dtype=dtype)
+        linear = torch.nn.Linear(self.params["V"].shape[1], self.output_size, bias=self.bias,
+                                 dtype=dtype)                # in: h's width (proj_size or hidden)
         embedding = None
         if embedding_size is not None:
             embedding = torch.nn.Embedding(self.input_size, embedding_size, dtype=dtype)

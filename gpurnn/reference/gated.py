@@ -11,6 +11,7 @@ Equations (PyTorch's ``nn.GRU`` and ``nn.LSTM``; σ the logistic function)::
             n = tanh(W_in x + b_in + r (W_hn h + b_hn))     h' = (1 − z) n + z h
     LSTM    i, f, g, o = σ, σ, tanh, σ of (W_ih x + b_ih + W_hh h + b_hh), in blocks of H
             c' = f c + i g     h' = o tanh(c')
+            with weight_hr (PyTorch's proj_size P):  m = o tanh(c'),  h' = W_hr m  (P entries)
 
 Output y_t = g(V h_t + c) of the top layer; loss −Σ log y_t[target] (softmax) or
 ½ Σ (y_t − target)² (identity, sigmoid, tanh). Truncation: the error of output t is pushed
@@ -19,7 +20,7 @@ back through steps t, t−1, …, max(0, t − truncate), through every layer at
 
 Parameters: a list with one dict per layer, keyed by the names of layer 0 in the models
 (``weight_ih``, ``weight_hh``, ``bias_ih`` and, for GRU/LSTM, ``bias_hh``, the Elman
-layer's U, W, b among them; missing biases are zero), plus ``V``, ``c`` (optional) and ``E`` (optional, (vocabulary, embedding)).
+layer's U, W, b among them; missing biases are zero; ``weight_hr`` for a projected LSTM), plus ``V``, ``c`` (optional) and ``E`` (optional, (vocabulary, embedding)).
 """
 import numpy as np
 
@@ -58,13 +59,14 @@ def layer_step(kind, p, x, state, activation="tanh"):
         return h_new, dict(x=x, h_prev=h, r=r, z=z, n=n, hn=gh[2 * H:])
     if kind == "lstm":
         h, c = state
-        H = len(h)
+        H = len(c)
         a = (p["weight_ih"] @ x + _zero_bias(p, "bias_ih", 4 * H)
              + p["weight_hh"] @ h + _zero_bias(p, "bias_hh", 4 * H))
         i, f, g, o = _sigmoid(a[:H]), _sigmoid(a[H:2 * H]), np.tanh(a[2 * H:3 * H]), _sigmoid(a[3 * H:])
         c_new = f * c + i * g
-        h_new = o * np.tanh(c_new)
-        return (h_new, c_new), dict(x=x, h_prev=h, c_prev=c, i=i, f=f, g=g, o=o, c=c_new)
+        m = o * np.tanh(c_new)
+        h_new = p["weight_hr"] @ m if "weight_hr" in p else m
+        return (h_new, c_new), dict(x=x, h_prev=h, c_prev=c, i=i, f=f, g=g, o=o, c=c_new, m=m)
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
@@ -104,6 +106,9 @@ def layer_step_backward(kind, p, cache, dstate, grads, activation="tanh"):
         return dh * z + p["weight_hh"].T @ d_gh, p["weight_ih"].T @ d_gi
     if kind == "lstm":
         dh, dc = dstate
+        if "weight_hr" in p:                                         # h = W_hr m
+            _add(grads, "weight_hr", np.outer(dh, cache["m"]))
+            dh = p["weight_hr"].T @ dh                               # dL/dm
         i, f, g, o, c = cache["i"], cache["f"], cache["g"], cache["o"], cache["c"]
         tc = np.tanh(c)
         dc = dc + dh * o * (1 - tc * tc)                             # both paths into c_t
@@ -129,8 +134,11 @@ def _input_vector(x_t, params, input_size):
     return np.asarray(x_t, dtype=float)
 
 
-def _zero_state(kind, H):
-    return (np.zeros(H), np.zeros(H)) if kind == "lstm" else np.zeros(H)
+def _zero_state(kind, p):
+    """Zeros shaped like the state of the layer with parameters ``p``: h has weight_hh's
+    columns (a projected LSTM's P), an LSTM's c its rows / 4."""
+    h = np.zeros(p["weight_hh"].shape[1])
+    return (h, np.zeros(p["weight_hh"].shape[0] // 4)) if kind == "lstm" else h
 
 
 def _h(kind, state):
@@ -143,9 +151,8 @@ def forward(kind, layers, params, x, *, output="softmax", h0=None, activation="t
     x: (T,) token ids or (T, I) floats; h0: list of per-layer states (h, or (h, c)) or None.
     Returns (y (T, O), states: list over t of lists over layers, caches likewise).
     """
-    H = layers[0]["weight_hh"].shape[1]
     first = layers[0]["weight_ih"]
-    state = [(_zero_state(kind, H) if h0 is None else h0[l]) for l in range(len(layers))]
+    state = [(_zero_state(kind, p) if h0 is None else h0[l]) for l, p in enumerate(layers)]
     g_out = {"softmax": None, "identity": lambda a: a, "sigmoid": _sigmoid, "tanh": np.tanh}
     ys, states, caches = [], [], []
     for t in range(len(x)):
@@ -189,14 +196,13 @@ def bptt(kind, layers, params, x, targets, *, output="softmax", truncate=None, h
         e_y = gprime(y) * (y - targets)
     layer_grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in layers]
     out_grads = {k: np.zeros_like(v) for k, v in params.items()}
-    H = len(top[0])
     for t in reversed(range(T)):
         out_grads["V"] += np.outer(e_y[t], top[t])
         if "c" in out_grads:
             out_grads["c"] += e_y[t]
         # origin t: the error of output t alone, through the stack
-        g = [_zero_state(kind, H) for _ in range(L)]
-        g[-1] = (params["V"].T @ e_y[t], np.zeros(H)) if kind == "lstm" else params["V"].T @ e_y[t]
+        g = [_zero_state(kind, p) for p in layers]
+        g[-1] = (params["V"].T @ e_y[t], g[-1][1]) if kind == "lstm" else params["V"].T @ e_y[t]
         stop = 0 if truncate is None else max(0, t - truncate)
         for j in range(t, stop - 1, -1):
             dx = None
@@ -215,14 +221,14 @@ def batch_bptt(kind, layers, params, inputs, targets, *, output="softmax", trunc
     """:func:`bptt` on each sequence of a batch, losses and gradients summed.
 
     inputs (B, T) ids or (B, T, I); targets (B, T) ids or (B, T, O); h0: list over layers
-    of per-layer states, each (B, H) (LSTM: pairs of (B, H)), or None; mask (B, T) right-padded.
+    of per-layer states, each (B, H) (LSTM: pairs of (B, H), h (B, P) with a projection),
+    or None; mask (B, T) right-padded.
     Returns (loss, layer_grads, out_grads, last) with ``last`` the per-layer final states of
     each sequence's last real step (h0, or zeros, for an empty sequence), batched like h0.
     """
     inputs, targets = np.asarray(inputs), np.asarray(targets)
     B, T = inputs.shape[:2]
     L = len(layers)
-    H = layers[0]["weight_hh"].shape[1]
     lengths = np.full(B, T) if mask is None else np.asarray(mask).sum(axis=1).astype(int)
     layer_grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in layers]
     out_grads = {k: np.zeros_like(v) for k, v in params.items()}
@@ -237,7 +243,7 @@ def batch_bptt(kind, layers, params, inputs, targets, *, output="softmax", trunc
     for b in range(B):
         start = state_of(b)
         if lengths[b] == 0:
-            last.append(start if start is not None else [_zero_state(kind, H) for _ in range(L)])
+            last.append(start if start is not None else [_zero_state(kind, p) for p in layers])
             continue
         loss_b, lg, og, final = bptt(kind, layers, params, inputs[b, :lengths[b]],
                                      targets[b, :lengths[b]], output=output, truncate=truncate,
