@@ -1,6 +1,7 @@
 """Models by cell name: ``make_model("gru", ...)`` and ``model_spec`` to rebuild one."""
 from __future__ import annotations
 
+from . import normalized  # noqa: F401  (gives GRU and LSTM their layer_norm=True cells)
 from .gated import GRU, LSTM
 from .model import ElmanRNN
 from .stack import LayeredRNN, StackedElmanRNN
@@ -15,13 +16,15 @@ def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw
     """A model by cell name: ``"elman"`` | ``"gru"`` | ``"lstm"``.
 
     ``kw`` are the constructors' keywords (``embedding_size``, ``output``, ``bias``,
-    ``dtype``, ``device``, ``seed``; ``activation`` for Elman only). One Elman layer without
-    an embedding gives :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
+    ``dtype``, ``device``, ``seed``; ``activation`` for Elman only, ``layer_norm`` for GRU
+    and LSTM, False for Elman). One Elman layer without an embedding gives :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
     rebuilds a model like ``m``.
     """
     if cell not in CELL_TYPES:
         raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELL_TYPES)}")
     if cell == "elman":
+        if kw.pop("layer_norm", False):
+            raise ValueError("layer_norm=True applies to the gru and lstm cells only, not elman")
         if check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None:
             kw.pop("embedding_size", None)
             return ElmanRNN(input_size, hidden_size, output_size, **kw)

@@ -138,8 +138,17 @@ class _GatedCell(Cell):
         return gates
 
     def _weight_grads(self, params, inputs, rows, rows_h, hprev, h0, batch):
-        """dW_ih = Σ_t δ_tᵀ x_t and dW_hh = Σ_t δʰ_tᵀ h_{t-1} from the gate gradients
-        ``rows`` / ``rows_h`` (time·batch, G·H) of the input / hidden side; ``hprev`` holds
+        """The weight gradients of :meth:`_matrix_grads` and, with biases, db_ih = Σ δ and
+        db_hh = Σ δʰ."""
+        grads = self._matrix_grads(params, inputs, rows, rows_h, hprev, h0, batch)
+        if self.bias:
+            grads["bias_ih"] = rows.sum(axis=0)
+            grads["bias_hh"] = rows_h.sum(axis=0) if rows_h is not rows else grads["bias_ih"].copy()
+        return grads
+
+    def _matrix_grads(self, params, inputs, rows, rows_h, hprev, h0, batch):
+        """dW_ih = Σ_t δ_tᵀ x_t and dW_hh = Σ_t δʰ_tᵀ h_{t-1} from the gradients ``rows`` /
+        ``rows_h`` (time·batch, G·H) on W_ih x_t / W_hh h_{t-1}; ``hprev`` holds
         h_0 … h_{T-2} (time − 1, batch, H), h_{-1} = h0 is taken separately (no concatenation)."""
         xp = get_array_module(rows)
         W = params["weight_ih"]
@@ -151,11 +160,7 @@ class _GatedCell(Cell):
             dW_ih = rows.T @ inputs.reshape(rows.shape[0], -1)
         hidden = h0.shape[-1]
         dW_hh = rows_h[batch:].T @ hprev.reshape(-1, hidden) + rows_h[:batch].T @ h0
-        grads = {"weight_ih": dW_ih, "weight_hh": dW_hh}
-        if self.bias:
-            grads["bias_ih"] = rows.sum(axis=0)
-            grads["bias_hh"] = rows_h.sum(axis=0) if rows_h is not rows else grads["bias_ih"].copy()
-        return grads
+        return {"weight_ih": dW_ih, "weight_hh": dW_hh}
 
     def input_grads(self, params, xin, deltas, t=None):
         """dL/dx = δ W_ih: what a layer below (or an embedding) receives.
@@ -484,25 +489,58 @@ class _GatedRNN(TorchInterop, LayeredRNN):
     """Shared constructor of :class:`GRU` and :class:`LSTM`."""
 
     _cell_class: type
+    _layer_norm_cell: type  # set by gpurnn.engine.normalized, which builds on _GatedCell
 
     def __init__(self, input_size, hidden_size, output_size, *, num_layers=1,
-                 embedding_size=None, output="softmax", bias=True, dtype="float32",
-                 device="cpu", seed=0):
+                 embedding_size=None, output="softmax", bias=True, layer_norm=False,
+                 dtype="float32", device="cpu", seed=0):
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm must be True or False, got {type(layer_norm).__name__}")
+        self.layer_norm = layer_norm
         self._build(input_size, hidden_size, output_size, num_layers=num_layers,
                     embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
                     device=device, seed=seed)
 
     def _make_cell(self):
-        return self._cell_class(self.bias)
+        return (self._layer_norm_cell if self.layer_norm else self._cell_class)(self.bias)
 
     def _layer_specs(self, fan_in, bias):
         # PyTorch's initialisation: every weight and bias uniform in ±1/sqrt(hidden).
         G, H = self._cell_class.gates, self.hidden_size
         init = ("uniform", 1 / numpy.sqrt(H))
         shapes = {"weight_ih": (G * H, fan_in), "weight_hh": (G * H, H)}
+        if self.layer_norm:
+            return self._layer_norm_specs(shapes, bias)
         if bias:
             shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
         return {name: (shape, init) for name, shape in shapes.items()}
+
+    def _layer_norm_specs(self, shapes, bias):
+        """The weights as PyTorch draws them, the normalisations' gains 1 and shifts 0; the
+        shifts of W_ih x and W_hh h are bias_ih and bias_hh (gpurnn.engine.normalized)."""
+        G, H = self._cell_class.gates, self.hidden_size
+        specs = {name: (shape, ("uniform", 1 / numpy.sqrt(H))) for name, shape in shapes.items()}
+        gains = {"ln_ih_weight": G * H, "ln_hh_weight": G * H}
+        shifts = {"bias_ih": G * H, "bias_hh": G * H}
+        if G == 4:                                                   # the LSTM's LN(c_t)
+            gains["ln_c_weight"], shifts["ln_c_bias"] = H, H
+        specs.update({name: ((size,), ("ones",)) for name, size in gains.items()})
+        if bias:
+            specs.update({name: ((size,), ("zeros",)) for name, size in shifts.items()})
+        return specs
+
+    @property
+    def config(self) -> dict:
+        config = super().config
+        if self.layer_norm:                                          # absent: the plain cells
+            config["layer_norm"] = True
+        return config
+
+    def to_torch(self):
+        if self.layer_norm:
+            raise ValueError(f"torch.nn.{type(self).__name__} has no layer normalisation; a "
+                             f"layer_norm=True model has no torch counterpart")
+        return super().to_torch()
 
 
 class GRU(_GatedRNN):
