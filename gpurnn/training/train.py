@@ -156,7 +156,8 @@ class Trainer:
         size = len(self.data.vocab)
         check_fits(config, size, self.device, comm.size)
         self.model = make_model(config.cell, size, config.hidden, size, num_layers=config.layers,
-                                dtype=config.dtype, device=self.device, seed=config.seed)
+                                layer_norm=config.layer_norm, dtype=config.dtype,
+                                device=self.device, seed=config.seed)
         self.model.plan = self.model.plan.replace(memory_budget=config.memory_budget,
                                                   kernels=config.kernels)
         self.base_lr = lr = self._lr()
