@@ -555,6 +555,10 @@ class GRU(_GatedRNN):
             instead of taking a column of weight_ih; None for no embedding.
         output: g, one of softmax (cross-entropy) | identity | sigmoid | tanh (½Σ(y − t)²).
         bias: with bias_ih, bias_hh and c; without, none of them.
+        layer_norm: layer-normalised cells (:mod:`gpurnn.engine.normalized`, Ba et al.
+            2016): LN on W_ih x and on W_hh h, with the gains ln_ih_weight, ln_hh_weight
+            (initially 1) and bias_ih, bias_hh as the shifts (initially 0); no torch
+            counterpart, and always the plain path (no fused kernels).
         dtype: float32 (training) or float64 (checks).
         device: "cpu", "cuda", "cuda:N" or "auto".
         seed: initialisation seed: gate weights and biases uniform in ±1/sqrt(hidden) as
@@ -572,7 +576,9 @@ class LSTM(_GatedRNN):
     """An LSTM (PyTorch's ``nn.LSTM`` equations and layout) under y_t = g(V h_t + c).
 
     Arguments as for :class:`GRU`; weight_ih (4H, input), weight_hh (4H, H), bias_ih and
-    bias_hh (4H,) with the gates in the order i, f, g, o. ``h0`` and ``last_hidden`` are
+    bias_hh (4H,) with the gates in the order i, f, g, o. With ``layer_norm`` also
+    ln_ih_weight, ln_hh_weight (4H,) and the cell state's ln_c_weight, ln_c_bias (H,), in
+    h_t = o ⊙ tanh(LN(c_t)). ``h0`` and ``last_hidden`` are
     pairs (h, c), each (batch, hidden), or (num_layers, batch, hidden) for a stack.
     """
 
