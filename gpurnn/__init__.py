@@ -12,6 +12,7 @@ from .engine.backend import cuda_available, get_device
 from .engine.cells import Cell, ElmanCell
 from .engine.factory import from_torch, make_model, model_spec
 from .engine.gated import GRU, LSTM, GRUCell, LSTMCell
+from .engine.normalized import LayerNormGRUCell, LayerNormLSTMCell
 from .engine.model import ElmanRNN, LinearRNN, LossAndGrads, RecurrentModel
 from .engine.stack import StackedCell, StackedElmanRNN
 from . import reference
@@ -39,7 +40,7 @@ def __getattr__(name):
 
 __all__ = ["ElmanRNN", "GRU", "LSTM", "LinearRNN", "StackedElmanRNN", "RecurrentModel",
            "make_model", "model_spec", "from_torch", "LossAndGrads", "Cell", "ElmanCell", "GRUCell",
-           "LSTMCell", "StackedCell", "gradcheck", "GradcheckResult", "bptt", "reference",
+           "LSTMCell", "LayerNormGRUCell", "LayerNormLSTMCell", "StackedCell", "gradcheck", "GradcheckResult", "bptt", "reference",
            "save", "load", "Saved", "Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam",
            "Rprop", "make_optimizer", "clip_grad_norm", "clip_grad_value", "scheduled_lr",
            "TrainConfig", "TrainResult", "train",

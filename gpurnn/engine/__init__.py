@@ -5,5 +5,5 @@ Layers inside, each importing only those before it: ``strict`` (the cpu-strict a
 NumPy with CuPy's rules) → ``backend`` (the NumPy/CuPy shim, the only module that imports
 CuPy) → ``workspace``, ``activations``, ``validation`` →
 ``cells`` → ``bptt``, ``losses`` → ``parameters``, ``torch_interop`` → ``model`` →
-``stack`` → ``gated`` → ``factory``.
+``stack`` → ``gated`` → ``normalized`` → ``factory``.
 """

@@ -1,6 +1,7 @@
 """Models by cell name: ``make_model("gru", ...)`` and ``model_spec`` to rebuild one."""
 from __future__ import annotations
 
+from . import normalized  # noqa: F401  (gives GRU and LSTM their layer_norm=True cells)
 from .dropout import DROPOUT_KINDS
 from .gated import GRU, LSTM
 from .model import ElmanRNN
@@ -17,9 +18,9 @@ def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw
 
     ``kw`` are the constructors' keywords (``embedding_size``, ``output``, ``bias``,
     ``dtype``, ``device``, ``seed``, the dropout rates of :mod:`gpurnn.engine.dropout`;
-    ``activation`` for Elman only, ``proj_size`` for LSTM only). One Elman layer without an
-    embedding or dropout gives :class:`gpurnn.ElmanRNN`, the seeds' model.
-    ``make_model(**model_spec(m))``
+    ``activation`` for Elman only, ``proj_size`` for LSTM only, ``layer_norm`` for GRU and
+    LSTM). One Elman layer without an embedding or dropout gives :class:`gpurnn.ElmanRNN`,
+    the seeds' model. ``make_model(**model_spec(m))``
     rebuilds a model like ``m``.
     """
     if cell not in CELL_TYPES:
@@ -28,6 +29,8 @@ def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw
         raise ValueError(f"proj_size applies to the lstm cell only; use cell='lstm' or leave "
                          f"proj_size out for the {cell} cell")
     if cell == "elman":
+        if kw.pop("layer_norm", False):
+            raise ValueError("layer_norm=True applies to the gru and lstm cells only, not elman")
         if check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None \
                 and not any(kw.get(kind) for kind in DROPOUT_KINDS):
             for name in ("embedding_size",) + DROPOUT_KINDS:        # None and rates of 0

@@ -150,8 +150,17 @@ class _GatedCell(Cell):
         return gates
 
     def _weight_grads(self, params, inputs, rows, rows_h, hprev, h0, batch):
-        """dW_ih = Σ_t δ_tᵀ x_t and dW_hh = Σ_t δʰ_tᵀ h_{t-1} from the gate gradients
-        ``rows`` / ``rows_h`` (time·batch, G·H) of the input / hidden side; ``hprev`` holds
+        """The weight gradients of :meth:`_matrix_grads` and, with biases, db_ih = Σ δ and
+        db_hh = Σ δʰ."""
+        grads = self._matrix_grads(params, inputs, rows, rows_h, hprev, h0, batch)
+        if self.bias:
+            grads["bias_ih"] = rows.sum(axis=0)
+            grads["bias_hh"] = rows_h.sum(axis=0) if rows_h is not rows else grads["bias_ih"].copy()
+        return grads
+
+    def _matrix_grads(self, params, inputs, rows, rows_h, hprev, h0, batch):
+        """dW_ih = Σ_t δ_tᵀ x_t and dW_hh = Σ_t δʰ_tᵀ h_{t-1} from the gradients ``rows`` /
+        ``rows_h`` (time·batch, G·H) on W_ih x_t / W_hh h_{t-1}; ``hprev`` holds
         h_0 … h_{T-2} (time − 1, batch, H), h_{-1} = h0 is taken separately (no concatenation)."""
         xp = get_array_module(rows)
         W = params["weight_ih"]
@@ -163,11 +172,7 @@ class _GatedCell(Cell):
             dW_ih = rows.T @ inputs.reshape(rows.shape[0], -1)
         hidden = h0.shape[-1]
         dW_hh = rows_h[batch:].T @ hprev.reshape(-1, hidden) + rows_h[:batch].T @ h0
-        grads = {"weight_ih": dW_ih, "weight_hh": dW_hh}
-        if self.bias:
-            grads["bias_ih"] = rows.sum(axis=0)
-            grads["bias_hh"] = rows_h.sum(axis=0) if rows_h is not rows else grads["bias_ih"].copy()
-        return grads
+        return {"weight_ih": dW_ih, "weight_hh": dW_hh}
 
     def input_grads(self, params, xin, deltas, t=None):
         """dL/dx = δ W_ih: what a layer below (or an embedding) receives.
@@ -554,25 +559,58 @@ class _GatedRNN(TorchInterop, LayeredRNN):
     """Shared constructor of :class:`GRU` and :class:`LSTM`."""
 
     _cell_class: type
+    _layer_norm_cell: type  # set by gpurnn.engine.normalized, which builds on _GatedCell
 
     def __init__(self, input_size, hidden_size, output_size, *, num_layers=1,
-                 embedding_size=None, output="softmax", bias=True, dtype="float32",
-                 device="cpu", seed=0, **dropout):
+                 embedding_size=None, output="softmax", bias=True, layer_norm=False,
+                 dtype="float32", device="cpu", seed=0, **dropout):
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm must be True or False, got {type(layer_norm).__name__}")
+        self.layer_norm = layer_norm
         self._build(input_size, hidden_size, output_size, num_layers=num_layers,
                     embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
                     device=device, seed=seed, dropout=dropout)
 
     def _make_cell(self):
-        return self._cell_class(self.bias)
+        return (self._layer_norm_cell if self.layer_norm else self._cell_class)(self.bias)
 
     def _layer_specs(self, fan_in, bias):
         # PyTorch's initialisation: every weight and bias uniform in ±1/sqrt(hidden).
         G, H = self._cell_class.gates, self.hidden_size
         init = ("uniform", 1 / numpy.sqrt(H))
         shapes = {"weight_ih": (G * H, fan_in), "weight_hh": (G * H, H)}
+        if self.layer_norm:
+            return self._layer_norm_specs(shapes, bias)
         if bias:
             shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
         return {name: (shape, init) for name, shape in shapes.items()}
+
+    def _layer_norm_specs(self, shapes, bias):
+        """The weights as PyTorch draws them, the normalisations' gains 1 and shifts 0; the
+        shifts of W_ih x and W_hh h are bias_ih and bias_hh (gpurnn.engine.normalized)."""
+        G, H = self._cell_class.gates, self.hidden_size
+        specs = {name: (shape, ("uniform", 1 / numpy.sqrt(H))) for name, shape in shapes.items()}
+        gains = {"ln_ih_weight": G * H, "ln_hh_weight": G * H}
+        shifts = {"bias_ih": G * H, "bias_hh": G * H}
+        if G == 4:                                                   # the LSTM's LN(c_t)
+            gains["ln_c_weight"], shifts["ln_c_bias"] = H, H
+        specs.update({name: ((size,), ("ones",)) for name, size in gains.items()})
+        if bias:
+            specs.update({name: ((size,), ("zeros",)) for name, size in shifts.items()})
+        return specs
+
+    @property
+    def config(self) -> dict:
+        config = super().config
+        if self.layer_norm:                                          # absent: the plain cells
+            config["layer_norm"] = True
+        return config
+
+    def to_torch(self):
+        if self.layer_norm:
+            raise ValueError(f"torch.nn.{type(self).__name__} has no layer normalisation; a "
+                             f"layer_norm=True model has no torch counterpart")
+        return super().to_torch()
 
 
 class GRU(_GatedRNN):
@@ -587,6 +625,10 @@ class GRU(_GatedRNN):
             instead of taking a column of weight_ih; None for no embedding.
         output: g, one of softmax (cross-entropy) | identity | sigmoid | tanh (½Σ(y − t)²).
         bias: with bias_ih, bias_hh and c; without, none of them.
+        layer_norm: layer-normalised cells (:mod:`gpurnn.engine.normalized`, Ba et al.
+            2016): LN on W_ih x and on W_hh h, with the gains ln_ih_weight, ln_hh_weight
+            (initially 1) and bias_ih, bias_hh as the shifts (initially 0); no torch
+            counterpart, and always the plain path (no fused kernels).
         dtype: float32 (training) or float64 (checks).
         device: "cpu", "cuda", "cuda:N" or "auto".
         seed: initialisation seed: gate weights and biases uniform in ±1/sqrt(hidden) as
@@ -604,7 +646,9 @@ class LSTM(_GatedRNN):
     """An LSTM (PyTorch's ``nn.LSTM`` equations and layout) under y_t = g(V h_t + c).
 
     Arguments as for :class:`GRU`; weight_ih (4H, input), weight_hh (4H, H), bias_ih and
-    bias_hh (4H,) with the gates in the order i, f, g, o. ``h0`` and ``last_hidden`` are
+    bias_hh (4H,) with the gates in the order i, f, g, o. With ``layer_norm`` also
+    ln_ih_weight, ln_hh_weight (4H,) and the cell state's ln_c_weight, ln_c_bias (H,), in
+    h_t = o ⊙ tanh(LN(c_t)). ``h0`` and ``last_hidden`` are
     pairs (h, c), each (batch, hidden), or (num_layers, batch, hidden) for a stack.
 
     ``proj_size`` P, 0 < P < hidden_size, projects h as PyTorch's ``proj_size`` does (LSTMP,
@@ -622,6 +666,11 @@ class LSTM(_GatedRNN):
         super().__init__(input_size, hidden_size, output_size, **kw)
 
     def _make_cell(self):
+        if not self.proj_size:
+            return super()._make_cell()
+        if self.layer_norm:
+            raise ValueError("layer_norm=True has no projection (proj_size); give one of "
+                             "them")
         return LSTMCell(self.bias, self.proj_size)
 
     def _layer_specs(self, fan_in, bias):

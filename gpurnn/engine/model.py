@@ -108,7 +108,7 @@ class RecurrentModel(_ParamsMixin):
 
     def _draw_params(self, specs: dict, seed):
         """Parameters from ``specs`` {name: (shape, init)}, init ("uniform", bound),
-        ("normal", std) or ("zeros",); drawn on the host in the order of ``specs`` (so a
+        ("normal", std), ("zeros",) or ("ones",); drawn on the host in the order of ``specs`` (so a
         seed gives the same numbers on every device), then moved."""
         self._param_shapes = {name: shape for name, (shape, _) in specs.items()}
         check_memory(f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
@@ -122,6 +122,8 @@ class RecurrentModel(_ParamsMixin):
                 host[name] = rng.uniform(-init[1], init[1], shape)
             elif init[0] == "normal":
                 host[name] = rng.normal(0.0, init[1], shape)
+            elif init[0] == "ones":
+                host[name] = numpy.ones(shape)
             else:
                 host[name] = numpy.zeros(shape)
         self._params = Parameters({name: to_device(value, self.device, self.dtype)

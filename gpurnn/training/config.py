@@ -67,6 +67,8 @@ class TrainConfig:
     # --- model and BPTT -------------------------------------------------------------------
     cell: str = _f("elman", "recurrent cell: elman (the tutorial's tanh RNN), gru or lstm "
                    "(PyTorch's gate equations)", CELLS)
+    layer_norm: bool = _f(False, "layer-normalised gru or lstm cells (Ba et al. 2016): LN on "
+                          "the input and recurrent projections, and on the LSTM's cell state")
     layers: int = _f(1, "stacked recurrent layers")
     hidden: int = _f(64, "hidden state size (of each layer)")
     embedding_size: Optional[int] = _f(None, "look tokens up in an embedding of this size "
@@ -177,6 +179,8 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{_flag(f.name)} must be one of {', '.join(choices)}, "
                                  f"got {getattr(self, f.name)!r}")
+        if self.layer_norm and self.cell == "elman":
+            raise ValueError("--layer-norm applies to --cell gru or lstm, not elman")
         if self.vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 1}: "
                              f"{len(SPECIAL_TOKENS)} ids are the special tokens "

@@ -157,7 +157,8 @@ class Trainer:
         size = len(self.data.vocab)
         check_fits(config, size, self.device, comm.size)
         self.model = make_model(config.cell, size, config.hidden, size, num_layers=config.layers,
-                                embedding_size=config.embedding_size, dtype=config.dtype,
+                                embedding_size=config.embedding_size,
+                                layer_norm=config.layer_norm, dtype=config.dtype,
                                 device=self.device, seed=config.seed,
                                 **{kind: getattr(config, kind) for kind in DROPOUT_KINDS
                                    if getattr(config, kind) > 0})

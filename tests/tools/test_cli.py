@@ -111,6 +111,7 @@ def test_config_file_with_flag_overrides(corpus, tmp_path, capsys):
      "folder {dir}/no/such for lm.npz does not exist"),
     ("junk", ["--resume", "--checkpoint", "{dir}/junk.npz"], "not a gpurnn checkpoint"),
     (None, ["--config", "{dir}/missing.toml"], "config file {dir}/missing.toml does not exist"),
+    (None, ["--layer-norm"], "--layer-norm applies to --cell gru or lstm, not elman"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, setup, args, message):
     (tmp_path / "c.txt").write_text("A tiny corpus. It has two sentences.")
@@ -138,6 +139,15 @@ class _no_exit:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_layer_norm_flag_trains_and_its_checkpoint_loads_back(corpus, tmp_path, capsys):
+    import gpurnn
+    assert cli.main(small(corpus, tmp_path, "--steps", "5", "--cell", "lstm",
+                          "--layer-norm")) == 0
+    model = gpurnn.load(tmp_path / "lm.npz").model
+    assert model.layer_norm and "ln_c_weight" in model.params
+    assert load_checkpoint(tmp_path / "lm.npz").config["train"]["layer_norm"] is True
 
 
 def test_damaged_checkpoints_are_rejected_clearly(corpus, tmp_path, capsys):
