@@ -14,16 +14,18 @@ CELL_TYPES = ("elman", "gru", "lstm")
 def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw):
     """A model by cell name: ``"elman"`` | ``"gru"`` | ``"lstm"``.
 
-    ``kw`` are the constructors' keywords (``embedding_size``, ``output``, ``bias``,
-    ``dtype``, ``device``, ``seed``; ``activation`` for Elman only). One Elman layer without
-    an embedding gives :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
-    rebuilds a model like ``m``.
+    ``kw`` are the constructors' keywords (``embedding_size``, ``bidirectional``, ``output``,
+    ``bias``, ``dtype``, ``device``, ``seed``; ``activation`` for Elman only). One
+    unidirectional Elman layer without an embedding gives :class:`gpurnn.ElmanRNN`, the
+    seeds' model. ``make_model(**model_spec(m))`` rebuilds a model like ``m``.
     """
     if cell not in CELL_TYPES:
         raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELL_TYPES)}")
     if cell == "elman":
-        if check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None:
+        if (check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None
+                and not kw.get("bidirectional", False)):
             kw.pop("embedding_size", None)
+            kw.pop("bidirectional", None)
             return ElmanRNN(input_size, hidden_size, output_size, **kw)
         return StackedElmanRNN(input_size, hidden_size, output_size, num_layers=num_layers, **kw)
     activation = kw.pop("activation", "tanh")
@@ -46,13 +48,14 @@ def model_spec(model) -> dict:
 
 def from_torch(rnn, linear, embedding=None, **kw):
     """The gpurnn model that matches torch modules, holding a copy of their weights:
-    ``torch.nn.RNN`` → :class:`ElmanRNN` (one layer, no embedding) or
+    ``torch.nn.RNN`` → :class:`ElmanRNN` (one unidirectional layer, no embedding) or
     :class:`StackedElmanRNN`, ``torch.nn.GRU`` → :class:`GRU`, ``torch.nn.LSTM`` →
     :class:`LSTM`. ``kw`` as for ``Model.from_torch`` (``output``, ``dtype``, ``device``)."""
     kinds = {"RNN": ElmanRNN, "GRU": GRU, "LSTM": LSTM}
     model_class = kinds.get(type(rnn).__name__)
     if model_class is None or type(rnn).__module__.split(".")[0] != "torch":
         raise TypeError(f"rnn must be a torch.nn.RNN, GRU or LSTM, got {type(rnn).__name__}")
-    if model_class is ElmanRNN and (rnn.num_layers != 1 or embedding is not None):
+    if model_class is ElmanRNN and (rnn.num_layers != 1 or embedding is not None
+                                    or rnn.bidirectional):
         model_class = StackedElmanRNN
     return model_class.from_torch(rnn, linear, embedding, **kw)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import numpy
 
 from .activations import check_activation
-from .backend import get_array_module, scatter_add, to_device
+from .backend import get_array_module, to_device
+from .bidirectional import BidirectionalModel, BidirectionalStack, direction_name
 from .cells import Cell, ElmanCell
+from .embedding import embed, embedding_grad
 from .model import RecurrentModel
 from .parameters import elman_aliases, layer_name
 from .torch_interop import TorchInterop
@@ -106,12 +108,8 @@ class StackedCell(Cell):
         return slice(layer * width, (layer + 1) * width)
 
     def project_inputs(self, params, inputs):
-        xp = get_array_module(inputs)
         if self.embedding:
-            if inputs.dtype.kind not in "iu":
-                raise ValueError("inputs must be int token ids (batch, time) for a model with "
-                                 "an embedding; dense inputs have no embedding to look up")
-            inputs = xp.take(params["E"], inputs, axis=0)           # rows E[x_t], (T, B, D)
+            inputs = embed(params["E"], inputs)                      # rows E[x_t], (T, B, D)
         work = _StackWork(self.num_layers)
         work.inputs[0] = inputs
         work.xin[0] = self.cells[0].project_inputs(self.layer_params(params, 0), inputs)
@@ -164,11 +162,8 @@ class StackedCell(Cell):
                                                         work.h0[layer], work.states[layer], d)
             grads.update({layer_name(n, layer): v for n, v in layer_grads.items()})
             if layer == 0 and self.embedding:
-                E = params["E"]
                 dx = self.cells[0].input_grads(p, work.xin[0], d)    # (T, B, D)
-                dE = xp.zeros_like(E)
-                scatter_add(dE, inputs.reshape(-1), dx.reshape(-1, E.shape[1]))  # dE[x_t] += dx_t
-                grads["E"] = dE
+                grads["E"] = embedding_grad(params["E"], inputs, dx)
         return grads
 
     def layers(self, params, work):
@@ -177,9 +172,11 @@ class StackedCell(Cell):
                  work.states[layer]) for layer in range(self.num_layers)]
 
 
-class LayeredRNN(RecurrentModel):
+class LayeredRNN(BidirectionalModel, RecurrentModel):
     """A cell type in ``num_layers`` stacked layers, optionally on an embedding, under the
-    output layer y_t = g(V h_t + c) of the top layer; subclasses name the cell.
+    output layer y_t = g(V h_t + c) of the top layer; subclasses name the cell. With
+    ``bidirectional`` every layer also runs over each sequence reversed
+    (:mod:`gpurnn.engine.bidirectional`).
 
     ``h0`` and ``last_hidden``: (batch, hidden) for one layer, (num_layers, batch, hidden)
     for several; an LSTM's are pairs (h, c) of those. Subclasses define ``cell_type``,
@@ -190,23 +187,30 @@ class LayeredRNN(RecurrentModel):
     _param_names: tuple = ()  # set per instance: the names depend on the layers
 
     def _build(self, input_size, hidden_size, output_size, *, num_layers, embedding_size,
-               output, bias, dtype, device, seed):
+               output, bias, dtype, device, seed, bidirectional=False):
         self._setup(input_size, hidden_size, output_size, output, bias, dtype, device)
         self.num_layers = check_size(num_layers, "num_layers")
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"bidirectional must be True or False, "
+                            f"got {type(bidirectional).__name__}")
+        self.bidirectional = bidirectional
+        directions = 2 if bidirectional else 1
         if embedding_size is not None:
             embedding_size = check_size(embedding_size, "embedding_size")
         self.embedding_size = embedding_size
         layer_cell = self._make_cell()
         H = self.hidden_size
+        width = directions * H                                       # what layers above read
         def all_specs(bias):
             specs = {}
             if embedding_size is not None:
                 specs["E"] = ((self.input_size, embedding_size), ("normal", 1.0))
             for layer in range(self.num_layers):
-                fan_in = H if layer else (embedding_size or self.input_size)
-                for name, spec in self._layer_specs(fan_in, bias).items():
-                    specs[layer_name(name, layer)] = spec
-            specs["V"] = ((self.output_size, H), ("uniform", 1 / numpy.sqrt(H)))
+                fan_in = width if layer else (embedding_size or self.input_size)
+                for direction in range(directions):              # PyTorch's order
+                    for name, spec in self._layer_specs(fan_in, bias).items():
+                        specs[direction_name(layer_name(name, layer), direction)] = spec
+            specs["V"] = ((self.output_size, width), ("uniform", 1 / numpy.sqrt(width)))
             if bias:
                 specs["c"] = ((self.output_size,), ("zeros",))
             return specs
@@ -216,7 +220,12 @@ class LayeredRNN(RecurrentModel):
         self._draw_params(all_specs(bias), seed)
         self._layer_names = tuple(self._layer_specs(1, True))
         self._state_width = layer_cell.state_size(H)                 # S per layer
-        if self.num_layers == 1 and embedding_size is None:
+        if bidirectional:
+            cells = [(layer_cell if layer == 0 else self._make_cell(), self._make_cell())
+                     for layer in range(self.num_layers)]
+            self.cell = BidirectionalStack(cells, self._layer_names, H,
+                                           embedding=embedding_size is not None)
+        elif self.num_layers == 1 and embedding_size is None:
             self.cell = layer_cell
         else:
             cells = [layer_cell] + [self._make_cell() for _ in range(1, self.num_layers)]
@@ -225,8 +234,11 @@ class LayeredRNN(RecurrentModel):
 
     @property
     def config(self) -> dict:
-        return {**super().config, "num_layers": self.num_layers,
-                "embedding_size": self.embedding_size}
+        config = {**super().config, "num_layers": self.num_layers,
+                  "embedding_size": self.embedding_size}
+        if self.bidirectional:  # (only then: the configs of other models stay as they were)
+            config["bidirectional"] = True
+        return config
 
     # --- state hooks ----------------------------------------------------------------
     @property
@@ -297,18 +309,20 @@ class StackedElmanRNN(TorchInterop, LayeredRNN):
     Parameters weight_ih, weight_hh, bias_ih (layer 0; the seeds' U, W, b as aliases),
     weight_ih_l1, … (U_l1, …) above, V, c, and E (input_size, embedding_size) with
     ``embedding_size``. Weights uniform in ±1/sqrt(fan-in), biases zero, E ~ N(0, 1).
+    ``bidirectional=True`` adds each layer's reverse direction (weight_ih_reverse, …; see
+    :mod:`gpurnn.engine.bidirectional`).
     """
 
     cell_type = "elman"
 
     def __init__(self, input_size, hidden_size, output_size, *, num_layers=1,
                  embedding_size=None, activation="tanh", output="softmax", bias=True,
-                 dtype="float32", device="cpu", seed=0):
+                 dtype="float32", device="cpu", seed=0, bidirectional=False):
         self.activation = check_activation(activation)
         object.__setattr__(self, "_aliases", elman_aliases(check_size(num_layers, "num_layers")))
         self._build(input_size, hidden_size, output_size, num_layers=num_layers,
                     embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
-                    device=device, seed=seed)
+                    device=device, seed=seed, bidirectional=bidirectional)
 
     def _make_cell(self):
         return ElmanCell(self.activation, self.bias)

@@ -11,6 +11,9 @@ Every model with a torch counterpart takes :class:`TorchInterop` as a base and s
   so ``from_torch`` takes gpurnn's bias_ih (b) = bias_ih + bias_hh and ``to_torch`` writes
   bias_ih = b and bias_hh = 0: the same function, and the round trip gpurnn → torch →
   gpurnn is exact.
+* ``bidirectional=True``: the reverse direction's ``weight_ih_l{k}_reverse``, … ↔
+  ``weight_ih_reverse`` (layer 0) or ``weight_ih_l{k}_reverse``, likewise (Elman's biases
+  folded the same way); the output layer then reads 2·hidden features.
 * The output layer ``nn.Linear`` ↔ V, c; ``nn.Embedding.weight`` (vocabulary, embedding)
   ↔ E. A model without an embedding takes token ids as one-hot columns of ``weight_ih``:
   torch sees the same model with one-hot float inputs.
@@ -22,7 +25,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .backend import to_host
-from .parameters import layer_name
+from .parameters import REVERSE, layer_name
 
 __all__ = ["TorchInterop", "TorchModules"]
 
@@ -49,14 +52,19 @@ def _torch():
     return torch
 
 
+def _suffixes(bidirectional):
+    """The torch (and gpurnn) name suffixes of a layer's directions."""
+    return ("", REVERSE) if bidirectional else ("",)
+
+
 def _check_modules(torch, rnn, linear, embedding):
-    if rnn.bidirectional:
-        raise ValueError("bidirectional torch RNNs have no gpurnn counterpart")
     if getattr(rnn, "proj_size", 0):
         raise ValueError("LSTMs with proj_size > 0 have no gpurnn counterpart")
-    if not isinstance(linear, torch.nn.Linear) or linear.in_features != rnn.hidden_size:
-        raise ValueError(f"linear must be a torch.nn.Linear with in_features = hidden_size "
-                         f"({rnn.hidden_size}), got {linear!r}")
+    width = rnn.hidden_size * len(_suffixes(rnn.bidirectional))
+    if not isinstance(linear, torch.nn.Linear) or linear.in_features != width:
+        what = "2 · hidden_size" if rnn.bidirectional else "hidden_size"
+        raise ValueError(f"linear must be a torch.nn.Linear with in_features = {what} "
+                         f"({width}), got {linear!r}")
     if (linear.bias is not None) != bool(rnn.bias):
         raise ValueError("gpurnn models have biases everywhere or nowhere: rnn.bias and "
                          "linear.bias must agree")
@@ -85,8 +93,9 @@ class TorchInterop:
 
         Args:
             rnn: ``torch.nn.RNN`` (Elman models), ``torch.nn.GRU`` or ``torch.nn.LSTM``:
-                unidirectional, no ``proj_size``; ``batch_first`` does not matter.
-            linear: ``torch.nn.Linear`` (hidden → outputs), the output layer.
+                no ``proj_size``; ``batch_first`` does not matter.
+            linear: ``torch.nn.Linear`` (hidden, or 2 · hidden when bidirectional →
+                outputs), the output layer.
             embedding: optional ``torch.nn.Embedding`` under the first layer (token inputs).
             output: the output nonlinearity g, as in the models (softmax by default).
             dtype: float32 or float64; by default the dtype of the torch weights.
@@ -103,13 +112,14 @@ class TorchInterop:
         if cls.cell_type == "elman":
             options["activation"] = rnn.nonlinearity
         if cls.single_layer:
-            if rnn.num_layers != 1 or embedding is not None:
-                raise ValueError(f"{cls.__name__} has one layer and no embedding; for "
-                                 f"num_layers={rnn.num_layers}"
-                                 f"{' with an embedding' if embedding is not None else ''} "
+            if rnn.num_layers != 1 or embedding is not None or rnn.bidirectional:
+                raise ValueError(f"{cls.__name__} has one unidirectional layer and no "
+                                 f"embedding; for num_layers={rnn.num_layers}"
+                                 f"{' with an embedding' if embedding is not None else ''}"
+                                 f"{', bidirectional' if rnn.bidirectional else ''} "
                                  f"use gpurnn.StackedElmanRNN.from_torch")
         else:
-            options.update(num_layers=rnn.num_layers,
+            options.update(num_layers=rnn.num_layers, bidirectional=rnn.bidirectional,
                            embedding_size=None if embedding is None else embedding.embedding_dim)
         input_size = rnn.input_size if embedding is None else embedding.num_embeddings
         model = cls(input_size, rnn.hidden_size, linear.out_features, **options)
@@ -118,13 +128,15 @@ class TorchInterop:
             return tensor.detach().cpu().double().numpy()
 
         for layer in range(rnn.num_layers):
-            for name in _NAMES[cls.cell_type]:
-                if hasattr(rnn, f"{name}_l{layer}"):
-                    setattr(model, layer_name(name, layer), host(getattr(rnn, f"{name}_l{layer}")))
-            if cls.cell_type == "elman" and rnn.bias:
-                setattr(model, layer_name("bias_ih", layer),
-                        host(getattr(rnn, f"bias_ih_l{layer}"))
-                        + host(getattr(rnn, f"bias_hh_l{layer}")))
+            for s in _suffixes(rnn.bidirectional):
+                for name in _NAMES[cls.cell_type]:
+                    if hasattr(rnn, f"{name}_l{layer}{s}"):
+                        setattr(model, layer_name(name, layer) + s,
+                                host(getattr(rnn, f"{name}_l{layer}{s}")))
+                if cls.cell_type == "elman" and rnn.bias:
+                    setattr(model, layer_name("bias_ih", layer) + s,
+                            host(getattr(rnn, f"bias_ih_l{layer}{s}"))
+                            + host(getattr(rnn, f"bias_hh_l{layer}{s}")))
         model.V = host(linear.weight)
         if linear.bias is not None:
             model.c = host(linear.bias)
@@ -141,15 +153,17 @@ class TorchInterop:
         dtype = torch.float64 if self.dtype.name == "float64" else torch.float32
         embedding_size = getattr(self, "embedding_size", None)
         num_layers = getattr(self, "num_layers", 1)
+        suffixes = _suffixes(getattr(self, "bidirectional", False))
         options = {"nonlinearity": self.activation} if kind == "elman" else {}
         if kind == "elman" and self.activation not in ("tanh", "relu"):
             raise ValueError(f"torch.nn.RNN has tanh and relu only; this model's activation "
                              f"is {self.activation!r}")
         rnn = getattr(torch.nn, _TORCH_RNN[kind])(
             embedding_size or self.input_size, self.hidden_size, num_layers=num_layers,
-            bias=self.bias, batch_first=True, dtype=dtype, **options)
-        linear = torch.nn.Linear(self.hidden_size, self.output_size, bias=self.bias,
-                                 dtype=dtype)
+            bias=self.bias, batch_first=True, dtype=dtype, bidirectional=len(suffixes) == 2,
+            **options)
+        linear = torch.nn.Linear(len(suffixes) * self.hidden_size, self.output_size,
+                                 bias=self.bias, dtype=dtype)
         embedding = None
         if embedding_size is not None:
             embedding = torch.nn.Embedding(self.input_size, embedding_size, dtype=dtype)
@@ -159,12 +173,15 @@ class TorchInterop:
 
         with torch.no_grad():
             for layer in range(num_layers):
-                for name in _NAMES[kind]:
-                    if layer_name(name, layer) in self.params:
-                        getattr(rnn, f"{name}_l{layer}").copy_(tensor(layer_name(name, layer)))
-                if kind == "elman" and self.bias:
-                    getattr(rnn, f"bias_ih_l{layer}").copy_(tensor(layer_name("bias_ih", layer)))
-                    getattr(rnn, f"bias_hh_l{layer}").zero_()
+                for s in suffixes:
+                    for name in _NAMES[kind]:
+                        if layer_name(name, layer) + s in self.params:
+                            getattr(rnn, f"{name}_l{layer}{s}").copy_(
+                                tensor(layer_name(name, layer) + s))
+                    if kind == "elman" and self.bias:
+                        getattr(rnn, f"bias_ih_l{layer}{s}").copy_(
+                            tensor(layer_name("bias_ih", layer) + s))
+                        getattr(rnn, f"bias_hh_l{layer}{s}").zero_()
             linear.weight.copy_(tensor("V"))
             if self.bias:
                 linear.bias.copy_(tensor("c"))
