@@ -137,7 +137,7 @@ def test_gradients_match_central_differences_with_a_mask(cell, device, rng):
     y = rng.normal(size=(3, 4, O))
     mask = (np.arange(4)[None, :] < np.array([[4], [1], [0]])).astype(float)
     # eps 1e-4: some gradients here are ~1e-4, where 1e-6 leaves mostly rounding noise
-    result = gradcheck(model, x, y, mask=mask, max_checks=None, eps=1e-4)
+    result = gradcheck(model, x, y, mask=mask, max_checks=8, eps=1e-4)
     assert result.ok, result.table()
     assert set(result.errors) == set(model.params)
 
