@@ -31,11 +31,13 @@ What a bidirectional model refuses, and why:
 """
 from __future__ import annotations
 
+import functools
+
 from . import bptt
 from .backend import get_array_module
 from .embedding import embed, embedding_grad
 from .losses import output_forward, output_loss, output_loss_and_grads
-from .model import LossAndGrads, _time_major
+from .model import LossAndGrads, RecurrentModel, _time_major
 from .parameters import direction_name, layer_name
 from .validation import as_inputs, as_mask, as_targets, check_reduction
 from .workspace import Workspace
@@ -222,21 +224,26 @@ class BidirectionalModel:
 
     bidirectional = False
 
+    # The unidirectional methods' docstrings and signatures, for help() and the API pages.
+    @functools.wraps(RecurrentModel.forward)
     def forward(self, inputs, *args, **options):
         if not self.bidirectional:
             return super().forward(inputs, *args, **options)
         return self._both_forward(inputs, *args, **options)
 
+    @functools.wraps(RecurrentModel.loss)
     def loss(self, inputs, targets, **options):
         if not self.bidirectional:
             return super().loss(inputs, targets, **options)
         return self._both_loss(inputs, targets, **options)
 
+    @functools.wraps(RecurrentModel.loss_and_grads)
     def loss_and_grads(self, inputs, targets, **options):
         if not self.bidirectional:
             return super().loss_and_grads(inputs, targets, **options)
         return self._both_loss_and_grads(inputs, targets, **options)
 
+    @functools.wraps(RecurrentModel.schedule)
     def schedule(self, inputs, targets, **options):
         if not self.bidirectional:
             return super().schedule(inputs, targets, **options)
