@@ -252,6 +252,14 @@ class BidirectionalModel:
         raise ValueError("a bidirectional model has no schedule: it keeps every layer's "
                          "cache whole")
 
+    def _run(self, inputs, h0):
+        # One forward recurrence over all layers, what the diagnostics read: a
+        # bidirectional model has no such thing, so they refuse it here in one line.
+        if not self.bidirectional:
+            return super()._run(inputs, h0)
+        raise ValueError("this reads the model as one forward recurrence, which a "
+                         "bidirectional model is not (its layers also run in reverse)")
+
     # --- the bidirectional path ----------------------------------------------------------
     def _checked_inputs(self, inputs, h0, plan):
         """The inputs (batch, time[, features]), after the refusals."""

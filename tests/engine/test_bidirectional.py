@@ -8,6 +8,7 @@ import pytest
 from conftest import host
 
 import gpurnn
+import gpurnn.tools.diagnostics
 from gpurnn import gradcheck, make_model, model_spec
 from gpurnn.engine.parameters import layer_name
 
@@ -177,6 +178,8 @@ def test_refusals(rng):
     model.plan = model.plan.replace(memory_budget="1MB")
     with pytest.raises(ValueError, match="refused for a bidirectional"):
         model.loss(x, y)
+    with pytest.raises(ValueError, match="one forward recurrence"):
+        gpurnn.tools.diagnostics.saturation(model, x)
     with pytest.raises(TypeError, match="bidirectional must be True or False"):
         gpurnn.GRU(I, H, O, bidirectional=1)
     with pytest.raises(TypeError, match="mask"):                # only bidirectional models
