@@ -42,8 +42,9 @@ from .parameters import direction_name, layer_name
 from .validation import as_inputs, as_mask, as_targets, check_reduction
 from .workspace import Workspace
 
-__all__ = ["reversal", "reverse", "layer_input",
-           "BidirectionalStack", "BidirectionalModel"]
+__all__ = ["reversal", "reverse", "layer_input", "sequence_lengths", "BidirectionalStack",
+           "BidirectionalModel"]
+
 
 def reversal(lengths, steps):
     """The (time, batch) gather that reverses each sequence's first L_b steps: row t of
@@ -211,9 +212,9 @@ def _refuse_plan(plan):
 
 class BidirectionalModel:
     """What a :class:`gpurnn.engine.stack.LayeredRNN` built with ``bidirectional=True``
-    does in place of the one-recurrence engine; with ``bidirectional=False`` every method
-    here hands over to the next class unchanged. The model's ``cell`` is then a
-    :class:`BidirectionalStack`.
+    (whose ``cell`` is a :class:`BidirectionalStack`) does in place of the one-recurrence
+    engine; with ``bidirectional=False`` every method here hands over to the next class
+    unchanged.
 
     ``forward`` takes ``mask`` (the outputs of a bidirectional model at real steps depend
     on where each sequence ends); ``loss`` takes each sequence as ending after its last
@@ -325,7 +326,8 @@ class BidirectionalModel:
         m = as_mask(mask, x.shape[0], x.shape[1], self.dtype, self.device)
         scale = 1.0
         if reduction == "mean":
-            scale = 1.0 / max(1.0, float(m.sum()) if m is not None else float(x.shape[0] * x.shape[1]))
+            counted = float(m.sum()) if m is not None else float(x.shape[0] * x.shape[1])
+            scale = 1.0 / max(1.0, counted)
         state, hidden = self._pass(x, m, plan)
         out = output_loss_and_grads(self.output, self._params["V"], self._params.get("c"),
                                     hidden, self._targets(targets, x),
