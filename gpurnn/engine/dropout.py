@@ -43,7 +43,8 @@ import numpy
 
 from .backend import get_array_module, to_device
 
-__all__ = ["DROPOUT_KINDS", "DropoutRates", "Masks", "DropoutStream", "keyed_uniform"]
+__all__ = ["DROPOUT_KINDS", "DropoutRates", "Masks", "DropoutStream", "keyed_uniform",
+           "dropped_inputs", "dropped_input_grads"]
 
 DROPOUT_KINDS = ("dropout", "dropout_input", "dropout_output", "dropout_state", "weight_drop",
                  "dropout_embedding")
@@ -103,18 +104,19 @@ class Masks:
     """The masks of one call, in the model's dtype on its device, holding 0 or 1/(1 − p):
 
     ``embedding`` (vocabulary,), ``input`` (batch, input features), ``between`` a list of
-    (time, batch, hidden) for layers 1 … L−1 (the input each reads), ``state`` a list of
-    (batch, hidden) per layer, ``weight`` a dict {parameter name: mask of its shape},
-    ``output`` (batch, hidden); None where the rate is 0.
+    (time, batch, directions · hidden) for layers 1 … L−1 (the input each reads), ``state``
+    a list of (batch, hidden) per layer and direction (layer l's direction d at
+    l · directions + d), ``weight`` a dict {parameter name: mask of its shape}, ``output``
+    (batch, directions · hidden); None where the rate is 0. ``hidden`` is the width of h.
     """
 
     __slots__ = ("embedding", "input", "between", "state", "weight", "output")
 
     def __init__(self, rates: DropoutRates, draw, dtype, *, vocabulary, batch, steps,
-                 input_width, hidden, layers, recurrent):
+                 input_width, hidden, layers, recurrent, directions=1):
         """``draw(shape)`` gives uniform numbers; ``recurrent`` {name: shape} of the
-        ``weight_hh`` matrices, per layer, in order. Masks are drawn in a fixed order, each
-        only at a rate above 0."""
+        ``weight_hh`` matrices, in order. Masks are drawn in a fixed order, each only at a
+        rate above 0."""
         def mask(rate, shape):
             if rate == 0:
                 return None
@@ -125,13 +127,14 @@ class Masks:
 
         self.embedding = mask(rates.dropout_embedding, (vocabulary,)) if vocabulary else None
         self.input = mask(rates.dropout_input, (batch, input_width))
-        self.between = ([mask(rates.dropout, (steps, batch, hidden)) for _ in range(1, layers)]
+        width = directions * hidden                              # what a layer above reads
+        self.between = ([mask(rates.dropout, (steps, batch, width)) for _ in range(1, layers)]
                         if rates.dropout > 0 else None)
-        self.state = ([mask(rates.dropout_state, (batch, hidden)) for _ in range(layers)]
-                      if rates.dropout_state > 0 else None)
+        self.state = ([mask(rates.dropout_state, (batch, hidden))
+                       for _ in range(layers * directions)] if rates.dropout_state > 0 else None)
         self.weight = ({name: mask(rates.weight_drop, shape) for name, shape in recurrent.items()}
                        if rates.weight_drop > 0 else None)
-        self.output = mask(rates.dropout_output, (batch, hidden))
+        self.output = mask(rates.dropout_output, (batch, width))
 
     def dropped_weights(self, params: dict) -> dict:
         """``params`` with each ``weight_hh`` replaced by its masked copy (weight-drop): one
@@ -148,6 +151,31 @@ class Masks:
         """d(W ⊙ M)/dW = M: the gradients of the masked copies, made those of the weights."""
         for name, mask in (self.weight or {}).items():
             grads[name] *= mask
+
+
+def dropped_inputs(inputs, masks, tokens=None):
+    """Layer 0's input (time, batch, features) as the first layer reads it: the embedding
+    rows of dropped token types zeroed (``tokens`` (time, batch), the ids they were looked
+    up with) and dropout_input's locked mask applied; as it is without masks."""
+    if masks is None:
+        return inputs
+    if masks.embedding is not None:
+        inputs = inputs * masks.embedding[tokens][..., None]      # whole token types dropped
+    if masks.input is not None:
+        if inputs.dtype.kind in "iu":
+            raise ValueError("dropout_input needs an embedding (embedding_size=...) or dense "
+                             "inputs: token ids select columns of weight_ih")
+        inputs = inputs * masks.input                             # one mask for every step
+    return inputs
+
+
+def dropped_input_grads(dx, masks):
+    """The gradient on layer 0's input rows before the masks, from the gradient ``dx`` on
+    what layer 0 read (the embedding's rows then take ``masks.embedding``, see
+    :func:`gpurnn.engine.embedding.embedding_grad`)."""
+    if masks is None or masks.input is None:
+        return dx
+    return dx * masks.input
 
 
 class DropoutStream:

@@ -16,11 +16,11 @@ CELL_TYPES = ("elman", "gru", "lstm")
 def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw):
     """A model by cell name: ``"elman"`` | ``"gru"`` | ``"lstm"``.
 
-    ``kw`` are the constructors' keywords (``embedding_size``, ``output``, ``bias``,
-    ``dtype``, ``device``, ``seed``, the dropout rates of :mod:`gpurnn.engine.dropout`;
-    ``activation`` for Elman only, ``proj_size`` for LSTM only, ``layer_norm`` for GRU and
-    LSTM). One Elman layer without an embedding or dropout gives :class:`gpurnn.ElmanRNN`,
-    the seeds' model. ``make_model(**model_spec(m))``
+    ``kw`` are the constructors' keywords (``embedding_size``, ``bidirectional``, ``output``,
+    ``bias``, ``dtype``, ``device``, ``seed``, the dropout rates of
+    :mod:`gpurnn.engine.dropout`; ``activation`` for Elman only, ``proj_size`` for LSTM only,
+    ``layer_norm`` for GRU and LSTM). One unidirectional Elman layer without an embedding or
+    dropout gives :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
     rebuilds a model like ``m``.
     """
     if cell not in CELL_TYPES:
@@ -32,8 +32,9 @@ def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw
         if kw.pop("layer_norm", False):
             raise ValueError("layer_norm=True applies to the gru and lstm cells only, not elman")
         if check_size(num_layers, "num_layers") == 1 and kw.get("embedding_size") is None \
+                and not kw.get("bidirectional", False) \
                 and not any(kw.get(kind) for kind in DROPOUT_KINDS):
-            for name in ("embedding_size",) + DROPOUT_KINDS:        # None and rates of 0
+            for name in ("embedding_size", "bidirectional") + DROPOUT_KINDS:  # None, 0, False
                 kw.pop(name, None)
             return ElmanRNN(input_size, hidden_size, output_size, **kw)
         return StackedElmanRNN(input_size, hidden_size, output_size, num_layers=num_layers, **kw)
@@ -57,13 +58,14 @@ def model_spec(model) -> dict:
 
 def from_torch(rnn, linear, embedding=None, **kw):
     """The gpurnn model that matches torch modules, holding a copy of their weights:
-    ``torch.nn.RNN`` → :class:`ElmanRNN` (one layer, no embedding) or
+    ``torch.nn.RNN`` → :class:`ElmanRNN` (one unidirectional layer, no embedding) or
     :class:`StackedElmanRNN`, ``torch.nn.GRU`` → :class:`GRU`, ``torch.nn.LSTM`` →
     :class:`LSTM`. ``kw`` as for ``Model.from_torch`` (``output``, ``dtype``, ``device``)."""
     kinds = {"RNN": ElmanRNN, "GRU": GRU, "LSTM": LSTM}
     model_class = kinds.get(type(rnn).__name__)
     if model_class is None or type(rnn).__module__.split(".")[0] != "torch":
         raise TypeError(f"rnn must be a torch.nn.RNN, GRU or LSTM, got {type(rnn).__name__}")
-    if model_class is ElmanRNN and (rnn.num_layers != 1 or embedding is not None):
+    if model_class is ElmanRNN and (rnn.num_layers != 1 or embedding is not None
+                                    or rnn.bidirectional):
         model_class = StackedElmanRNN
     return model_class.from_torch(rnn, linear, embedding, **kw)

@@ -563,13 +563,13 @@ class _GatedRNN(TorchInterop, LayeredRNN):
 
     def __init__(self, input_size, hidden_size, output_size, *, num_layers=1,
                  embedding_size=None, output="softmax", bias=True, layer_norm=False,
-                 dtype="float32", device="cpu", seed=0, **dropout):
+                 dtype="float32", device="cpu", seed=0, bidirectional=False, **dropout):
         if not isinstance(layer_norm, bool):
             raise TypeError(f"layer_norm must be True or False, got {type(layer_norm).__name__}")
         self.layer_norm = layer_norm
         self._build(input_size, hidden_size, output_size, num_layers=num_layers,
                     embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
-                    device=device, seed=seed, dropout=dropout)
+                    device=device, seed=seed, bidirectional=bidirectional, dropout=dropout)
 
     def _make_cell(self):
         return (self._layer_norm_cell if self.layer_norm else self._cell_class)(self.bias)
@@ -633,6 +633,9 @@ class GRU(_GatedRNN):
         device: "cpu", "cuda", "cuda:N" or "auto".
         seed: initialisation seed: gate weights and biases uniform in ±1/sqrt(hidden) as
             PyTorch does, V uniform in ±1/sqrt(hidden), c zero, E ~ N(0, 1).
+        bidirectional: also run every layer over each sequence reversed, with parameters
+            named ``..._reverse`` (:mod:`gpurnn.engine.bidirectional`); V is then
+            (output, 2H), uniform in ±1/sqrt(2H).
 
     Parameters: weight_ih (3H, input), weight_hh (3H, H), bias_ih (3H,), bias_hh (3H,)
     per layer (``_l1``, ``_l2``, … above layer 0), V (output, H), c (output,), E.

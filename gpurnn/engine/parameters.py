@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["layer_name", "is_recurrent_weight", "elman_aliases", "ELMAN_ALIASES", "LEGACY_ELMAN_NAMES", "Parameters",
-           "check_memory"]
+__all__ = ["layer_name", "is_recurrent_weight", "direction_name", "REVERSE", "elman_aliases",
+           "ELMAN_ALIASES", "LEGACY_ELMAN_NAMES", "Parameters", "check_memory"]
 
 
 def is_recurrent_weight(name: str) -> bool:
@@ -19,6 +19,15 @@ def layer_name(name: str, layer: int) -> str:
     """The model's name for a layer's parameter: ``name`` for layer 0, ``name_l{k}`` above
     (PyTorch's suffix, so stacked weights line up with ``torch.nn.RNN/GRU/LSTM``)."""
     return name if layer == 0 else f"{name}_l{layer}"
+
+
+REVERSE = "_reverse"  # PyTorch's suffix of a bidirectional layer's reverse direction
+
+
+def direction_name(name: str, direction: int) -> str:
+    """A layer's parameter name (:func:`layer_name`) for direction 0 (forward) or 1 (the
+    reverse direction of a bidirectional layer: ``weight_ih_reverse``, ``weight_hh_l1_reverse``)."""
+    return name + REVERSE if direction else name
 
 
 # Every cell's parameters carry PyTorch's names (weight_ih, weight_hh, bias_ih, bias_hh);

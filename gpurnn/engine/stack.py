@@ -23,9 +23,12 @@ from __future__ import annotations
 import numpy
 
 from .activations import check_activation
-from .backend import get_array_module, scatter_add, to_device
+from .backend import get_array_module, to_device
+from .bidirectional import BidirectionalModel, BidirectionalStack, direction_name
 from .cells import Cell, ElmanCell
-from .dropout import DropoutRates, DropoutStream, Masks
+from .dropout import (DropoutRates, DropoutStream, Masks, dropped_input_grads,
+                      dropped_inputs)
+from .embedding import embed, embedding_grad
 from .model import RecurrentModel
 from .parameters import elman_aliases, is_recurrent_weight, layer_name
 from .torch_interop import TorchInterop
@@ -130,21 +133,11 @@ class StackedCell(Cell):
         return slice(layer * width, (layer + 1) * width)
 
     def project_inputs(self, params, inputs):
-        xp = get_array_module(inputs)
-        masks = self.masks
-        work = _StackWork(self.num_layers, self._start, masks)
+        work = _StackWork(self.num_layers, self._start, self.masks)
+        tokens = inputs
         if self.embedding:
-            if inputs.dtype.kind not in "iu":
-                raise ValueError("inputs must be int token ids (batch, time) for a model with "
-                                 "an embedding; dense inputs have no embedding to look up")
-            tokens, inputs = inputs, xp.take(params["E"], inputs, axis=0)   # E[x_t], (T, B, D)
-            if masks is not None and masks.embedding is not None:
-                inputs *= masks.embedding[tokens][..., None]         # whole token types dropped
-        if masks is not None and masks.input is not None:
-            if inputs.dtype.kind in "iu":
-                raise ValueError("dropout_input needs an embedding (embedding_size=...) or "
-                                 "dense inputs: token ids select columns of weight_ih")
-            inputs = inputs * masks.input                            # one mask for every step
+            inputs = embed(params["E"], inputs)                      # rows E[x_t], (T, B, D)
+        inputs = dropped_inputs(inputs, self.masks, tokens)
         work.inputs[0] = inputs
         work.xin[0] = self.cells[0].project_inputs(self.layer_params(params, 0), inputs)
         return work
@@ -202,16 +195,10 @@ class StackedCell(Cell):
                                                         work.h0[layer], work.states[layer], d)
             grads.update({layer_name(n, layer): v for n, v in layer_grads.items()})
             if layer == 0 and self.embedding:
-                E = params["E"]
-                dx = self.cells[0].input_grads(p, work.xin[0], d)    # (T, B, D)
                 masks = work.masks
-                if masks is not None and masks.input is not None:
-                    dx *= masks.input
-                dE = xp.zeros_like(E)
-                scatter_add(dE, inputs.reshape(-1), dx.reshape(-1, E.shape[1]))  # dE[x_t] += dx_t
-                if masks is not None and masks.embedding is not None:
-                    dE *= masks.embedding[:, None]                   # the rows as they entered
-                grads["E"] = dE
+                dx = dropped_input_grads(self.cells[0].input_grads(p, work.xin[0], d), masks)
+                grads["E"] = embedding_grad(params["E"], inputs, dx,     # (T, B, D) → dE
+                                            None if masks is None else masks.embedding)
         return grads
 
     def layers(self, params, work):
@@ -220,9 +207,11 @@ class StackedCell(Cell):
                  work.states[layer]) for layer in range(self.num_layers)]
 
 
-class LayeredRNN(RecurrentModel):
+class LayeredRNN(BidirectionalModel, RecurrentModel):
     """A cell type in ``num_layers`` stacked layers, optionally on an embedding, under the
-    output layer y_t = g(V h_t + c) of the top layer; subclasses name the cell.
+    output layer y_t = g(V h_t + c) of the top layer; subclasses name the cell. With
+    ``bidirectional`` every layer also runs over each sequence reversed
+    (:mod:`gpurnn.engine.bidirectional`).
 
     ``h0`` and ``last_hidden``: (batch, hidden) for one layer, (num_layers, batch, hidden)
     for several; an LSTM's are pairs (h, c) of those (h with proj_size columns where the
@@ -234,9 +223,14 @@ class LayeredRNN(RecurrentModel):
     _param_names: tuple = ()  # set per instance: the names depend on the layers
 
     def _build(self, input_size, hidden_size, output_size, *, num_layers, embedding_size,
-               output, bias, dtype, device, seed, dropout):
+               output, bias, dtype, device, seed, dropout, bidirectional=False):
         self._setup(input_size, hidden_size, output_size, output, bias, dtype, device)
         self.num_layers = check_size(num_layers, "num_layers")
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"bidirectional must be True or False, "
+                            f"got {type(bidirectional).__name__}")
+        self.bidirectional = bidirectional
+        directions = 2 if bidirectional else 1
         if embedding_size is not None:
             embedding_size = check_size(embedding_size, "embedding_size")
         self.embedding_size = embedding_size
@@ -246,15 +240,18 @@ class LayeredRNN(RecurrentModel):
         layer_cell = self._make_cell()
         H = self.hidden_size
         R = layer_cell.hidden_width(H)                               # h, read above and by V
+        width = directions * R                                       # what layers above read
         def all_specs(bias):
             specs = {}
             if embedding_size is not None:
                 specs["E"] = ((self.input_size, embedding_size), ("normal", 1.0))
             for layer in range(self.num_layers):
-                fan_in = R if layer else (embedding_size or self.input_size)
-                for name, spec in self._layer_specs(fan_in, bias).items():
-                    specs[layer_name(name, layer)] = spec
-            specs["V"] = ((self.output_size, R), ("uniform", 1 / numpy.sqrt(H)))
+                fan_in = width if layer else (embedding_size or self.input_size)
+                for direction in range(directions):              # PyTorch's order
+                    for name, spec in self._layer_specs(fan_in, bias).items():
+                        specs[direction_name(layer_name(name, layer), direction)] = spec
+            specs["V"] = ((self.output_size, width),
+                          ("uniform", 1 / numpy.sqrt(directions * H)))
             if bias:
                 specs["c"] = ((self.output_size,), ("zeros",))
             return specs
@@ -265,7 +262,12 @@ class LayeredRNN(RecurrentModel):
         self._layer_names = tuple(self._layer_specs(1, True))
         self._state_width = layer_cell.state_size(H)                 # S per layer
         self._hidden_width = R
-        if self.num_layers == 1 and embedding_size is None and not self.dropout.active:
+        if bidirectional:
+            cells = [(layer_cell if layer == 0 else self._make_cell(), self._make_cell())
+                     for layer in range(self.num_layers)]
+            self.cell = BidirectionalStack(cells, self._layer_names, H,
+                                           embedding=embedding_size is not None)
+        elif self.num_layers == 1 and embedding_size is None and not self.dropout.active:
             self.cell = layer_cell
         else:
             cells = [layer_cell] + [self._make_cell() for _ in range(1, self.num_layers)]
@@ -274,8 +276,11 @@ class LayeredRNN(RecurrentModel):
 
     @property
     def config(self) -> dict:
-        return {**super().config, "num_layers": self.num_layers,
-                "embedding_size": self.embedding_size, **self.dropout.nonzero()}
+        config = {**super().config, "num_layers": self.num_layers,
+                  "embedding_size": self.embedding_size, **self.dropout.nonzero()}
+        if self.bidirectional:  # (only then: the configs of other models stay as they were)
+            config["bidirectional"] = True
+        return config
 
     def copy(self, *, dtype=None, device=None):
         clone = super().copy(dtype=dtype, device=device)
@@ -300,7 +305,7 @@ class LayeredRNN(RecurrentModel):
     def _call_params(self, x):
         cell = self.cell
         if not (self.training and self.dropout.active):
-            if isinstance(cell, StackedCell):
+            if hasattr(cell, "set_masks"):                   # a stack: no masks this call
                 cell.set_masks(None)
             return self._params, None
         batch, steps = x.shape[:2]
@@ -309,14 +314,15 @@ class LayeredRNN(RecurrentModel):
         masks = Masks(self.dropout, self.dropout_stream.next_draw(self.device), self.dtype,
                       vocabulary=self.input_size if self.embedding_size else 0, batch=batch,
                       steps=steps, input_width=self.embedding_size or self.input_size,
-                      hidden=self._hidden_width, layers=self.num_layers, recurrent=recurrent)
+                      hidden=self._hidden_width, layers=self.num_layers, recurrent=recurrent,
+                      directions=2 if self.bidirectional else 1)
         cell.set_masks(masks)
         return masks.dropped_weights(self._params), masks
 
     def _dropout_bytes(self, batch, steps) -> int:
         if not (self.training and self.dropout.active):
             return 0
-        rates, H = self.dropout, self._hidden_width
+        rates, H = self.dropout, self._hidden_width * (2 if self.bidirectional else 1)
         count = (rates.dropout > 0) * (self.num_layers - 1) * steps * batch * H
         if rates.weight_drop > 0:                        # the masks and the masked copies
             count += 2 * sum(value.size for name, value in self._params.items()
@@ -394,18 +400,20 @@ class StackedElmanRNN(TorchInterop, LayeredRNN):
     Parameters weight_ih, weight_hh, bias_ih (layer 0; the seeds' U, W, b as aliases),
     weight_ih_l1, … (U_l1, …) above, V, c, and E (input_size, embedding_size) with
     ``embedding_size``. Weights uniform in ±1/sqrt(fan-in), biases zero, E ~ N(0, 1).
+    ``bidirectional=True`` adds each layer's reverse direction (weight_ih_reverse, …; see
+    :mod:`gpurnn.engine.bidirectional`).
     """
 
     cell_type = "elman"
 
     def __init__(self, input_size, hidden_size, output_size, *, num_layers=1,
                  embedding_size=None, activation="tanh", output="softmax", bias=True,
-                 dtype="float32", device="cpu", seed=0, **dropout):
+                 dtype="float32", device="cpu", seed=0, bidirectional=False, **dropout):
         self.activation = check_activation(activation)
         object.__setattr__(self, "_aliases", elman_aliases(check_size(num_layers, "num_layers")))
         self._build(input_size, hidden_size, output_size, num_layers=num_layers,
                     embedding_size=embedding_size, output=output, bias=bias, dtype=dtype,
-                    device=device, seed=seed, dropout=dropout)
+                    device=device, seed=seed, bidirectional=bidirectional, dropout=dropout)
 
     def _make_cell(self):
         return ElmanCell(self.activation, self.bias)

@@ -12,6 +12,9 @@ Every model with a torch counterpart takes :class:`TorchInterop` as a base and s
   so ``from_torch`` takes gpurnn's bias_ih (b) = bias_ih + bias_hh and ``to_torch`` writes
   bias_ih = b and bias_hh = 0: the same function, and the round trip gpurnn → torch →
   gpurnn is exact.
+* ``bidirectional=True``: the reverse direction's ``weight_ih_l{k}_reverse``, … ↔
+  ``weight_ih_reverse`` (layer 0) or ``weight_ih_l{k}_reverse``, likewise (Elman's biases
+  folded the same way); the output layer then reads 2·hidden features.
 * The output layer ``nn.Linear`` ↔ V, c; ``nn.Embedding.weight`` (vocabulary, embedding)
   ↔ E. A model without an embedding takes token ids as one-hot columns of ``weight_ih``:
   torch sees the same model with one-hot float inputs.
@@ -23,7 +26,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .backend import to_host
-from .parameters import layer_name
+from .parameters import REVERSE, layer_name
 
 __all__ = ["TorchInterop", "TorchModules"]
 
@@ -50,13 +53,19 @@ def _torch():
     return torch
 
 
+def _suffixes(bidirectional):
+    """The torch (and gpurnn) name suffixes of a layer's directions."""
+    return ("", REVERSE) if bidirectional else ("",)
+
+
 def _check_modules(torch, rnn, linear, embedding):
-    if rnn.bidirectional:
-        raise ValueError("bidirectional torch RNNs have no gpurnn counterpart")
     proj_size = getattr(rnn, "proj_size", 0)                         # an LSTM's h is P wide
-    width, label = (proj_size, "proj_size") if proj_size else (rnn.hidden_size, "hidden_size")
+    directions = len(_suffixes(rnn.bidirectional))
+    width = (proj_size or rnn.hidden_size) * directions
     if not isinstance(linear, torch.nn.Linear) or linear.in_features != width:
-        raise ValueError(f"linear must be a torch.nn.Linear with in_features = {label} "
+        label = "proj_size" if proj_size else "hidden_size"
+        what = f"2 · {label}" if rnn.bidirectional else label
+        raise ValueError(f"linear must be a torch.nn.Linear with in_features = {what} "
                          f"({width}), got {linear!r}")
     if (linear.bias is not None) != bool(rnn.bias):
         raise ValueError("gpurnn models have biases everywhere or nowhere: rnn.bias and "
@@ -86,9 +95,9 @@ class TorchInterop:
 
         Args:
             rnn: ``torch.nn.RNN`` (Elman models), ``torch.nn.GRU`` or ``torch.nn.LSTM``:
-                unidirectional, with or without ``proj_size`` (an LSTM's);
-                ``batch_first`` does not matter.
-            linear: ``torch.nn.Linear`` (hidden → outputs), the output layer.
+                with or without ``proj_size`` (an LSTM's); ``batch_first`` does not matter.
+            linear: ``torch.nn.Linear`` (h's width, times 2 when bidirectional → outputs),
+                the output layer.
             embedding: optional ``torch.nn.Embedding`` under the first layer (token inputs).
             output: the output nonlinearity g, as in the models (softmax by default).
             dtype: float32 or float64; by default the dtype of the torch weights.
@@ -107,13 +116,14 @@ class TorchInterop:
         if getattr(rnn, "proj_size", 0):                             # (torch: LSTMs only)
             options["proj_size"] = rnn.proj_size
         if cls.single_layer:
-            if rnn.num_layers != 1 or embedding is not None:
-                raise ValueError(f"{cls.__name__} has one layer and no embedding; for "
-                                 f"num_layers={rnn.num_layers}"
-                                 f"{' with an embedding' if embedding is not None else ''} "
+            if rnn.num_layers != 1 or embedding is not None or rnn.bidirectional:
+                raise ValueError(f"{cls.__name__} has one unidirectional layer and no "
+                                 f"embedding; for num_layers={rnn.num_layers}"
+                                 f"{' with an embedding' if embedding is not None else ''}"
+                                 f"{', bidirectional' if rnn.bidirectional else ''} "
                                  f"use gpurnn.StackedElmanRNN.from_torch")
         else:
-            options.update(num_layers=rnn.num_layers,
+            options.update(num_layers=rnn.num_layers, bidirectional=rnn.bidirectional,
                            embedding_size=None if embedding is None else embedding.embedding_dim)
         input_size = rnn.input_size if embedding is None else embedding.num_embeddings
         model = cls(input_size, rnn.hidden_size, linear.out_features, **options)
@@ -122,13 +132,15 @@ class TorchInterop:
             return tensor.detach().cpu().double().numpy()
 
         for layer in range(rnn.num_layers):
-            for name in _NAMES[cls.cell_type]:
-                if hasattr(rnn, f"{name}_l{layer}"):
-                    setattr(model, layer_name(name, layer), host(getattr(rnn, f"{name}_l{layer}")))
-            if cls.cell_type == "elman" and rnn.bias:
-                setattr(model, layer_name("bias_ih", layer),
-                        host(getattr(rnn, f"bias_ih_l{layer}"))
-                        + host(getattr(rnn, f"bias_hh_l{layer}")))
+            for s in _suffixes(rnn.bidirectional):
+                for name in _NAMES[cls.cell_type]:
+                    if hasattr(rnn, f"{name}_l{layer}{s}"):
+                        setattr(model, layer_name(name, layer) + s,
+                                host(getattr(rnn, f"{name}_l{layer}{s}")))
+                if cls.cell_type == "elman" and rnn.bias:
+                    setattr(model, layer_name("bias_ih", layer) + s,
+                            host(getattr(rnn, f"bias_ih_l{layer}{s}"))
+                            + host(getattr(rnn, f"bias_hh_l{layer}{s}")))
         model.V = host(linear.weight)
         if linear.bias is not None:
             model.c = host(linear.bias)
@@ -145,6 +157,7 @@ class TorchInterop:
         dtype = torch.float64 if self.dtype.name == "float64" else torch.float32
         embedding_size = getattr(self, "embedding_size", None)
         num_layers = getattr(self, "num_layers", 1)
+        suffixes = _suffixes(getattr(self, "bidirectional", False))
         options = {"nonlinearity": self.activation} if kind == "elman" else {}
         if getattr(self, "proj_size", 0):
             options["proj_size"] = self.proj_size
@@ -153,9 +166,10 @@ class TorchInterop:
                              f"is {self.activation!r}")
         rnn = getattr(torch.nn, _TORCH_RNN[kind])(
             embedding_size or self.input_size, self.hidden_size, num_layers=num_layers,
-            bias=self.bias, batch_first=True, dtype=dtype, **options)
+            bias=self.bias, batch_first=True, dtype=dtype, bidirectional=len(suffixes) == 2,
+            **options)
         linear = torch.nn.Linear(self.params["V"].shape[1], self.output_size, bias=self.bias,
-                                 dtype=dtype)                # in: h's width (proj_size or hidden)
+                                 dtype=dtype)                # in: the width of h, per direction
         embedding = None
         if embedding_size is not None:
             embedding = torch.nn.Embedding(self.input_size, embedding_size, dtype=dtype)
@@ -165,12 +179,15 @@ class TorchInterop:
 
         with torch.no_grad():
             for layer in range(num_layers):
-                for name in _NAMES[kind]:
-                    if layer_name(name, layer) in self.params:
-                        getattr(rnn, f"{name}_l{layer}").copy_(tensor(layer_name(name, layer)))
-                if kind == "elman" and self.bias:
-                    getattr(rnn, f"bias_ih_l{layer}").copy_(tensor(layer_name("bias_ih", layer)))
-                    getattr(rnn, f"bias_hh_l{layer}").zero_()
+                for s in suffixes:
+                    for name in _NAMES[kind]:
+                        if layer_name(name, layer) + s in self.params:
+                            getattr(rnn, f"{name}_l{layer}{s}").copy_(
+                                tensor(layer_name(name, layer) + s))
+                    if kind == "elman" and self.bias:
+                        getattr(rnn, f"bias_ih_l{layer}{s}").copy_(
+                            tensor(layer_name("bias_ih", layer) + s))
+                        getattr(rnn, f"bias_hh_l{layer}{s}").zero_()
             linear.weight.copy_(tensor("V"))
             if self.bias:
                 linear.bias.copy_(tensor("c"))

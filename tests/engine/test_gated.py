@@ -450,7 +450,7 @@ def test_weights_move_to_and_from_torch(kind, embedded, rng):
 def test_torch_conversion_errors():
     torch = pytest.importorskip("torch")
     linear = torch.nn.Linear(4, 2)
-    with pytest.raises(ValueError, match="bidirectional"):
+    with pytest.raises(ValueError, match=r"in_features = 2 · hidden_size \(8\)"):
         gpurnn.GRU.from_torch(torch.nn.GRU(3, 4, bidirectional=True), linear)
     with pytest.raises(TypeError, match="GRU.from_torch needs a torch.nn.GRU, got RNN"):
         gpurnn.GRU.from_torch(torch.nn.RNN(3, 4), linear)

@@ -104,8 +104,9 @@ def test_elman_conversion_errors():
         gpurnn.ElmanRNN.from_torch(torch.nn.GRU(3, 4), linear)
     with pytest.raises(ValueError, match="StackedElmanRNN.from_torch"):
         gpurnn.ElmanRNN.from_torch(torch.nn.RNN(3, 4, num_layers=2), linear)
-    with pytest.raises(ValueError, match="bidirectional"):
-        gpurnn.from_torch(torch.nn.RNN(3, 4, bidirectional=True), linear)
+    with pytest.raises(ValueError, match="bidirectional use gpurnn.StackedElmanRNN"):
+        gpurnn.ElmanRNN.from_torch(torch.nn.RNN(3, 4, bidirectional=True),
+                                   torch.nn.Linear(8, 2))
     with pytest.raises(TypeError, match="torch.nn.RNN, GRU or LSTM"):
         gpurnn.from_torch(torch.nn.Linear(3, 4), linear)
     with pytest.raises(ValueError, match="tanh and relu only"):
