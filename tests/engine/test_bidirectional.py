@@ -213,3 +213,21 @@ def test_unidirectional_is_unchanged(cell, rng):
     assert type(make_model(cell, I, H, O, bidirectional=False)) is type(make_model(cell, I, H, O))
     x, y = rng.integers(0, I, (2, 4)), rng.integers(0, O, (2, 4))
     assert default.loss_and_grads(x, y).loss == explicit.loss_and_grads(x, y).loss
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_projected_lstm_in_both_directions_matches_torch(layers, rng):
+    torch.manual_seed(4)
+    rnn = torch.nn.LSTM(I, H, num_layers=layers, proj_size=2, bidirectional=True,
+                        batch_first=True, dtype=torch.float64)
+    linear = torch.nn.Linear(2 * 2, O, dtype=torch.float64)
+    model = gpurnn.from_torch(rnn, linear)
+    assert model.proj_size == 2 and model.V.shape == (O, 4)
+    x, y, mask = data(rng, False, True)
+    loss, _, last = torch_run(rnn, linear, None, x, y, mask)
+    loss.backward()
+    result = model.loss_and_grads(x, y, mask=mask, reduction="sum")
+    assert abs(result.loss - loss.item()) <= TIGHT * abs(loss.item())
+    for name, p in rnn.named_parameters():
+        assert rel_error(result.grads[gpurnn_name(name)], p.grad.numpy()) <= TIGHT, name
+    assert_state(result.last_hidden, last, "lstm")
