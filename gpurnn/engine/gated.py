@@ -632,7 +632,11 @@ class GRU(_GatedRNN):
         dtype: float32 (training) or float64 (checks).
         device: "cpu", "cuda", "cuda:N" or "auto".
         seed: initialisation seed: gate weights and biases uniform in ±1/sqrt(hidden) as
-            PyTorch does, V uniform in ±1/sqrt(hidden), c zero, E ~ N(0, 1).
+            PyTorch does, V uniform in ±1/sqrt(hidden), c zero, E ~ N(0, 1); also the seed
+            of the dropout masks' stream.
+        dropout, dropout_input, dropout_output, dropout_state, weight_drop,
+            dropout_embedding: dropout rates in [0, 1), 0 by default, in training mode only
+            (:mod:`gpurnn.engine.dropout`; ``model.train()`` / ``model.eval()``).
         bidirectional: also run every layer over each sequence reversed, with parameters
             named ``..._reverse`` (:mod:`gpurnn.engine.bidirectional`); V is then
             (output, 2H), uniform in ±1/sqrt(2H).

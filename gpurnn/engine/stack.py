@@ -401,7 +401,8 @@ class StackedElmanRNN(TorchInterop, LayeredRNN):
     weight_ih_l1, … (U_l1, …) above, V, c, and E (input_size, embedding_size) with
     ``embedding_size``. Weights uniform in ±1/sqrt(fan-in), biases zero, E ~ N(0, 1).
     ``bidirectional=True`` adds each layer's reverse direction (weight_ih_reverse, …; see
-    :mod:`gpurnn.engine.bidirectional`).
+    :mod:`gpurnn.engine.bidirectional`). The dropout rates (``dropout``, ``dropout_input``,
+    …) are those of :class:`gpurnn.GRU` (:mod:`gpurnn.engine.dropout`).
     """
 
     cell_type = "elman"

@@ -346,3 +346,35 @@ def test_training_with_dropout_resumes_bit_identically(tmp_path):
     gpurnn.train(**plain, checkpoint=str(tmp_path / "plain.npz"))
     other = gpurnn.load(tmp_path / "plain.npz").model
     assert not np.array_equal(other.params["weight_hh"], whole.params["weight_hh"])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_fused_kernels_run_under_dropout_and_agree_with_the_plain_path(cell, rng):
+    """Masks outside the step (between layers, input, output, embedding, weight-drop) keep
+    the fused kernels (their host build here); a state mask, which no kernel has, runs the
+    step plain. Both equal the plain path."""
+    from gpurnn.engine import fused
+    from gpurnn.engine.kernels import host
+    if host.compiler() is None:
+        pytest.skip("no host C++ compiler (g++) to build the kernels for the host")
+    launch = host.HostLauncher(host.build())
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return launch(*args, **kwargs)
+
+    x, y = tokens(rng)
+    for rates in ({k: v for k, v in ALL.items() if k != "dropout_state"}, ALL):
+        model = make(cell, **rates)
+        with model.fixed_dropout():
+            plain = model.loss_and_grads(x, y)
+            model.plan = model.plan.replace(kernels="fused")
+            calls.clear()
+            with fused.emulate_on_host(counted):
+                fast = model.loss_and_grads(x, y)
+        step_kernels = [name for name in calls if name.startswith(cell)]
+        assert bool(step_kernels) == ("dropout_state" not in rates), calls
+        assert fast.loss == pytest.approx(plain.loss, rel=1e-12)
+        for name, grad in plain.grads.items():
+            assert rel_error(fast.grads[name], grad) <= 1e-12, name
