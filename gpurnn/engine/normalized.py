@@ -227,7 +227,6 @@ class LayerNormGRUCell(_LayerNormCell):
         return out
 
     def _factors(self, params, xin, h0, states):
-        xp = get_array_module(states)
         H = states.shape[-1]
         r, z, n = (xin.gates[..., k * H:(k + 1) * H] for k in range(3))
         b_n = self._affine(params, "hh", xin.x_hh)[..., 2 * H:]      # LN(W_hh h)_n

@@ -124,6 +124,11 @@ def layer_step_backward(kind, p, cache, dstate, grads, activation="tanh"):
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
+# The layer step and its backward the loops below run; another cell's reference (a
+# layer-normalised one) passes its own pair as ``steps``.
+STEPS = (layer_step, layer_step_backward)
+
+
 def _input_vector(x_t, params, input_size):
     if np.ndim(x_t) == 0:                                            # a token id
         if "E" in params:
@@ -145,7 +150,8 @@ def _h(kind, state):
     return state[0] if kind == "lstm" else state
 
 
-def forward(kind, layers, params, x, *, output="softmax", h0=None, activation="tanh"):
+def forward(kind, layers, params, x, *, output="softmax", h0=None, activation="tanh",
+            steps=None):
     """One sequence forward. ``layers``: list of per-layer dicts; ``params``: V, c, E.
 
     x: (T,) token ids or (T, I) floats; h0: list of per-layer states (h, or (h, c)) or None.
@@ -159,7 +165,7 @@ def forward(kind, layers, params, x, *, output="softmax", h0=None, activation="t
         inp = _input_vector(x[t], params, first.shape[1])
         step_caches = []
         for l, p in enumerate(layers):
-            state[l], cache = layer_step(kind, p, inp, state[l], activation)
+            state[l], cache = (steps or STEPS)[0](kind, p, inp, state[l], activation)
             step_caches.append(cache)
             inp = _h(kind, state[l])
         a = params["V"] @ inp + (params["c"] if "c" in params else 0)
@@ -174,7 +180,7 @@ def forward(kind, layers, params, x, *, output="softmax", h0=None, activation="t
 
 
 def bptt(kind, layers, params, x, targets, *, output="softmax", truncate=None, h0=None,
-         activation="tanh"):
+         activation="tanh", steps=None):
     """One sequence: (loss, layer_grads (list of dicts), out_grads (V, c, E), last state).
 
     For every output t the error is pushed back from step t to max(0, t − truncate)
@@ -183,7 +189,7 @@ def bptt(kind, layers, params, x, targets, *, output="softmax", truncate=None, h
     x, targets = np.asarray(x), np.asarray(targets)
     T, L = len(x), len(layers)
     y, states, caches = forward(kind, layers, params, x, output=output, h0=h0,
-                                activation=activation)
+                                activation=activation, steps=steps)
     top = [_h(kind, states[t][-1]) for t in range(T)]
     if output == "softmax":
         loss = -np.sum(np.log(y[np.arange(T), targets]))
@@ -209,7 +215,7 @@ def bptt(kind, layers, params, x, targets, *, output="softmax", truncate=None, h
             for l in reversed(range(L)):
                 if dx is not None:                                   # from layer l+1 at step j
                     g[l] = (g[l][0] + dx, g[l][1]) if kind == "lstm" else g[l] + dx
-                g[l], dx = layer_step_backward(kind, layers[l], caches[j][l], g[l],
+                g[l], dx = (steps or STEPS)[1](kind, layers[l], caches[j][l], g[l],
                                                layer_grads[l], activation)
             if "E" in out_grads:
                 out_grads["E"][int(x[j])] += dx
@@ -217,7 +223,7 @@ def bptt(kind, layers, params, x, targets, *, output="softmax", truncate=None, h
 
 
 def batch_bptt(kind, layers, params, inputs, targets, *, output="softmax", truncate=None,
-               h0=None, mask=None, activation="tanh"):
+               h0=None, mask=None, activation="tanh", steps=None):
     """:func:`bptt` on each sequence of a batch, losses and gradients summed.
 
     inputs (B, T) ids or (B, T, I); targets (B, T) ids or (B, T, O); h0: list over layers
@@ -247,7 +253,7 @@ def batch_bptt(kind, layers, params, inputs, targets, *, output="softmax", trunc
             continue
         loss_b, lg, og, final = bptt(kind, layers, params, inputs[b, :lengths[b]],
                                      targets[b, :lengths[b]], output=output, truncate=truncate,
-                                     h0=start, activation=activation)
+                                     h0=start, activation=activation, steps=steps)
         loss += loss_b
         for l in range(L):
             for k in lg[l]:

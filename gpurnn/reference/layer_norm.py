@@ -1,7 +1,9 @@
 """Plain per-sequence loops for the layer-normalised GRU and LSTM, written from their equations.
 
 The test oracle for :mod:`gpurnn.engine.normalized`: one sequence at a time, one step at a
-time, one layer at a time, vectors only, NumPy, float64; it imports nothing from gpurnn.
+time, one layer at a time, vectors only, NumPy, float64; the time loops are those of
+:mod:`gpurnn.reference.gated` (this file gives the step), and nothing outside
+``gpurnn.reference`` is imported.
 
 Layer normalisation of a vector u of N entries (Ba, Kiros and Hinton 2016), with gain γ
 and shift β::
@@ -22,6 +24,8 @@ Parameters per layer: ``weight_ih``, ``weight_hh``, the gains ``ln_ih_weight``,
 embeddings as in :mod:`gpurnn.reference.gated`.
 """
 import numpy as np
+
+from . import gated
 
 __all__ = ["EPS", "layer_norm", "layer_norm_backward", "layer_step", "layer_step_backward",
            "bptt", "batch_bptt"]
@@ -127,119 +131,31 @@ def layer_step_backward(kind, p, cache, dstate, grads):
     return (dh_from_w, dc * f), p["weight_ih"].T @ du
 
 
-def _input_vector(x_t, params, input_size):
-    if np.ndim(x_t) == 0:                                            # a token id
-        if "E" in params:
-            return params["E"][int(x_t)].copy()
-        onehot = np.zeros(input_size)
-        onehot[int(x_t)] = 1.0
-        return onehot
-    return np.asarray(x_t, dtype=float)
-
-
-def _zero_state(kind, H):
-    return (np.zeros(H), np.zeros(H)) if kind == "lstm" else np.zeros(H)
-
-
-def _h(kind, state):
-    return state[0] if kind == "lstm" else state
-
-
-_OUTPUTS = {"identity": (lambda a: a, np.ones_like), "sigmoid": (_sigmoid, lambda y: y * (1 - y)),
-            "tanh": (np.tanh, lambda y: 1 - y * y)}
+def _steps():
+    """The layer-normalised step and its backward as :mod:`gpurnn.reference.gated`'s loops
+    call them (they take an activation, which these cells do not have)."""
+    return (lambda kind, p, x, state, activation: layer_step(kind, p, x, state),
+            lambda kind, p, cache, dstate, grads, activation:
+            layer_step_backward(kind, p, cache, dstate, grads))
 
 
 def bptt(kind, layers, params, x, targets, *, output="softmax", truncate=None, h0=None):
-    """One sequence: (loss, layer_grads (list of dicts), out_grads (V, c, E), last state).
+    """One sequence: (loss, layer_grads (list of dicts), out_grads (V, c, E), last state),
+    by the loops of :func:`gpurnn.reference.gated.bptt` on the layer-normalised step.
 
     ``layers``: one parameter dict per layer (bottom first); ``params``: V, c (optional), E
     (optional). y_t = g(V h_t + c) of the top layer, loss −Σ log y_t[target] (softmax) or
     ½ Σ (y_t − target)². The error of output t goes back to step max(0, t − truncate)
     (0 when ``truncate`` is None), through every layer at each step.
     """
-    T, L = len(x), len(layers)
-    H = layers[0]["weight_hh"].shape[1]
-    state = [(_zero_state(kind, H) if h0 is None else h0[l]) for l in range(L)]
-    caches, ys = [], []
-    for t in range(T):
-        inp = _input_vector(x[t], params, layers[0]["weight_ih"].shape[1])
-        step = []
-        for l, p in enumerate(layers):
-            state[l], cache = layer_step(kind, p, inp, state[l])
-            step.append(cache)
-            inp = _h(kind, state[l])
-        a = params["V"] @ inp + (params["c"] if "c" in params else 0)
-        if output == "softmax":
-            e = np.exp(a - a.max())
-            ys.append((inp, e / e.sum()))
-        else:
-            ys.append((inp, _OUTPUTS[output][0](a)))
-        caches.append(step)
-    layer_grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in layers]
-    out_grads = {k: np.zeros_like(v) for k, v in params.items()}
-    loss = 0.0
-    for t in reversed(range(T)):
-        top, y = ys[t]
-        if output == "softmax":
-            loss -= np.log(y[targets[t]])
-            e_y = y.copy()
-            e_y[targets[t]] -= 1.0
-        else:
-            loss += 0.5 * np.sum((y - targets[t]) ** 2)
-            e_y = _OUTPUTS[output][1](y) * (y - targets[t])
-        out_grads["V"] += np.outer(e_y, top)
-        if "c" in out_grads:
-            out_grads["c"] += e_y
-        g = [_zero_state(kind, H) for _ in range(L)]                 # origin t alone
-        dh_top = params["V"].T @ e_y
-        g[-1] = (dh_top, np.zeros(H)) if kind == "lstm" else dh_top
-        stop = 0 if truncate is None else max(0, t - truncate)
-        for j in range(t, stop - 1, -1):
-            dx = None
-            for l in reversed(range(L)):
-                if dx is not None:                                   # from layer l + 1 at step j
-                    g[l] = (g[l][0] + dx, g[l][1]) if kind == "lstm" else g[l] + dx
-                g[l], dx = layer_step_backward(kind, layers[l], caches[j][l], g[l],
-                                               layer_grads[l])
-            if "E" in out_grads:
-                out_grads["E"][int(x[j])] += dx
-    return loss, layer_grads, out_grads, list(state)
+    return gated.bptt(kind, layers, params, x, targets, output=output, truncate=truncate,
+                      h0=h0, steps=_steps())
 
 
 def batch_bptt(kind, layers, params, inputs, targets, *, output="softmax", truncate=None,
                h0=None, mask=None):
-    """:func:`bptt` on each sequence of a batch, losses and gradients summed.
-
-    inputs (B, T) ids or (B, T, I); h0: per layer (B, H), or pairs of (B, H) for the LSTM,
-    or None; mask (B, T) right-padded. Returns (loss, layer_grads, out_grads, last), ``last``
-    per layer the state after each sequence's last real step, batched like h0.
-    """
-    inputs, targets = np.asarray(inputs), np.asarray(targets)
-    B, T = inputs.shape[:2]
-    L, H = len(layers), layers[0]["weight_hh"].shape[1]
-    lengths = np.full(B, T) if mask is None else np.asarray(mask).sum(axis=1).astype(int)
-    layer_grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in layers]
-    out_grads = {k: np.zeros_like(v) for k, v in params.items()}
-    loss, last = 0.0, []
-    for b in range(B):
-        start = None if h0 is None else [
-            (h0[l][0][b], h0[l][1][b]) if kind == "lstm" else h0[l][b] for l in range(L)]
-        if lengths[b] == 0:
-            last.append(start or [_zero_state(kind, H) for _ in range(L)])
-            continue
-        loss_b, lg, og, final = bptt(kind, layers, params, inputs[b, :lengths[b]],
-                                     targets[b, :lengths[b]], output=output,
-                                     truncate=truncate, h0=start)
-        loss += loss_b
-        for l in range(L):
-            for k in lg[l]:
-                layer_grads[l][k] += lg[l][k]
-        for k in og:
-            out_grads[k] += og[k]
-        last.append(final)
-    if kind == "lstm":
-        last = [tuple(np.array([last[b][l][part] for b in range(B)]) for part in (0, 1))
-                for l in range(L)]
-    else:
-        last = [np.array([last[b][l] for b in range(B)]) for l in range(L)]
-    return loss, layer_grads, out_grads, last
+    """:func:`bptt` on each sequence of a batch, losses and gradients summed (as
+    :func:`gpurnn.reference.gated.batch_bptt`: inputs (B, T) ids or (B, T, I); h0 per layer
+    (B, H), or pairs of (B, H) for the LSTM, or None; mask (B, T) right-padded)."""
+    return gated.batch_bptt(kind, layers, params, inputs, targets, output=output,
+                            truncate=truncate, h0=h0, mask=mask, steps=_steps())

@@ -482,3 +482,26 @@ def test_a_failing_rank_stops_every_rank_with_a_message(mpiexec, tmp_path, how):
             assert f"rank {rank}: training stopped at step 8: 3 steps in a row" in done.stderr
     saved = load_checkpoint(tmp_path / "lm.npz")
     assert saved.step == 4 and all(numpy.isfinite(p).all() for p in saved.params.values())
+
+
+DROPOUT = dict(cell="lstm", layers=2, embedding_size=6, dropout=0.3, dropout_input=0.2,
+               dropout_output=0.2, dropout_state=0.2, weight_drop=0.3, dropout_embedding=0.1)
+
+
+def test_two_processes_with_dropout_resume_bit_identically(mpiexec, tmp_path):
+    write_corpus(tmp_path)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir(), parts.mkdir()
+    run_whole = GPURNN + flags(settings(tmp_path, steps=16, **DROPOUT,
+                                        checkpoint=str(whole / "lm.npz")))
+    assert launch(mpiexec, run_whole, run_whole).returncode == 0
+    first = GPURNN + flags(settings(tmp_path, steps=7, **DROPOUT,
+                                    checkpoint=str(parts / "lm.npz")))
+    assert launch(mpiexec, first, first).returncode == 0
+    again = GPURNN + ["train", "--resume", "--checkpoint", str(parts / "lm.npz"),
+                      "--steps", "16", "--quiet"]
+    done = launch(mpiexec, again, again)
+    assert done.returncode == 0, done.stderr
+    a, b = load_checkpoint(whole / "lm.npz"), load_checkpoint(parts / "lm.npz")
+    for name in a.params:
+        assert numpy.array_equal(a.params[name], b.params[name]), name
