@@ -378,3 +378,15 @@ def test_the_fused_kernels_run_under_dropout_and_agree_with_the_plain_path(cell,
         assert fast.loss == pytest.approx(plain.loss, rel=1e-12)
         for name, grad in plain.grads.items():
             assert rel_error(fast.grads[name], grad) <= 1e-12, name
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_cpu_strict_draws_the_same_masks_and_gradients(bidirectional, rng):
+    from gpurnn.engine.backend import to_host
+    x, y = tokens(rng)
+    host = make("lstm", bidirectional=bidirectional, **ALL)
+    strict = make("lstm", bidirectional=bidirectional, device="cpu-strict", **ALL)
+    expected, got = host.loss_and_grads(x, y), strict.loss_and_grads(x, y)
+    assert got.loss == expected.loss
+    for name, grad in expected.grads.items():
+        assert np.array_equal(to_host(got.grads[name]), grad), name
