@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from . import strict
+from . import precision, strict
 
 try:  # CuPy is an optional extra (gpurnn[cuda12] / gpurnn[cuda13]).
     import cupy
@@ -129,10 +129,13 @@ def is_device_array(array) -> bool:
 
 def get_array_module(*arrays):
     """numpy, cupy if any argument is a CuPy array, ``strict.xp`` if any is a cpu-strict
-    array (scalars and None are ignored)."""
+    array, ``precision.xp`` if any is a 16-bit :class:`gpurnn.engine.precision.MixedArray`
+    (scalars and None are ignored)."""
     for array in arrays:
         if type(array) is strict.StrictArray:
             return strict.xp
+        if type(array) is precision.MixedArray:          # a 16-bit step on NumPy
+            return precision.xp
     if cupy is not None:
         return cupy.get_array_module(*arrays)
     return numpy

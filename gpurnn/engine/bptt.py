@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 
-from . import recompute
+from . import precision, recompute
 from .backend import get_array_module
 from .workspace import Workspace
 
@@ -204,7 +204,9 @@ def run(cell, params, inputs, h0, schedule, head, truncate=None, first=None):
                 deltas, carry = _sweep_block(back, dstates, window, home, a, carry)
                 block_grads = cell.param_grads(params, c.inputs, c.xin, c.h0, c.states, deltas)
                 if grads is None:
-                    grads = {name: value.copy() for name, value in block_grads.items()}
+                    # (a 16-bit step's blocks are summed in float32: gpurnn.engine.precision)
+                    grads = {name: precision.accumulator(value)
+                             for name, value in block_grads.items()}
                 else:
                     for name, value in block_grads.items():
                         grads[name] += value

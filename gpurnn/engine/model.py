@@ -17,6 +17,7 @@ from .cells import ElmanCell
 from .losses import (LOGIT_BLOCK_ELEMENTS, output_forward, output_loss,
                      output_loss_and_grads)
 from .plan import Plan
+from .precision import mixed_policy, tf32_mode
 from .parameters import ELMAN_ALIASES, Parameters, check_memory
 from .torch_interop import TorchInterop
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
@@ -326,7 +327,8 @@ class RecurrentModel(_ParamsMixin):
 
     def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                        reduction="mean", memory_budget=None,
-                       checkpoint_every=None) -> LossAndGrads:
+                       checkpoint_every=None, precision=None,
+                       loss_scale=1.0) -> LossAndGrads:
         """Loss and its gradients by BPTT.
 
         Args:
@@ -344,10 +346,16 @@ class RecurrentModel(_ParamsMixin):
                 Overrides ``model.plan.memory_budget`` (see :mod:`gpurnn.engine.plan`).
             checkpoint_every: instead of a budget, keep the state every k steps and
                 recompute each k-step block once; "sqrt" for k = ⌈√T⌉.
+            precision: "float32", "tf32", "bf16-mixed" or "fp16-mixed"; overrides
+                ``model.plan.precision`` (:mod:`gpurnn.engine.precision`).
+            loss_scale: the loss is multiplied by it before the backward sweep and the
+                gradients divided by it after (float16 loss scaling); the returned loss and
+                gradients are unscaled, and non-finite where the scaled sweep overflowed.
         """
         truncate = check_truncate(truncate)
         reduction = check_reduction(reduction)
-        plan = self.plan.replace(memory_budget=memory_budget, checkpoint_every=checkpoint_every)
+        plan = self.plan.replace(memory_budget=memory_budget, checkpoint_every=checkpoint_every,
+                                 precision=precision)
         x = as_inputs(inputs, self.input_size, self.dtype, self.device)
         batch, steps = x.shape[:2]
         h0 = self._initial_state(h0, batch)
@@ -357,22 +365,39 @@ class RecurrentModel(_ParamsMixin):
         scale = 1.0
         if reduction == "mean":
             scale = 1.0 / max(1.0, float(m.sum()) if m is not None else float(batch * steps))
+        loss_scale = float(loss_scale)
+        if loss_scale != 1.0:                            # (1: today's arithmetic exactly)
+            scale *= loss_scale
         schedule = self._schedule(plan, x, y, h0, truncate, m is not None)
         params, masks = self._call_params(x)
         V, c = self._params["V"], self._params.get("c")
+        # Mixed precision (gpurnn.engine.precision): the step runs on a 16-bit copy of the
+        # weights, its inputs and states in the storage type; the output layer computes in
+        # float32 on the 16-bit states and weights upcast. None: the model's dtype throughout.
+        mixed = mixed_policy(plan, self)
+        if mixed is not None:
+            params = mixed.weights(params)
+            V, c = mixed.wide(params["V"]), mixed.wide(params.get("c"))
+            x, h0 = mixed.store(x), mixed.store(h0)
+            plan = plan.replace(kernels="plain")         # the fused kernels: 32/64-bit only
         workspace = self.cell.workspace
         out = {"loss": 0.0, "dV": None, "dc": None}
         output_mask = None if masks is None else masks.output
 
         def head(a, b, states):                          # the output layer of steps a … b − 1
+            hidden = self._hidden(states)
+            if mixed is not None:
+                hidden = mixed.wide(hidden)
             block = output_loss_and_grads(self.output, V, c,
-                                          _output_dropped(self._hidden(states), masks),
+                                          _output_dropped(hidden, masks),
                                           _time_major(y[:, a:b]),
                                           None if m is None else _time_major(m[:, a:b]),
                                           scale, workspace, plan=plan)
             dhidden = block.dstates
             if output_mask is not None:
                 dhidden *= output_mask                   # the output layer read h ⊙ m
+            if mixed is not None:
+                dhidden = mixed.store(dhidden)           # the sweep runs in the storage type
             out["loss"] += block.loss
             if out["dV"] is None:
                 out["dV"], out["dc"] = block.dV, block.dc
@@ -384,16 +409,23 @@ class RecurrentModel(_ParamsMixin):
 
         last = _LastStates(m, h0)
         self.cell.plan = plan                            # kernels: see gpurnn.engine.plan
-        grads, final = bptt.run(self.cell, params, lambda a, b: _time_major(x[:, a:b]),
-                                h0, schedule, head, truncate, last.see)
+        with tf32_mode(plan.precision, h0):
+            grads, final = bptt.run(self.cell, params, lambda a, b: _time_major(x[:, a:b]),
+                                    h0, schedule, head, truncate, last.see)
+        final = final if m is None else last.states
+        if mixed is not None:                            # float32 for the master weights
+            grads = {name: mixed.wide(value, self.dtype) for name, value in grads.items()}
+            final = mixed.wide(final, self.dtype)
         if masks is not None:
             masks.mask_weight_grads(grads)
         grads["V"] = out["dV"]
         if self.bias:
             grads["c"] = out["dc"]
         grads = {name: grads[name] for name in self._params}
-        return LossAndGrads(out["loss"], grads,
-                            self._final_state(final if m is None else last.states))
+        if loss_scale != 1.0:
+            grads = {name: value / loss_scale for name, value in grads.items()}
+            out["loss"] /= loss_scale
+        return LossAndGrads(out["loss"], grads, self._final_state(final))
 
     def schedule(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                  memory_budget=None, checkpoint_every=None) -> recompute.Schedule:

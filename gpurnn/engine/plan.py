@@ -30,6 +30,8 @@ import dataclasses
 import numbers
 import re
 
+from .precision import check_precision
+
 __all__ = ["Plan", "KERNELS", "parse_bytes", "parse_steps"]
 
 KERNELS = ("plain", "fused")
@@ -83,12 +85,15 @@ class Plan:
         memory_budget: None to keep every state, or bytes (int or "64MB") for the step.
         checkpoint_every: None, k steps (keep a state every k steps), or "sqrt".
         block_steps: None (about 1024 batch·time rows) or steps per block of the grid.
+        precision: "float32", "tf32", "bf16-mixed" or "fp16-mixed"
+            (:mod:`gpurnn.engine.precision`).
     """
 
     kernels: str = "plain"
     memory_budget: object = None
     checkpoint_every: object = None
     block_steps: object = None
+    precision: str = "float32"   # mixed precision: gpurnn.engine.precision
 
     def __post_init__(self):
         if self.kernels not in KERNELS:
@@ -98,6 +103,7 @@ class Plan:
         object.__setattr__(self, "checkpoint_every",
                            parse_steps(self.checkpoint_every, "checkpoint_every", True))
         object.__setattr__(self, "block_steps", parse_steps(self.block_steps, "block_steps"))
+        check_precision(self.precision)
         if self.memory_budget is not None and self.checkpoint_every is not None:
             raise ValueError("give memory_budget or checkpoint_every, not both: the budget "
                              "chooses where to checkpoint")
