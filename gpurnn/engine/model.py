@@ -17,7 +17,7 @@ from .cells import ElmanCell
 from .losses import (LOGIT_BLOCK_ELEMENTS, output_forward, output_loss,
                      output_loss_and_grads)
 from .plan import Plan
-from .precision import mixed_policy, tf32_mode
+from .precision import MIXED_PRECISIONS, mixed_policy, tf32_mode
 from .parameters import ELMAN_ALIASES, Parameters, check_memory
 from .torch_interop import TorchInterop
 from .validation import (as_float_array, as_inputs, as_mask, as_state, as_targets,
@@ -451,23 +451,30 @@ class RecurrentModel(_ParamsMixin):
             # is kept as chosen, and refused if it cannot fit)
             block = recompute.fitting_block(
                 block, plan.memory_budget,
-                lambda b: self._footprint(x, y, h0, b, truncate, masked))
-        footprint = self._footprint(x, y, h0, block, truncate, masked)
+                lambda b: self._footprint(x, y, h0, b, truncate, masked, plan.precision))
+        footprint = self._footprint(x, y, h0, block, truncate, masked, plan.precision)
         return recompute.make_schedule(steps, block, plan.memory_budget, footprint,
                                        every=plan.checkpoint_every is not None)
 
-    def _footprint(self, x, y, h0, block, truncate, masked) -> recompute.Footprint:
+    def _footprint(self, x, y, h0, block, truncate, masked,
+                   precision="float32") -> recompute.Footprint:
         """Bytes a step allocates, by block (see :class:`gpurnn.engine.recompute.Footprint`).
         The caller's arrays are not counted; everything the engine makes is, estimated
         from the shapes: the blocks of inputs, targets and mask it copies, the cell's
         cache (:meth:`gpurnn.engine.cells.Cell.cache_bytes`), the output layer's row
-        blocks, the sweep's deltas and window, the gradients."""
+        blocks, the sweep's deltas and window, the gradients. Under a 16-bit
+        ``precision`` the cache, states, deltas and dense inputs take the storage type's
+        bytes (the output layer and the gradients stay float32), plus the weight copy."""
         batch, S = h0.shape
         H, O = self.hidden_size, self.output_size
         item = self.dtype.itemsize
+        mixed = precision in MIXED_PRECISIONS
+        store = 2 if mixed else item                     # bytes of a stored element
         rows = block * batch
-        cell_forward, cell_backward = self.cell.cache_bytes(self._params, batch, block, S, item)
-        forward = cell_forward + x[:1, :1].nbytes * rows + 2 * batch * S * item
+        cell_forward, cell_backward = self.cell.cache_bytes(self._params, batch, block, S,
+                                                            store)
+        x_bytes = x[:1, :1].nbytes if x.dtype.kind in "iu" or not mixed else x.shape[2] * store
+        forward = cell_forward + x_bytes * rows + 2 * batch * S * store
         out_rows = min(rows, LOGIT_BLOCK_ELEMENTS // O)
         if self.output == "softmax":                     # logits; [h, 1], E V, h r; gathers
             output = out_rows * (O + 5 * (H + 1) + 8) * item
@@ -475,16 +482,19 @@ class RecurrentModel(_ParamsMixin):
             output = out_rows * 4 * O * item
         output += rows * (H + 4) * item                  # the shift bound and scatter rows
         backward = (cell_backward + y[:1, :1].nbytes * rows + masked * rows * item
-                    + rows * (H + S) * item              # dL/dh_t, the deltas
+                    + rows * (H + S) * store             # dL/dh_t, the deltas
                     + output)
+        if mixed:                                        # the float32 h and dL/dh of a block
+            backward += 2 * rows * H * item
         if S != H:                                       # h read out of [h, c] / layers
-            backward += rows * (H + S) * item
+            backward += rows * (H + S) * store
         window = truncate + 1 if truncate is not None and truncate < x.shape[1] - 1 else 1
         params = sum(value.nbytes for value in self._params.values())
         fixed = (4 * params + 6 * O * (H + 1) * item     # gradients, weight copies, output
-                 + 6 * window * batch * S * item          # carried states and errors
+                 + 6 * window * batch * S * store         # carried states and errors
+                 + (params * store // item if mixed else 0)   # the step's 16-bit weight copy
                  + self._dropout_bytes(batch, x.shape[1]))
-        return recompute.Footprint(forward, backward, batch * S * item, fixed)
+        return recompute.Footprint(forward, backward, batch * S * store, fixed)
 
 
 @contextlib.contextmanager

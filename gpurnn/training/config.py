@@ -19,6 +19,7 @@ from typing import Optional
 
 from ..engine.dropout import DROPOUT_KINDS
 from ..engine.plan import KERNELS
+from ..engine.precision import MIXED_PRECISIONS, PRECISIONS
 from .data import LEVELS, RAW_LEVELS, SPECIAL_TOKENS
 
 MAX_SAMPLES = 100_000  # samples drawn at once, at most (gpurnn.sample, --samples)
@@ -166,6 +167,16 @@ class TrainConfig:
                                     "do (e.g. USR1, for SLURM's --signal=USR1@90)")
     kernels: str = _f("plain", "fused: the cells' steps, softmax and optimizer updates as CUDA "
                       "kernels on the GPU (NumPy arrays always run plain)", KERNELS)
+    precision: str = _f("float32", "float32; tf32 (TF32 tensor-core GEMMs on the GPU, float32 "
+                        "on the CPU); bf16-mixed or fp16-mixed: activations, caches and GEMM "
+                        "inputs in bfloat16/float16, the loss, softmax, accumulation, optimizer "
+                        "state and master weights in float32 (needs --dtype float32)",
+                        PRECISIONS)
+    loss_scale: Optional[float] = _f(None, "the first dynamic loss scale (halved and the step "
+                                     "skipped on an overflow, doubled after "
+                                     "--loss-scale-window clean steps); default 65536 with "
+                                     "--precision fp16-mixed, none otherwise")
+    loss_scale_window: int = _f(2000, "clean steps after which the loss scale doubles")
 
     def __post_init__(self):
         self.validate()
@@ -255,6 +266,14 @@ class TrainConfig:
             raise ValueError("--checkpoint must be a file path")
         from ..engine.plan import parse_bytes
         parse_bytes(self.memory_budget, "--memory-budget")
+        if self.precision in MIXED_PRECISIONS and self.dtype != "float32":
+            raise ValueError(f"--precision {self.precision} keeps float32 master weights: "
+                             f"give --dtype float32 (not {self.dtype})")
+        if self.loss_scale is not None and not (self.loss_scale > 0
+                                                and math.isfinite(self.loss_scale)):
+            raise ValueError(f"--loss-scale must be a number > 0, got {self.loss_scale}")
+        if self.loss_scale_window < 1:
+            raise ValueError(f"--loss-scale-window must be >= 1, got {self.loss_scale_window}")
         if self.corpus_limit.strip() != "0":
             parse_bytes(self.corpus_limit, "--corpus-limit")
         if not (self.log_every_seconds >= 0 and math.isfinite(self.log_every_seconds)):

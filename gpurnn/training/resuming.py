@@ -3,9 +3,9 @@
 
 Everything the next step depends on is saved: parameters, optimizer state, vocabulary,
 config, the sampling RNG, the step, the batcher's position, the hidden state carried between
-chunks (every rank's rows), the learning-rate schedule, the non-finite-step counters and the
-validation history; so a run stopped after N steps and resumed ends bit-identical to one
-never stopped.
+chunks (every rank's rows), the learning-rate schedule, the non-finite-step counters, the
+float16 loss scale and the validation history; so a run stopped after N steps and resumed
+ends bit-identical to one never stopped.
 """
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ def restore(trainer, saved) -> None:
             trainer.schedule.load_state_dict(extra["schedule"])
         trainer.rng.bit_generator.state = saved.rng_state
         trainer.guard.load_state_dict(extra)
+        if trainer.scaler is not None and extra.get("loss_scale") is not None:
+            trainer.scaler.load_state_dict(extra["loss_scale"])
         trainer.valid_history = [list(item) for item in extra["valid_history"]]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(f"{trainer.path}: cannot resume from this checkpoint "
@@ -102,7 +104,9 @@ def checkpoint_fields(trainer) -> dict | None:
              **trainer.guard.state_dict(),
              "valid_history": trainer.valid_history, "world_size": comm.size,
              "total_steps": trainer.total_steps,  # what a cosine schedule ran over
-             "warmup": trainer.data.warmup}  # read by gpurnn generate before sampling
+             "warmup": trainer.data.warmup,  # read by gpurnn generate before sampling
+             # float16's dynamic loss scale (gpurnn.training.scaling), None without one
+             "loss_scale": None if trainer.scaler is None else trainer.scaler.state_dict()}
     return dict(params=trainer.model.params, optimizer_state=trainer.optimizer.state_dict(),
                 vocab=trainer.data.vocab,
                 config={"train": trainer.config.to_dict(), "model": model_spec(trainer.model)},

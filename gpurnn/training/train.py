@@ -48,6 +48,7 @@ from .distributed import (Communicator, FlatGradients, abort_all_on_failure, dev
 from .optim import (HalveOnPlateau, clip_grad_norm, clip_grad_value, global_norm,
                     make_optimizer, scheduled_lr)
 from .reporting import Reporter, perplexity
+from .scaling import DEFAULT_LOSS_SCALE, LossScaler
 from .resuming import check_same_run, restore
 from .saving import (CheckpointSaver, FileLock, check_existing_outputs, check_output_paths,
                      stale_temporaries)
@@ -165,7 +166,13 @@ class Trainer:
         if hasattr(self.model, "dropout_stream"):
             self.model.dropout_stream.stream = comm.rank   # each rank its own masks
         self.model.plan = self.model.plan.replace(memory_budget=config.memory_budget,
-                                                  kernels=config.kernels)
+                                                  kernels=config.kernels,
+                                                  precision=config.precision)
+        # float16's dynamic loss scale (gpurnn.training.scaling); None: no scaling
+        first_scale = config.loss_scale if config.loss_scale is not None else (
+            DEFAULT_LOSS_SCALE if config.precision == "fp16-mixed" else None)
+        self.scaler = (None if first_scale is None else
+                       LossScaler(first_scale, config.loss_scale_window))
         self.base_lr = lr = self._lr()
         self.optimizer = make_optimizer(config.optimizer, lr, **optimizer_options(config, lr))
         self.optimizer.plan = self.model.plan
@@ -317,7 +324,8 @@ class Trainer:
             # Several ranks sum over their tokens here; the mean is taken over all ranks' tokens.
             loss, grads, last = model.loss_and_grads(
                 inputs, targets, truncate=config.truncate, mask=mask, h0=self.hidden,
-                reduction=config.reduction if comm.size == 1 else "sum")
+                reduction=config.reduction if comm.size == 1 else "sum",
+                **({} if self.scaler is None else {"loss_scale": self.scaler.scale}))
         t1 = time.perf_counter()
         if comm.size > 1:
             loss, grads, tokens = self._all_reduce(loss, grads, tokens)
@@ -327,8 +335,12 @@ class Trainer:
             clip_grad_value(grads, config.clip_value)
         loss = loss if config.reduction == "mean" else loss / tokens
         t2 = time.perf_counter()
-        good = self.guard.step_is_good(self.step + 1, loss, norm, model.params,
-                                       self.saver.kept(), self.optimizer.lr)
+        overflow = self.scaler is not None and self.scaler.is_overflow(loss, norm)
+        if self.scaler is not None:          # an overflow: skipped, the scale backs off
+            self.scaler.update(overflow)
+        good = not overflow and self.guard.step_is_good(self.step + 1, loss, norm,
+                                                        model.params, self.saver.kept(),
+                                                        self.optimizer.lr)
         if good:
             self.optimizer.step(model.params, grads)
             self._since_eval[0] += loss
