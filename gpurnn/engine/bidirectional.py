@@ -345,8 +345,13 @@ class BidirectionalModel:
         return (loss, self._final(state)) if return_state else loss
 
     def _both_loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
-                             reduction="mean", memory_budget=None,
-                             checkpoint_every=None) -> LossAndGrads:
+                             reduction="mean", memory_budget=None, checkpoint_every=None,
+                             precision=None, loss_scale=1.0) -> LossAndGrads:
+        if (precision or self.plan.precision) != "float32" or loss_scale != 1.0:
+            raise ValueError("a bidirectional model trains in float32 only: precision "
+                             "(tf32, bf16-mixed, fp16-mixed) and loss_scale are not yet "
+                             "supported on its layer-by-layer path; leave them at their "
+                             "defaults")
         if truncate is not None:
             raise ValueError("truncate=k is refused for a bidirectional model: truncation "
                              "cuts the error k steps back in time, but the reverse "
