@@ -142,25 +142,35 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--plot", action="store_true")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="T values (default 10^2 … 10^5; --quick: to 10^4)")
+    parser.add_argument("--model-max", type=int, default=None,
+                        help="the model level only up to this T (the recurrence level at every T)")
     args = parser.parse_args(argv)
     if args.plot:
         plot()
         return
     rng = np.random.default_rng(0)
-    lengths = [100, 1000, 10000] + ([] if args.quick else [100000])
+    lengths = args.lengths or ([100, 1000, 10000] + ([] if args.quick else [100000]))
     load_before = os.getloadavg()
     rows = []
-    for H in (64, 256):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for H in args.hidden:
         for T in lengths:
             for level in ("recurrence", "model"):
+                if level == "model" and args.model_max is not None and T > args.model_max:
+                    continue
                 rows += measure(level, T, H, args.quick, rng)
-    result = {"machine": {"processor": platform.processor() or platform.machine(),
-                          "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                          "numpy": np.__version__, "blas_threads": 1,
-                          "load_before": load_before, "load_after": os.getloadavg()},
-              "dtype": "float32", "cell": "mingru", "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    JSON.write_text(json.dumps(result, indent=1))
+                result = {"machine": {"processor": platform.processor() or platform.machine(),
+                                      "cpu_count": os.cpu_count(),
+                                      "python": platform.python_version(),
+                                      "numpy": np.__version__, "blas_threads": 1,
+                                      "load_before": load_before,
+                                      "load_after": os.getloadavg()},
+                          "dtype": "float32", "cell": "mingru",
+                          "command": " ".join(sys.argv), "rows": rows}
+                JSON.write_text(json.dumps(result, indent=1))          # after every case
     print(f"wrote {JSON}; load {load_before} -> {result['machine']['load_after']}")
     plot()
 
