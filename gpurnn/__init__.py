@@ -11,7 +11,9 @@ from .engine import bptt
 from .engine.backend import cuda_available, get_device
 from .engine.cells import Cell, ElmanCell
 from .engine.factory import from_torch, make_model, model_spec
+from .engine.diagonal import LRU, LRUCell, MinGRU, MinGRUCell, MinLSTM, MinLSTMCell
 from .engine.gated import GRU, LSTM, GRUCell, LSTMCell
+from .engine.plan import Plan
 from .engine.normalized import LayerNormGRUCell, LayerNormLSTMCell
 from .engine.model import ElmanRNN, LinearRNN, LossAndGrads, RecurrentModel
 from .engine.stack import StackedCell, StackedElmanRNN
@@ -38,7 +40,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'gpurnn' has no attribute {name!r}")
 
 
-__all__ = ["ElmanRNN", "GRU", "LSTM", "LinearRNN", "StackedElmanRNN", "RecurrentModel",
+__all__ = ["ElmanRNN", "GRU", "LSTM", "MinGRU", "MinLSTM", "LRU", "MinGRUCell", "MinLSTMCell",
+           "LRUCell", "Plan", "LinearRNN", "StackedElmanRNN", "RecurrentModel",
            "make_model", "model_spec", "from_torch", "LossAndGrads", "Cell", "ElmanCell", "GRUCell",
            "LSTMCell", "LayerNormGRUCell", "LayerNormLSTMCell", "StackedCell", "gradcheck", "GradcheckResult", "bptt", "reference",
            "save", "load", "Saved", "Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam",

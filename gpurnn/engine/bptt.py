@@ -83,6 +83,16 @@ def _sweep_block(back, dstates, window, workspace, start=0, carry=None):
     xp = get_array_module(dstates)
     steps = dstates.shape[0]
     deltas = workspace.empty("deltas", dstates.shape, dstates.dtype, xp)
+    # A stepper may solve the whole block at once: ``back.sweep_block(dstates, carry,
+    # deltas)`` fills the deltas and returns the carry for the block before, the carry
+    # entering at the block's last step as below (a diagonal cell's reverse scan,
+    # gpurnn.engine.scan). Windowed truncation is no single scan: it stays per step.
+    whole = getattr(back, "sweep_block", None) if window is None else None
+    if whole is not None:
+        g = whole(dstates, carry, deltas)
+        kept = workspace.empty("sweep_g", g.shape, g.dtype, xp)
+        kept[...] = g
+        return deltas, kept
     shape = dstates.shape[1:] if window is None else (window,) + dstates.shape[1:]
     # A stepper may ask for a context around the whole loop (see ElmanCell.backward_stepper).
     around = getattr(back, "loop_context", None)

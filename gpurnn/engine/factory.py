@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import normalized  # noqa: F401  (gives GRU and LSTM their layer_norm=True cells)
+from .diagonal import LRU, MinGRU, MinLSTM
 from .dropout import DROPOUT_KINDS
 from .gated import GRU, LSTM
 from .model import ElmanRNN
@@ -10,16 +11,19 @@ from .validation import check_size
 
 __all__ = ["CELL_TYPES", "make_model", "model_spec", "from_torch"]
 
-CELL_TYPES = ("elman", "gru", "lstm")
+CELL_TYPES = ("elman", "gru", "lstm", "mingru", "minlstm", "lru")
+# the diagonal cells (gpurnn.engine.diagonal): time by scan or loop, no recurrent weight
+DIAGONAL = {"mingru": MinGRU, "minlstm": MinLSTM, "lru": LRU}
 
 
 def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw):
-    """A model by cell name: ``"elman"`` | ``"gru"`` | ``"lstm"``.
+    """A model by cell name: ``"elman"`` | ``"gru"`` | ``"lstm"`` | ``"mingru"`` | ``"minlstm"``
+    | ``"lru"``.
 
     ``kw`` are the constructors' keywords (``embedding_size``, ``bidirectional``, ``output``,
     ``bias``, ``dtype``, ``device``, ``seed``, the dropout rates of
     :mod:`gpurnn.engine.dropout`; ``activation`` for Elman only, ``proj_size`` for LSTM only,
-    ``layer_norm`` for GRU and LSTM). One unidirectional Elman layer without an embedding or
+    ``layer_norm`` for GRU and LSTM, ``r_min``/``r_max`` for LRU). One unidirectional Elman layer without an embedding or
     dropout gives :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
     rebuilds a model like ``m``.
     """
@@ -28,6 +32,12 @@ def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw
     if cell != "lstm" and kw.pop("proj_size", 0):
         raise ValueError(f"proj_size applies to the lstm cell only; use cell='lstm' or leave "
                          f"proj_size out for the {cell} cell")
+    if cell in DIAGONAL:
+        if kw.pop("layer_norm", False):
+            raise ValueError(f"layer_norm=True applies to the gru and lstm cells only, not {cell}")
+        if kw.pop("activation", "tanh") != "tanh":
+            raise ValueError(f"activation applies to the elman cell only, not {cell}")
+        return DIAGONAL[cell](input_size, hidden_size, output_size, num_layers=num_layers, **kw)
     if cell == "elman":
         if kw.pop("layer_norm", False):
             raise ValueError("layer_norm=True applies to the gru and lstm cells only, not elman")
@@ -52,7 +62,7 @@ def model_spec(model) -> dict:
         return {"cell": model.cell_type, **model.config}
     if isinstance(model, ElmanRNN):
         return {"cell": "elman", "num_layers": 1, **model.config}
-    raise TypeError(f"model_spec takes a gpurnn Elman, GRU or LSTM model, "
+    raise TypeError(f"model_spec takes a gpurnn Elman, GRU, LSTM, minGRU, minLSTM or LRU model, "
                     f"got {type(model).__name__}")
 
 

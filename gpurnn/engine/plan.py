@@ -23,6 +23,12 @@ Fields:
   engine projects, runs the output layer and reduces the gradients block by block, in the
   same order under every schedule, so a budget changes what is kept and never a bit of the
   gradients; recomputation works in whole blocks.
+* ``time``: how a cell whose recurrence is linear and diagonal (minGRU, minLSTM, LRU:
+  :mod:`gpurnn.engine.diagonal`) crosses the steps of a block: ``"scan"`` by a parallel
+  associative scan forward and a reverse scan back (:mod:`gpurnn.engine.scan`), ``"loop"``
+  step by step, ``"auto"`` (the default) the scan for blocks long enough that it is faster.
+  Equal to rounding (bounded in :mod:`gpurnn.engine.scan`); other cells always loop, and
+  windowed truncation (``truncate=k``) sweeps back by the loop.
 """
 from __future__ import annotations
 
@@ -32,9 +38,10 @@ import re
 
 from .precision import check_precision
 
-__all__ = ["Plan", "KERNELS", "parse_bytes", "parse_steps"]
+__all__ = ["Plan", "KERNELS", "TIME", "parse_bytes", "parse_steps"]
 
 KERNELS = ("plain", "fused")
+TIME = ("auto", "scan", "loop")  # the ``time`` field (diagonal cells: scan or loop per block)
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -87,6 +94,7 @@ class Plan:
         block_steps: None (about 1024 batch·time rows) or steps per block of the grid.
         precision: "float32", "tf32", "bf16-mixed" or "fp16-mixed"
             (:mod:`gpurnn.engine.precision`).
+        time: "auto", "scan" or "loop": how diagonal cells cross a block's steps.
     """
 
     kernels: str = "plain"
@@ -94,8 +102,12 @@ class Plan:
     checkpoint_every: object = None
     block_steps: object = None
     precision: str = "float32"   # mixed precision: gpurnn.engine.precision
+    time: str = "auto"
 
     def __post_init__(self):
+        if self.time not in TIME:
+            raise ValueError(f"unknown time {self.time!r}; expected one of "
+                             f"{', '.join(map(repr, TIME))}")
         if self.kernels not in KERNELS:
             raise ValueError(f"unknown kernels {self.kernels!r}; expected one of "
                              f"{', '.join(map(repr, KERNELS))}")

@@ -20,8 +20,11 @@ GRU/LSTM, bias_hh); layer l ≥ 1 appends ``_l{l}`` as PyTorch does.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy
 
+from . import scan
 from .activations import check_activation
 from .backend import get_array_module, to_device
 from .bidirectional import BidirectionalModel, BidirectionalStack, direction_name
@@ -183,6 +186,16 @@ class StackedCell(Cell):
                     if between[layer] is not None:
                         dx *= between[layer][t]                      # the dropout between
             return xp.concatenate(deltas, axis=-1), xp.concatenate(g_prev, axis=-1)
+
+        # Layers whose steppers each solve a whole block (diagonal cells' reverse scans):
+        # the stack's block is then solved top layer down, each layer's input gradients for
+        # all steps joining the layer below (gpurnn.engine.scan.stacked_sweep).
+        whole = [getattr(b, "sweep_block", None) for b in backs]
+        if all(w is not None for w in whole):
+            back.sweep_block = functools.partial(
+                scan.stacked_sweep, whole, [functools.partial(
+                    self.cells[layer].input_grads, layers[layer], work.xin[layer])
+                    for layer in range(self.num_layers)], between, S, H)
         return back
 
     def param_grads(self, params, inputs, work, h0, states, deltas):

@@ -32,7 +32,7 @@ MODES = ("stream", "sentence")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "rprop")
 REDUCTIONS = ("mean", "sum")
 DTYPES = ("float32", "float64")
-CELLS = ("elman", "gru", "lstm")
+CELLS = ("elman", "gru", "lstm", "mingru", "minlstm", "lru")
 SCHEDULES = ("auto", "halve", "cosine", "none")
 EPS_PLACEMENTS = ("outside", "inside")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "cpu-strict")
@@ -67,7 +67,8 @@ class TrainConfig:
                            "0: no limit")
     # --- model and BPTT -------------------------------------------------------------------
     cell: str = _f("elman", "recurrent cell: elman (the tutorial's tanh RNN), gru or lstm "
-                   "(PyTorch's gate equations)", CELLS)
+                   "(PyTorch's gate equations), mingru or minlstm (Feng et al. 2024) or lru (real-"
+                   "diagonal, Orvieto et al. 2023): diagonal cells, time by parallel scan", CELLS)
     layer_norm: bool = _f(False, "layer-normalised gru or lstm cells (Ba et al. 2016): LN on "
                           "the input and recurrent projections, and on the LSTM's cell state")
     layers: int = _f(1, "stacked recurrent layers")
@@ -190,8 +191,8 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{_flag(f.name)} must be one of {', '.join(choices)}, "
                                  f"got {getattr(self, f.name)!r}")
-        if self.layer_norm and self.cell == "elman":
-            raise ValueError("--layer-norm applies to --cell gru or lstm, not elman")
+        if self.layer_norm and self.cell not in ("gru", "lstm"):
+            raise ValueError(f"--layer-norm applies to --cell gru or lstm, not {self.cell}")
         if self.vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 1}: "
                              f"{len(SPECIAL_TOKENS)} ids are the special tokens "

@@ -12,7 +12,8 @@ import os
 __all__ = ["GATES", "OPTIMIZER_SLOTS", "parameter_count", "training_bytes", "available_bytes",
            "check_fits", "format_bytes"]
 
-GATES = {"elman": 1, "gru": 3, "lstm": 4}
+GATES = {"elman": 1, "gru": 3, "lstm": 4, "mingru": 2, "minlstm": 3, "lru": 1}
+DIAGONAL = ("mingru", "minlstm", "lru")  # no weight_hh (gpurnn.engine.diagonal)
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adagrad": 1, "rmsprop": 1, "adam": 2, "rprop": 2}
 
 
@@ -20,7 +21,9 @@ def parameter_count(config, vocab_size: int) -> int:
     gates, hidden, layers = GATES[config.cell], config.hidden, config.layers
     first = vocab_size * gates * hidden  # the input rows of the first layer
     biases = hidden if config.cell == "elman" else 2 * gates * hidden  # b; or b_ih and b_hh
-    per_layer = hidden * gates * hidden + biases
+    if config.cell in DIAGONAL:  # weight_ih and bias_ih (the LRU: B, ν, γ_log)
+        biases = gates * hidden if config.cell != "lru" else 2 * hidden
+    per_layer = hidden * gates * hidden * (config.cell not in DIAGONAL) + biases
     deeper = (layers - 1) * hidden * gates * hidden
     return first + layers * per_layer + deeper + hidden * vocab_size + vocab_size
 
