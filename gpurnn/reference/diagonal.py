@@ -2,7 +2,9 @@
 
 The test oracle for :mod:`gpurnn.engine.diagonal` (its loop and its scan alike): one
 sequence at a time, one step at a time, one layer at a time, vectors only, NumPy, float64;
-it imports nothing from gpurnn. Token inputs become one-hot vectors (or embedding rows).
+the time loops are those of :mod:`gpurnn.reference.gated` (this file gives the step), and
+nothing outside ``gpurnn.reference`` is imported. Token inputs become one-hot vectors (or
+embedding rows).
 
 Equations (σ the logistic function; W = weight_ih, b = bias_ih, zero where absent)::
 
@@ -16,6 +18,8 @@ weight_ih's rows are [z; h̃] (minGRU), [f; i; h̃] (minLSTM). Output y_t = g(V 
 the top layer, losses and truncation exactly as :mod:`gpurnn.reference.gated`.
 """
 import numpy as np
+
+from . import gated
 
 __all__ = ["GATES", "layer_step", "layer_step_backward", "forward", "bptt", "batch_bptt"]
 
@@ -85,105 +89,35 @@ def layer_step_backward(kind, p, cache, dh, grads):
     return dh_prev, p["weight_ih"].T @ dpre
 
 
-def _input_vector(x_t, params, input_size):
-    if np.ndim(x_t) == 0:                                            # a token id
-        if "E" in params:
-            return params["E"][int(x_t)].copy()
-        onehot = np.zeros(input_size)
-        onehot[int(x_t)] = 1.0
-        return onehot
-    return np.asarray(x_t, dtype=float)
-
-
 def _hidden(kind, p):
     return p["weight_ih"].shape[0] // GATES[kind]
 
 
+def _steps():
+    """The diagonal step, its backward and zero state as :mod:`gpurnn.reference.gated`'s
+    loops call them (they take an activation, which these cells do not have)."""
+    return (lambda kind, p, x, h, activation: layer_step(kind, p, x, h),
+            lambda kind, p, cache, dh, grads, activation:
+            layer_step_backward(kind, p, cache, dh, grads),
+            lambda kind, p: np.zeros(_hidden(kind, p)))
+
+
 def forward(kind, layers, params, x, *, output="softmax", h0=None):
-    """One sequence forward: (y (T, O), states (list over t of lists over layers), caches)."""
-    state = [np.zeros(_hidden(kind, p)) if h0 is None else h0[l] for l, p in enumerate(layers)]
-    g_out = {"identity": lambda a: a, "sigmoid": _sigmoid, "tanh": np.tanh}
-    ys, states, caches = [], [], []
-    for t in range(len(x)):
-        inp = _input_vector(x[t], params, layers[0]["weight_ih"].shape[1])
-        step_caches = []
-        for l, p in enumerate(layers):
-            state[l], cache = layer_step(kind, p, inp, state[l])
-            step_caches.append(cache)
-            inp = state[l]
-        a = params["V"] @ inp + (params["c"] if "c" in params else 0)
-        if output == "softmax":
-            e = np.exp(a - a.max())
-            ys.append(e / e.sum())
-        else:
-            ys.append(g_out[output](a))
-        states.append(list(state))
-        caches.append(step_caches)
-    return np.array(ys), states, caches
+    """One sequence forward: (y (T, O), states (list over t of lists over layers), caches),
+    by the loops of :func:`gpurnn.reference.gated.forward` on the diagonal step."""
+    return gated.forward(kind, layers, params, x, output=output, h0=h0, steps=_steps())
 
 
 def bptt(kind, layers, params, x, targets, *, output="softmax", truncate=None, h0=None):
     """One sequence: (loss, layer_grads, out_grads (V, c, E), last states); the error of
     output t is pushed back from step t to max(0, t − truncate), through every layer."""
-    x, targets = np.asarray(x), np.asarray(targets)
-    T, L = len(x), len(layers)
-    y, states, caches = forward(kind, layers, params, x, output=output, h0=h0)
-    if output == "softmax":
-        loss = -np.sum(np.log(y[np.arange(T), targets]))
-        e_y = y.copy()
-        e_y[np.arange(T), targets] -= 1.0
-    else:
-        loss = 0.5 * np.sum((y - targets) ** 2)
-        gprime = {"identity": np.ones_like, "sigmoid": lambda v: v * (1 - v),
-                  "tanh": lambda v: 1 - v * v}[output]
-        e_y = gprime(y) * (y - targets)
-    layer_grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in layers]
-    out_grads = {k: np.zeros_like(v) for k, v in params.items()}
-    for t in reversed(range(T)):
-        out_grads["V"] += np.outer(e_y[t], states[t][-1])
-        if "c" in out_grads:
-            out_grads["c"] += e_y[t]
-        g = [np.zeros(_hidden(kind, p)) for p in layers]
-        g[-1] = params["V"].T @ e_y[t]
-        stop = 0 if truncate is None else max(0, t - truncate)
-        for j in range(t, stop - 1, -1):
-            dx = None
-            for l in reversed(range(L)):
-                if dx is not None:
-                    g[l] = g[l] + dx
-                g[l], dx = layer_step_backward(kind, layers[l], caches[j][l], g[l],
-                                               layer_grads[l])
-            if "E" in out_grads:
-                out_grads["E"][int(x[j])] += dx
-    return loss, layer_grads, out_grads, states[-1]
+    return gated.bptt(kind, layers, params, x, targets, output=output, truncate=truncate,
+                      h0=h0, steps=_steps())
 
 
 def batch_bptt(kind, layers, params, inputs, targets, *, output="softmax", truncate=None,
                h0=None, mask=None):
     """:func:`bptt` on each sequence of a batch, summed; h0 a list over layers of (B, H);
     mask (B, T) right-padded. Returns (loss, layer_grads, out_grads, last per layer (B, H))."""
-    inputs, targets = np.asarray(inputs), np.asarray(targets)
-    B, T = inputs.shape[:2]
-    L = len(layers)
-    lengths = np.full(B, T) if mask is None else np.asarray(mask).sum(axis=1).astype(int)
-    layer_grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in layers]
-    out_grads = {k: np.zeros_like(v) for k, v in params.items()}
-    loss, last = 0.0, []
-    for b in range(B):
-        start = None if h0 is None else [h0[l][b] for l in range(L)]
-        if lengths[b] == 0:
-            last.append(start if start is not None else
-                        [np.zeros(_hidden(kind, p)) for p in layers])
-            continue
-        loss_b, lg, og, final = bptt(kind, layers, params, inputs[b, :lengths[b]],
-                                     targets[b, :lengths[b]], output=output,
-                                     truncate=truncate, h0=start)
-        loss += loss_b
-        for l in range(L):
-            for k in lg[l]:
-                layer_grads[l][k] += lg[l][k]
-        for k in og:
-            out_grads[k] += og[k]
-        last.append(final)
-    return loss, layer_grads, out_grads, [np.array([last[b][l] for b in range(B)])
-                                          for l in range(L)]
+    return gated.batch_bptt(kind, layers, params, inputs, targets, output=output,
+                            truncate=truncate, h0=h0, mask=mask, steps=_steps())

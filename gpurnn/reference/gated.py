@@ -124,9 +124,6 @@ def layer_step_backward(kind, p, cache, dstate, grads, activation="tanh"):
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
-# The layer step and its backward the loops below run; another cell's reference (a
-# layer-normalised one) passes its own pair as ``steps``.
-STEPS = (layer_step, layer_step_backward)
 
 
 def _input_vector(x_t, params, input_size):
@@ -139,11 +136,16 @@ def _input_vector(x_t, params, input_size):
     return np.asarray(x_t, dtype=float)
 
 
-def _zero_state(kind, p):
+def zero_state(kind, p):
     """Zeros shaped like the state of the layer with parameters ``p``: h has weight_hh's
     columns (a projected LSTM's P), an LSTM's c its rows / 4."""
     h = np.zeros(p["weight_hh"].shape[1])
     return (h, np.zeros(p["weight_hh"].shape[0] // 4)) if kind == "lstm" else h
+
+
+# What the loops below run for a layer: its step, the step's backward and its zero state.
+# Another cell's reference (layer-normalised, diagonal) passes its own triple as ``steps``.
+STEPS = (layer_step, layer_step_backward, zero_state)
 
 
 def _h(kind, state):
@@ -158,14 +160,15 @@ def forward(kind, layers, params, x, *, output="softmax", h0=None, activation="t
     Returns (y (T, O), states: list over t of lists over layers, caches likewise).
     """
     first = layers[0]["weight_ih"]
-    state = [(_zero_state(kind, p) if h0 is None else h0[l]) for l, p in enumerate(layers)]
+    steps = steps or STEPS
+    state = [(steps[2](kind, p) if h0 is None else h0[l]) for l, p in enumerate(layers)]
     g_out = {"softmax": None, "identity": lambda a: a, "sigmoid": _sigmoid, "tanh": np.tanh}
     ys, states, caches = [], [], []
     for t in range(len(x)):
         inp = _input_vector(x[t], params, first.shape[1])
         step_caches = []
         for l, p in enumerate(layers):
-            state[l], cache = (steps or STEPS)[0](kind, p, inp, state[l], activation)
+            state[l], cache = steps[0](kind, p, inp, state[l], activation)
             step_caches.append(cache)
             inp = _h(kind, state[l])
         a = params["V"] @ inp + (params["c"] if "c" in params else 0)
@@ -207,7 +210,7 @@ def bptt(kind, layers, params, x, targets, *, output="softmax", truncate=None, h
         if "c" in out_grads:
             out_grads["c"] += e_y[t]
         # origin t: the error of output t alone, through the stack
-        g = [_zero_state(kind, p) for p in layers]
+        g = [(steps or STEPS)[2](kind, p) for p in layers]
         g[-1] = (params["V"].T @ e_y[t], g[-1][1]) if kind == "lstm" else params["V"].T @ e_y[t]
         stop = 0 if truncate is None else max(0, t - truncate)
         for j in range(t, stop - 1, -1):
@@ -249,7 +252,8 @@ def batch_bptt(kind, layers, params, inputs, targets, *, output="softmax", trunc
     for b in range(B):
         start = state_of(b)
         if lengths[b] == 0:
-            last.append(start if start is not None else [_zero_state(kind, p) for p in layers])
+            last.append(start if start is not None else
+                        [(steps or STEPS)[2](kind, p) for p in layers])
             continue
         loss_b, lg, og, final = bptt(kind, layers, params, inputs[b, :lengths[b]],
                                      targets[b, :lengths[b]], output=output, truncate=truncate,

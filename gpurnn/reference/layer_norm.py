@@ -132,11 +132,12 @@ def layer_step_backward(kind, p, cache, dstate, grads):
 
 
 def _steps():
-    """The layer-normalised step and its backward as :mod:`gpurnn.reference.gated`'s loops
-    call them (they take an activation, which these cells do not have)."""
+    """The layer-normalised step, its backward and zero state as
+    :mod:`gpurnn.reference.gated`'s loops call them (they take an activation, which these
+    cells do not have)."""
     return (lambda kind, p, x, state, activation: layer_step(kind, p, x, state),
             lambda kind, p, cache, dstate, grads, activation:
-            layer_step_backward(kind, p, cache, dstate, grads))
+            layer_step_backward(kind, p, cache, dstate, grads), gated.zero_state)
 
 
 def bptt(kind, layers, params, x, targets, *, output="softmax", truncate=None, h0=None):
