@@ -48,6 +48,20 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def random_data(rng, I, O, batch, steps, *, tokens=True, output="softmax", masked=False):
+    """Random inputs (token ids < I, or dense (batch, steps, I)), targets for ``output``
+    (ids < O, or dense) and, with ``masked``, a right-padded mask whose first row is whole."""
+    x = rng.integers(0, I, (batch, steps)) if tokens else rng.normal(size=(batch, steps, I))
+    y = (rng.integers(0, O, (batch, steps)) if output == "softmax"
+         else rng.normal(size=(batch, steps, O)))
+    mask = None
+    if masked:
+        lengths = rng.integers(0, steps + 1, batch)
+        lengths[0] = steps
+        mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(float)
+    return x, y, mask
+
+
 def host(array):
     """A NumPy copy of a NumPy or CuPy array, for comparisons."""
     return backend.to_host(array)

@@ -2,7 +2,7 @@
 and the parallel scan over time (gpurnn.engine.scan) against the step-by-step loop."""
 import numpy as np
 import pytest
-from conftest import host
+from conftest import host, random_data
 
 import gpurnn
 from gpurnn import LRU, MinGRU, MinLSTM, Plan, gradcheck, make_model, model_spec
@@ -33,14 +33,8 @@ def make_case(rng, device, cell, *, time="scan", tokens=True, output="softmax", 
         else:
             setattr(model, name, rng.normal(scale=scale, size=model.params[name].shape))
     model.plan = Plan(time=time, block_steps=block_steps)
-    x = rng.integers(0, I, (batch, steps)) if tokens else rng.normal(size=(batch, steps, I))
-    y = (rng.integers(0, O, (batch, steps)) if output == "softmax"
-         else rng.normal(size=(batch, steps, O)))
-    mask = None
-    if masked:
-        lengths = rng.integers(0, steps + 1, batch)
-        lengths[0] = steps
-        mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(float)
+    x, y, mask = random_data(rng, I, O, batch, steps, tokens=tokens, output=output,
+                             masked=masked)
     h0 = None
     if with_h0:
         h0 = rng.normal(size=(batch, H) if layers == 1 else (layers, batch, H))

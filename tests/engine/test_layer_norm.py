@@ -2,7 +2,7 @@
 central differences and torch autograd, in float64; their models, checkpoints and training."""
 import numpy as np
 import pytest
-from conftest import host
+from conftest import host, random_data
 
 import gpurnn
 from gpurnn import GRU, LSTM, gradcheck, make_model, model_spec
@@ -27,14 +27,8 @@ def make_case(rng, device, cell, *, tokens=True, output="softmax", bias=True, la
                          bias=bias, layer_norm=True, dtype="float64", device=device)
     for name in model.params:
         setattr(model, name, rng.normal(scale=0.6, size=model.params[name].shape))
-    x = rng.integers(0, I, (batch, steps)) if tokens else rng.normal(size=(batch, steps, I))
-    y = (rng.integers(0, O, (batch, steps)) if output == "softmax"
-         else rng.normal(size=(batch, steps, O)))
-    mask = None
-    if masked:
-        lengths = rng.integers(0, steps + 1, batch)
-        lengths[0] = steps
-        mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(float)
+    x, y, mask = random_data(rng, I, O, batch, steps, tokens=tokens, output=output,
+                             masked=masked)
     h0 = None
     if with_h0:
         shape = (batch, H) if layers == 1 else (layers, batch, H)
