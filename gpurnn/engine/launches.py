@@ -37,6 +37,7 @@ import tempfile
 import numpy
 
 __all__ = ["GpuSpec", "GPUS", "gpu_spec", "RESOURCES", "load_resources", "ptxas_resources",
+           "check_resources", "resources", "parse_ptxas", "write_resources",
            "Occupancy", "occupancy", "Launch", "persistent_shape", "persistent_launch",
            "step_launches", "COSTS", "sweep_costs", "FAMILIES", "PERSISTENT_KERNELS"]
 
@@ -240,6 +241,27 @@ def write_resources(path=None, headroom=1.25) -> dict:
     return table
 
 
+def check_resources(table: dict, bounds: dict) -> list:
+    """What is wrong with ``table`` ({arch: {function: resources}}) against ``bounds``: a
+    spill, a stack frame, static shared memory or registers past a function's bound, or a
+    function without a bound. An empty list when nothing is."""
+    problems = []
+    for arch, rows in sorted(table.items()):
+        for function, used in sorted(rows.items()):
+            where = f"{function} ({arch})"
+            if used["spill_stores"] or used["spill_loads"]:
+                problems.append(f"{where} spills: {used['spill_stores']} bytes stored, "
+                                f"{used['spill_loads']} loaded")
+            bound = bounds.get(function)
+            if bound is None:
+                problems.append(f"{where} has no recorded bound")
+                continue
+            for key in ("registers", "stack", "static_shared"):
+                if used[key] > bound[key]:
+                    problems.append(f"{where}: {key} {used[key]} past the bound {bound[key]}")
+    return problems
+
+
 def resources(function: str, arch: str) -> dict:
     """The recorded resources of ``function`` (e.g. ``lstm_persistent_forward_f32``) on
     ``arch``; the other recorded architecture's where this one has no row (sm_86 → sm_80)."""
@@ -282,7 +304,8 @@ def occupancy(spec: GpuSpec, threads: int, registers: int, dynamic_shared: int,
         limits["registers per block"] = 0
     if shared > spec.shared_per_block_optin:
         limits["shared memory per block"] = 0
-    limited_by = min(limits, key=lambda k: limits[k])
+    # a per-block limit, when one is over, names the cause before the per-SM ones
+    limited_by = min(reversed(list(limits)), key=lambda k: limits[k])
     return Occupancy(limits[limited_by], limited_by, limits)
 
 
