@@ -164,8 +164,10 @@ class TrainConfig:
     stop_signal: Optional[str] = _f(None, "another signal that stops training after the "
                                     "current step with a checkpoint, like SIGTERM and Ctrl-C "
                                     "do (e.g. USR1, for SLURM's --signal=USR1@90)")
-    kernels: str = _f("plain", "fused: the cells' steps, softmax and optimizer updates as CUDA "
-                      "kernels on the GPU (NumPy arrays always run plain)", KERNELS)
+    kernels: str = _f("plain", "fused: the cells' steps (per-step or persistent kernels), "
+                      "softmax and optimizer updates as CUDA kernels on the GPU; auto: plain, "
+                      "per-step or persistent by the cost model (NumPy arrays always run "
+                      "plain)", KERNELS)
 
     def __post_init__(self):
         self.validate()
