@@ -346,8 +346,9 @@ class LaunchPlan:
                         if choice.path == "step":
                             lines.append(f"    per step: cuBLAS GEMM, then {one.describe()}")
                     persistent = costs["launch"]
+                    shown = persistent.fits or persistent.reason in choice.reason
                     lines.append(f"    persistent would be: {persistent.describe()}"
-                                 + ("" if persistent.fits else f" — {persistent.reason}"))
+                                 + ("" if shown else f" ({persistent.reason})"))
         lines.append("memory: " + ", ".join(f"{name} {value / 2**20:.3g} MiB"
                                             for name, value in self.memory.items() if value))
         return "\n".join(lines)

@@ -166,3 +166,22 @@ def test_named_gpus_and_their_published_limits():
              "MaxSharedMemoryPerMultiprocessor": 167936, "MaxSharedMemoryPerBlockOptin": 166912}
     spec = launches.device_spec(attrs, "A100-PCIE-40GB")
     assert (spec.arch, spec.sms, spec.shared_per_block_optin) == ("sm_80", 108, 166912)
+
+
+def test_a_models_plan_explains_its_step():
+    from gpurnn.engine.factory import make_model
+
+    model = make_model("gru", 11, 256, 11, num_layers=2, dtype="float32", seed=0)
+    model.plan = Plan(kernels="auto")
+    report = model.plan.explain(model, batch=8, steps=300, gpu="a100")
+    assert report.num_layers == 2 and report.cell == "gru" and report.hidden == 256
+    assert set(report.paths().values()) <= {"plain", "step", "persistent"}
+    text = str(report)
+    assert "NVIDIA A100" in text and "3 block(s) of 128 steps" in text
+    assert "block of 44 steps" in text                       # the last, shorter block
+    projected = Plan(kernels="fused").explain(cell="lstm", hidden=64, batch=2, steps=8,
+                                              proj_size=16, gpu="h100")
+    assert set(projected.paths().values()) == {"plain"} and "proj_size" in str(projected)
+    truncated = Plan(kernels="fused", persistent=True).explain(
+        cell="elman", hidden=64, batch=2, steps=8, truncate=2, gpu="h100")
+    assert truncated.paths() == {(8, "forward"): "persistent", (8, "backward"): "step"}

@@ -437,3 +437,13 @@ def test_plan_refuses_an_unknown_gpu_in_one_line(capsys):
     assert cli.main(["plan", "--hidden", "8", "--seq-len", "4", "--gpu", "v100"]) == 2
     err = capsys.readouterr().err
     assert "unknown GPU 'v100'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_launch_plan_in_the_gpu_docs_is_what_gpurnn_plan_prints(capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "gpu.md").read_text(encoding="utf-8")
+    command = "gpurnn plan --cell lstm --hidden 512 --batch 8 --seq-len 1024 --gpu h100"
+    shown = text.split(f"$ {command}\n", 1)[1].split("```", 1)[0]
+    assert cli.main(command.split()[1:]) == 0
+    assert capsys.readouterr().out == shown
