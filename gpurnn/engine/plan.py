@@ -38,6 +38,7 @@ Fields:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import re
 
@@ -146,6 +147,22 @@ class Plan:
             declined: why the cell's call runs plain whatever the plan (a state mask...).
             allow_persistent: False where the caller can only run steps (a stepper).
         """
+        if self.kernels == "plain":
+            return Choice("plain", "the plan's kernels are 'plain'")
+        # the same question comes several times a block (inputs, forward, the sweep): the
+        # answer depends only on these, so it is kept (a few µs instead of ~100)
+        import numpy
+
+        try:
+            return _chosen(self, family, phase, numpy.dtype(dtype).str, steps, batch, hidden,
+                           launch, window, declined, allow_persistent)
+        except TypeError:                                # an unhashable launcher
+            return self._choose(family, phase, dtype, steps, batch, hidden, launch,
+                                window=window, declined=declined,
+                                allow_persistent=allow_persistent)
+
+    def _choose(self, family, phase, dtype, steps, batch, hidden, launch=None, *,
+                window=None, declined=None, allow_persistent=True) -> "Choice":
         from . import launches
 
         if self.kernels == "plain":
@@ -239,6 +256,15 @@ class Plan:
                   * (cell != "elman")}
         return LaunchPlan(self, cell, hidden, batch, steps, dtype.name, spec, block,
                           -(-steps // block), num_layers or 1, truncate, rows, memory)
+
+
+@functools.lru_cache(maxsize=4096)
+def _chosen(plan, family, phase, dtype, steps, batch, hidden, launch, window, declined,
+            allow_persistent):
+    import numpy
+
+    return plan._choose(family, phase, numpy.dtype(dtype), steps, batch, hidden, launch,
+                        window=window, declined=declined, allow_persistent=allow_persistent)
 
 
 def device_of_launcher(launch):
