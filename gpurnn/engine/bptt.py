@@ -22,6 +22,13 @@ recomputed from a checkpoint when the sweep reaches them, repeating the same ope
 so the gradients are the same to the last bit. The error the sweep carries from one block
 to the one before (the k + 1 live window origins with truncation) crosses block borders
 unchanged.
+
+The whole-sweep hook: before sweeping a block step by step, :func:`run` offers it to the
+cell's ``backward_sweep`` (:meth:`gpurnn.engine.cells.Cell.backward_sweep`), which may
+compute the block's deltas in one go from the carry, and update the carry, itself: the
+persistent kernels do (one cooperative launch for the block's full-BPTT sweep, when the
+plan chooses them); a cell that returns None is swept step by step as before. Windowed
+truncation is always swept step by step here (cells decline it).
 """
 from __future__ import annotations
 
@@ -123,6 +130,25 @@ def _sweep_block(back, dstates, window, workspace, start=0, carry=None):
     return deltas, kept
 
 
+def _whole_sweep(cell, params, c, dstates, window, workspace, carry):
+    """The whole-sweep hook: ``cell.backward_sweep`` sweeps the block itself (the
+    persistent kernels, :mod:`gpurnn.engine.persistent`), or returns None and the engine
+    sweeps ``backward_stepper`` step by step. The carry is the same as
+    :func:`_sweep_block`'s, in the same buffer ("sweep_g", for full BPTT): the cell starts
+    from it and leaves the gradient on the block's h0 there. Returns (deltas or None,
+    carry)."""
+    hook = getattr(cell, "backward_sweep", None)
+    if hook is None:
+        return None, carry
+    g = None
+    if window is None:                                   # windowed carries are declined
+        xp = get_array_module(dstates)
+        g = carry if carry is not None else workspace.zeros("sweep_g", dstates.shape[1:],
+                                                             dstates.dtype, xp)
+    deltas = hook(params, c.xin, c.h0, c.states, dstates, g, window)
+    return (None, carry) if deltas is None else (deltas, g)
+
+
 class _Cache:
     """What a block's backward step needs: its workspace, inputs, xin, h0 and states."""
 
@@ -210,8 +236,10 @@ def run(cell, params, inputs, h0, schedule, head, truncate=None, first=None):
                 c = caches.pop(i)
                 cell.use_workspace(c.workspace)
                 dstates = head(a, b, c.states)
-                back = cell.backward_stepper(params, c.xin, c.h0, c.states)
-                deltas, carry = _sweep_block(back, dstates, window, home, a, carry)
+                deltas, carry = _whole_sweep(cell, params, c, dstates, window, home, carry)
+                if deltas is None:                       # the cell sweeps step by step
+                    back = cell.backward_stepper(params, c.xin, c.h0, c.states)
+                    deltas, carry = _sweep_block(back, dstates, window, home, a, carry)
                 block_grads = cell.param_grads(params, c.inputs, c.xin, c.h0, c.states, deltas)
                 if grads is None:
                     # (a 16-bit step's blocks are summed in float32: gpurnn.engine.precision)

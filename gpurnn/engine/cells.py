@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-from . import fused
+from . import fused, persistent
 from .activations import apply, check_activation, derivative_from_output
 from .backend import get_array_module, scatter_add
 from .plan import Plan
@@ -51,10 +51,51 @@ class Cell:
     # None; set per call by the stack that owns the cell (gpurnn.engine.dropout)
     state_mask = None
 
+    # The family of CUDA kernels (gpurnn/engine/kernels) that run this cell's maths under a
+    # fused or auto plan: "elman", "gru", "lstm", or None (always plain).
+    kernel_family = None
+
     def launcher(self, array):
         """The fused kernels' launcher for ``array`` under the plan, or None for the plain
         path; the kernels have no state mask, so a masked call runs plain."""
         return None if self.state_mask is not None else fused.launcher_for(self.plan, array)
+
+    def kernel_decline(self):
+        """Why this cell's calls run plain whatever the plan, or None."""
+        if self.kernel_family is None:
+            return f"{type(self).__name__} has no kernels"
+        if self.state_mask is not None:
+            return "a dropout state mask is set (the kernels have none)"
+        return None
+
+    def choose(self, array, phase, steps, batch, hidden, window=None, allow_persistent=True):
+        """The plan's :class:`gpurnn.engine.plan.Choice` for this block's ``phase``
+        ("forward" or "backward"); ``choice.path`` is "plain", "step" or "persistent"
+        (:meth:`gpurnn.engine.plan.Plan.choose`), and ``choice.launcher`` the launcher."""
+        launch = self.launcher(array)
+        choice = self.plan.choose(self.kernel_family, phase, array.dtype, steps, batch, hidden,
+                                  launch, window=window, declined=self.kernel_decline(),
+                                  allow_persistent=allow_persistent)
+        self.last_choice = {**getattr(self, "last_choice", {}), phase: choice}
+        return choice, launch
+
+    def kernel_hidden(self, params, array) -> int:
+        """H, the hidden units the kernels work on (the state's width by default)."""
+        return array.shape[-1]
+
+    def sweep_choice(self, params, states, window=None):
+        """The plan's (choice, launcher) for this block's backward sweep."""
+        return self.choose(states, "backward", states.shape[0], states.shape[1],
+                           self.kernel_hidden(params, states), window)
+
+    def backward_sweep(self, params, xin, h0, states, dstates, carry, window):
+        """The engine's whole-sweep hook (:func:`gpurnn.engine.bptt.run`): this block's
+        deltas (what ``bptt`` sweeping ``backward_stepper`` would return) computed by the
+        cell in one go, with ``carry`` (batch, ...) the gradient the next block left (zeros
+        for the last block), updated in place to the gradient on the block's ``h0``; or
+        None to let the engine sweep step by step. ``window``: None for full BPTT, else the
+        live window origins (a cell that cannot carry them declines)."""
+        return None
 
     def masked(self, h):
         """h as weight_hh sees it: times the state mask, if any."""
@@ -174,6 +215,8 @@ class ElmanCell(Cell):
     W h_{t-1} and its transpose in the backward sweep run step by step.
     """
 
+    kernel_family = "elman"
+
     def __init__(self, activation: str = "tanh", bias: bool = True):
         self.activation = check_activation(activation)
         self.bias = bool(bias)
@@ -191,13 +234,20 @@ class ElmanCell(Cell):
         else:
             xp.matmul(inputs.reshape(steps * batch, -1), U.T,
                       out=xin.reshape(steps * batch, -1))            # one GEMM for all steps
-        if self.bias and self.launcher(xin) is None:
-            xin += params["bias_ih"]                                       # (fused: in the step kernel)
+        if self.bias and self._forward_path(xin, steps)[0].path != "step":
+            xin += params["bias_ih"]                                       # (step kernel: in it)
         return xin
 
+    def _forward_path(self, xin, steps):
+        return self.choose(xin, "forward", steps, xin.shape[1], xin.shape[2])
+
     def forward(self, params, xin, h0, steps):
-        launch = self.launcher(xin)
-        if launch is not None:
+        choice, launch = self._forward_path(xin, steps)
+        if choice.path == "persistent":
+            states = self.workspace.empty("states", xin.shape, xin.dtype, get_array_module(xin))
+            return persistent.elman_forward(params, xin, h0, self.activation, launch,
+                                            out=states)
+        if choice.path == "step":
             return fused.elman_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(xin)
         WT = params["weight_hh"].T
@@ -214,9 +264,20 @@ class ElmanCell(Cell):
                 h = apply(self.activation, a, out=a)                 # h_t = f(a_t)
         return states
 
+    def backward_sweep(self, params, xin, h0, states, dstates, carry, window):
+        """The whole block's deltas as one persistent kernel where the plan chooses it."""
+        choice, launch = self.sweep_choice(params, states, window)
+        if choice.path != "persistent":
+            return None
+        xp = get_array_module(states)
+        deltas = self.workspace.empty("persistent_deltas", states.shape, states.dtype, xp)
+        return persistent.elman_backward(params, states, fused.contiguous(xp, dstates),
+                                         self.activation, launch, out=deltas, carry=carry)
+
     def backward_stepper(self, params, xin, h0, states):
-        launch = self.launcher(states)
-        if launch is not None:
+        choice, launch = self.choose(states, "backward", *states.shape,
+                                     allow_persistent=False)
+        if choice.path == "step":
             return fused.elman_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
         workspace = self.workspace

@@ -30,8 +30,9 @@ _host_launcher = None  # set by emulate_on_host: NumPy arrays then run the fused
 
 
 def launcher_for(plan, array):
-    """The kernel launcher for ``array`` under ``plan``, or None to run the plain path."""
-    if plan is None or plan.kernels != "fused":
+    """The kernel launcher for ``array`` under ``plan`` ("fused" or "auto"), or None to run
+    the plain path."""
+    if plan is None or plan.kernels == "plain":
         return None
     # CuPy arrays go to the GPU; NumPy and cpu-strict arrays to the host emulation where
     # one is active (the CPU check of the callers), else they run plain.

@@ -42,7 +42,7 @@ import numbers
 
 import numpy
 
-from . import fused
+from . import fused, persistent
 from .backend import get_array_module, scatter_add
 from .cells import Cell, masked_previous
 from .stack import LayeredRNN
@@ -125,6 +125,26 @@ class _GatedCell(Cell):
     def _buffer(self, name, shape, like):
         return self.workspace.empty("gate_" + name, shape, like.dtype, get_array_module(like))
 
+    def kernel_hidden(self, params, array) -> int:
+        return params["weight_hh"].shape[0] // self.gates
+
+    def _choose(self, params, array, phase, steps, window=None, allow_persistent=True):
+        """The plan's choice for this block's phase (:meth:`Cell.choose`)."""
+        return self.choose(array, phase, steps, array.shape[-2],
+                           self.kernel_hidden(params, array), window, allow_persistent)
+
+    def backward_sweep(self, params, xin, h0, states, dstates, carry, window):
+        """The whole block's deltas as one persistent kernel (after the factors kernel,
+        which leaves ``xin.K``, ``xin.K2`` for ``param_grads``) where the plan chooses it;
+        None otherwise (the engine then sweeps ``backward_stepper``)."""
+        choice, launch = self.sweep_choice(params, states, window)
+        if choice.path != "persistent":
+            return None
+        xp = get_array_module(states)
+        run = getattr(persistent, f"{self.kernel_family}_backward")
+        return run(self, params, xin, h0, states, fused.contiguous(xp, dstates), launch,
+                   carry=carry, out=self._buffer("persistent_deltas", states.shape, states))
+
     def gate_scale(self, hidden, like):
         """(G·H,): ½ on the rows of sigmoid gates, 1 on tanh ones. The forward works on the
         pre-activations scaled by it, so that one tanh serves every gate:
@@ -196,6 +216,7 @@ class GRUCell(_GatedCell):
     """
 
     gates = 3
+    kernel_family = "gru"
     _tanh_block = 2  # n
     _cache_widths = (5, 13)
 
@@ -223,8 +244,10 @@ class GRUCell(_GatedCell):
         return n + z * (s_prev - n)
 
     def forward(self, params, xin, h0, steps):
-        launch = self.launcher(h0)
-        if launch is not None:
+        choice, launch = self._choose(params, h0, "forward", steps)
+        if choice.path == "persistent":
+            return persistent.gru_forward(self, params, xin, h0, launch)
+        if choice.path == "step":
             return fused.gru_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(h0)
         gates, hn = xin.gates, xin.extra
@@ -267,8 +290,9 @@ class GRUCell(_GatedCell):
         return states
 
     def backward_stepper(self, params, xin, h0, states):
-        launch = self.launcher(states)
-        if launch is not None:
+        choice, launch = self._choose(params, states, "backward", states.shape[0],
+                                      allow_persistent=False)
+        if choice.path == "step":
             return fused.gru_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
         steps, batch, H = states.shape
@@ -355,6 +379,7 @@ class LSTMCell(_GatedCell):
     """
 
     gates = 4
+    kernel_family = "lstm"
     _tanh_block = 2  # g
     _cache_widths = (6, 11)
 
@@ -394,9 +419,16 @@ class LSTMCell(_GatedCell):
         no projection, so with ``proj_size`` the plain path runs whatever the plan says."""
         return None if self.proj_size else super().launcher(array)
 
+    def kernel_decline(self):
+        if self.proj_size:
+            return "proj_size > 0 (the kernels compute h = o ⊙ tanh(c) and know no projection)"
+        return super().kernel_decline()
+
     def forward(self, params, xin, h0, steps):
-        launch = self.launcher(h0)
-        if launch is not None:
+        choice, launch = self._choose(params, h0, "forward", steps)
+        if choice.path == "persistent":
+            return persistent.lstm_forward(self, params, xin, h0, launch)
+        if choice.path == "step":
             return fused.lstm_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(h0)
         gates = xin.gates
@@ -436,8 +468,9 @@ class LSTMCell(_GatedCell):
         return states
 
     def backward_stepper(self, params, xin, h0, states):
-        launch = self.launcher(states)
-        if launch is not None:
+        choice, launch = self._choose(params, states, "backward", states.shape[0],
+                                      allow_persistent=False)
+        if choice.path == "step":
             return fused.lstm_backward_stepper(self, params, xin, h0, states, launch)
         xp = get_array_module(states)
         steps, batch, width = states.shape

@@ -9,14 +9,15 @@ The technique is that of Baidu's persistent RNNs and cuDNN's PERSIST algorithms.
 
 The results equal the per-step path's: the forward fills the same buffers (a gated cell's
 gate cache included, so ``param_grads`` follows unchanged), the backward returns the deltas
-``bptt.sweep`` returns with ``truncate=None``. The plan does not select these yet (the
-engine's sweep calls a cell one step at a time, and these replace the whole sweep); tests
-and ``gpurnn selftest`` call them directly. ``launch`` is a kernel launcher, as in
-:mod:`gpurnn.engine.fused`.
+``bptt.sweep`` returns with ``truncate=None`` (from a ``carry``: the gradient the next
+block of a long sequence left, as ``bptt.run`` carries it). The plan selects them per block
+(:meth:`gpurnn.engine.plan.Plan.choose`); the cells call them from ``forward`` and from the
+engine's whole-sweep hook ``backward_sweep`` (:func:`gpurnn.engine.bptt.run`). ``launch``
+is a kernel launcher, as in :mod:`gpurnn.engine.fused`.
 """
 from __future__ import annotations
 
-from . import fused
+from . import fused, launches
 from .fused import contiguous, threads_per_block
 from .activations import ACTIVATIONS
 from .backend import get_array_module
@@ -25,18 +26,15 @@ __all__ = ["launch_shape", "elman_forward", "elman_backward", "gru_forward", "gr
            "lstm_forward", "lstm_backward"]
 
 
-def launch_shape(kernel, dtype, hidden, launch, threads, lanes, per_unit=None):
-    """(blocks, threads, lanes, rows, shared bytes) of a persistent launch: one block per
-    multiprocessor (fewer when H is smaller), each owning ceil(H / blocks) units and
-    ``per_unit`` values of shared memory for each (default: a row of W, H values) besides
-    one per thread; a ValueError when that does not fit on chip with every block
-    resident."""
+def launch_shape(kernel, dtype, hidden, launch, threads, lanes, batch=0):
+    """(blocks, threads, lanes, rows, shared bytes) of a persistent launch
+    (:func:`gpurnn.engine.launches.persistent_shape`: one block per multiprocessor, fewer
+    when H is smaller, each owning ceil(H / blocks) units and their slice of W in shared
+    memory besides one value per thread); a ValueError when that does not fit on chip with
+    every block resident."""
     threads = threads or threads_per_block(launch)
-    lanes = lanes or min(32, threads)
-    blocks = max(1, min(hidden, launch.multiprocessors))
-    rows = -(-hidden // blocks)
-    blocks = -(-hidden // rows)
-    shared = (rows * (per_unit or hidden) + threads) * dtype.itemsize
+    blocks, threads, lanes, rows, shared = launches.persistent_shape(
+        kernel, dtype.itemsize, hidden, batch, launch.multiprocessors, threads, lanes)
     fit = launch.max_cooperative_blocks(kernel, dtype, threads, shared)
     if fit < blocks:
         raise ValueError(f"the persistent kernel needs {blocks} resident blocks with "
@@ -65,18 +63,23 @@ def elman_forward(params, xin, h0, activation, launch, threads=None, lanes=None,
 
 
 def elman_backward(params, states, dstates, activation, launch, threads=None,
-                              lanes=None, out=None, g=None, barrier=None):
+                              lanes=None, out=None, g=None, barrier=None, carry=None):
     """The per-step deltas e_h(t) (T, B, H) of full BPTT for the Elman cell from one
     persistent cooperative kernel: what ``bptt.sweep`` computes with ``truncate=None`` from
     the states (T, B, H) and each step's output gradient ``dstates`` (T, B, H); W's
     columns stay in shared memory, one grid barrier per step. ``out``, ``g`` (B, H; left
-    holding dL/dh_{-1}) and ``barrier`` may be given, as for the forward."""
+    holding dL/dh_{-1}) and ``barrier`` may be given, as for the forward. ``carry`` (B, H):
+    the gradient reaching h_{T-1} from later steps (the sweep of the next block of a long
+    sequence), used as the running gradient in place of zeros and left holding
+    dL/dh_{-1}; without it the sweep starts from zero, as ``bptt.sweep`` does."""
     xp = get_array_module(states)
     steps, batch, hidden = states.shape
     blocks, threads, lanes, rows, shared = launch_shape(
         "elman_persistent_backward", states.dtype, hidden, launch, threads, lanes)
     deltas = xp.empty(states.shape, dtype=states.dtype) if out is None else out
-    if g is None:
+    if carry is not None:
+        g = carry
+    elif g is None:
         g = xp.zeros((batch, hidden), dtype=states.dtype)
     else:
         g.fill(0)
@@ -97,7 +100,7 @@ def gru_forward(cell, params, xin, h0, launch, threads=None, lanes=None):
     steps, batch, width = gates.shape
     H = width // 3
     blocks, threads, lanes, rows, shared = launch_shape(
-        "gru_persistent_forward", h0.dtype, H, launch, threads, lanes, 3 * H + 3 * batch)
+        "gru_persistent_forward", h0.dtype, H, launch, threads, lanes, batch)
     states = cell.workspace.empty("gate_states", (steps, batch, H), h0.dtype, xp)
     launch("gru_persistent_forward", h0.dtype, (blocks,), (threads,),
            (states, gates, hn, contiguous(xp, h0), contiguous(xp, params["weight_hh"]),
@@ -107,18 +110,21 @@ def gru_forward(cell, params, xin, h0, launch, threads=None, lanes=None):
 
 
 def gru_backward(cell, params, xin, h0, states, dstates, launch, threads=None,
-                            lanes=None):
+                            lanes=None, carry=None, out=None):
     """The GRU's full-BPTT deltas dL/dS_t (T, B, H), what ``bptt.sweep`` returns with
     ``truncate=None``, as one persistent cooperative kernel after the factors kernel (which
-    also leaves ``xin.K``, ``xin.K2`` for ``param_grads``, as the stepper does)."""
+    also leaves ``xin.K``, ``xin.K2`` for ``param_grads``, as the stepper does). ``carry``
+    (B, H): the gradient from later steps, updated in place to dL/dh_{-1} (see
+    :func:`elman_backward`); ``out`` the deltas' buffer."""
     xp = get_array_module(states)
     steps, batch, H = states.shape
     fused.gru_backward_stepper(cell, params, xin, h0, states, launch)  # K, K2, all t
     blocks, threads, lanes, rows, shared = launch_shape(
-        "gru_persistent_backward", states.dtype, H, launch, threads, lanes, 3 * H)
-    deltas = xp.empty(states.shape, dtype=states.dtype)
+        "gru_persistent_backward", states.dtype, H, launch, threads, lanes, batch)
+    deltas = xp.empty(states.shape, dtype=states.dtype) if out is None else out
+    g = xp.zeros((batch, H), dtype=states.dtype) if carry is None else carry
     launch("gru_persistent_backward", states.dtype, (blocks,), (threads,),
-           (deltas, xp.zeros((batch, H), dtype=states.dtype),
+           (deltas, g,
             xp.empty((2, batch, 3 * H), dtype=states.dtype), contiguous(xp, dstates),
             xin.K2, xin.gates, contiguous(xp, params["weight_hh"]),
             xp.zeros(2, dtype=xp.uint32), steps, batch, H, rows, lanes), shared_mem=shared)
@@ -134,7 +140,7 @@ def lstm_forward(cell, params, xin, h0, launch, threads=None, lanes=None):
     steps, batch, width = gates.shape
     H = width // 4
     blocks, threads, lanes, rows, shared = launch_shape(
-        "lstm_persistent_forward", h0.dtype, H, launch, threads, lanes, 4 * H + 4 * batch)
+        "lstm_persistent_forward", h0.dtype, H, launch, threads, lanes, batch)
     states = cell.workspace.empty("gate_states", (steps, batch, 2 * H), h0.dtype, xp)
     launch("lstm_persistent_forward", h0.dtype, (blocks,), (threads,),
            (states, gates, contiguous(xp, h0), contiguous(xp, params["weight_hh"]),
@@ -143,19 +149,21 @@ def lstm_forward(cell, params, xin, h0, launch, threads=None, lanes=None):
 
 
 def lstm_backward(cell, params, xin, h0, states, dstates, launch, threads=None,
-                             lanes=None):
+                             lanes=None, carry=None, out=None):
     """The LSTM's full-BPTT deltas dL/dS_t (T, B, 2H), what ``bptt.sweep`` returns with
     ``truncate=None``, as one persistent cooperative kernel after the factors kernel (which
-    leaves ``xin.K``, ``xin.K2`` for ``param_grads``)."""
+    leaves ``xin.K``, ``xin.K2`` for ``param_grads``). ``carry`` (B, 2H) = [dL/dh, dL/dc]
+    from later steps, updated in place to dL/dS_{-1}; ``out`` the deltas' buffer."""
     xp = get_array_module(states)
     steps, batch, width = states.shape
     H = width // 2
     fused.lstm_backward_stepper(cell, params, xin, h0, states, launch)  # K, ∂h/∂c, all t
     blocks, threads, lanes, rows, shared = launch_shape(
-        "lstm_persistent_backward", states.dtype, H, launch, threads, lanes, 4 * H)
-    deltas = xp.empty(states.shape, dtype=states.dtype)
+        "lstm_persistent_backward", states.dtype, H, launch, threads, lanes, batch)
+    deltas = xp.empty(states.shape, dtype=states.dtype) if out is None else out
+    g = xp.zeros((batch, 2 * H), dtype=states.dtype) if carry is None else carry
     launch("lstm_persistent_backward", states.dtype, (blocks,), (threads,),
-           (deltas, xp.zeros((batch, 2 * H), dtype=states.dtype),
+           (deltas, g,
             xp.empty((2, batch, 4 * H), dtype=states.dtype), contiguous(xp, dstates),
             xin.K, xin.K2, xin.gates, contiguous(xp, params["weight_hh"]),
             xp.zeros(2, dtype=xp.uint32), steps, batch, H, rows, lanes), shared_mem=shared)

@@ -198,6 +198,51 @@ class StackedCell(Cell):
                     for layer in range(self.num_layers)], between, S, H)
         return back
 
+    def backward_sweep(self, params, work, h0, states, dstates, carry, window):
+        """The engine's whole-sweep hook for a stack (:meth:`Cell.backward_sweep`): where
+        some layer's plan chooses the persistent kernels for full BPTT, the block is swept
+        layer by layer, top down, each layer's whole sweep at once (persistent, or its own
+        steps where it declines) and its input gradients for all steps (one GEMM) joining
+        the state gradients of the layer below; the same sums as the step-by-step sweep,
+        which runs otherwise (None)."""
+        if window is not None:
+            return None
+        layers = [self.layer_params(params, layer) for layer in range(self.num_layers)]
+        if not any(cell.sweep_choice(layers[layer], work.states[layer])[0].path ==
+                   "persistent" for layer, cell in enumerate(self.cells)):
+            return None
+        from .bptt import _sweep_block                               # (bptt imports cells)
+
+        xp = get_array_module(states)
+        H, S, D = self.hidden, self.state_width, self.delta_width
+        steps = states.shape[0]
+        deltas = self.workspace.empty("stack_deltas", states.shape[:-1] + (D * self.num_layers,),
+                                      states.dtype, xp)
+        dx = None
+        for layer in reversed(range(self.num_layers)):
+            cell, p = self.cells[layer], layers[layer]
+            ws = self.workspace.child(("layer_sweep", layer))
+            d = ws.empty("dstates", dstates.shape[:-1] + (S,), dstates.dtype, xp)
+            d[...] = dstates[..., self._slice(layer, S)]
+            if dx is not None:
+                d[..., :H] += dx                                     # from the layer above
+            g = ws.empty("carry", carry.shape[:-1] + (S,), carry.dtype, xp)
+            g[...] = carry[..., self._slice(layer, S)]
+            got = cell.backward_sweep(p, work.xin[layer], work.h0[layer], work.states[layer],
+                                      d, g, None)
+            if got is None:
+                back = cell.backward_stepper(p, work.xin[layer], work.h0[layer],
+                                             work.states[layer])
+                got, g = _sweep_block(back, d, None, ws, 0, g)
+            carry[..., self._slice(layer, S)] = g
+            deltas[..., self._slice(layer, D)] = got
+            if layer > 0:
+                dx = cell.input_grads(p, work.xin[layer], got)
+                between = self._between(work, layer, steps)
+                if between is not None:
+                    dx *= between                                    # the dropout between
+        return deltas
+
     def param_grads(self, params, inputs, work, h0, states, deltas):
         xp = get_array_module(deltas)
         grads = {}

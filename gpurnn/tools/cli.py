@@ -382,8 +382,50 @@ def add_selftest(subparsers):
     p.set_defaults(handler=selftest.execute)
 
 
+def add_plan(subparsers):
+    p = subparsers.add_parser(
+        "plan", help="the kernels, launches and memory a training step would use",
+        description="Print the launch plan of a training step: per block of the time grid, "
+                    "what the forward and the backward sweep run as (plain, per-step fused "
+                    "or persistent kernels) and why, each launch's grid, block, shared "
+                    "memory, registers and resident blocks, the estimated times, and the "
+                    "memory. On a GPU, or for a named one without it.")
+    p.add_argument("--cell", choices=("elman", "gru", "lstm"), default="lstm")
+    p.add_argument("--hidden", type=int, required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--gpu", default=None,
+                   help="a100, h100 or h200 (default: the current CUDA device, else h100)")
+    p.add_argument("--kernels", choices=("fused", "auto"), default="auto")
+    p.add_argument("--persistent", choices=("auto", "on", "off"), default="auto",
+                   help="the plan's persistent: the cost model, always where it fits, never")
+    p.add_argument("--truncate", type=int, default=None)
+    p.add_argument("--block-steps", type=int, default=None)
+    p.add_argument("--proj-size", type=int, default=0)
+    p.set_defaults(handler=run_plan)
+
+
+def run_plan(args):
+    from ..engine.plan import Plan
+    from .arguments import UsageError
+
+    if args.hidden <= 0 or args.batch <= 0 or args.seq_len <= 0:
+        raise UsageError("--hidden, --batch and --seq-len must be positive")
+    persistent = {"auto": None, "on": True, "off": False}[args.persistent]
+    try:
+        plan = Plan(kernels=args.kernels, persistent=persistent, block_steps=args.block_steps)
+        report = plan.explain(cell=args.cell, hidden=args.hidden, batch=args.batch,
+                              steps=args.seq_len, dtype=args.dtype, gpu=args.gpu,
+                              truncate=args.truncate, proj_size=args.proj_size)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    print(report)
+    return 0
+
+
 SUBCOMMANDS = [add_train, add_generate, add_evaluate, add_gradcheck, add_plot, add_diagnose, add_bench,
-               add_selftest]
+               add_selftest, add_plan]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,7 +5,9 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
 1. **suite** — the CuPy half of the test suite (``pytest -k cuda``: every test body that
    runs on NumPy and CuPy, the fused kernels on the GPU included), when the tests are there;
 2. **exactness** — every cell (Elman with each activation, GRU, LSTM, a stack) in float64,
-   loss and gradients on CuPy, plain and fused, against NumPy;
+   loss and gradients on CuPy, plain and fused, against NumPy; full BPTT through the plan
+   with the persistent kernels (``persistent=True``) and with ``kernels="auto"`` (the paths
+   each ran are recorded); the plan's occupancy arithmetic against the driver's count;
 3. **fused** — fused against plain on the GPU in float32; the persistent Elman, GRU and
    LSTM forward and backward against the per-step ones (Elman's also captured in one CUDA
    graph and replayed); the optimizer kernels against their NumPy updates;
@@ -74,11 +76,25 @@ CELLS = [("elman", {"activation": a}) for a in ("tanh", "relu", "sigmoid", "iden
     ("gru", {}), ("lstm", {}), ("lstm", {"num_layers": 2, "embedding_size": 6})]
 
 
-def _loss_and_grads(cell, kw, dtype, device, kernels, data, truncate=3):
+def _loss_and_grads(cell, kw, dtype, device, kernels, data, truncate=3, plan=None,
+                    paths=None):
+    """The model's loss and gradients; ``paths`` (a list), if given, receives what each
+    phase ran as ("forward persistent", ...)."""
     model = make_model(cell, 13, 8, 13, dtype=dtype, device=device, seed=1, **kw)
-    model.plan = Plan(kernels=kernels)
+    model.plan = plan or Plan(kernels=kernels)
     x, y, mask = data
-    return model.loss_and_grads(x, y, truncate=truncate, mask=mask)
+    result = model.loss_and_grads(x, y, truncate=truncate, mask=mask)
+    if paths is not None:
+        paths.extend(sorted({f"{phase} {choice.path}" for c in getattr(model.cell, "cells",
+                                                                       [model.cell])
+                             for phase, choice in getattr(c, "last_choice", {}).items()}))
+    return result
+
+
+# Through the plan, full BPTT in blocks of 5 steps (the carry crosses blocks): the persistent
+# kernels wherever they fit, and the cost model's choice.
+PLANNED = (("persistent", Plan(kernels="fused", persistent=True, block_steps=5)),
+           ("auto", Plan(kernels="auto", block_steps=5)))
 
 
 def _data(rng):
@@ -106,6 +122,40 @@ def exactness_checks(device="cuda"):
             got = _loss_and_grads(cell, kw, "float64", device, kernels, data)
             yield _compare(f"float64 {cell} {kw or ''} {kernels} vs NumPy".replace("  ", " "),
                            got, expected, EXACT)
+        full = _loss_and_grads(cell, kw, "float64", "cpu", "plain", data, truncate=None)
+        for name, plan in PLANNED:
+            paths = []
+            got = _loss_and_grads(cell, kw, "float64", device, None, data, None, plan, paths)
+            verdict = _compare(f"float64 {cell} {kw or ''} full BPTT {name} plan vs NumPy"
+                               .replace("  ", " "), got, full, EXACT)
+            verdict["paths"] = paths                     # what the plan ran, per phase
+            yield verdict
+    if backend.get_device(device).kind == "cuda":
+        yield from occupancy_checks()
+
+
+def occupancy_checks(hidden_sizes=(64, 256, 1024), batches=(1, 64)):
+    """The plan's occupancy arithmetic (gpurnn.engine.launches) against the driver's count
+    of resident blocks, for every persistent kernel the plan could launch on this GPU."""
+    from ..engine import launches
+    from ..engine.plan import device_of_launcher
+
+    launch = fused.launcher_for(Plan(kernels="fused"), backend.get_device("cuda").xp.zeros(1))
+    spec = device_of_launcher(launch)
+    for (family, phase), kernel in launches.PERSISTENT_KERNELS.items():
+        for dtype in ("float32", "float64"):
+            for hidden in hidden_sizes:
+                for batch in batches:
+                    predicted = launches.persistent_launch(kernel, dtype, hidden, batch, spec,
+                                                           launch.block_size)
+                    if not predicted.fits:
+                        continue
+                    driver = launch.max_cooperative_blocks(kernel, numpy.dtype(dtype),
+                                                           predicted.block, predicted.shared)
+                    ours = predicted.occupancy.blocks_per_sm * spec.sms
+                    yield {"check": f"occupancy {kernel} {dtype} H={hidden} B={batch}: plan "
+                                    f"{ours} resident blocks, driver {driver}",
+                           "error": None, "passed": ours == driver and driver >= predicted.grid}
 
 
 PERSISTENT_SHAPES = ((50, 8, 256), (20, 3, 1024))  # (steps, batch, hidden) checked

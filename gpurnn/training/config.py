@@ -166,8 +166,10 @@ class TrainConfig:
     stop_signal: Optional[str] = _f(None, "another signal that stops training after the "
                                     "current step with a checkpoint, like SIGTERM and Ctrl-C "
                                     "do (e.g. USR1, for SLURM's --signal=USR1@90)")
-    kernels: str = _f("plain", "fused: the cells' steps, softmax and optimizer updates as CUDA "
-                      "kernels on the GPU (NumPy arrays always run plain)", KERNELS)
+    kernels: str = _f("plain", "fused: the cells' steps (per-step or persistent kernels), "
+                      "softmax and optimizer updates as CUDA kernels on the GPU; auto: plain, "
+                      "per-step or persistent by the cost model (NumPy arrays always run "
+                      "plain)", KERNELS)
     precision: str = _f("float32", "float32; tf32 (TF32 tensor-core GEMMs on the GPU, float32 "
                         "on the CPU); bf16-mixed or fp16-mixed: activations, caches and GEMM "
                         "inputs in bfloat16/float16, the loss, softmax, accumulation, optimizer "

@@ -418,3 +418,32 @@ def test_help_is_plain_text_and_names_what_device_takes(command, capsys):
         assert "--device DEVICE" in text
         assert command == "selftest" or all(
             name in " ".join(text.split()) for name in ("auto", "cpu", "cuda:N", "cpu-strict"))
+
+
+def test_plan_prints_the_launch_plan_for_a_named_gpu(capsys):
+    assert cli.main(["plan", "--cell", "lstm", "--hidden", "512", "--batch", "8",
+                     "--seq-len", "1024", "--gpu", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "NVIDIA H100" in out and "8 block(s) of 128 steps" in out
+    assert "lstm_persistent_forward: grid 128 × block 256 cooperative" in out
+    assert "registers/thread" in out and "memory:" in out
+    assert cli.main(["plan", "--cell", "lstm", "--hidden", "2048", "--batch", "8",
+                     "--seq-len", "64", "--gpu", "a100", "--persistent", "on"]) == 0
+    out = capsys.readouterr().out
+    assert "forward: step" in out and "shared memory per block" in out
+
+
+def test_plan_refuses_an_unknown_gpu_in_one_line(capsys):
+    assert cli.main(["plan", "--hidden", "8", "--seq-len", "4", "--gpu", "v100"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown GPU 'v100'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_launch_plan_in_the_gpu_docs_is_what_gpurnn_plan_prints(capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "gpu.md").read_text(encoding="utf-8")
+    command = "gpurnn plan --cell lstm --hidden 512 --batch 8 --seq-len 1024 --gpu h100"
+    shown = text.split(f"$ {command}\n", 1)[1].split("```", 1)[0]
+    assert cli.main(command.split()[1:]) == 0
+    assert capsys.readouterr().out == shown

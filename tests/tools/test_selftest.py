@@ -75,9 +75,14 @@ def test_a_dry_run_goes_through_every_stage_on_the_cpu(launch):
     assert report["machine"]["dry_run"] and "nothing about GPU speed" in \
         report["machine"]["note"]
     checks = report["checks"]
-    # per cell: float64 plain and fused, float32 fused; persistent: 2 dtypes × (Elman, GRU,
+    # per cell: float64 plain and fused, float32 fused, float64 full BPTT through the
+    # persistent and the auto plan; persistent: 2 dtypes × (Elman, GRU,
     # LSTM) × (forward, backward); the optimizers; no CUDA graph without a GPU
-    assert len(checks) == 3 * len(selftest.CELLS) + 12 + len(fused.OPTIMIZERS)
+    assert len(checks) == (3 + len(selftest.PLANNED)) * len(selftest.CELLS) + 12 \
+        + len(fused.OPTIMIZERS)
+    planned = [c for c in checks if "persistent plan" in c["check"]]
+    assert len(planned) == len(selftest.CELLS)
+    assert all("backward persistent" in c["paths"] for c in planned), planned
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
     rows = json.loads((folder / "sweep.json").read_text())["rows"]
     assert {r["tf32"] for r in rows} == {False, True}

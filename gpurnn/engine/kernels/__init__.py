@@ -216,8 +216,13 @@ class CudaLauncher:
         self._cupy = cupy
         self._modules = {}
         self._functions = {}
-        self.multiprocessors = cupy.cuda.Device().attributes["MultiProcessorCount"]
+        device = cupy.cuda.Device()
+        self.multiprocessors = device.attributes["MultiProcessorCount"]
         self.max_blocks = 32 * self.multiprocessors  # grid-stride loops cover the rest
+        name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
+        # what the plan checks launches against (gpurnn.engine.launches.device_spec)
+        self.device_attributes = dict(device.attributes)
+        self.device_name = name.decode() if isinstance(name, bytes) else name
 
     def function(self, kernel: str, dtype):
         key = (kernel, numpy.dtype(dtype))
