@@ -71,7 +71,7 @@ def plot(result: dict, path: pathlib.Path) -> bool:
             ax.plot(steps, [math.exp(v) for v in losses], color=color, alpha=0.8,
                     label=name if k == 0 else None)
     ax.set(xlabel="step", ylabel="validation perplexity (words)", yscale="log",
-           title="2-layer LSTM LM on the built-in corpus, with and without dropout")
+           title="word LSTM LM (recipe), with and without dropout")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
