@@ -163,6 +163,13 @@ def kernels(repeats=41) -> dict:
     slice_a, slice_b = gates[..., :256], gates[..., 256:512]             # (T, B, H) blocks
     whole_a, whole_b = slice_a.copy(), slice_b.copy()
     product = numpy.empty_like(whole_a)
+    # the gated cells' recurrent product h (B, H) @ (scale ⊙ W_hh)ᵀ, on a transposed view of
+    # W_hh (4H, H) or on a contiguous copy, at B = 8 and 64 (H = 256, four gates), 50 in a
+    # row on one BLAS thread, by the thread's CPU time
+    W_hh = rng.standard_normal((4 * 256, 256), dtype=numpy.float32)
+    W_hh_T = numpy.ascontiguousarray(W_hh.T)
+    recurrent = {B: (rng.standard_normal((B, 256), dtype=numpy.float32),
+                     numpy.empty((B, 4 * 256), dtype=numpy.float32)) for B in (8, 64)}
     cases = {
         "np.exp float32 8.2M": lambda: numpy.exp(z, out=out),
         "torch.exp float32 8.2M (1 thread)": lambda: torch.exp(zt, out=outt),
@@ -176,9 +183,21 @@ def kernels(repeats=41) -> dict:
         "np.multiply 1M, column slices (T, B, H) of (T, B, 4H)": lambda: numpy.multiply(
             slice_a, slice_b, out=product),
     }
+    for B, (h, out_h) in recurrent.items():
+        cases[f"h @ W_hh.T (B={B}, H=256, 4 gates), transposed view, CPU time x50"] = (
+            lambda h=h, out_h=out_h: [numpy.matmul(h, W_hh.T, out=out_h) for _ in range(50)])
+        cases[f"h @ W_hh.T (B={B}, H=256, 4 gates), contiguous copy, CPU time x50"] = (
+            lambda h=h, out_h=out_h: [numpy.matmul(h, W_hh_T, out=out_h) for _ in range(50)])
     times = {name: [] for name in cases}
+    from threadpoolctl import threadpool_limits
     for _ in range(repeats):
         for name, case in cases.items():
+            if "x50" in name:                   # the recurrent products: CPU time
+                with threadpool_limits(1, user_api="blas"):
+                    start = time.thread_time()
+                    case()
+                    times[name].append(time.thread_time() - start)
+                continue
             start = time.perf_counter()
             case()
             times[name].append(time.perf_counter() - start)
@@ -283,9 +302,17 @@ def _write(args, rows, environment, started):
 
 
 def _cells(args):
-    """(configuration, T) pairs: ``--table`` presets, or every config at every length."""
+    """(configuration, T) pairs: ``--table`` presets (or the ``--cells`` among them),
+    ``--cells``, or every config at every length."""
+    chosen = None
+    if args.cells:
+        chosen = [(name, int(steps)) for name, steps in
+                  (cell.rsplit(":", 1) for cell in args.cells)]
     if args.table:
-        return [pair for name in args.table for pair in TABLES[name]]
+        pairs = [pair for name in args.table for pair in TABLES[name]]
+        return pairs if chosen is None else [pair for pair in pairs if pair in chosen]
+    if chosen is not None:
+        return chosen
     return [(config, steps) for config in args.configs for steps in args.lengths]
 
 
@@ -301,6 +328,9 @@ def main(argv=None):
     parser.add_argument("--table", nargs="+", choices=sorted(TABLES),
                         help="preset (configuration, T) pairs instead of --configs × --lengths: "
                              "gated (the GRU/LSTM table at their own H, B, T), lm (T = 32, 128)")
+    parser.add_argument("--cells", nargs="+", metavar="CONFIG:T",
+                        help="(configuration, T) pairs, e.g. lstm-256-b8:128 (with --table: "
+                             "only these of its pairs)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--kernels", action="store_true",
                         help="time single kernels (exp, strided products) instead")
