@@ -13,6 +13,9 @@ as cores). The coordinator then runs rounds; each round times, in a shuffled ord
   move: ``efficiency_one_core`` = gemm_cpu / step_cpu, the share of the step's work that
   is matrix products, the figure that stays put when the wall-clock ones swing.
 
+The timing is :mod:`gpurnn.tools.harness`'s, as for every CPU figure of ``benchmarks/``
+(worker processes, shuffled rounds, medians with quartiles, paired ratios, a warning when
+their quartiles straddle 1, the load, BLAS kernel family and ``OPENBLAS_CORETYPE`` recorded).
 So every ratio comes from measurements taken seconds apart, under the same load: the
 machine this runs on is shared, and its load moves every absolute figure by 1.5-2x. Reported
 per cell: medians with the quartiles, ``efficiency`` = median(gemm) / median(step) (the
@@ -32,6 +35,11 @@ wider row (the gated cells' gate blocks).
 
     python benchmarks/cpu_roofline.py [--configs lm-trunc4 ...] [--lengths 32 128 512]
         [--rounds 5] [--host-threads-ab] [--output benchmarks/results/cpu_roofline]
+    python benchmarks/cpu_roofline.py --table gated lm [--baseline DIR] [--rounds 5] ...
+
+``--table gated`` runs the GRU and LSTM at the sizes of issue 23's table (H, B, T: 128, 64,
+128; 256, 64, 128; 256, 8, 128; 512, 16, 64; 1024, 8, 32; and 256, 1, 128), ``--table lm``
+the tutorial LM (truncate 4) at T = 32 and 128.
     python benchmarks/cpu_roofline.py --kernels [--output benchmarks/results/cpu_kernels]
 """
 from __future__ import annotations
@@ -40,16 +48,20 @@ import argparse
 import json
 import os
 import pathlib
-import random
 import statistics
-import subprocess
 import sys
 import time
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DEFAULT_CONFIGS = ("lm-trunc4", "lm-full", "dense-256", "dense-512", "dense-1024", "gru-256",
                    "lstm-256")
-MIN_SAMPLE_S = 0.03        # a timed sample repeats the work until it lasts about this long
+# Presets of (configuration, T) for --table: the gated cells' table of issue 23 (H, B, T as
+# PyTorch was measured against), with the batch-1 case, and the tutorial LM at T = 32, 128.
+_GATED = [("{}-128", 128), ("{}-256", 128), ("{}-256-b8", 128), ("{}-512-b16", 64),
+          ("{}-1024-b8", 32), ("{}-256-b1", 128)]
+TABLES = {"gated": [(name.format(cell), steps) for cell in ("gru", "lstm")
+                    for name, steps in _GATED],
+          "lm": [("lm-trunc4", 32), ("lm-trunc4", 128)]}
 
 
 # --- worker side ------------------------------------------------------------------------------
@@ -97,39 +109,40 @@ def _one_core(function):
     return _single_blas_thread(run)
 
 
+def _setup(system):
+    """The worker's ``setup(command)`` for :func:`gpurnn.tools.harness.serve`: the tasks of
+    one system at one (configuration, T), the configuration sent whole (a baseline checkout
+    may not know its name)."""
+    def setup(command):
+        from gpurnn.tools import bench
+        config, steps = bench.Config(**command["config"]), command["T"]
+        if system == "torch":
+            import torch
+            torch.set_num_threads(os.cpu_count())
+            return {"torch": bench.torch_step(config, steps)}
+        if system == "gpurnn-1thread":
+            return {"step_1thread": bench.gpurnn_step(config, steps)}
+        if system == "gpurnn-baseline":
+            step = bench.gpurnn_step(config, steps)
+            return {"step_baseline": step, "step_baseline_cpu": _one_core(step)}
+        gemms = _gemm_runner(bench.gemm_shapes(config, steps))
+        step = bench.gpurnn_step(config, steps)
+        return {"step": step, "gemm": gemms, "step_cpu": _one_core(step),
+                "gemm_cpu": _one_core(gemms)}
+    return setup
+
+
 def worker(system: str) -> None:
     """Answer JSON commands on stdin, one per line: setup, then timings."""
-    tasks = {}
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["cmd"] == "setup":
-            from gpurnn.tools import bench
-            config, steps = bench.CONFIGS[command["config"]], command["T"]
-            if system == "torch":
-                import torch
-                torch.set_num_threads(os.cpu_count())
-                tasks = {"torch": bench.torch_step(config, steps)}
-            elif system == "gpurnn-1thread":
-                tasks = {"step_1thread": bench.gpurnn_step(config, steps)}
-            elif system == "gpurnn-baseline":
-                step = bench.gpurnn_step(config, steps)
-                tasks = {"step_baseline": step, "step_baseline_cpu": _one_core(step)}
-            else:
-                gemms = _gemm_runner(bench.gemm_shapes(config, steps))
-                step = bench.gpurnn_step(config, steps)
-                tasks = {"step": step, "gemm": gemms, "step_cpu": _one_core(step),
-                         "gemm_cpu": _one_core(gemms)}
-            for task in tasks.values():                 # warm-up: buffers, pages, caches
-                task()
-            reply = {"tasks": list(tasks)}
-        else:
-            task, repeats = tasks[command["task"]], command["repeats"]
-            clock = time.thread_time if command["task"].endswith("_cpu") else time.perf_counter
-            start = clock()
-            for _ in range(repeats):
-                task()
-            reply = {"seconds": (clock() - start) / repeats}
-        print(json.dumps(reply), flush=True)
+    try:
+        from gpurnn.tools import harness
+    except ImportError:         # a baseline checkout from before the harness: this one's
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(
+            "_harness", RESULTS.parent.parent / "gpurnn" / "tools" / "harness.py")
+        harness = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(harness)
+    harness.serve(_setup(system))
 
 
 # --- single kernels -----------------------------------------------------------------------
@@ -150,6 +163,13 @@ def kernels(repeats=41) -> dict:
     slice_a, slice_b = gates[..., :256], gates[..., 256:512]             # (T, B, H) blocks
     whole_a, whole_b = slice_a.copy(), slice_b.copy()
     product = numpy.empty_like(whole_a)
+    # the gated cells' recurrent product h (B, H) @ (scale ⊙ W_hh)ᵀ, on a transposed view of
+    # W_hh (4H, H) or on a contiguous copy, at B = 8 and 64 (H = 256, four gates), 50 in a
+    # row on one BLAS thread, by the thread's CPU time
+    W_hh = rng.standard_normal((4 * 256, 256), dtype=numpy.float32)
+    W_hh_T = numpy.ascontiguousarray(W_hh.T)
+    recurrent = {B: (rng.standard_normal((B, 256), dtype=numpy.float32),
+                     numpy.empty((B, 4 * 256), dtype=numpy.float32)) for B in (8, 64)}
     cases = {
         "np.exp float32 8.2M": lambda: numpy.exp(z, out=out),
         "torch.exp float32 8.2M (1 thread)": lambda: torch.exp(zt, out=outt),
@@ -163,9 +183,21 @@ def kernels(repeats=41) -> dict:
         "np.multiply 1M, column slices (T, B, H) of (T, B, 4H)": lambda: numpy.multiply(
             slice_a, slice_b, out=product),
     }
+    for B, (h, out_h) in recurrent.items():
+        cases[f"h @ W_hh.T (B={B}, H=256, 4 gates), transposed view, CPU time x50"] = (
+            lambda h=h, out_h=out_h: [numpy.matmul(h, W_hh.T, out=out_h) for _ in range(50)])
+        cases[f"h @ W_hh.T (B={B}, H=256, 4 gates), contiguous copy, CPU time x50"] = (
+            lambda h=h, out_h=out_h: [numpy.matmul(h, W_hh_T, out=out_h) for _ in range(50)])
     times = {name: [] for name in cases}
+    from threadpoolctl import threadpool_limits
     for _ in range(repeats):
         for name, case in cases.items():
+            if "x50" in name:                   # the recurrent products: CPU time
+                with threadpool_limits(1, user_api="blas"):
+                    start = time.thread_time()
+                    case()
+                    times[name].append(time.thread_time() - start)
+                continue
             start = time.perf_counter()
             case()
             times[name].append(time.perf_counter() - start)
@@ -174,72 +206,51 @@ def kernels(repeats=41) -> dict:
 
 
 # --- coordinator ------------------------------------------------------------------------------
-class Worker:
-    def __init__(self, system, root=None):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(root or RESULTS.parent.parent), os.environ.get("PYTHONPATH", "")]))
-        if system == "gpurnn-1thread":
-            env["GPURNN_HOST_THREADS"] = "1"         # the plain path: no host threads
-        self.process = subprocess.Popen([sys.executable, __file__, "--worker", system],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, env=env)
-
-    def ask(self, **command):
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"benchmark worker died on {command}")
-        return json.loads(line)
-
-    def close(self):
-        self.process.stdin.close()
-        self.process.wait()
+WORKER_ENV = {"gpurnn-1thread": {"GPURNN_HOST_THREADS": "1"}}   # the plain path
 
 
-def _quartiles(values):
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "min": min(values)}
+def make_worker(system, root=None):
+    from gpurnn.tools import harness
+    return harness.Worker(__file__, system, root or RESULTS.parent.parent,
+                          WORKER_ENV.get(system))
 
 
 def measure_cell(workers, config, steps, rounds):
-    tasks = {}
+    """One row: every worker's tasks at (configuration, T), interleaved over ``rounds``."""
+    import dataclasses
+
+    from gpurnn.tools import bench, harness
+    spec = bench.CONFIGS[config]
+    timer = harness.Rounds()
     for name, w in workers.items():
-        if name == "gpurnn-1thread" and not config.startswith("lm"):
+        if name == "gpurnn-1thread" and spec.kind != "lm":
             continue                             # host threads serve the softmax layer only
-        for task in w.ask(cmd="setup", config=config, T=steps)["tasks"]:
-            tasks[task] = w
-    # Repeat each task within a sample so that a sample lasts about MIN_SAMPLE_S.
-    repeats = {}
-    for task, w in tasks.items():
-        once = w.ask(cmd="time", task=task, repeats=1)["seconds"]
-        repeats[task] = max(1, round(MIN_SAMPLE_S / max(once, 1e-6)))
-    samples = {task: [] for task in tasks}
-    order = list(tasks)
-    for _ in range(rounds):
-        random.shuffle(order)
-        for task in order:
-            samples[task].append(tasks[task].ask(cmd="time", task=task,
-                                                 repeats=repeats[task])["seconds"])
-    row = {"config": config, "T": steps, "rounds": rounds,
-           **{f"{task}_s": _quartiles(values) for task, values in samples.items()}}
-    step = statistics.median(samples["step"])
-    row["efficiency"] = statistics.median(samples["gemm"]) / step
-    row["efficiency_one_core"] = (statistics.median(samples["gemm_cpu"])
-                                  / statistics.median(samples["step_cpu"]))
-    per_round = [t / s for t, s in zip(samples["torch"], samples["step"])]
-    row["vs_torch"] = _quartiles(per_round)
+        for task in w.ask(cmd="setup", config=dataclasses.asdict(spec), T=steps)["tasks"]:
+            timer.add(task, worker=w, clock="cpu" if task.endswith("_cpu") else "wall")
+    samples = timer.run(rounds)
+    row = {"config": config, "T": steps, "cell": spec.cell, "hidden": spec.hidden,
+           "batch": spec.batch, "rounds": rounds,
+           **{f"{task}_s": summary for task, summary in timer.summaries().items()}}
+    step = row["step_s"]["median"]
+    row["efficiency"] = row["gemm_s"]["median"] / step
+    row["efficiency_one_core"] = row["gemm_cpu_s"]["median"] / row["step_cpu_s"]["median"]
+    row["vs_torch"] = harness.ratio(samples["torch"], samples["step"])
     if "step_baseline" in samples:
-        row["baseline_gain"] = _quartiles(
-            [b / s for b, s in zip(samples["step_baseline"], samples["step"])])
-        row["baseline_one_core_gain"] = _quartiles(
-            [b / s for b, s in zip(samples["step_baseline_cpu"], samples["step_cpu"])])
-        row["efficiency_one_core_baseline"] = (statistics.median(samples["gemm_cpu"])
-                                               / statistics.median(samples["step_baseline_cpu"]))
+        row["baseline_gain"] = harness.ratio(samples["step_baseline"], samples["step"])
+        row["baseline_one_core_gain"] = harness.ratio(samples["step_baseline_cpu"],
+                                                      samples["step_cpu"])
+        row["efficiency_one_core_baseline"] = (row["gemm_cpu_s"]["median"]
+                                               / row["step_baseline_cpu_s"]["median"])
+        row["vs_torch_baseline"] = harness.ratio(samples["torch"], samples["step_baseline"])
     if "step_1thread" in samples:
-        row["host_threads_gain"] = _quartiles(
-            [p / s for p, s in zip(samples["step_1thread"], samples["step"])])
+        row["host_threads_gain"] = harness.ratio(samples["step_1thread"], samples["step"])
+    label = f"{config} T={steps}"
+    row["warnings"] = harness.noise_warnings(
+        {f"{label} {key}": row[key] for key in ("vs_torch", "baseline_gain",
+                                                "baseline_one_core_gain", "host_threads_gain")
+         if key in row})
     row["samples"] = samples
+    row["order"] = timer.order_log
     return row
 
 
@@ -275,29 +286,38 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def _blas_kernels():
-    """The kernel family the BLAS chose (OPENBLAS_CORETYPE changes it), if threadpoolctl can tell."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    return [pool.get("architecture") for pool in threadpool_info() if pool["user_api"] == "blas"]
-
-
-def _write(args, rows, load_before, started):
+def _write(args, rows, environment, started):
     """The JSON and the plot of the cells measured so far (rewritten after every cell)."""
     from gpurnn._version import __version__
-    from gpurnn.tools.bench import machine_info
 
-    payload = {"benchmark": "cpu_roofline", "gpurnn": __version__, **machine_info(),
-               "load_average_before": load_before, "load_average_after": os.getloadavg(),
+    payload = {"benchmark": "cpu_roofline", "gpurnn": __version__, **environment,
+               "load_average_before": environment["load_average"],
+               "load_average_after": os.getloadavg(),
                "wall_seconds": time.time() - started, "rounds": args.rounds,
-               "env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
-               "blas_kernels": _blas_kernels(), "baseline": args.baseline_label,
-               "rows": rows}
+               "baseline": args.baseline_label,
+               "warnings": [w for row in rows for w in row["warnings"]], "rows": rows}
     with open(f"{args.output}.json", "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=1)
     plot(rows, f"{args.output}.png")
+
+
+def _cells(args):
+    """(configuration, T) pairs: ``--table`` presets (or the ``--cells`` among them),
+    ``--cells``, or every config at every length."""
+    chosen = None
+    if args.cells:
+        chosen = [(name, int(steps)) for name, steps in
+                  (cell.rsplit(":", 1) for cell in args.cells)]
+    if args.table:
+        pairs = [pair for name in args.table for pair in TABLES[name]]
+        return pairs if chosen is None else [pair for pair in pairs if pair in chosen]
+    if chosen is not None:
+        return chosen
+    return [(config, steps) for config in args.configs for steps in args.lengths]
+
+
+def _fmt(r):
+    return f"{r['median']:.2f}× ({r['q1']:.2f}–{r['q3']:.2f})"
 
 
 def main(argv=None):
@@ -305,6 +325,12 @@ def main(argv=None):
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
     parser.add_argument("--lengths", nargs="+", type=int, default=[32, 128, 512])
+    parser.add_argument("--table", nargs="+", choices=sorted(TABLES),
+                        help="preset (configuration, T) pairs instead of --configs × --lengths: "
+                             "gated (the GRU/LSTM table at their own H, B, T), lm (T = 32, 128)")
+    parser.add_argument("--cells", nargs="+", metavar="CONFIG:T",
+                        help="(configuration, T) pairs, e.g. lstm-256-b8:128 (with --table: "
+                             "only these of its pairs)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--kernels", action="store_true",
                         help="time single kernels (exp, strided products) instead")
@@ -322,51 +348,55 @@ def main(argv=None):
     if args.worker:
         worker(args.worker)
         return 0
+    sys.path.insert(0, str(RESULTS.parent.parent))
+    from gpurnn.tools import harness
+    environment = harness.environment()
     if args.kernels:
-        sys.path.insert(0, str(RESULTS.parent.parent))
-        from gpurnn.tools.bench import machine_info
-        load_before = os.getloadavg()
         result = kernels()
         for name, value in result.items():
             print(f"{name:<56} min {value['min_ms']:8.2f} ms   median {value['median_ms']:8.2f} ms")
         if args.output:
             with open(f"{args.output}.json", "w", encoding="utf-8") as f:
-                json.dump({"benchmark": "cpu_kernels", **machine_info(),
-                           "load_average_before": load_before,
+                json.dump({"benchmark": "cpu_kernels", **environment,
+                           "load_average_before": environment["load_average"],
                            "load_average_after": os.getloadavg(), "kernels": result}, f, indent=1)
             print(f"wrote {args.output}.json")
         return 0
-    sys.path.insert(0, str(RESULTS.parent.parent))
-    load_before = os.getloadavg()
     started = time.time()
-    workers = {"gpurnn": Worker("gpurnn"), "torch": Worker("torch")}
+    print(f"load average {environment['load_average'][0]:.2f}; BLAS "
+          f"{[p.get('architecture') for p in environment['blas_pools']]}; OPENBLAS_CORETYPE "
+          f"{'set' if environment['openblas_coretype_pinned'] else 'not set'}", flush=True)
+    workers = {"gpurnn": make_worker("gpurnn"), "torch": make_worker("torch")}
     if args.host_threads_ab:
-        workers["gpurnn-1thread"] = Worker("gpurnn-1thread")
+        workers["gpurnn-1thread"] = make_worker("gpurnn-1thread")
     if args.baseline:
-        workers["gpurnn-baseline"] = Worker("gpurnn-baseline", os.path.abspath(args.baseline))
+        workers["gpurnn-baseline"] = make_worker("gpurnn-baseline",
+                                                 os.path.abspath(args.baseline))
     rows = []
     print("| config | T | step ms (q1–q3) | GEMMs ms | efficiency | one core | "
           "PyTorch ms | gpurnn/PyTorch (q1–q3) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     try:
-        for config in args.configs:
-            for steps in args.lengths:
-                row = measure_cell(workers, config, steps, args.rounds)
-                rows.append(row)
-                if args.output:
-                    _write(args, rows, load_before, started)
-                s, t, v = row["step_s"], row["torch_s"], row["vs_torch"]
-                print(f"| {config} | {steps} | {s['median'] * 1e3:.1f} ({s['q1'] * 1e3:.1f}–"
-                      f"{s['q3'] * 1e3:.1f}) | {row['gemm_s']['median'] * 1e3:.1f} | "
-                      f"{row['efficiency']:.2f} | "
-                      f"{row['efficiency_one_core']:.2f} | "
-                      f"{t['median'] * 1e3:.1f} | {v['median']:.2f}× ({v['q1']:.2f}–{v['q3']:.2f}) |"
-                      + (f" host threads {row['host_threads_gain']['median']:.2f}×"
-                         if "host_threads_gain" in row else "")
-                      + (f" vs baseline {row['baseline_gain']['median']:.2f}× (one core "
-                         f"{row['baseline_one_core_gain']['median']:.2f}×, baseline GEMM share "
-                         f"{row['efficiency_one_core_baseline']:.2f})"
-                         if "baseline_gain" in row else ""), flush=True)
+        for config, steps in _cells(args):
+            row = measure_cell(workers, config, steps, args.rounds)
+            rows.append(row)
+            if args.output:
+                _write(args, rows, environment, started)
+            s, t = row["step_s"], row["torch_s"]
+            print(f"| {config} | {steps} | {s['median'] * 1e3:.1f} ({s['q1'] * 1e3:.1f}–"
+                  f"{s['q3'] * 1e3:.1f}) | {row['gemm_s']['median'] * 1e3:.1f} | "
+                  f"{row['efficiency']:.2f} | {row['efficiency_one_core']:.2f} | "
+                  f"{t['median'] * 1e3:.1f} | {_fmt(row['vs_torch'])} |"
+                  + (f" host threads {_fmt(row['host_threads_gain'])}"
+                     if "host_threads_gain" in row else "")
+                  + (f" vs baseline {_fmt(row['baseline_gain'])} (one core "
+                     f"{_fmt(row['baseline_one_core_gain'])}, baseline GEMM share "
+                     f"{row['efficiency_one_core_baseline']:.2f}, baseline/PyTorch "
+                     f"{_fmt(row['vs_torch_baseline'])})"
+                     if "baseline_gain" in row else "")
+                  + f" load {os.getloadavg()[0]:.1f}", flush=True)
+            for warning in row["warnings"]:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
     finally:
         for w in workers.values():
             w.close()

@@ -12,9 +12,11 @@ writes throughput.json, throughput_throughput.png (tokens/s against T), throughp
 and vocabulary, logits blocked and whole). Extra arguments go to the harness
 (``--configs``, ``--lengths``, ``--systems``, ``--repeats``, ``--output``, ...).
 """
+import pathlib
 import sys
 
-from gpurnn.tools import bench
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout's gpurnn
+from gpurnn.tools import bench  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(bench.main(["--memory-sweep", *sys.argv[1:]]))

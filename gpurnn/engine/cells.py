@@ -250,7 +250,7 @@ class ElmanCell(Cell):
         if choice.path == "step":
             return fused.elman_forward(self, params, xin, h0, steps, launch)
         xp = get_array_module(xin)
-        WT = params["weight_hh"].T
+        WT = xp.ascontiguousarray(params["weight_hh"].T)             # (a view: slower GEMMs)
         states = self.workspace.empty("states", xin.shape, xin.dtype, xp)  # (T, B, H)
         h = h0
         batch, hidden = h0.shape

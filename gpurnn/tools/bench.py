@@ -20,7 +20,10 @@ and their timed steps are *interleaved*: repeat r times system A, then B, then C
 rotating), so that a burst of load hits all of them alike. Each row records the median, the
 spread (min and max) and every sample; ratios are taken repeat by repeat and reported as the
 median with their quartiles. When the quartiles straddle 1 the difference is within the
-noise and no ratio is printed, only the quartiles, with a warning.
+noise and no ratio is printed, only the quartiles, with a warning (also kept in the JSON's
+``warnings``). The summaries, the paired ratios and the record of the machine (its load
+before and after, the BLAS kernel family, whether ``OPENBLAS_CORETYPE`` was set) come from
+:mod:`gpurnn.tools.harness`, the harness every CPU figure of ``benchmarks/`` is taken with.
 """
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ from ..reference import elman as reference
 from ..engine.model import ElmanRNN
 from ..training.optim import SGD
 from ..engine.factory import make_model
+from . import harness
+from .harness import machine_info
 from .arguments import UsageError, positive_int
 
 __all__ = ["Config", "CONFIGS", "run", "timed", "spread", "paired_ratios", "machine_info",
@@ -76,7 +81,15 @@ CONFIGS = {c.name: c for c in [
     # gated cells, dense inputs
     Config("gru-256", "dense", 128, 256, 128, 64, None, "gru"),
     Config("lstm-256", "dense", 128, 256, 128, 64, None, "lstm"),
+    # the gated cells at other sizes and small batches (benchmarks/cpu_roofline.py --table)
+    *(Config(f"{cell}-{hidden}{suffix}", "dense", 128, hidden, 128, batch, None, cell)
+      for cell in ("gru", "lstm")
+      for hidden, batch, suffix in ((128, 64, ""), (256, 8, "-b8"), (256, 1, "-b1"),
+                                    (512, 16, "-b16"), (1024, 8, "-b8"))),
 ]}
+# What a plain ``gpurnn bench`` sweeps (the extra gated sizes only when named).
+DEFAULT_CONFIGS = ("lm-trunc4", "lm-full", "dense-256", "dense-512", "dense-1024", "gru-256",
+                   "lstm-256")
 LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 REFERENCE_MAX_T = 64          # the plain loop is O(T·τ) tiny ops per sequence: keep it short
 REFERENCE_SEQUENCES = 2
@@ -203,11 +216,10 @@ def paired_ratios(ours: list, theirs: list) -> dict:
     does not move them, and they settle as repeats are added, where min and max only
     widen); ``min``, ``max``; and ``clear``: the quartiles do not straddle 1, i.e. the
     spread is smaller than the difference."""
-    ratios = sorted(b / a for a, b in zip(ours, theirs))
-    low, _, high = (statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1
-                    else ratios * 3)
-    return {"ratio": statistics.median(ratios), "low": low, "high": high, "min": ratios[0],
-            "max": ratios[-1], "clear": not low <= 1.0 <= high, "repeats": len(ratios)}
+    n = min(len(ours), len(theirs))
+    r = harness.ratio(theirs[:n], ours[:n])
+    return {"ratio": r["median"], "low": r["q1"], "high": r["q3"], "min": r["min"],
+            "max": r["max"], "clear": r["clear"], "repeats": r["n"]}
 
 
 def _sync(device):
@@ -322,9 +334,11 @@ def measure_speed(system: str, config: Config, lengths, repeats: int, warmup: in
 
 def _speed_row(system, config, steps, tokens, samples) -> dict:
     seconds = statistics.median(samples)
+    quartiles = harness.summary(samples)
     row = {"config": config.name, "T": steps, "system": system, "tokens": tokens,
            "seconds": seconds, "tokens_per_s": tokens / seconds,
-           "seconds_min": min(samples), "seconds_max": max(samples), "samples": samples}
+           "seconds_min": min(samples), "seconds_max": max(samples),
+           "seconds_q1": quartiles["q1"], "seconds_q3": quartiles["q3"], "samples": samples}
     if system == "reference":
         row["per_sequence"] = True
     if system == "gpurnn":
@@ -333,13 +347,22 @@ def _speed_row(system, config, steps, tokens, samples) -> dict:
     return row
 
 
+def _package_env() -> dict:
+    """The environment for a measuring subprocess: this gpurnn first on the path, so that a
+    checkout's benchmark measures that checkout's code, not another installed copy."""
+    root = str(Path(__file__).resolve().parents[2])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
 class _Worker:
     """One system's step in its own process, timed one call at a time on request."""
 
     def __init__(self, system: str, config: Config, steps: int, warmup: int):
         command = [sys.executable, "-m", "gpurnn.tools.bench", "--probe", "worker", system,
                    json.dumps(dataclasses.asdict(config)), str(steps), str(warmup)]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(command, env=_package_env(), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         self.ready = self._read()          # {"tokens": n} or {"skip": true}
 
@@ -413,7 +436,8 @@ def measure_interleaved(systems, config: Config, steps: int, repeats: int,
 def _probe(*arguments) -> object:
     """Run ``python -m gpurnn.tools.bench --probe ...`` and return the JSON it prints last."""
     command = [sys.executable, "-m", "gpurnn.tools.bench", "--probe", *map(str, arguments)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          env=_package_env())
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
         raise RuntimeError(f"benchmark probe {' '.join(command[3:])} failed: "
@@ -628,8 +652,10 @@ RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def add_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
-                        metavar="NAME", help=f"configurations (default all: {', '.join(CONFIGS)})")
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
+                        choices=list(CONFIGS), metavar="NAME",
+                        help=f"configurations (default: {', '.join(DEFAULT_CONFIGS)}; also "
+                             f"{', '.join(c for c in CONFIGS if c not in DEFAULT_CONFIGS)})")
     parser.add_argument("--lengths", nargs="+", type=positive_int, default=list(LENGTHS),
                         metavar="T", help="sequence lengths (default 16 32 ... 1024)")
     parser.add_argument("--systems", nargs="+", default=None,
@@ -672,6 +698,7 @@ def output_prefix(args) -> Path:
 def execute(args) -> int:
     from .._version import __version__
     prefix = output_prefix(args)
+    environment = harness.environment()
     results = run(args.configs, args.lengths, systems=args.systems, repeats=args.repeats,
                   memory=not args.no_memory)
     print()
@@ -684,10 +711,15 @@ def execute(args) -> int:
         print(f"warning: {len(noisy)} of {len(found)} comparisons are within the noise (the "
               f"quartiles of their ratios over the repeats straddle 1); more --repeats or a "
               f"quieter machine would tell them apart", file=sys.stderr)
-    payload = {"benchmark": "throughput", "gpurnn": __version__, **machine_info(),
+    payload = {"benchmark": "throughput", "gpurnn": __version__, **environment,
+               "load_average_before": environment["load_average"],
+               "load_average_after": list(os.getloadavg()),
                "configs": {n: dataclasses.asdict(CONFIGS[n]) for n in args.configs},
                "repeats": args.repeats, "interleaved": True, "results": results,
-               "ratios": found}
+               "ratios": found, "warnings": [
+                   f"{key}: the quartiles of the ratio ({value['low']:.2f}-{value['high']:.2f})"
+                   f" straddle 1, the spread exceeds the difference"
+                   for key, value in found.items() if not value["clear"]]}
     with open(f"{prefix}.json", "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=1)
     written = [f"{prefix}.json"] + plot(results, prefix)
@@ -700,36 +732,6 @@ def execute(args) -> int:
         path = plot_memory_sweep(rows, f"{prefix}_memory_sweep.png")
         print(f"wrote {prefix}_memory_sweep.json" + (f", {path}" if path else ""))
     return 0
-
-
-def machine_info() -> dict:
-    """Machine, CPU, cores, BLAS, library versions, GPU and date."""
-    import datetime
-    import platform
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "cores": os.cpu_count(), "numpy": numpy.__version__,
-            "load_average": list(os.getloadavg())}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
-                               if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor() or "unknown"
-    blas = numpy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    info["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    if backend.cupy is not None:
-        info["cupy"] = backend.cupy.__version__
-    if backend.cuda_available():
-        name = backend.cupy.cuda.runtime.getDeviceProperties(0)["name"]
-        info["gpu"] = name.decode() if isinstance(name, bytes) else name
-    try:
-        import torch
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
-    return info
 
 
 def main(argv=None) -> int:
