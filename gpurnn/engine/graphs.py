@@ -108,6 +108,8 @@ def refusal(model, optimizer, inputs, targets=None, *, h0=None, mask=None, trunc
 
 def _signature(model, optimizer, plan, inputs, targets, h0, truncate, reduction):
     def shape(a):
+        if isinstance(a, tuple):                         # an LSTM's (h, c)
+            return tuple(shape(part) for part in a)
         return None if a is None else (tuple(a.shape), a.dtype.str)
 
     params = tuple((name, id(value), shape(value)) for name, value in model.params.items())
