@@ -77,7 +77,7 @@ def _logits_need_shift(states2d, V, c) -> bool:
 
 
 def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
-                          workspace=None, plan=None) -> OutputGrads:
+                          workspace=None, plan=None, keep_loss=False) -> OutputGrads:
     """Loss and gradients of the output layer, a block of rows at a time.
 
     Args:
@@ -89,6 +89,8 @@ def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
         scale: multiplies the loss and every gradient (1 / count for a mean).
         workspace: a :class:`gpurnn.workspace.Workspace` for the scratch arrays; the
             returned ``dstates`` lives in it.
+        keep_loss: return the loss as a 0-d device array instead of a Python float (no
+            read-back: what a captured step needs, :mod:`gpurnn.engine.graphs`).
         plan: a :class:`gpurnn.engine.plan.Plan`; a fused one runs the softmax row block
             as one kernel on CuPy arrays.
     """
@@ -110,7 +112,7 @@ def output_loss_and_grads(output, V, c, states, targets, mask=None, scale=1.0,
     else:
         loss, dV, dc = _squared_error(output, V, c, h_all, targets.reshape(steps * batch, -1),
                                       w_all, scale, d_all, workspace)
-    return OutputGrads(float(loss) * scale, dV, dc, dstates)
+    return OutputGrads((loss * scale) if keep_loss else float(loss) * scale, dV, dc, dstates)
 
 
 def output_loss(output, V, c, states, targets, weights=None) -> float:

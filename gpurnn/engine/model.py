@@ -328,7 +328,7 @@ class RecurrentModel(_ParamsMixin):
     def loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                        reduction="mean", memory_budget=None,
                        checkpoint_every=None, precision=None,
-                       loss_scale=1.0) -> LossAndGrads:
+                       loss_scale=1.0, loss_on_device=False) -> LossAndGrads:
         """Loss and its gradients by BPTT.
 
         Args:
@@ -351,6 +351,8 @@ class RecurrentModel(_ParamsMixin):
             loss_scale: the loss is multiplied by it before the backward sweep and the
                 gradients divided by it after (float16 loss scaling); the returned loss and
                 gradients are unscaled, and non-finite where the scaled sweep overflowed.
+            loss_on_device: return the loss as a 0-d array on the model's device, never
+                read back (the captured step of :mod:`gpurnn.engine.graphs`).
         """
         truncate = check_truncate(truncate)
         reduction = check_reduction(reduction)
@@ -392,7 +394,8 @@ class RecurrentModel(_ParamsMixin):
                                           _output_dropped(hidden, masks),
                                           _time_major(y[:, a:b]),
                                           None if m is None else _time_major(m[:, a:b]),
-                                          scale, workspace, plan=plan)
+                                          scale, workspace, plan=plan,
+                                          keep_loss=loss_on_device)
             dhidden = block.dstates
             if output_mask is not None:
                 dhidden *= output_mask                   # the output layer read h ⊙ m

@@ -40,6 +40,10 @@ Fields:
   step by step, ``"auto"`` (the default) the scan for blocks long enough that it is faster.
   Equal to rounding (bounded in :mod:`gpurnn.engine.scan`); other cells always loop, and
   windowed truncation (``truncate=k``) sweeps back by the loop.
+* ``graph``: True lets :class:`gpurnn.engine.graphs.StepGraph` capture a whole training
+  step (forward, backward, optimizer update) as one CUDA graph and replay it while the
+  shapes repeat; it refuses, with the reason, what cannot be captured. False (the default):
+  every step runs as usual.
 """
 from __future__ import annotations
 
@@ -111,6 +115,7 @@ class Plan:
         time: "auto", "scan" or "loop": how diagonal cells cross a block's steps.
         persistent: None (the cost model decides), True or False: whether the persistent
             kernels run where they apply and fit (under "fused" or "auto").
+        graph: whether :class:`gpurnn.engine.graphs.StepGraph` may capture the step.
     """
 
     kernels: str = "plain"
@@ -120,6 +125,7 @@ class Plan:
     precision: str = "float32"   # mixed precision: gpurnn.engine.precision
     time: str = "auto"
     persistent: object = None
+    graph: bool = False
 
     def __post_init__(self):
         if self.time not in TIME:
@@ -135,6 +141,8 @@ class Plan:
         check_precision(self.precision)
         if self.persistent not in (None, True, False):
             raise ValueError(f"persistent must be None, True or False, got {self.persistent!r}")
+        if self.graph not in (True, False):
+            raise ValueError(f"graph must be True or False, got {self.graph!r}")
         if self.memory_budget is not None and self.checkpoint_every is not None:
             raise ValueError("give memory_budget or checkpoint_every, not both: the budget "
                              "chooses where to checkpoint")

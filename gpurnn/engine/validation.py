@@ -1,6 +1,7 @@
 """Argument checks shared by the models: each error names the argument and what was expected."""
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy
@@ -9,7 +10,7 @@ from .backend import get_array_module, to_device
 
 __all__ = [
     "resolve_dtype", "check_size", "check_truncate", "check_reduction", "as_inputs",
-    "as_targets", "as_mask", "as_state", "as_float_array",
+    "as_targets", "as_mask", "as_state", "as_float_array", "values_checked",
 ]
 
 _DTYPES = ("float32", "float64")
@@ -65,11 +66,29 @@ def _asarray(value, name, device):
         raise TypeError(f"{name} must be an array-like of numbers ({error})") from None
 
 
+_SKIP_VALUE_CHECKS = [False]
+
+
+@contextlib.contextmanager
+def values_checked():
+    """Within this block the checks that read device values back (ids in range, finite
+    floats) are skipped: the caller has made them already. A captured step
+    (:mod:`gpurnn.engine.graphs`) checks each batch before copying it into its buffers,
+    and must not synchronise inside the capture."""
+    previous, _SKIP_VALUE_CHECKS[0] = _SKIP_VALUE_CHECKS[0], True
+    try:
+        yield
+    finally:
+        _SKIP_VALUE_CHECKS[0] = previous
+
+
 # Elements checked at a time: the check's temporaries stay small next to a long sequence.
 _FINITE_CHUNK = 1 << 20
 
 
 def _check_finite(array, name):
+    if _SKIP_VALUE_CHECKS[0]:
+        return
     xp = get_array_module(array)
     if array.ndim < 2:
         parts = [array]
@@ -83,6 +102,8 @@ def _check_finite(array, name):
 
 def _check_ids(ids, name, limit, what):
     # One read-back for both bounds: on a GPU each int() of a device value is a sync.
+    if _SKIP_VALUE_CHECKS[0]:
+        return
     if ids.size and bool((ids.min() < 0) | (ids.max() >= limit)):
         raise ValueError(f"{name} holds ids from {int(ids.min())} to {int(ids.max())}; "
                          f"expected {what} ids in [0, {limit})")

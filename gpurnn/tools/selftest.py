@@ -10,7 +10,9 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
    each ran are recorded); the plan's occupancy arithmetic against the driver's count;
 3. **fused** — fused against plain on the GPU in float32; the persistent Elman, GRU and
    LSTM forward and backward against the per-step ones (Elman's also captured in one CUDA
-   graph and replayed); the optimizer kernels against their NumPy updates;
+   graph and replayed); a whole training step captured by
+   :class:`gpurnn.engine.graphs.StepGraph` and replayed against the uncaptured steps (a
+   refusal is recorded with its reason); the optimizer kernels against their NumPy updates;
 4. **sweep** (:mod:`gpurnn.tools.gpu_sweep`) — training throughput (forward, BPTT, SGD
    update; tokens/s) against the sequence length T, gpurnn plain and fused beside PyTorch's
    cuDNN ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` on the same sizes, with peak GPU memory,
@@ -50,7 +52,7 @@ from .arguments import UsageError
 from .gpu_sweep import LENGTHS, SWEEP, plot_sweep, summary_table, sweep
 
 __all__ = ["add_arguments", "execute", "run", "exactness_checks", "fused_checks", "suite",
-           "main"]
+           "step_graph_check", "main"]
 
 DEFAULT_OUTPUT = pathlib.Path("benchmarks") / "results" / "gpu"
 DRY_RUN_OUTPUT = pathlib.Path("gpurnn-selftest-dry-run")   # not the kept results
@@ -183,6 +185,7 @@ def fused_checks(device="cuda", persistent_shapes=None):
                            "error": None, "skipped": str(error)}
     if backend.get_device(device).kind == "cuda":   # graph capture needs a GPU
         yield _graph_check(rng)
+        yield step_graph_check(device)
     for name in fused.OPTIMIZERS:
         start = rng.standard_normal((64, 33))
         grads = [rng.standard_normal(start.shape) for _ in range(3)]
@@ -306,6 +309,46 @@ def _graph_check(rng, steps=40, batch=8, hidden=256) -> dict:
         return {"check": name, "passed": False, "error": None,
                 "detail": f"{type(failure).__name__}: {failure}"}
     return {"check": name, "error": error, "tolerance": EXACT, "passed": error <= EXACT}
+
+
+def step_graph_check(device="cuda", cell="gru", steps=5, batch=4, hidden=64) -> dict:
+    """A whole training step (loss, gradients, fused SGD) captured by
+    :class:`gpurnn.engine.graphs.StepGraph` and replayed, against the same steps uncaptured
+    (float64). A refusal (CuPy refusing cuBLAS during capture, say) is reported with its
+    reason as a skip, never raised."""
+    from ..engine import graphs
+
+    name = f"float64 {cell} training step in a CUDA graph, replayed vs uncaptured"
+    try:
+        plan = Plan(kernels="fused", persistent=True, graph=True)
+        pair = []
+        for _ in range(2):
+            model = make_model(cell, 11, hidden, 11, dtype="float64", seed=3, device=device)
+            model.plan = plan
+            opt = make_optimizer("sgd", 0.1)
+            opt.plan = plan
+            pair.append((model, opt))
+        (m1, o1), (m2, o2) = pair
+        step = graphs.StepGraph(m2, o2)
+        rng = numpy.random.default_rng(4)
+        modes, worst = [], 0.0
+        for _ in range(4):
+            x, y = (backend.to_device(rng.integers(0, 11, (batch, steps)), device)
+                    for _ in range(2))
+            expected = m1.loss_and_grads(x, y)
+            o1.step(m1.params, expected.grads)
+            got = step(x, y)
+            modes.append(got.mode)
+            worst = max(worst, abs(got.loss - expected.loss) / abs(expected.loss))
+        worst = max([worst] + [_relative(m2.params[k], v) for k, v in m1.params.items()])
+    except Exception as failure:  # a launch failed: report it
+        return {"check": name, "passed": False, "error": None,
+                "detail": f"{type(failure).__name__}: {failure}"}
+    record = {"check": name, "error": worst, "tolerance": EXACT, "modes": modes,
+              "passed": worst <= EXACT}
+    if "replay" not in modes:      # refused or failed: the steps ran eager, and say why
+        record["skipped"] = step.reason
+    return record
 
 
 def suite(timeout, require_ran=True) -> dict:

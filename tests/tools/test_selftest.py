@@ -142,3 +142,11 @@ def test_without_a_gpu_the_error_suggests_the_dry_run(device, capsys):
 def test_the_suite_stage_fails_when_the_cupy_tests_did_not_run(status, summary, require_ran,
                                                                  passed):
     assert selftest._suite_verdict(status, summary, require_ran)["passed"] is passed
+
+
+def test_the_step_graph_stage_reports_a_refusal_instead_of_raising():
+    from gpurnn.tools.selftest import step_graph_check
+
+    record = step_graph_check("cpu")          # no GPU: refused, every step eager, equal
+    assert record["passed"] and "not CuPy's" in record["skipped"]
+    assert record["modes"] == ["eager"] * 4 and record["error"] <= 1e-10
