@@ -30,7 +30,7 @@ if host.compiler() is None and os.environ.get("GPURNN_REQUIRE_KERNEL_TOOLS") != 
     _PROBLEM = "no host C++ compiler (g++) to build the kernels for the host"
 pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=str(_PROBLEM))
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
+ml_dtypes = pytest.importorskip("ml_dtypes")  # in the test extra: bfloat16 for NumPy
 
 TOLERANCE = {np.float32: 1e-6, np.float64: 1e-12}
 DTYPES = (np.float32, np.float64)

@@ -3,7 +3,8 @@
 The sources are ``.cu``/``.cuh`` files in this package (package data, so an installed wheel
 has them). Headers (``.cuh``) hold the maths as ``__host__ __device__`` functions; each
 ``.cu`` file holds thin ``extern "C" __global__`` wrappers, one per dtype (``_f32``,
-``_f64``), that only map threads to elements. The same files are built three ways:
+``_f64``; the cell steps and the softmax also ``_f16`` and ``_bf16``, 16-bit storage with
+float32 maths, ``storage16.cuh``), that only map threads to elements. The same files are built three ways:
 
 * on a GPU, by :class:`CudaLauncher` through ``cupy.RawModule`` (NVRTC);
 * in CI, to PTX for every architecture in :data:`ARCHS` by :func:`compile_ptx` (NVRTC from
