@@ -240,7 +240,7 @@ def softmax_cross_entropy(V, c, h_all, t_all, w_all, scale, d_all, workspace, bl
         grid = max(1, min(n, getattr(launch, "max_blocks", 65535)))
         launch("softmax_xent", dtype, (grid,), (threads,),
                (z, losses[part], c, t_all[part], None if w_all is None else w_all[part],
-                scale, n, outputs), shared_mem=threads * dtype.itemsize)
+                scale, n, outputs), shared_mem=threads * max(4, dtype.itemsize))  # 16-bit: float
         xp.matmul(z, V, out=d_all[part])                                 # e_y V
         h1[:n, :hidden] = h
         dVc += xp.matmul(z.T, h1[:n], out=dVc_block)                     # [e_yᵀ h, Σ e_y]

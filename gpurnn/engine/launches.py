@@ -361,7 +361,15 @@ class Launch:
 
 
 def _function(kernel, dtype):
-    return f"{kernel}_{'f32' if numpy.dtype(dtype).itemsize == 4 else 'f64'}"
+    from . import kernels
+
+    return kernels.function_name(kernel, dtype)
+
+
+def _instantiated(kernel, dtype) -> bool:
+    from . import kernels
+
+    return kernels.suffix(dtype) in {kernels.suffix(d) for d in kernels.KERNELS[kernel].dtypes}
 
 
 def persistent_launch(kernel, dtype, hidden, batch, spec, threads=256, lanes=None) -> Launch:
@@ -372,6 +380,11 @@ def persistent_launch(kernel, dtype, hidden, batch, spec, threads=256, lanes=Non
     spec = gpu_spec(spec)
     blocks, threads, lanes, rows, shared = persistent_shape(
         kernel, numpy.dtype(dtype).itemsize, hidden, batch, spec.sms, threads, lanes)
+    if not _instantiated(kernel, dtype):                 # the 16-bit storage types
+        none = Occupancy(0, "dtype", {})
+        return Launch(kernel, blocks, threads, shared, 0, none, True, False,
+                      f"{kernel} is built for float32 and float64 only, not "
+                      f"{numpy.dtype(dtype).name}", rows)
     used = resources(_function(kernel, dtype), spec.arch)
     occ = occupancy(spec, threads, used["registers"], shared, used["static_shared"])
     reason = ""
@@ -420,7 +433,7 @@ COSTS = {
 
 def _gemm_time(spec, batch, hidden, gates, itemsize):
     flops = 2 * batch * hidden * gates * hidden
-    peak = spec.tensor_flops32 if itemsize == 4 else spec.flops64
+    peak = spec.tensor_flops32 if itemsize <= 4 else spec.flops64   # 16-bit: as TF32 (low)
     bytes_ = (gates * hidden * hidden + batch * hidden * (1 + gates)) * itemsize
     return max(flops / (peak * COSTS["gemm_efficiency"]), bytes_ / spec.memory_bandwidth)
 
@@ -460,7 +473,7 @@ def sweep_costs(family, phase, dtype, steps, batch, hidden, spec, threads=256) -
         units = launch.rows * (gates if phase == "forward" else 1)
         length = hidden * (1 if phase == "forward" else gates)
         rounds = -(-units * batch // groups)              # block_rows_times' iterations
-        flops_per_sm = (spec.flops32 if itemsize == 4 else spec.flops64) / spec.sms
+        flops_per_sm = (spec.flops32 if itemsize <= 4 else spec.flops64) / spec.sms
         # each round: a lane's share of a dot product (FMA pipes shared by the block), then
         # log2(lanes) + 2 block barriers of the reduction
         dot = 2 * units * batch * length / flops_per_sm

@@ -381,7 +381,8 @@ class RecurrentModel(_ParamsMixin):
             params = mixed.weights(params)
             V, c = mixed.wide(params["V"]), mixed.wide(params.get("c"))
             x, h0 = mixed.store(x), mixed.store(h0)
-            plan = plan.replace(kernels="plain")         # the fused kernels: 32/64-bit only
+            # the fused cell kernels take the 16-bit arrays (float32 maths inside), the
+            # softmax kernel the float32 output layer; the persistent ones decline (plan)
         workspace = self.cell.workspace
         out = {"loss": 0.0, "dV": None, "dc": None}
         output_mask = None if masks is None else masks.output

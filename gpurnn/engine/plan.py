@@ -180,7 +180,7 @@ class Plan:
         import numpy
 
         try:
-            return _chosen(self, family, phase, numpy.dtype(dtype).str, steps, batch, hidden,
+            return _chosen(self, family, phase, numpy.dtype(dtype), steps, batch, hidden,
                            launch, window, declined, allow_persistent)
         except TypeError:                                # an unhashable launcher
             return self._choose(family, phase, dtype, steps, batch, hidden, launch,

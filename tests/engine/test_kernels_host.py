@@ -4,13 +4,20 @@ Each check launches the kernels as the GPU would (their own thread-to-element ma
 blocks and grids so grid-stride loops and several blocks run) and compares with the NumPy
 path: float32 to 1e-6, float64 to 1e-12, relative to the largest expected value. A build
 with one sign flipped in each family's maths (-DGPURNN_FAULT_SIGN=-1) must fail them all.
+
+The 16-bit instantiations (float16, bfloat16: 16-bit loads and stores, float32 maths) are
+compared with the plain mixed-precision path on the same 16-bit arrays (MixedArray, which
+rounds every elementwise operation to the storage type), to BOUND16 u of the storage
+type's unit round-off u (2^-11, 2^-8), normwise as above; see BOUND16 for the reasoning.
 """
 import os
 
 import numpy as np
 import pytest
 
-from gpurnn.engine import bptt, fused, persistent
+import ctypes
+
+from gpurnn.engine import bptt, fused, persistent, precision
 from gpurnn.engine.activations import ACTIVATIONS, apply, derivative_from_output
 from gpurnn.engine.cells import ElmanCell
 from gpurnn.engine.gated import GRUCell, LSTMCell
@@ -23,8 +30,23 @@ if host.compiler() is None and os.environ.get("GPURNN_REQUIRE_KERNEL_TOOLS") != 
     _PROBLEM = "no host C++ compiler (g++) to build the kernels for the host"
 pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=str(_PROBLEM))
 
+ml_dtypes = pytest.importorskip("ml_dtypes")  # in the test extra: bfloat16 for NumPy
+
 TOLERANCE = {np.float32: 1e-6, np.float64: 1e-12}
 DTYPES = (np.float32, np.float64)
+UNIT_ROUNDOFF = {np.float16: 2.0 ** -11, ml_dtypes.bfloat16: 2.0 ** -8}
+DTYPES16 = tuple(UNIT_ROUNDOFF)
+# The bound on the 16-bit kernels against the plain mixed path, in units of u. Both start
+# from the same 16-bit inputs; a kernel rounds each stored value once from float32 maths
+# (relative error ≤ u, plus float32's 2^-24 per operation), the plain path rounds each of
+# the k ≤ 6 operations of an element's gate maths (≤ k·u, to first order). So one element
+# of one step differs by at most (k + 1)·u ≈ 7u of its magnitude; through the recurrence
+# (states feeding the next step over T = 6 steps, contractive gates) and the backward sweep
+# and weight-gradient GEMMs (sums of products of such values, normwise) the differences
+# add, not multiply: 7u per stored value over the 3 rounded stages (forward, sweep, GEMM)
+# gives about 20u; the bound is 32u, a fifth of a planted sign's error for bfloat16.
+BOUND16 = 32
+TOLERANCE.update({dtype: BOUND16 * u for dtype, u in UNIT_ROUNDOFF.items()})
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +73,10 @@ def assert_close(pairs, dtype):
 
 
 def random(rng, shape, dtype, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(dtype)
+    """Standard normal values of ``dtype``; a 16-bit one as a MixedArray (what a mixed
+    step's arrays are on NumPy)."""
+    values = (rng.standard_normal(shape) * scale).astype(dtype)
+    return values.view(precision.MixedArray) if dtype in UNIT_ROUNDOFF else values
 
 
 # ---- the checks: each returns {name: (kernel result, NumPy result)} -----------------------
@@ -97,6 +122,14 @@ def _compare_cells(make_cell, params, inputs, h0, launch):
     return out
 
 
+def check_elman(launch, dtype, rng):
+    H, I = 5, 4
+    params = {"weight_ih": random(rng, (H, I), dtype), "weight_hh": random(rng, (H, H), dtype),
+              "bias_ih": random(rng, H, dtype)}
+    return _compare_cells(ElmanCell, params, random(rng, (6, 3, I), dtype),
+                          random(rng, (3, H), dtype), launch)
+
+
 def check_gru(launch, dtype, rng):
     H, I = 5, 4
     params = {"weight_ih": random(rng, (3 * H, I), dtype),
@@ -135,7 +168,7 @@ def check_softmax(launch, dtype, rng):
         e = p * (weight * scale)[:, None]
         got_loss = np.empty(rows, dtype)
         launch("softmax_xent", dtype, (3,), (16,), (z, got_loss, c, t, w, scale, rows, V),
-               shared_mem=16 * np.dtype(dtype).itemsize)
+               shared_mem=16 * max(4, np.dtype(dtype).itemsize))  # 16-bit: float buffer
         out[f"loss c={with_c} w={with_w}"] = (got_loss, loss.astype(dtype))
         out[f"e_y c={with_c} w={with_w}"] = (z, e.astype(dtype))
     return out
@@ -227,10 +260,48 @@ def check_persistent_lstm(launch, dtype, rng):
                                    persistent.lstm_backward, 4, 2)
 
 
+def check_model(launch, dtype, rng):
+    """A whole mixed-precision step (bf16-mixed or fp16-mixed) of a 2-layer LSTM and a GRU
+    language model with the fused plan (cell kernels on the 16-bit arrays, the softmax
+    kernel on the float32 output layer) against the plain plan: the loss and every
+    gradient."""
+    import gpurnn
+
+    name = "fp16-mixed" if dtype is np.float16 else "bf16-mixed"
+    out = {}
+    x = rng.integers(0, 20, (3, 7))
+    for label, model in (("lstm", gpurnn.LSTM(20, 6, 20, num_layers=2, seed=3)),
+                         ("gru", gpurnn.GRU(20, 6, 20, seed=4))):
+        results = []
+        for kernels in ("plain", "fused"):
+            with fused.emulate_on_host(launch):
+                got = model.loss_and_grads(x, x, precision=name, truncate=None) \
+                    if kernels == "plain" else _fused_step(model, x, name)
+            results.append(got)
+        (loss0, grads0, _), (loss1, grads1, _) = results
+        out[f"{label} loss"] = (np.array([loss1]), np.array([loss0]))
+        out.update({f"{label} d{k}": (grads1[k], grads0[k]) for k in grads0})
+    return out
+
+
+def _fused_step(model, x, name):
+    saved = model.plan
+    model.plan = Plan(kernels="fused", persistent=False)
+    try:
+        return model.loss_and_grads(x, x, precision=name)
+    finally:
+        model.plan = saved
+
+
 CHECKS = {"elman_step": check_elman_step, "elman_delta": check_elman_delta, "gru": check_gru,
           "lstm": check_lstm, "softmax": check_softmax, "optimizers": check_optimizers,
           "persistent": check_persistent, "persistent_gru": check_persistent_gru,
           "persistent_lstm": check_persistent_lstm}
+# The 16-bit instantiations, against the plain mixed path.
+CHECKS16 = {"elman_step": check_elman_step, "elman_delta": check_elman_delta,
+            "elman": check_elman, "gru": check_gru, "lstm": check_lstm,
+            "softmax": check_softmax, "model": check_model}
+FAULTED16 = ("elman_step", "elman", "gru", "lstm", "softmax", "model")
 # The checks whose family carries a planted sign under -DGPURNN_FAULT_SIGN=-1.
 FAULTED = ("elman_step", "gru", "lstm", "softmax", "optimizers", "persistent",
            "persistent_gru", "persistent_lstm")
@@ -247,6 +318,75 @@ def test_a_planted_wrong_sign_is_caught(check, faulty):
     results = CHECKS[check](faulty, np.float64, np.random.default_rng(7))
     worst = max(error(got, expected) for got, expected in results.values())
     assert worst > 1e-3, f"{check}: a flipped sign went unnoticed (error {worst})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES16, ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("check", CHECKS16)
+def test_16bit_kernels_match_the_plain_mixed_path(check, dtype, launch):
+    results = CHECKS16[check](launch, dtype, np.random.default_rng(7))
+    for name, (got, expected) in results.items():
+        assert got.shape == expected.shape, name
+        if name.split()[-1] != "loss" and check not in ("model",):
+            assert got.dtype == expected.dtype == np.dtype(dtype), name
+        assert error(got, expected) <= TOLERANCE[dtype], \
+            f"{name}: {error(got, expected) / UNIT_ROUNDOFF[dtype]:.1f} u"
+
+
+@pytest.mark.parametrize("dtype", DTYPES16, ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("check", FAULTED16)
+def test_a_planted_wrong_sign_is_caught_in_16bit(check, dtype, faulty):
+    results = CHECKS16[check](faulty, dtype, np.random.default_rng(7))
+    worst = max(error(got, expected) for got, expected in results.values())
+    assert worst > 2 * TOLERANCE[dtype], f"{check}: a flipped sign went unnoticed ({worst})"
+
+
+def _shim(launch, name):
+    function = getattr(launch._lib, name)
+    function.restype = None
+    return function
+
+
+@pytest.mark.parametrize("kind, dtype", [(0, np.float16), (1, "bfloat16")])
+def test_the_host_16bit_types_round_as_numpy_and_ml_dtypes(kind, dtype, launch):
+    """The host shim's widening is exact for all 65536 bit patterns, and its rounding of
+    float32 to 16 bits is round-to-nearest-even bit for bit: every 16-bit value, every
+    midpoint between neighbours (the ties) and the floats either side, 2^20 random float32
+    bit patterns, overflow, zeros, infinities and NaN."""
+    dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    bits = np.arange(65536, dtype=np.uint16)
+    exact = bits.view(dtype).astype(np.float32)
+    widened = np.empty(65536, np.float32)
+    _shim(launch, "gpurnn_widen16")(ctypes.c_int(kind), ctypes.c_void_p(bits.ctypes.data),
+                                    ctypes.c_void_p(widened.ctypes.data), ctypes.c_longlong(65536))
+    nan = np.isnan(exact)
+    assert (np.isnan(widened) == nan).all()
+    assert (widened[~nan].view(np.uint32) == exact[~nan].view(np.uint32)).all()
+    values = np.sort(exact[np.isfinite(exact)])
+    ties = ((values[1:].astype(np.float64) + values[:-1]) / 2).astype(np.float32)
+    rng = np.random.default_rng(0)
+    floats = np.concatenate([
+        exact, ties, np.nextafter(ties, np.float32(np.inf)),
+        np.nextafter(ties, np.float32(-np.inf)),
+        rng.integers(0, 2 ** 32, 2 ** 20, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        np.float32([65504, 65519.99, 65520, 3.4e38, -65520, 0, -0.0, np.inf, -np.inf])])
+    got = np.empty(floats.size, np.uint16)
+    _shim(launch, "gpurnn_narrow16")(ctypes.c_int(kind), ctypes.c_void_p(floats.ctypes.data),
+                                     ctypes.c_void_p(got.ctypes.data),
+                                     ctypes.c_longlong(floats.size))
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = floats.astype(dtype).view(np.uint16)
+    nan = np.isnan(floats)
+    assert (got[~nan] == expected[~nan]).all()
+    assert np.isnan(got[nan].view(dtype).astype(np.float32)).all()
+
+
+def test_16bit_arrays_decline_where_no_16bit_kernel_is_built(launch):
+    p = np.zeros(4, np.float16)
+    with pytest.raises(TypeError, match="float32 or float64 arrays, got float16"):
+        launch("sgd", np.float16, (1,), (4,), (p, p.copy(), 4, 0.1))
+    choice = Plan(kernels="fused", persistent=True).choose(
+        "lstm", "forward", ml_dtypes.bfloat16, 8, 4, 64, launch)
+    assert choice.path == "step" and "float32 and float64 only" in choice.reason
 
 
 def test_barriers_in_a_launch_without_them_are_an_error(launch, monkeypatch):
@@ -288,7 +428,8 @@ def test_the_host_build_registers_every_kernel_with_the_table_sizes(launch):
 
     sizes = {"i32": 4, "i64": 8}
     for name, spec in kernels.KERNELS.items():
-        for dtype in DTYPES:
-            expected = [sizes.get(kind, np.dtype(dtype).itemsize if kind == "T" else 8)
+        for dtype in spec.dtypes:
+            itemsize = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}[dtype]
+            expected = [sizes.get(kind, itemsize if kind == "T" else 8)
                         for kind in spec.args]
             assert launch.arg_sizes(kernels.function_name(name, dtype)) == expected, name

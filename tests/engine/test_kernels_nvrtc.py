@@ -38,8 +38,22 @@ def test_every_source_compiles(source, arch):
     assert f".target sm_{arch.split('_')[1]}" in ptx
     for name, spec in kernels.KERNELS.items():
         if spec.source == source:
-            for dtype in ("float32", "float64"):
+            for dtype in spec.dtypes:               # the 16-bit ones for steps and softmax
                 assert f".entry {kernels.function_name(name, dtype)}(" in ptx
+
+
+def test_the_16bit_instantiations_use_the_hardware_conversions():
+    """half and bfloat16 loads widen with cvt.f32.{f16,bf16} (or a shift, exact), stores
+    round with cvt.rn.{f16,bf16}.f32 and the maths is float32: no f16/bf16 arithmetic."""
+    ptx = kernels.compile_ptx("gated.cu", "compute_80")
+    entry = ptx[ptx.index(".entry lstm_step_bf16("):]
+    entry = entry[:entry.index(".entry", 1)] if ".entry" in entry[1:] else entry
+    assert "cvt.rn.bf16.f32" in entry
+    assert "ld.global.u16" in entry or "ld.global.b16" in entry
+    entry = ptx[ptx.index(".entry lstm_step_f16("):]
+    assert "cvt.rn.f16.f32" in entry and "cvt.f32.f16" in entry
+    for forbidden in ("add.f16", "mul.f16", "fma.rn.f16", "add.bf16", "fma.rn.bf16"):
+        assert forbidden not in ptx
 
 
 def test_the_table_lists_every_kernel_of_the_sources():

@@ -19,8 +19,8 @@ DTYPES = ("float32", "float64")
 
 
 def _functions():
-    return {kernels.function_name(name, dtype) for name in kernels.KERNELS
-            for dtype in DTYPES}
+    """Every instantiation: float32 and float64, and float16/bfloat16 where built."""
+    return set(kernels.functions())
 
 
 def test_the_committed_table_covers_every_kernel_without_spills_within_its_bounds():
@@ -185,3 +185,27 @@ def test_a_models_plan_explains_its_step():
     truncated = Plan(kernels="fused", persistent=True).explain(
         cell="elman", hidden=64, batch=2, steps=8, truncate=2, gpu="h100")
     assert truncated.paths() == {(8, "forward"): "persistent", (8, "backward"): "step"}
+
+
+@pytest.mark.parametrize("gpu", ["a100", "h100"])
+def test_16bit_launches_run_the_step_kernels_and_fit_the_device(gpu):
+    """float16 and bfloat16 (the mixed precisions' storage): the per-step kernels'
+    launches fit for every size; the persistent kernels, built for float32/float64 only,
+    are never chosen, and the plan says so."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    spec = launches.gpu_spec(gpu)
+    named = _Named(spec)
+    for dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
+        for cell in ("elman", "gru", "lstm"):
+            for hidden in HIDDEN:
+                for batch in BATCH:
+                    for phase in ("forward", "backward"):
+                        choice = Plan(kernels="auto", persistent=True).choose(
+                            cell, phase, dtype, 64, batch, hidden, named)
+                        assert choice.path in ("step", "plain")
+                        assert "float32 and float64 only" in choice.reason
+                        for step in launches.step_launches(cell, phase, dtype, hidden,
+                                                           batch, spec):
+                            assert step.fits, step.reason
+                            assert step.kernel + "_" + kernels.suffix(dtype) in \
+                                launches.RESOURCES["kernels"][spec.arch]

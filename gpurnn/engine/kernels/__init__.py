@@ -3,7 +3,8 @@
 The sources are ``.cu``/``.cuh`` files in this package (package data, so an installed wheel
 has them). Headers (``.cuh``) hold the maths as ``__host__ __device__`` functions; each
 ``.cu`` file holds thin ``extern "C" __global__`` wrappers, one per dtype (``_f32``,
-``_f64``), that only map threads to elements. The same files are built three ways:
+``_f64``; the cell steps and the softmax also ``_f16`` and ``_bf16``, 16-bit storage with
+float32 maths, ``storage16.cuh``), that only map threads to elements. The same files are built three ways:
 
 * on a GPU, by :class:`CudaLauncher` through ``cupy.RawModule`` (NVRTC);
 * in CI, to PTX for every architecture in :data:`ARCHS` by :func:`compile_ptx` (NVRTC from
@@ -25,7 +26,7 @@ import re
 
 import numpy
 
-__all__ = ["ARCHS", "KERNELS", "Kernel", "KernelCompileError", "source_dir", "source_names",
+__all__ = ["ARCHS", "KERNELS", "ALL_DTYPES", "Kernel", "suffix", "functions", "KernelCompileError", "source_dir", "source_names",
            "expand", "compile_ptx", "pack_args", "CudaLauncher", "sources_hash"]
 
 # Virtual architectures CI compiles for: Ampere (A100) and Hopper (H100/H200).
@@ -40,12 +41,16 @@ class Kernel:
     ``args`` are kinds: ``T*`` an array of the kernel's dtype, ``T*?`` the same or None,
     ``i64*`` an int64 array, ``u32*`` a uint32 array, ``T`` a scalar of the dtype, ``i32`` /
     ``i64`` integers. ``sync`` is "none" (no barrier), "block" (``__syncthreads``) or "grid"
-    (grid barriers: needs a cooperative launch).
+    (grid barriers: needs a cooperative launch). ``dtypes`` are the storage types it is
+    instantiated for: float32 and float64 always; the cell step kernels and the softmax
+    also float16 and bfloat16 (16-bit loads and stores, float32 maths: see
+    ``storage16.cuh``).
     """
 
     source: str
     args: tuple
     sync: str = "none"
+    dtypes: tuple = ("float32", "float64")
 
 
 KERNELS = {
@@ -85,7 +90,25 @@ KERNELS = {
                                                          "i32", "i32", "i32"), "grid"),
 }
 
-_SUFFIX = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64"}
+# Kernels instantiated for the 16-bit storage types too (the mixed precisions' cell steps
+# and output layer); the persistent kernels and the optimizer updates (which update the
+# float32 master weights and state, so their float32 kernels serve every precision) are
+# float32/float64 only.
+ALL_DTYPES = ("float32", "float64", "float16", "bfloat16")
+for _name in ("elman_step", "elman_backward_delta", "gru_step", "gru_factors",
+              "gru_backward_step", "lstm_step", "lstm_factors", "lstm_backward_step",
+              "softmax_xent"):
+    KERNELS[_name] = dataclasses.replace(KERNELS[_name], dtypes=ALL_DTYPES)
+del _name
+
+_SUFFIX = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64",
+           numpy.dtype(numpy.float16): "f16"}
+try:  # bfloat16 arrays come from ml_dtypes (gpurnn.engine.precision)
+    import ml_dtypes as _ml_dtypes
+    _SUFFIX[numpy.dtype(_ml_dtypes.bfloat16)] = "bf16"
+except ImportError:
+    _ml_dtypes = None
+_NAMES = {"f32": "float32", "f64": "float64", "f16": "float16", "bf16": "bfloat16"}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
@@ -167,8 +190,9 @@ def pack_args(kernel: str, dtype, args, is_array=None) -> list:
     """
     spec = KERNELS[kernel]
     dtype = numpy.dtype(dtype)
-    if dtype not in _SUFFIX:
-        raise TypeError(f"{kernel}: kernels take float32 or float64 arrays, got {dtype}")
+    if dtype not in _SUFFIX or _NAMES[_SUFFIX[dtype]] not in spec.dtypes:
+        raise TypeError(f"{kernel}: the kernel takes {' or '.join(spec.dtypes)} arrays, "
+                        f"got {dtype}")
     if len(args) != len(spec.args):
         raise TypeError(f"{kernel} takes {len(spec.args)} arguments, got {len(args)}")
     packed = []
@@ -195,9 +219,22 @@ def pack_args(kernel: str, dtype, args, is_array=None) -> list:
     return packed
 
 
+def suffix(dtype) -> str:
+    """The instantiation suffix of ``dtype``: f32, f64, f16 or bf16 (a name like
+    "bfloat16" is taken too, without ml_dtypes)."""
+    if isinstance(dtype, str) and dtype in _NAMES.values():
+        return {v: k for k, v in _NAMES.items()}[dtype]
+    return _SUFFIX[numpy.dtype(dtype)]
+
+
 def function_name(kernel: str, dtype) -> str:
     """The ``extern "C"`` name of ``kernel`` for ``dtype``, e.g. ``elman_step_f32``."""
-    return f"{kernel}_{_SUFFIX[numpy.dtype(dtype)]}"
+    return f"{kernel}_{suffix(dtype)}"
+
+
+def functions() -> list:
+    """Every ``extern "C"`` kernel name of the sources: each kernel for each of its dtypes."""
+    return sorted(f"{name}_{suffix(d)}" for name, spec in KERNELS.items() for d in spec.dtypes)
 
 
 class CudaLauncher:

@@ -34,6 +34,8 @@ template <class T> __device__ __forceinline__ T* dynamic_shared() {
 }  // namespace gpurnn
 #endif
 
+#include "storage16.cuh"
+
 namespace gpurnn {
 
 typedef long long index_t;

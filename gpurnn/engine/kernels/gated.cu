@@ -1,6 +1,7 @@
 // GRU and LSTM step kernels, one thread per (batch row, hidden unit); maths in gated.cuh.
 // Layouts are the NumPy path's: gate rows (batch, G·H) with the gates in PyTorch's order,
-// factors K (time, batch, G, H).
+// factors K (time, batch, G, H). For a 16-bit T every element is widened to float on load,
+// the gate maths runs in float (compute_t<T>) and each stored value is rounded once.
 #include "gated.cuh"
 
 namespace gpurnn {
@@ -11,16 +12,18 @@ namespace gpurnn {
 template <class T>
 __device__ void gru_step(T* x, T* hn_out, T* h, const T* gh, const T* h_prev, const T* b_hn,
                          index_t n, int H) {
+  typedef compute_t<T> C;
   for (index_t e = first_index(); e < n; e += grid_stride()) {
     index_t b = e / H, j = e % H, row = b * 3 * H;
-    T hn = gh[row + 2 * H + j] + (b_hn ? b_hn[j] : T(0));
-    T r, z, nn;
-    h[e] = gru_forward(x[row + j], gh[row + j], x[row + H + j], gh[row + H + j],
-                       x[row + 2 * H + j], hn, h_prev[e], r, z, nn);
-    x[row + j] = r;
-    x[row + H + j] = z;
-    x[row + 2 * H + j] = nn;
-    hn_out[e] = hn;
+    C hn = widen(gh[row + 2 * H + j]) + (b_hn ? widen(b_hn[j]) : C(0));
+    C r, z, nn;
+    h[e] = narrow<T>(gru_forward(widen(x[row + j]), widen(gh[row + j]), widen(x[row + H + j]),
+                                 widen(gh[row + H + j]), widen(x[row + 2 * H + j]), hn,
+                                 widen(h_prev[e]), r, z, nn));
+    x[row + j] = narrow<T>(r);
+    x[row + H + j] = narrow<T>(z);
+    x[row + 2 * H + j] = narrow<T>(nn);
+    hn_out[e] = narrow<T>(hn);
   }
 }
 
@@ -29,18 +32,19 @@ __device__ void gru_step(T* x, T* hn_out, T* h, const T* gh, const T* h_prev, co
 template <class T>
 __device__ void gru_factors_all(T* K, T* K2, const T* gates, const T* hn, const T* states,
                                 const T* h0, index_t n, index_t bh, int H) {
+  typedef compute_t<T> C;
   for (index_t e = first_index(); e < n; e += grid_stride()) {
     index_t tb = e / H, j = e % H, row = tb * 3 * H;
-    T h_prev = e < bh ? h0[e] : states[e - bh];
-    T kr, kz, kn, kn_hidden;
-    gru_factors(gates[row + j], gates[row + H + j], gates[row + 2 * H + j], hn[e], h_prev, kr,
-                kz, kn, kn_hidden);
-    K[row + j] = kr;
-    K[row + H + j] = kz;
-    K[row + 2 * H + j] = kn;
-    K2[row + j] = kr;
-    K2[row + H + j] = kz;
-    K2[row + 2 * H + j] = kn_hidden;
+    C h_prev = widen(e < bh ? h0[e] : states[e - bh]);
+    C kr, kz, kn, kn_hidden;
+    gru_factors(widen(gates[row + j]), widen(gates[row + H + j]), widen(gates[row + 2 * H + j]),
+                widen(hn[e]), h_prev, kr, kz, kn, kn_hidden);
+    K[row + j] = narrow<T>(kr);
+    K[row + H + j] = narrow<T>(kz);
+    K[row + 2 * H + j] = narrow<T>(kn);
+    K2[row + j] = narrow<T>(kr);
+    K2[row + H + j] = narrow<T>(kz);
+    K2[row + 2 * H + j] = narrow<T>(kn_hidden);
   }
 }
 
@@ -52,9 +56,10 @@ __device__ void gru_backward_step(T* d, T* g_prev, const T* g, const T* K2_t, co
                                   index_t n, index_t bh, int H) {
   for (index_t e = first_index(); e < n; e += grid_stride()) {
     index_t q = e / H, j = e % H, tb = (e % bh) / H;
-    T ge = g[e];
-    for (int k = 0; k < 3; ++k) d[(q * 3 + k) * H + j] = ge * K2_t[(tb * 3 + k) * H + j];
-    g_prev[e] = ge * gates_t[tb * 3 * H + H + j];
+    compute_t<T> ge = widen(g[e]);
+    for (int k = 0; k < 3; ++k)
+      d[(q * 3 + k) * H + j] = narrow<T>(ge * widen(K2_t[(tb * 3 + k) * H + j]));
+    g_prev[e] = narrow<T>(ge * widen(gates_t[tb * 3 * H + H + j]));
   }
 }
 
@@ -63,18 +68,21 @@ __device__ void gru_backward_step(T* d, T* g_prev, const T* g, const T* K2_t, co
 // state (batch, 2H) = [h, c].
 template <class T>
 __device__ void lstm_step(T* x, T* state, const T* gh, const T* state_prev, index_t n, int H) {
+  typedef compute_t<T> C;
   for (index_t e = first_index(); e < n; e += grid_stride()) {
     index_t b = e / H, j = e % H, row = b * 4 * H, srow = b * 2 * H;
-    T i, f, g, o, c, h;
-    lstm_forward(x[row + j] + gh[row + j], x[row + H + j] + gh[row + H + j],
-                 x[row + 2 * H + j] + gh[row + 2 * H + j], x[row + 3 * H + j] + gh[row + 3 * H + j],
-                 state_prev[srow + H + j], i, f, g, o, c, h);
-    x[row + j] = i;
-    x[row + H + j] = f;
-    x[row + 2 * H + j] = g;
-    x[row + 3 * H + j] = o;
-    state[srow + j] = h;
-    state[srow + H + j] = c;
+    C i, f, g, o, c, h;
+    lstm_forward(widen(x[row + j]) + widen(gh[row + j]),
+                 widen(x[row + H + j]) + widen(gh[row + H + j]),
+                 widen(x[row + 2 * H + j]) + widen(gh[row + 2 * H + j]),
+                 widen(x[row + 3 * H + j]) + widen(gh[row + 3 * H + j]),
+                 widen(state_prev[srow + H + j]), i, f, g, o, c, h);
+    x[row + j] = narrow<T>(i);
+    x[row + H + j] = narrow<T>(f);
+    x[row + 2 * H + j] = narrow<T>(g);
+    x[row + 3 * H + j] = narrow<T>(o);
+    state[srow + j] = narrow<T>(h);
+    state[srow + H + j] = narrow<T>(c);
   }
 }
 
@@ -83,17 +91,19 @@ __device__ void lstm_step(T* x, T* state, const T* gh, const T* state_prev, inde
 template <class T>
 __device__ void lstm_factors_all(T* K, T* A, const T* gates, const T* states, const T* h0,
                                  index_t n, index_t bh, int H) {
+  typedef compute_t<T> C;
   for (index_t e = first_index(); e < n; e += grid_stride()) {
     index_t tb = e / H, j = e % H, row = tb * 4 * H, srow = tb * 2 * H;
-    T c_prev = e < bh ? h0[srow + H + j] : states[srow - 2 * bh + H + j];
-    T ki, kf, kg, ko, a;
-    lstm_factors(gates[row + j], gates[row + H + j], gates[row + 2 * H + j],
-                 gates[row + 3 * H + j], states[srow + H + j], c_prev, ki, kf, kg, ko, a);
-    K[row + j] = ki;
-    K[row + H + j] = kf;
-    K[row + 2 * H + j] = kg;
-    K[row + 3 * H + j] = ko;
-    A[e] = a;
+    C c_prev = widen(e < bh ? h0[srow + H + j] : states[srow - 2 * bh + H + j]);
+    C ki, kf, kg, ko, a;
+    lstm_factors(widen(gates[row + j]), widen(gates[row + H + j]), widen(gates[row + 2 * H + j]),
+                 widen(gates[row + 3 * H + j]), widen(states[srow + H + j]), c_prev, ki, kf, kg,
+                 ko, a);
+    K[row + j] = narrow<T>(ki);
+    K[row + H + j] = narrow<T>(kf);
+    K[row + 2 * H + j] = narrow<T>(kg);
+    K[row + 3 * H + j] = narrow<T>(ko);
+    A[e] = narrow<T>(a);
   }
 }
 
@@ -106,10 +116,15 @@ __device__ void lstm_backward_step(T* d, T* g_prev, const T* grad, const T* K_t,
     index_t q = e / H, j = e % H, tb = (e % bh) / H;
     const T* k = K_t + tb * 4 * H + j;
     T* dq = d + q * 4 * H + j;
-    g_prev[q * 2 * H + H + j] =
-        lstm_backward(grad[q * 2 * H + j], grad[q * 2 * H + H + j], k[0], k[H], k[2 * H],
-                      k[3 * H], A_t[tb * H + j], gates_t[tb * 4 * H + H + j], dq[0], dq[H],
-                      dq[2 * H], dq[3 * H]);
+    compute_t<T> di, df, dg, d_o;
+    g_prev[q * 2 * H + H + j] = narrow<T>(
+        lstm_backward(widen(grad[q * 2 * H + j]), widen(grad[q * 2 * H + H + j]), widen(k[0]),
+                      widen(k[H]), widen(k[2 * H]), widen(k[3 * H]), widen(A_t[tb * H + j]),
+                      widen(gates_t[tb * 4 * H + H + j]), di, df, dg, d_o));
+    dq[0] = narrow<T>(di);
+    dq[H] = narrow<T>(df);
+    dq[2 * H] = narrow<T>(dg);
+    dq[3 * H] = narrow<T>(d_o);
   }
 }
 
@@ -154,3 +169,5 @@ __device__ void lstm_backward_step(T* d, T* g_prev, const T* grad, const T* K_t,
 
 GPURNN_GATED(f32, float)
 GPURNN_GATED(f64, double)
+GPURNN_GATED(f16, gpurnn::half)
+GPURNN_GATED(bf16, gpurnn::bfloat16)

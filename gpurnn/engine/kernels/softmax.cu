@@ -13,26 +13,34 @@ template <class T> struct Sum {
 
 // z (rows, V): the logits V h without the bias c (V,) or null; overwritten with e_y, each
 // row weighted by w[row]·scale (w null: scale). loss (rows,) receives w[row] · (−log p[t]).
-// Dynamic shared memory: blockDim.x values of T.
+// For a 16-bit T the maximum, the exponentials, the row sums and the loss are computed in
+// float and each stored value rounded once. Dynamic shared memory: blockDim.x values of
+// compute_t<T> (float for the 16-bit types).
 template <class T>
 __device__ void softmax_xent(T* z, T* loss, const T* c, const long long* targets, const T* w,
-                             T scale, int rows, int V) {
-  T* buffer = dynamic_shared<T>();
+                             T scale_in, int rows, int V) {
+  typedef compute_t<T> C;
+  C* buffer = dynamic_shared<C>();
+  const C scale = widen(scale_in);
   for (int row = blockIdx.x; row < rows; row += gridDim.x) {
     T* zr = z + (index_t)row * V;
     const long long target = targets[row];
-    T top = lowest<T>();
-    for (int k = threadIdx.x; k < V; k += blockDim.x) top = max_(top, zr[k] + (c ? c[k] : T(0)));
-    top = block_reduce(top, buffer, Max<T>());
-    T sum = T(0);
-    for (int k = threadIdx.x; k < V; k += blockDim.x) sum += exp_(zr[k] + (c ? c[k] : T(0)) - top);
-    sum = block_reduce(sum, buffer, Sum<T>());
-    T weight = w ? w[row] : T(1);
+    C top = lowest<C>();
+    for (int k = threadIdx.x; k < V; k += blockDim.x)
+      top = max_(top, widen(zr[k]) + (c ? widen(c[k]) : C(0)));
+    top = block_reduce(top, buffer, Max<C>());
+    C sum = C(0);
+    for (int k = threadIdx.x; k < V; k += blockDim.x)
+      sum += exp_(widen(zr[k]) + (c ? widen(c[k]) : C(0)) - top);
+    sum = block_reduce(sum, buffer, Sum<C>());
+    C weight = w ? widen(w[row]) : C(1);
     if (threadIdx.x == 0)
-      loss[row] = weight * xent_loss(log_(sum), top, zr[target] + (c ? c[target] : T(0)));
+      loss[row] = narrow<T>(weight * xent_loss(log_(sum), top,
+                                               widen(zr[target]) + (c ? widen(c[target]) : C(0))));
     __syncthreads();  // z[target] is read before any thread overwrites it
     for (int k = threadIdx.x; k < V; k += blockDim.x)
-      zr[k] = xent_error(zr[k] + (c ? c[k] : T(0)), top, sum, k == target, weight * scale);
+      zr[k] = narrow<T>(xent_error(widen(zr[k]) + (c ? widen(c[k]) : C(0)), top, sum,
+                                   k == target, weight * scale));
   }
 }
 
@@ -48,3 +56,5 @@ __device__ void softmax_xent(T* z, T* loss, const T* c, const long long* targets
 
 GPURNN_SOFTMAX(f32, float)
 GPURNN_SOFTMAX(f64, double)
+GPURNN_SOFTMAX(f16, gpurnn::half)
+GPURNN_SOFTMAX(bf16, gpurnn::bfloat16)
