@@ -34,6 +34,7 @@ __all__ = [
     "Device", "get_device", "cuda_available", "cuda_unavailable_reason", "check_cuda_available",
     "get_array_module",
     "is_device_array", "device_of", "to_host", "to_device", "scatter_add", "host_rng",
+    "keyed_uniform",
     "synchronize", "cuda_device_count", "nccl_unavailable_reason", "nccl_unique_id", "NcclSum",
 ]
 
@@ -205,6 +206,20 @@ def host_rng(seed) -> numpy.random.Generator:
     """A seeded NumPy generator. Random numbers are drawn on the host and then moved,
     so the CPU and the GPU see identical initial parameters and samples."""
     return numpy.random.default_rng(seed)
+
+
+def keyed_uniform(key, device: "str | Device"):
+    """``draw(shape)`` -> uniform numbers in [0, 1) on ``device``, from a generator seeded by
+    ``key`` (a tuple of non-negative ints): NumPy's on the host (cpu, cpu-strict, moved
+    there), CuPy's on a GPU, so that the numbers are made where they are used."""
+    device = get_device(device)
+    seed = numpy.random.SeedSequence(list(key))
+    if device.kind == "cuda":
+        with device.use():
+            generator = cupy.random.default_rng(int(seed.generate_state(1, numpy.uint64)[0]))
+        return lambda shape: generator.random(shape)
+    generator = numpy.random.default_rng(seed)
+    return lambda shape: to_device(generator.random(shape), device)
 
 
 def synchronize(device: "str | Device | None" = None) -> None:

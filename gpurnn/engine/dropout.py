@@ -41,10 +41,10 @@ import numbers
 
 import numpy
 
-from .backend import get_array_module, to_device
+from .backend import get_array_module, keyed_uniform
 
-__all__ = ["DROPOUT_KINDS", "DropoutRates", "Masks", "DropoutStream", "keyed_uniform",
-           "dropped_inputs", "dropped_input_grads"]
+__all__ = ["DROPOUT_KINDS", "DropoutRates", "Masks", "DropoutStream", "dropped_inputs",
+           "dropped_input_grads"]
 
 DROPOUT_KINDS = ("dropout", "dropout_input", "dropout_output", "dropout_state", "weight_drop",
                  "dropout_embedding")
@@ -85,19 +85,6 @@ class DropoutRates:
     def nonzero(self) -> dict:
         """The rates that are not 0, by name (what a model's ``config`` records)."""
         return {kind: getattr(self, kind) for kind in DROPOUT_KINDS if getattr(self, kind) > 0}
-
-
-def keyed_uniform(key, device):
-    """``draw(shape)`` -> uniform numbers in [0, 1) on ``device``, from a generator seeded by
-    ``key`` (a tuple of non-negative ints): NumPy's on the host, CuPy's on a GPU."""
-    seed = numpy.random.SeedSequence(list(key))
-    if device.kind == "cuda":
-        import cupy  # the device is a GPU, so CuPy imports (gpurnn.engine.backend checked)
-        with device.use():
-            generator = cupy.random.default_rng(int(seed.generate_state(1, numpy.uint64)[0]))
-        return lambda shape: generator.random(shape)
-    generator = numpy.random.default_rng(seed)
-    return lambda shape: to_device(generator.random(shape), device)
 
 
 class Masks:

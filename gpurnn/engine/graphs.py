@@ -194,7 +194,7 @@ class CupyCapture:
     _probe = {}   # CuPy version -> the cuBLAS probe's answer
 
     def __init__(self):
-        import cupy
+        from .backend import cupy            # the shim's CuPy (this class runs on a GPU only)
 
         self.cupy = cupy
         self.stream = cupy.cuda.Stream(non_blocking=True)

@@ -314,7 +314,7 @@ def _spec_for(gpu):
     if gpu is not None:
         return launches.gpu_spec(gpu)
     try:
-        import cupy
+        from .backend import cupy            # the shim's CuPy: None without it
 
         device = cupy.cuda.Device()
         name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
