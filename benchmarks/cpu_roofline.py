@@ -96,7 +96,7 @@ def _one_core(function):
     """``function`` on one core: BLAS on one thread and no host threads (timed by the
     calling thread's CPU clock, which other processes on the machine barely move)."""
     try:
-        from gpurnn.engine import host_threads
+        from gpurnn.engine.arrays import host_threads
     except ImportError:                           # a baseline from before host threads
         return _single_blas_thread(function)
 

@@ -61,7 +61,7 @@ def main(argv=None):
     y = rng.integers(0, args.vocab, (args.batch, args.seq_len))
     model = gpurnn.ElmanRNN(args.vocab, args.hidden, args.vocab, bias=False, dtype="float32",
                             device=args.device)
-    U, V, W = (gpurnn.engine.backend.to_host(getattr(model, k)).astype(np.float64) for k in "UVW")
+    U, V, W = (gpurnn.engine.arrays.backend.to_host(getattr(model, k)).astype(np.float64) for k in "UVW")
     n = min(args.ref_sequences, args.batch)
 
     def engine():
@@ -74,7 +74,7 @@ def main(argv=None):
     device = str(model.device)
     environment = harness.environment()
     if device.startswith("cuda"):
-        sync = gpurnn.engine.backend.synchronize
+        sync = gpurnn.engine.arrays.backend.synchronize
 
         def timed_engine():
             engine()

@@ -97,7 +97,7 @@ def worker(spec: dict) -> dict:
             optimizer.step()
         estimate = None
     else:
-        from gpurnn.engine.factory import make_model
+        from gpurnn.engine.models.factory import make_model
         from gpurnn.training.optim import SGD
         from gpurnn.engine.plan import Plan
         model = make_model(cell, FEATURES, hidden, FEATURES, output="identity", seed=0)

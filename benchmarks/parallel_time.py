@@ -9,8 +9,8 @@ same load of a shared machine); figures are medians with quartiles over the roun
 speed-ups medians of the per-round ratios:
 
 * ``recurrence``: the linear recurrence alone, h_t = a_t h_{t−1} + b_t on (T, 8, H), by
-  :func:`gpurnn.engine.scan.linear_scan` (Blelloch) against
-  :func:`gpurnn.engine.scan.linear_loop`; forward, and forward + the adjoint
+  :func:`gpurnn.engine.sweeps.scan.linear_scan` (Blelloch) against
+  :func:`gpurnn.engine.sweeps.scan.linear_loop`; forward, and forward + the adjoint
   (:func:`reverse_scan` / :func:`reverse_loop`), on the whole sequence at once;
 * ``model``: a one-layer minGRU (dense inputs of 16 features, identity output of 16,
   squared error, float32) through ``loss_and_grads`` (forward + backward) and ``forward``,

@@ -7,16 +7,16 @@ checkpoints, the trainer) → ``tools`` (the command, benchmarks, diagnostics);
 ``reference`` holds the seeds' plain loops and imports nothing.
 """
 from ._version import __version__
-from .engine import bptt
-from .engine.backend import cuda_available, get_device
-from .engine.cells import Cell, ElmanCell
-from .engine.factory import from_torch, make_model, model_spec
-from .engine.diagonal import LRU, LRUCell, MinGRU, MinGRUCell, MinLSTM, MinLSTMCell
-from .engine.gated import GRU, LSTM, GRUCell, LSTMCell
+from .engine.sweeps import bptt
+from .engine.arrays.backend import cuda_available, get_device
+from .engine.recurrences.cells import Cell, ElmanCell
+from .engine.models.factory import from_torch, make_model, model_spec
+from .engine.recurrences.diagonal import LRU, LRUCell, MinGRU, MinGRUCell, MinLSTM, MinLSTMCell
+from .engine.recurrences.gated import GRU, LSTM, GRUCell, LSTMCell
 from .engine.plan import Plan
-from .engine.normalized import LayerNormGRUCell, LayerNormLSTMCell
-from .engine.model import ElmanRNN, LinearRNN, LossAndGrads, RecurrentModel
-from .engine.stack import StackedCell, StackedElmanRNN
+from .engine.recurrences.normalized import LayerNormGRUCell, LayerNormLSTMCell
+from .engine.models.model import ElmanRNN, LinearRNN, LossAndGrads, RecurrentModel
+from .engine.layers.stack import StackedCell, StackedElmanRNN
 from . import reference
 from .tools.gradcheck import GradcheckResult, gradcheck
 from .training.config import TrainConfig

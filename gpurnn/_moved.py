@@ -1,4 +1,5 @@
-"""The module paths of gpurnn 0.1's flat layout, kept importable for one release.
+"""The module paths of gpurnn 0.1's flat layout, and of the engine's modules before it had
+rooms, kept importable for one release.
 
 ``import gpurnn.optim`` (and every other old path below) gives the module at its new place
 with a :class:`MovedModuleWarning` that names it. Two old paths name top-level functions
@@ -17,15 +18,27 @@ __all__ = ["MovedModuleWarning", "MOVED", "install"]
 
 # old module -> new module (gpurnn 0.1 -> 0.2, when the package was cut into layers)
 MOVED = {f"gpurnn.{old}": f"gpurnn.{new}" for old, new in {
-    "activations": "engine.activations", "backend": "engine.backend",
-    "bench": "tools.bench", "cells": "engine.cells", "checkpoint": "training.checkpoint",
+    "activations": "engine.recurrences.activations", "backend": "engine.arrays.backend",
+    "bench": "tools.bench", "cells": "engine.recurrences.cells", "checkpoint": "training.checkpoint",
     "cli": "tools.cli", "config": "training.config", "corpus": "training.corpus",
     "data": "training.data", "diagnostics": "tools.diagnostics",
-    "distributed": "training.distributed", "gated": "engine.gated",
-    "generate": "training.generate", "losses": "engine.losses", "model": "engine.model",
+    "distributed": "training.distributed", "gated": "engine.recurrences.gated",
+    "generate": "training.generate", "losses": "engine.models.losses", "model": "engine.models.model",
     "optim": "training.optim", "plot": "tools.plot", "reference_gated": "reference.gated",
-    "stack": "engine.stack", "torch_interop": "engine.torch_interop",
-    "validation": "engine.validation", "workspace": "engine.workspace"}.items()}
+    "stack": "engine.layers.stack", "torch_interop": "engine.models.torch_interop",
+    "validation": "engine.arrays.validation", "workspace": "engine.arrays.workspace"}.items()}
+
+# the engine's modules before it was given rooms (0.2.0.dev0): gpurnn.engine.X ->
+# gpurnn.engine.<room>.X
+_ROOMS = {"arrays": ("backend", "strict", "precision", "workspace", "host_threads",
+                     "validation"),
+          "recurrences": ("activations", "cells", "gated", "normalized", "diagonal"),
+          "layers": ("stack", "bidirectional", "embedding", "dropout"),
+          "sweeps": ("bptt", "recompute", "scan"),
+          "gpu": ("fused", "persistent", "launches", "graphs", "kernels"),
+          "models": ("model", "factory", "torch_interop", "parameters", "losses")}
+MOVED.update({f"gpurnn.engine.{module}": f"gpurnn.engine.{room}.{module}"
+              for room, modules in _ROOMS.items() for module in modules})
 
 # old module paths that are names of functions now: (new module, what to write instead)
 _NOW_FUNCTIONS = {

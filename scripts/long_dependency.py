@@ -38,7 +38,7 @@ import numpy as np
 
 import gpurnn
 from gpurnn.tools import diagnostics
-from gpurnn.engine.backend import to_host
+from gpurnn.engine.arrays.backend import to_host
 from gpurnn.training.optim import Adam, clip_grad_norm
 from gpurnn.tools.arguments import DEVICE_HELP
 from gpurnn.tools.command import run_reporting_errors
@@ -163,7 +163,7 @@ def machine() -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", nargs="+", default=["elman", "gru", "lstm"],
-                        choices=gpurnn.engine.factory.CELL_TYPES)
+                        choices=gpurnn.engine.models.factory.CELL_TYPES)
     parser.add_argument("--steps", type=int, default=200, help="sequence length T (default 200)")
     parser.add_argument("--iterations", type=int, default=5000, help="Adam steps (default 5000)")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")

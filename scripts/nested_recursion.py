@@ -13,7 +13,7 @@ import numpy as np
 
 from gpurnn import Cell
 
-from gpurnn.engine import bptt
+from gpurnn.engine.sweeps import bptt
 from gpurnn.tools.command import run_reporting_errors
 
 

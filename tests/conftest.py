@@ -1,5 +1,5 @@
 """Shared fixtures: every engine test body runs on NumPy, on cpu-strict (NumPy with CuPy's
-rules, see gpurnn.engine.strict) and, where a GPU is present, on CuPy.
+rules, see gpurnn.engine.arrays.strict) and, where a GPU is present, on CuPy.
 
 Every test runs in a fresh empty folder of its own (see :func:`in_a_fresh_folder`): what a
 user's runs left in the checkout or in the folder pytest was started from (gpurnn-lm.npz,
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpurnn.engine import backend
+from gpurnn.engine.arrays import backend
 
 ROOT = Path(__file__).resolve().parents[1]   # the checkout: tests/ and gpurnn/ beside it
 _NO_GPU = backend.cuda_unavailable_reason()

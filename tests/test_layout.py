@@ -106,19 +106,19 @@ def test_no_import_cycles():
 def test_the_checks_catch_planted_faults():
     graph = import_graph()
     planted = {m: set(t) for m, t in graph.items()}
-    planted["gpurnn.engine.backend"].add("gpurnn.engine.model")   # model imports backend
+    planted["gpurnn.engine.arrays.backend"].add("gpurnn.engine.models.model")   # model imports backend
     assert find_cycle(planted) is not None
     planted = {m: set(t) for m, t in graph.items()}
-    planted["gpurnn.engine.cells"].add("gpurnn.training.optim")
-    assert upward_imports(planted) == ["gpurnn.engine.cells -> gpurnn.training.optim"]
-    planted["gpurnn.reference.elman"] = {"gpurnn.engine.backend"}
-    assert "gpurnn.reference.elman -> gpurnn.engine.backend" in upward_imports(planted)
+    planted["gpurnn.engine.recurrences.cells"].add("gpurnn.training.optim")
+    assert upward_imports(planted) == ["gpurnn.engine.recurrences.cells -> gpurnn.training.optim"]
+    planted["gpurnn.reference.elman"] = {"gpurnn.engine.arrays.backend"}
+    assert "gpurnn.reference.elman -> gpurnn.engine.arrays.backend" in upward_imports(planted)
 
 
 def test_lazy_and_relative_imports_are_seen(tmp_path):
     # the checker reads imports inside functions and resolves `from ..x import y`
     graph = import_graph()
-    assert "gpurnn.engine.backend" in graph["gpurnn.engine.model"]
+    assert "gpurnn.engine.arrays.backend" in graph["gpurnn.engine.models.model"]
     assert "gpurnn.training.train" in graph["gpurnn.tools.cli"]   # imported inside a handler
 
 

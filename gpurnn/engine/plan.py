@@ -11,11 +11,11 @@ Fields:
 * ``kernels``: ``"plain"`` runs every step as array-module operations, the same code on
   NumPy and CuPy and the reference for everything else; ``"fused"`` runs the cells' maths,
   the softmax row blocks and the optimizer updates as the CUDA kernels under
-  ``gpurnn/engine/kernels/`` where the arrays are CuPy's (NumPy arrays always run plain):
+  ``gpurnn/engine/gpu/kernels/`` where the arrays are CuPy's (NumPy arrays always run plain):
   per block of the time grid, a cell's forward and its backward sweep run either as the
   per-step fused kernels (one launch per step beside cuBLAS's GEMM) or as one persistent
-  cooperative kernel (:mod:`gpurnn.engine.persistent`), whichever the cost model
-  (:func:`gpurnn.engine.launches.sweep_costs`) estimates faster where the persistent launch
+  cooperative kernel (:mod:`gpurnn.engine.gpu.persistent`), whichever the cost model
+  (:func:`gpurnn.engine.gpu.launches.sweep_costs`) estimates faster where the persistent launch
   fits the device; ``"auto"`` chooses the same way among plain, per-step and persistent.
   :meth:`Plan.choose` makes the choice, :meth:`Plan.explain` shows it.
 * ``persistent``: None (the cost model decides), True (the persistent kernels wherever
@@ -26,7 +26,7 @@ Fields:
 * ``memory_budget``: None keeps every state for the backward sweep; a byte count (an int,
   or a string such as ``"64MB"``) bounds what the engine holds during a step, and the sweep
   recomputes the states it did not keep, on the fastest schedule that fits
-  (:mod:`gpurnn.engine.recompute`: Chen et al.'s, or Gruslys et al.'s nested checkpoints).
+  (:mod:`gpurnn.engine.sweeps.recompute`: Chen et al.'s, or Gruslys et al.'s nested checkpoints).
 * ``checkpoint_every``: the plain every-k policy instead of a budget: keep the state every
   k steps and recompute each k-step block once (one extra forward pass); ``"sqrt"`` takes
   k = ⌈√T⌉ (Chen et al.: memory ~ 2√T states).
@@ -35,12 +35,12 @@ Fields:
   same order under every schedule, so a budget changes what is kept and never a bit of the
   gradients; recomputation works in whole blocks.
 * ``time``: how a cell whose recurrence is linear and diagonal (minGRU, minLSTM, LRU:
-  :mod:`gpurnn.engine.diagonal`) crosses the steps of a block: ``"scan"`` by a parallel
-  associative scan forward and a reverse scan back (:mod:`gpurnn.engine.scan`), ``"loop"``
+  :mod:`gpurnn.engine.recurrences.diagonal`) crosses the steps of a block: ``"scan"`` by a parallel
+  associative scan forward and a reverse scan back (:mod:`gpurnn.engine.sweeps.scan`), ``"loop"``
   step by step, ``"auto"`` (the default) the scan for blocks long enough that it is faster.
-  Equal to rounding (bounded in :mod:`gpurnn.engine.scan`); other cells always loop, and
+  Equal to rounding (bounded in :mod:`gpurnn.engine.sweeps.scan`); other cells always loop, and
   windowed truncation (``truncate=k``) sweeps back by the loop.
-* ``graph``: True lets :class:`gpurnn.engine.graphs.StepGraph` capture a whole training
+* ``graph``: True lets :class:`gpurnn.engine.gpu.graphs.StepGraph` capture a whole training
   step (forward, backward, optimizer update) as one CUDA graph and replay it while the
   shapes repeat; it refuses, with the reason, what cannot be captured. False (the default):
   every step runs as usual.
@@ -52,7 +52,7 @@ import functools
 import numbers
 import re
 
-from .precision import check_precision
+from .arrays.precision import check_precision
 
 __all__ = ["Plan", "KERNELS", "PATHS", "TIME", "Choice", "parse_bytes", "parse_steps"]
 
@@ -111,18 +111,18 @@ class Plan:
         checkpoint_every: None, k steps (keep a state every k steps), or "sqrt".
         block_steps: None (about 1024 batch·time rows) or steps per block of the grid.
         precision: "float32", "tf32", "bf16-mixed" or "fp16-mixed"
-            (:mod:`gpurnn.engine.precision`).
+            (:mod:`gpurnn.engine.arrays.precision`).
         time: "auto", "scan" or "loop": how diagonal cells cross a block's steps.
         persistent: None (the cost model decides), True or False: whether the persistent
             kernels run where they apply and fit (under "fused" or "auto").
-        graph: whether :class:`gpurnn.engine.graphs.StepGraph` may capture the step.
+        graph: whether :class:`gpurnn.engine.gpu.graphs.StepGraph` may capture the step.
     """
 
     kernels: str = "plain"
     memory_budget: object = None
     checkpoint_every: object = None
     block_steps: object = None
-    precision: str = "float32"   # mixed precision: gpurnn.engine.precision
+    precision: str = "float32"   # mixed precision: gpurnn.engine.arrays.precision
     time: str = "auto"
     persistent: object = None
     graph: bool = False
@@ -167,7 +167,7 @@ class Plan:
 
         Args:
             family: the cell's kernels ("elman", "gru", "lstm"), or None for none.
-            launch: the kernel launcher (:func:`gpurnn.engine.fused.launcher_for`), None
+            launch: the kernel launcher (:func:`gpurnn.engine.gpu.fused.launcher_for`), None
                 when the arrays run plain (NumPy without the host emulation).
             window: the sweep's live window origins (None for full BPTT).
             declined: why the cell's call runs plain whatever the plan (a state mask...).
@@ -189,7 +189,7 @@ class Plan:
 
     def _choose(self, family, phase, dtype, steps, batch, hidden, launch=None, *,
                 window=None, declined=None, allow_persistent=True) -> "Choice":
-        from . import launches
+        from .gpu import launches
 
         if self.kernels == "plain":
             return Choice("plain", "the plan's kernels are 'plain'")
@@ -244,7 +244,8 @@ class Plan:
         block, dynamic shared memory, registers, resident blocks) and the estimated times
         of every path, and the memory the recurrence holds. Returns a :class:`LaunchPlan`
         (``print`` it)."""
-        from . import launches, recompute
+        from .gpu import launches
+        from .sweeps import recompute
 
         if model is not None:
             cell = cell or getattr(model, "cell_type", None) or "elman"
@@ -294,10 +295,10 @@ def _chosen(plan, family, phase, dtype, steps, batch, hidden, launch, window, de
 
 
 def device_of_launcher(launch):
-    """The :class:`gpurnn.engine.launches.GpuSpec` a launcher runs on: its ``device``, that
-    of its CUDA ``device_attributes`` (:class:`gpurnn.engine.kernels.CudaLauncher`), else an
+    """The :class:`gpurnn.engine.gpu.launches.GpuSpec` a launcher runs on: its ``device``, that
+    of its CUDA ``device_attributes`` (:class:`gpurnn.engine.gpu.kernels.CudaLauncher`), else an
     emulated device of its ``multiprocessors`` with an H100's limits (the host emulation)."""
-    from . import launches
+    from .gpu import launches
 
     spec = getattr(launch, "device", None)
     if spec is None and getattr(launch, "device_attributes", None) is not None:
@@ -309,12 +310,12 @@ def device_of_launcher(launch):
 
 
 def _spec_for(gpu):
-    from . import launches
+    from .gpu import launches
 
     if gpu is not None:
         return launches.gpu_spec(gpu)
     try:
-        from .backend import cupy            # the shim's CuPy: None without it
+        from .arrays.backend import cupy            # the shim's CuPy: None without it
 
         device = cupy.cuda.Device()
         name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
@@ -339,7 +340,7 @@ class _Named:
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """A block phase's path ("plain", "step" or "persistent"), why, the persistent launch
-    (a :class:`gpurnn.engine.launches.Launch`, when it runs), the cost estimates and the
+    (a :class:`gpurnn.engine.gpu.launches.Launch`, when it runs), the cost estimates and the
     device they are for."""
 
     path: str
@@ -372,7 +373,7 @@ class LaunchPlan:
         return {(size, phase): choice.path for size, phase, choice in self.rows}
 
     def __str__(self):
-        from . import launches
+        from .gpu import launches
 
         spec = self.device
         lines = [f"launch plan: {self.cell} hidden {self.hidden}, batch {self.batch}, "

@@ -1,6 +1,6 @@
 """Plain per-sequence loops for minGRU, minLSTM and the real-diagonal LRU, from their papers.
 
-The test oracle for :mod:`gpurnn.engine.diagonal` (its loop and its scan alike): one
+The test oracle for :mod:`gpurnn.engine.recurrences.diagonal` (its loop and its scan alike): one
 sequence at a time, one step at a time, one layer at a time, vectors only, NumPy, float64;
 the time loops are those of :mod:`gpurnn.reference.gated` (this file gives the step), and
 nothing outside ``gpurnn.reference`` is imported. Token inputs become one-hot vectors (or

@@ -1,6 +1,6 @@
 """Plain per-sequence loops for the layer-normalised GRU and LSTM, written from their equations.
 
-The test oracle for :mod:`gpurnn.engine.normalized`: one sequence at a time, one step at a
+The test oracle for :mod:`gpurnn.engine.recurrences.normalized`: one sequence at a time, one step at a
 time, one layer at a time, vectors only, NumPy, float64; the time loops are those of
 :mod:`gpurnn.reference.gated` (this file gives the step), and nothing outside
 ``gpurnn.reference`` is imported.

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..engine.activations import ACTIVATIONS
-from ..engine.factory import CELL_TYPES
+from ..engine.recurrences.activations import ACTIVATIONS
+from ..engine.models.factory import CELL_TYPES
 
 __all__ = ["UsageError", "int_at_least", "positive_int", "positive_float", "int_or_none",
            "DEVICE_HELP", "add_model_arguments", "plain_text"]

@@ -40,14 +40,14 @@ from pathlib import Path
 
 import numpy
 
-from ..engine import backend
+from ..engine.arrays import backend
 
-from ..engine import losses
+from ..engine.models import losses
 
 from ..reference import elman as reference
-from ..engine.model import ElmanRNN
+from ..engine.models.model import ElmanRNN
 from ..training.optim import SGD
-from ..engine.factory import make_model
+from ..engine.models.factory import make_model
 from . import harness
 from .harness import machine_info
 from .arguments import UsageError, positive_int

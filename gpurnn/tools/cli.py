@@ -11,8 +11,8 @@ import sys
 
 import numpy
 
-from ..engine.activations import OUTPUTS
-from ..engine.backend import get_device
+from ..engine.recurrences.activations import OUTPUTS
+from ..engine.arrays.backend import get_device
 from .arguments import (DEVICE_HELP, UsageError, add_model_arguments, float_in, int_at_least,
                         int_or_none, plain_text, positive_float, positive_int)
 from .command import run_reporting_errors, with_blas_threads
@@ -53,7 +53,7 @@ def add_gradcheck(subparsers):
 
 def run_gradcheck(args):
     from .gradcheck import gradcheck
-    from ..engine.factory import make_model
+    from ..engine.models.factory import make_model
 
     output_size = args.output_size or args.input_size
     extra = {"activation": args.activation} if args.cell == "elman" else {}

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy
 
-from ..engine.backend import get_array_module, host_rng, to_device, to_host
-from ..engine.losses import output_loss_and_grads
-from ..engine.model import LinearRNN, RecurrentModel
-from ..engine.factory import make_model, model_spec
-from ..engine.stack import StackedCell, layer_name
-from ..engine.validation import as_mask, as_targets
+from ..engine.arrays.backend import get_array_module, host_rng, to_device, to_host
+from ..engine.models.losses import output_loss_and_grads
+from ..engine.models.model import LinearRNN, RecurrentModel
+from ..engine.models.factory import make_model, model_spec
+from ..engine.layers.stack import StackedCell, layer_name
+from ..engine.arrays.validation import as_mask, as_targets
 from .arguments import DEVICE_HELP, add_model_arguments, positive_int
 
 __all__ = ["GradientFlow", "Diagnosis", "gradient_flow", "recurrent_stats", "saturation",

@@ -15,8 +15,10 @@ import time
 
 import numpy
 
-from ..engine import backend, bptt, fused, persistent
-from ..engine.factory import make_model
+from ..engine.arrays import backend
+from ..engine.sweeps import bptt
+from ..engine.gpu import fused, persistent
+from ..engine.models.factory import make_model
 from ..engine.plan import Plan
 from ..training.optim import make_optimizer
 
@@ -68,8 +70,8 @@ def _recurrence(cell_name, steps, batch, device, sizes, one_launch):
     """A recurrence alone (no input projection, output layer or weight gradients): forward
     and full backward sweep, per-step launches (the plain path) or the two persistent
     kernels. Elman, GRU or LSTM, float32."""
-    from ..engine.cells import ElmanCell
-    from ..engine.gated import GRUCell, LSTMCell
+    from ..engine.recurrences.cells import ElmanCell
+    from ..engine.recurrences.gated import GRUCell, LSTMCell
     xp = backend.get_device(device).xp
     rng = numpy.random.default_rng(0)
     H = sizes["hidden"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from ..engine.backend import host_rng, to_host
+from ..engine.arrays.backend import host_rng, to_host
 
 __all__ = ["gradcheck", "GradcheckResult"]
 

@@ -55,7 +55,7 @@ def machine_info() -> dict:
 
     import numpy
 
-    from ..engine import backend
+    from ..engine.arrays import backend
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "platform": platform.platform(), "python": platform.python_version(),
             "cores": os.cpu_count(), "numpy": numpy.__version__,

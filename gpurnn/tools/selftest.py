@@ -11,7 +11,7 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
 3. **fused** — fused against plain on the GPU in float32; the persistent Elman, GRU and
    LSTM forward and backward against the per-step ones (Elman's also captured in one CUDA
    graph and replayed); a whole training step captured by
-   :class:`gpurnn.engine.graphs.StepGraph` and replayed against the uncaptured steps (a
+   :class:`gpurnn.engine.gpu.graphs.StepGraph` and replayed against the uncaptured steps (a
    refusal is recorded with its reason); the optimizer kernels against their NumPy updates;
 4. **sweep** (:mod:`gpurnn.tools.gpu_sweep`) — training throughput (forward, BPTT, SGD
    update; tokens/s) against the sequence length T, gpurnn plain and fused beside PyTorch's
@@ -44,8 +44,10 @@ import time
 
 import numpy
 
-from ..engine import backend, bptt, fused, persistent
-from ..engine.factory import make_model
+from ..engine.arrays import backend
+from ..engine.sweeps import bptt
+from ..engine.gpu import fused, persistent
+from ..engine.models.factory import make_model
 from ..engine.plan import Plan
 from ..training.optim import make_optimizer
 from .arguments import UsageError
@@ -137,9 +139,9 @@ def exactness_checks(device="cuda"):
 
 
 def occupancy_checks(hidden_sizes=(64, 256, 1024), batches=(1, 64)):
-    """The plan's occupancy arithmetic (gpurnn.engine.launches) against the driver's count
+    """The plan's occupancy arithmetic (gpurnn.engine.gpu.launches) against the driver's count
     of resident blocks, for every persistent kernel the plan could launch on this GPU."""
-    from ..engine import launches
+    from ..engine.gpu import launches
     from ..engine.plan import device_of_launcher
 
     launch = fused.launcher_for(Plan(kernels="fused"), backend.get_device("cuda").xp.zeros(1))
@@ -210,7 +212,7 @@ def _verdicts(name, dtype, tolerance, steps, batch, hidden, errors) -> list:
 
 def _persistent_elman(xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
     """The persistent Elman forward and backward against the per-step ones."""
-    from ..engine.cells import ElmanCell
+    from ..engine.recurrences.cells import ElmanCell
     params = {"weight_hh": xp.asarray(rng.standard_normal((hidden, hidden)) / hidden ** 0.5,
                                       dtype=dtype)}
     xin = xp.asarray(rng.standard_normal((steps, batch, hidden)), dtype=dtype)
@@ -230,7 +232,7 @@ def _persistent_elman(xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
 def _persistent_gated(cell_name, xp, rng, dtype, tolerance, steps, batch, hidden) -> list:
     """The persistent GRU or LSTM forward and backward (with the plain weight gradients
     after them) against the per-step path."""
-    from ..engine.gated import GRUCell, LSTMCell
+    from ..engine.recurrences.gated import GRUCell, LSTMCell
     cell_class, G, S = (GRUCell, 3, 1) if cell_name == "gru" else (LSTMCell, 4, 2)
 
     def draw(*shape, scale=1.0):
@@ -273,7 +275,7 @@ def _graph_check(rng, steps=40, batch=8, hidden=256) -> dict:
     """The persistent forward and backward captured in one CUDA graph (no cuBLAS inside:
     CuPy refuses it during capture), replayed, and compared with the plain path."""
     cupy = backend.cupy
-    from ..engine.cells import ElmanCell
+    from ..engine.recurrences.cells import ElmanCell
     name = f"float64 persistent forward+backward in a CUDA graph T={steps} B={batch} H={hidden}"
     try:
         W = rng.standard_normal((hidden, hidden)) / hidden ** 0.5
@@ -313,10 +315,10 @@ def _graph_check(rng, steps=40, batch=8, hidden=256) -> dict:
 
 def step_graph_check(device="cuda", cell="gru", steps=5, batch=4, hidden=64) -> dict:
     """A whole training step (loss, gradients, fused SGD) captured by
-    :class:`gpurnn.engine.graphs.StepGraph` and replayed, against the same steps uncaptured
+    :class:`gpurnn.engine.gpu.graphs.StepGraph` and replayed, against the same steps uncaptured
     (float64). A refusal (CuPy refusing cuBLAS during capture, say) is reported with its
     reason as a skip, never raised."""
-    from ..engine import graphs
+    from ..engine.gpu import graphs
 
     name = f"float64 {cell} training step in a CUDA graph, replayed vs uncaptured"
     try:
@@ -384,7 +386,7 @@ def _suite_verdict(returncode, summary, require_ran) -> dict:
 
 
 # ---------------------------------------------------------------------- command
-# --dry-run: every stage on the CPU, kernels emulated (gpurnn.engine.kernels.host), tiny sizes:
+# --dry-run: every stage on the CPU, kernels emulated (gpurnn.engine.gpu.kernels.host), tiny sizes:
 # the command's own plumbing checked before a GPU is spent on it.
 DRY_RUN = dict(persistent_shapes=((4, 2, 7),), lengths=(3, 5), repeats=1, with_torch=False,
                sizes=dict(vocab=9, hidden=4, batch=2, small_batch=1))
@@ -465,7 +467,7 @@ def _refuse_gpu_results(output):
 
 
 def run(device, output, budget=BUDGET_S, with_suite=True, dry_run=False) -> int:
-    """Every stage on ``device`` (a :class:`gpurnn.engine.backend.Device`); writes the
+    """Every stage on ``device`` (a :class:`gpurnn.engine.arrays.backend.Device`); writes the
     results under ``output`` (after each stage, so an interrupted run keeps what it did),
     prints the table, returns the exit status."""
     start = time.time()
@@ -523,7 +525,7 @@ def _emulation(dry_run):
     """Under --dry-run, fused plans run through the host emulation of the kernels."""
     if not dry_run:
         return contextlib.nullcontext()
-    from ..engine.kernels.host import HostLauncher
+    from ..engine.gpu.kernels.host import HostLauncher
     return fused.emulate_on_host(HostLauncher(block_size=8))
 
 

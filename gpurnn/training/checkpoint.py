@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy
 
-from ..engine.backend import is_device_array, to_host
-from ..engine.parameters import elman_aliases
+from ..engine.arrays.backend import is_device_array, to_host
+from ..engine.models.parameters import elman_aliases
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointError", "NonFiniteError", "Checkpoint",
            "save_checkpoint", "load_checkpoint", "file_mode"]

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..engine.dropout import DROPOUT_KINDS
+from ..engine.layers.dropout import DROPOUT_KINDS
 from ..engine.plan import KERNELS
-from ..engine.precision import MIXED_PRECISIONS, PRECISIONS
+from ..engine.arrays.precision import MIXED_PRECISIONS, PRECISIONS
 from .data import LEVELS, RAW_LEVELS, SPECIAL_TOKENS
 
 MAX_SAMPLES = 100_000  # samples drawn at once, at most (gpurnn.sample, --samples)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy
 
-from ..engine.backend import get_array_module
-from ..engine.model import evaluating
+from ..engine.arrays.backend import get_array_module
+from ..engine.models.model import evaluating
 from . import data as D
 from .generate import warmup_ids
 

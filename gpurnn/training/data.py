@@ -46,7 +46,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy
 
-from ..engine.validation import check_size
+from ..engine.arrays.validation import check_size
 
 __all__ = [
     "PAD_TOKEN", "UNKNOWN_TOKEN", "SENTENCE_START", "SENTENCE_END", "SPECIAL_TOKENS",

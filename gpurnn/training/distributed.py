@@ -38,7 +38,7 @@ import warnings
 
 import numpy
 
-from ..engine.backend import (NcclSum, cuda_device_count, device_of, get_array_module, is_device_array,
+from ..engine.arrays.backend import (NcclSum, cuda_device_count, device_of, get_array_module, is_device_array,
                       nccl_unavailable_reason, nccl_unique_id, synchronize, to_device, to_host)
 
 __all__ = ["MPI_ENV", "GPU_REDUCE_ENV", "DistributedError", "Communicator", "SingleProcess",

@@ -34,10 +34,10 @@ from typing import NamedTuple
 import numpy
 
 from . import data as D
-from ..engine.backend import to_host
+from ..engine.arrays.backend import to_host
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import MAX_SAMPLES  # drawn together: num x vocabulary probabilities per step
-from ..engine.model import RecurrentModel, evaluating
+from ..engine.models.model import RecurrentModel, evaluating
 from .serialization import model_from_checkpoint
 
 __all__ = ["LanguageModel", "UnknownWordWarning", "load_language_model", "sample",

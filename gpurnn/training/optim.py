@@ -13,8 +13,8 @@ from numbers import Integral, Real
 
 import numpy
 
-from ..engine import fused
-from ..engine.backend import device_of, get_array_module, to_device, to_host
+from ..engine.gpu import fused
+from ..engine.arrays.backend import device_of, get_array_module, to_device, to_host
 from ..engine.plan import Plan
 
 __all__ = ["Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "Rprop",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy
 
-from ..engine.backend import to_device, to_host
-from ..engine.factory import model_spec
+from ..engine.arrays.backend import to_device, to_host
+from ..engine.models.factory import model_spec
 from .checkpoint import CheckpointError
 from .config import RESUMABLE_FIELDS, TrainConfig
 from .distributed import params_digest

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from ..engine.factory import make_model, model_spec
-from ..engine.model import LinearRNN
+from ..engine.models.factory import make_model, model_spec
+from ..engine.models.model import LinearRNN
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Vocabulary
 from .optim import Optimizer, make_optimizer

@@ -13,7 +13,7 @@ __all__ = ["GATES", "OPTIMIZER_SLOTS", "parameter_count", "training_bytes", "ava
            "check_fits", "format_bytes"]
 
 GATES = {"elman": 1, "gru": 3, "lstm": 4, "mingru": 2, "minlstm": 3, "lru": 1}
-DIAGONAL = ("mingru", "minlstm", "lru")  # no weight_hh (gpurnn.engine.diagonal)
+DIAGONAL = ("mingru", "minlstm", "lru")  # no weight_hh (gpurnn.engine.recurrences.diagonal)
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adagrad": 1, "rmsprop": 1, "adam": 2, "rprop": 2}
 
 

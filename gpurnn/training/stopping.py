@@ -30,7 +30,7 @@ import threading
 import time
 import warnings
 
-from ..engine.backend import get_array_module
+from ..engine.arrays.backend import get_array_module
 from .callbacks import Callback
 from .config import parse_duration, signal_number
 from .distributed import collective

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy
 
 from .._version import __version__
-from ..engine.backend import get_device, to_device
-from ..engine.dropout import DROPOUT_KINDS
-from ..engine.factory import make_model
+from ..engine.arrays.backend import get_device, to_device
+from ..engine.layers.dropout import DROPOUT_KINDS
+from ..engine.models.factory import make_model
 from .callbacks import Callbacks
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import DEFAULT_STEPS, TrainConfig, merge_config

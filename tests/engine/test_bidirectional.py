@@ -10,7 +10,7 @@ from conftest import host
 import gpurnn
 import gpurnn.tools.diagnostics
 from gpurnn import gradcheck, make_model, model_spec
-from gpurnn.engine.parameters import layer_name
+from gpurnn.engine.models.parameters import layer_name
 
 torch = pytest.importorskip("torch")
 

@@ -8,7 +8,7 @@ g's: the same operations on the same values, so bit-identical gate values).
 import numpy as np
 import pytest
 
-from gpurnn.engine.gated import GRUCell, LSTMCell
+from gpurnn.engine.recurrences.gated import GRUCell, LSTMCell
 
 TIGHT = 1e-12
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import gpurnn
-from gpurnn.engine import strict
+from gpurnn.engine.arrays import strict
 
 ROOT = Path(gpurnn.__file__).parent
 PYPROJECT = ROOT.parent / "pyproject.toml"
@@ -97,7 +97,7 @@ def workload():
     """A small run of every model, option and tool on cpu-strict, so that the recorded usage
     does not depend on which other tests ran in this session."""
     from gpurnn import make_model
-    from gpurnn.engine.backend import to_device
+    from gpurnn.engine.arrays.backend import to_device
     from gpurnn.tools.diagnostics import diagnose
     from gpurnn.training.distributed import FlatGradients
     from gpurnn.training.optim import _OPTIMIZERS, clip_grad_norm, grads_finite, make_optimizer

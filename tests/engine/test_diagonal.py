@@ -1,13 +1,13 @@
 """minGRU, minLSTM and the real-diagonal LRU against plain loops written from their papers,
-and the parallel scan over time (gpurnn.engine.scan) against the step-by-step loop."""
+and the parallel scan over time (gpurnn.engine.sweeps.scan) against the step-by-step loop."""
 import numpy as np
 import pytest
 from conftest import host, random_data
 
 import gpurnn
 from gpurnn import LRU, MinGRU, MinLSTM, Plan, gradcheck, make_model, model_spec
-from gpurnn.engine import bptt, scan
-from gpurnn.engine.stack import layer_name
+from gpurnn.engine.sweeps import bptt, scan
+from gpurnn.engine.layers.stack import layer_name
 from gpurnn.reference import diagonal as R
 
 TIGHT = 1e-12
@@ -177,7 +177,7 @@ def test_bidirectional_diagonal_stack_scan_equals_loop(device, rng):
 @pytest.mark.parametrize("steps", [1, 2, 3, 5, 8, 33, 256, 1000])
 def test_scans_equal_the_loop_within_the_rounding_bound(method, steps, device, rng):
     """Forward and adjoint, constant and varying transitions, against the loop, within the
-    bound of gpurnn.engine.scan (which the tests also hold ≤ 1e-12 relative here)."""
+    bound of gpurnn.engine.sweeps.scan (which the tests also hold ≤ 1e-12 relative here)."""
     xp = gpurnn.get_device(device).xp
     a = xp.asarray(rng.uniform(-1, 1, (steps, 3, 4)))
     b = xp.asarray(rng.normal(size=(steps, 3, 4)))
@@ -213,11 +213,11 @@ def test_sweep_block_hook_equals_the_per_step_sweep(rng):
     assert hasattr(back, "sweep_block")
     d = rng.normal(size=(20, 2, 3))
     carry = rng.normal(size=(2, 3))
-    ws = gpurnn.engine.workspace.Workspace()
+    ws = gpurnn.engine.arrays.workspace.Workspace()
     fast, c1 = bptt._sweep_block(back, d, None, ws, 0, carry.copy())
     fast, c1 = host(fast).copy(), host(c1).copy()
     del back.sweep_block
-    slow, c2 = bptt._sweep_block(back, d, None, gpurnn.engine.workspace.Workspace(), 0,
+    slow, c2 = bptt._sweep_block(back, d, None, gpurnn.engine.arrays.workspace.Workspace(), 0,
                                  carry.copy())
     assert rel_error(fast, slow) <= TIGHT and rel_error(c1, c2) <= TIGHT
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import gpurnn
-from gpurnn.engine.dropout import DROPOUT_KINDS, DropoutRates, DropoutStream
-from gpurnn.engine.parameters import layer_name
+from gpurnn.engine.layers.dropout import DROPOUT_KINDS, DropoutRates, DropoutStream
+from gpurnn.engine.models.parameters import layer_name
 
 ALL = dict(dropout=0.3, dropout_input=0.2, dropout_output=0.25, dropout_state=0.2,
            weight_drop=0.3, dropout_embedding=0.15)
@@ -353,8 +353,8 @@ def test_the_fused_kernels_run_under_dropout_and_agree_with_the_plain_path(cell,
     """Masks outside the step (between layers, input, output, embedding, weight-drop) keep
     the fused kernels (their host build here); a state mask, which no kernel has, runs the
     step plain. Both equal the plain path."""
-    from gpurnn.engine import fused
-    from gpurnn.engine.kernels import host
+    from gpurnn.engine.gpu import fused
+    from gpurnn.engine.gpu.kernels import host
     if host.compiler() is None:
         pytest.skip("no host C++ compiler (g++) to build the kernels for the host")
     launch = host.HostLauncher(host.build())
@@ -382,7 +382,7 @@ def test_the_fused_kernels_run_under_dropout_and_agree_with_the_plain_path(cell,
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_cpu_strict_draws_the_same_masks_and_gradients(bidirectional, rng):
-    from gpurnn.engine.backend import to_host
+    from gpurnn.engine.arrays.backend import to_host
     x, y = tokens(rng)
     host = make("lstm", bidirectional=bidirectional, **ALL)
     strict = make("lstm", bidirectional=bidirectional, device="cpu-strict", **ALL)

@@ -5,9 +5,9 @@ from conftest import host
 
 import gpurnn
 from gpurnn import Cell, ElmanRNN, reference
-from gpurnn.engine import bptt
+from gpurnn.engine.sweeps import bptt
 from gpurnn import gradcheck
-from gpurnn.engine.activations import ACTIVATIONS, OUTPUTS
+from gpurnn.engine.recurrences.activations import ACTIVATIONS, OUTPUTS
 
 TIGHT = 1e-9  # max relative error allowed between engine and reference in float64
 
@@ -208,17 +208,17 @@ class GenericElman(Cell):
     """The Elman recurrence written only through the per-step protocol (no batched hooks)."""
 
     def step(self, params, x_t, s_prev):
-        xp = gpurnn.engine.backend.get_array_module(s_prev)
+        xp = gpurnn.engine.arrays.backend.get_array_module(s_prev)
         return xp.tanh(params["weight_ih"].T[x_t] + s_prev @ params["weight_hh"].T)
 
     def vjp_state(self, params, x_t, s_prev, s_t, g):
         return (g * (1 - s_t ** 2)) @ params["weight_hh"]
 
     def vjp_params(self, params, x_t, s_prev, s_t, g):
-        xp = gpurnn.engine.backend.get_array_module(s_prev)
+        xp = gpurnn.engine.arrays.backend.get_array_module(s_prev)
         e = g * (1 - s_t ** 2)
         dUT = xp.zeros(params["weight_ih"].shape[::-1])
-        gpurnn.engine.backend.scatter_add(dUT, x_t, e)
+        gpurnn.engine.arrays.backend.scatter_add(dUT, x_t, e)
         return {"weight_ih": dUT.T, "weight_hh": e.T @ s_prev}
 
 
@@ -227,7 +227,7 @@ def test_custom_cell_protocol_equals_the_batched_cell(truncate, device, rng):
     """A user cell on the default per-step hooks gives the Elman cell's gradients."""
     model, x, _, _, h0 = make_case(rng, device, bias=False, with_h0=True, steps=7)
     params = {"weight_ih": model.U, "weight_hh": model.W}
-    xp = gpurnn.engine.backend.get_device(device).xp
+    xp = gpurnn.engine.arrays.backend.get_device(device).xp
     x_tm, h0_dev = xp.asarray(x.T.copy()), xp.asarray(h0)
     dstates = xp.asarray(rng.normal(size=(7, 3, 5)))
     results = []
@@ -270,14 +270,14 @@ def test_shorter_and_longer_calls_reuse_buffers_correctly(device, rng):
 
 @pytest.mark.parametrize("shape", [(40,), (40, 3), (300, 7)])
 def test_scatter_add_accumulates_repeated_indices(shape, device, rng):
-    xp = gpurnn.engine.backend.get_device(device).xp
+    xp = gpurnn.engine.arrays.backend.get_device(device).xp
     target = rng.normal(size=(9,) + shape[1:])
     indices = rng.integers(0, 9, shape[0])
     values = rng.normal(size=shape)
     expected = target.copy()
     np.add.at(expected, indices, values)
     result = xp.asarray(target)
-    gpurnn.engine.backend.scatter_add(result, xp.asarray(indices), xp.asarray(values))
+    gpurnn.engine.arrays.backend.scatter_add(result, xp.asarray(indices), xp.asarray(values))
     np.testing.assert_allclose(host(result), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -306,7 +306,8 @@ def test_loss_alone_equals_the_loss_of_loss_and_grads(output, device, rng):
 def test_blocked_and_threaded_softmax_equal_the_plain_path(bias, masked, monkeypatch, rng):
     """Many row blocks, and the blocks shared over host threads, give the one-block,
     one-thread result (float64, to rounding), which itself matches the seeds' loop."""
-    from gpurnn.engine import host_threads, losses
+    from gpurnn.engine.arrays import host_threads
+    from gpurnn.engine.models import losses
 
     model, x, y, mask, h0 = make_case(rng, "cpu", bias=bias, masked=masked, with_h0=True,
                                       batch=5, steps=9, sizes=(7, 5, 11))
@@ -328,7 +329,7 @@ def test_small_products_hold_blas_at_one_thread(monkeypatch):
     """Per-step products below SMALL_PRODUCT_FLOPS run on one BLAS thread; larger ones, and
     other array modules, keep BLAS as it is; GPURNN_HOST_THREADS=1 leaves the plain path."""
     from threadpoolctl import threadpool_info
-    from gpurnn.engine import host_threads
+    from gpurnn.engine.arrays import host_threads
 
     def blas_threads():
         return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]

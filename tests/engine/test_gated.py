@@ -7,8 +7,8 @@ import gpurnn
 from gpurnn import GRU, LSTM, ElmanRNN, StackedElmanRNN, make_model, model_spec
 from gpurnn import gradcheck
 from gpurnn.reference import gated as R
-from gpurnn.engine.activations import OUTPUTS
-from gpurnn.engine.stack import layer_name
+from gpurnn.engine.recurrences.activations import OUTPUTS
+from gpurnn.engine.layers.stack import layer_name
 
 TIGHT = 1e-9
 MODELS = {"gru": GRU, "lstm": LSTM, "elman": StackedElmanRNN}
@@ -465,7 +465,7 @@ def test_sweep_gate_gradients_equal_the_recomputed_ones(cell, layers, truncate, 
                                                         rng):
     """param_grads takes the gate gradients the backward sweep collected; recomputing them
     from the deltas (the plain path) gives the same gradients, float64, to rounding."""
-    from gpurnn.engine import gated
+    from gpurnn.engine.recurrences import gated
 
     model, x, y, mask, h0 = make_case(rng, "cpu", cell, layers=layers, masked=True,
                                       with_h0=True, steps=7)

@@ -1,13 +1,14 @@
-"""The captured training step (gpurnn.engine.graphs) on the CPU: the refusals decided before
+"""The captured training step (gpurnn.engine.gpu.graphs) on the CPU: the refusals decided before
 capture, the replay bookkeeping with a host capture backend, and the no-synchronisation rule
 of the captured region on cpu-strict (a planted float() fails)."""
 import numpy as np
 import pytest
 
-from gpurnn.engine import fused, graphs, strict
-from gpurnn.engine.backend import get_device, to_device, to_host
-from gpurnn.engine.factory import make_model
-from gpurnn.engine.kernels import host
+from gpurnn.engine.gpu import fused, graphs
+from gpurnn.engine.arrays import strict
+from gpurnn.engine.arrays.backend import get_device, to_device, to_host
+from gpurnn.engine.models.factory import make_model
+from gpurnn.engine.gpu.kernels import host
 from gpurnn.engine.plan import Plan
 from gpurnn.training.optim import make_optimizer
 

@@ -10,12 +10,13 @@ import os
 import numpy as np
 import pytest
 
-from gpurnn.engine import bptt, fused, persistent
-from gpurnn.engine.backend import get_device, to_host
-from gpurnn.engine.cells import ElmanCell
-from gpurnn.engine.gated import GRUCell, LSTMCell
-from gpurnn.engine.factory import make_model
-from gpurnn.engine.kernels import host
+from gpurnn.engine.sweeps import bptt
+from gpurnn.engine.gpu import fused, persistent
+from gpurnn.engine.arrays.backend import get_device, to_host
+from gpurnn.engine.recurrences.cells import ElmanCell
+from gpurnn.engine.recurrences.gated import GRUCell, LSTMCell
+from gpurnn.engine.models.factory import make_model
+from gpurnn.engine.gpu.kernels import host
 from gpurnn.engine.plan import Plan
 from gpurnn.training import train as T
 from gpurnn.training.checkpoint import load_checkpoint

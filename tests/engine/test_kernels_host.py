@@ -17,11 +17,13 @@ import pytest
 
 import ctypes
 
-from gpurnn.engine import bptt, fused, persistent, precision
-from gpurnn.engine.activations import ACTIVATIONS, apply, derivative_from_output
-from gpurnn.engine.cells import ElmanCell
-from gpurnn.engine.gated import GRUCell, LSTMCell
-from gpurnn.engine.kernels import host
+from gpurnn.engine.sweeps import bptt
+from gpurnn.engine.gpu import fused, persistent
+from gpurnn.engine.arrays import precision
+from gpurnn.engine.recurrences.activations import ACTIVATIONS, apply, derivative_from_output
+from gpurnn.engine.recurrences.cells import ElmanCell
+from gpurnn.engine.recurrences.gated import GRUCell, LSTMCell
+from gpurnn.engine.gpu.kernels import host
 from gpurnn.engine.plan import Plan
 from gpurnn.training import optim
 
@@ -390,7 +392,7 @@ def test_16bit_arrays_decline_where_no_16bit_kernel_is_built(launch):
 
 
 def test_barriers_in_a_launch_without_them_are_an_error(launch, monkeypatch):
-    from gpurnn.engine import kernels
+    from gpurnn.engine.gpu import kernels
 
     monkeypatch.setitem(kernels.KERNELS, "softmax_xent",
                         kernels.Kernel("softmax.cu", kernels.KERNELS["softmax_xent"].args))
@@ -424,7 +426,7 @@ def test_arguments_are_checked_before_a_launch(launch):
 
 
 def test_the_host_build_registers_every_kernel_with_the_table_sizes(launch):
-    from gpurnn.engine import kernels
+    from gpurnn.engine.gpu import kernels
 
     sizes = {"i32": 4, "i64": 8}
     for name, spec in kernels.KERNELS.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpurnn.engine import kernels
+from gpurnn.engine.gpu import kernels
 
 
 def _nvrtc_problem():
@@ -84,5 +84,5 @@ def test_expanded_sources_are_self_contained():
 
 def test_an_installed_package_carries_the_sources():
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    data = pyproject["tool"]["setuptools"]["package-data"]["gpurnn.engine.kernels"]
+    data = pyproject["tool"]["setuptools"]["package-data"]["gpurnn.engine.gpu.kernels"]
     assert {"*.cu", "*.cuh", "host/*.cpp", "host/*.h"} <= set(data)

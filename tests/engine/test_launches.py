@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from gpurnn.engine import kernels, launches, persistent
+from gpurnn.engine.gpu import kernels, launches, persistent
 from gpurnn.engine.plan import Plan, _Named
 
 ARCHS = ("sm_80", "sm_90")
@@ -169,7 +169,7 @@ def test_named_gpus_and_their_published_limits():
 
 
 def test_a_models_plan_explains_its_step():
-    from gpurnn.engine.factory import make_model
+    from gpurnn.engine.models.factory import make_model
 
     model = make_model("gru", 11, 256, 11, num_layers=2, dtype="float32", seed=0)
     model.plan = Plan(kernels="auto")

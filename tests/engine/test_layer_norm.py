@@ -6,7 +6,7 @@ from conftest import host, random_data
 
 import gpurnn
 from gpurnn import GRU, LSTM, gradcheck, make_model, model_spec
-from gpurnn.engine.stack import layer_name
+from gpurnn.engine.layers.stack import layer_name
 from gpurnn.reference import layer_norm as R
 
 TIGHT = 1e-12

@@ -6,9 +6,9 @@ from test_gated import assert_matches_reference, rel_error
 
 import gpurnn
 from gpurnn import LSTM, gradcheck, make_model, model_spec
-from gpurnn.engine import fused
+from gpurnn.engine.gpu import fused
 from gpurnn.engine.plan import Plan
-from gpurnn.engine.stack import layer_name
+from gpurnn.engine.layers.stack import layer_name
 
 EXACT = 1e-12
 I, H, P, O = 5, 4, 2, 3          # vocabulary (or features), hidden, projection, outputs

@@ -7,8 +7,8 @@ from conftest import host
 
 import gpurnn
 from gpurnn import Cell, reference
-from gpurnn.engine import recompute
-from gpurnn.engine.factory import make_model
+from gpurnn.engine.sweeps import recompute
+from gpurnn.engine.models.factory import make_model
 from gpurnn.engine.plan import Plan
 from test_engine import assert_matches_reference, make_case, random_configs
 
@@ -203,7 +203,7 @@ def test_budget_matches_the_reference_loops(rng):
     lstm.plan = Plan(block_steps=2)
     budget = lstm.schedule(x, y).footprint.need(1, 1)
     result = lstm.loss_and_grads(x, y, memory_budget=budget, reduction="sum")
-    layer_params = [{n: host(lstm.params[gpurnn.engine.stack.layer_name(n, l)])
+    layer_params = [{n: host(lstm.params[gpurnn.engine.layers.stack.layer_name(n, l)])
                      for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
                     for l in range(2)]
     out = {"V": host(lstm.params["V"]), "c": host(lstm.params["c"])}
@@ -212,7 +212,7 @@ def test_budget_matches_the_reference_loops(rng):
     assert result.loss == pytest.approx(loss, rel=1e-12)
     for l, g in enumerate(layer_grads):
         for n, value in g.items():
-            np.testing.assert_allclose(host(result.grads[gpurnn.engine.stack.layer_name(n, l)]),
+            np.testing.assert_allclose(host(result.grads[gpurnn.engine.layers.stack.layer_name(n, l)]),
                                        value, rtol=1e-9, atol=1e-12)
 
 

@@ -13,10 +13,10 @@ import os
 import numpy as np
 import pytest
 
-from gpurnn.engine import fused, persistent
-from gpurnn.engine.backend import to_host
-from gpurnn.engine.factory import make_model
-from gpurnn.engine.kernels import host
+from gpurnn.engine.gpu import fused, persistent
+from gpurnn.engine.arrays.backend import to_host
+from gpurnn.engine.models.factory import make_model
+from gpurnn.engine.gpu.kernels import host
 from gpurnn.engine.plan import Plan
 
 _PROBLEM = None

@@ -1,11 +1,11 @@
-"""Mixed precision (gpurnn.engine.precision): the 16-bit arithmetic of the NumPy emulation,
+"""Mixed precision (gpurnn.engine.arrays.precision): the 16-bit arithmetic of the NumPy emulation,
 one step's gradients against float64 within a bound from the unit round-off, the float32
 path unchanged, and the budget planner counting 16-bit bytes."""
 import numpy as np
 import pytest
 
-from gpurnn.engine import precision as P
-from gpurnn.engine.factory import make_model
+from gpurnn.engine.arrays import precision as P
+from gpurnn.engine.models.factory import make_model
 from gpurnn.engine.plan import Plan
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -49,7 +49,7 @@ def test_the_array_module_keeps_16_bit_buffers_mixed():
     assert type(xp.empty((3, 2), dtype=BF16)) is P.MixedArray
     assert type(xp.zeros((3,), dtype=np.float32)) is np.ndarray
     assert xp.float32 is np.float32 and xp.add is np.add
-    from gpurnn.engine.backend import get_array_module
+    from gpurnn.engine.arrays.backend import get_array_module
     assert get_array_module(np.zeros(2), xp.ones(2, dtype=F16)) is xp
 
 

@@ -6,9 +6,10 @@ from conftest import host
 
 import gpurnn
 from gpurnn import make_model
-from gpurnn.engine import backend, bptt
-from gpurnn.engine.cells import Cell
-from gpurnn.engine.strict import TransferGuardError, transfer_guard
+from gpurnn.engine.arrays import backend
+from gpurnn.engine.sweeps import bptt
+from gpurnn.engine.recurrences.cells import Cell
+from gpurnn.engine.arrays.strict import TransferGuardError, transfer_guard
 
 xp = backend.get_device("cpu-strict").xp
 
@@ -111,7 +112,7 @@ class PlantedCell(Cell):
     def step(self, params, x_t, s_prev):
         if self.leak:
             s_prev = np.asarray(s_prev)                              # the planted fault
-        return gpurnn.engine.backend.get_array_module(x_t).tanh(x_t + s_prev @ params["weight_hh"].T)
+        return gpurnn.engine.arrays.backend.get_array_module(x_t).tanh(x_t + s_prev @ params["weight_hh"].T)
 
 
 @pytest.mark.parametrize("leak", [False, True])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gpurnn
-from gpurnn.engine.parameters import layer_name
+from gpurnn.engine.models.parameters import layer_name
 
 torch = pytest.importorskip("torch")
 

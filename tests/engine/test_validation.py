@@ -4,7 +4,7 @@ import pytest
 
 from gpurnn import ElmanRNN, LinearRNN
 
-from gpurnn.engine import backend
+from gpurnn.engine.arrays import backend
 
 X = np.array([[0, 1, 2], [3, 4, 0]])
 

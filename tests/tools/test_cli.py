@@ -280,7 +280,7 @@ def test_gradcheck_command_checks_every_cell(cell, layers, capsys):
 
 
 def test_gradcheck_command_fails_on_a_wrong_gradient(monkeypatch, capsys):
-    from gpurnn.engine.gated import GRU
+    from gpurnn.engine.recurrences.gated import GRU
     real = GRU.loss_and_grads
 
     def wrong(self, *args, **kwargs):

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gpurnn.engine import backend, fused
-from gpurnn.engine.kernels import host
+from gpurnn.engine.arrays import backend
+from gpurnn.engine.gpu import fused
+from gpurnn.engine.gpu.kernels import host
 from gpurnn.tools import gpu_sweep, selftest
 
 ROOT = Path(__file__).resolve().parents[2]

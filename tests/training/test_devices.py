@@ -4,7 +4,7 @@ import numpy
 import pytest
 from conftest import host
 
-from gpurnn.engine import backend
+from gpurnn.engine.arrays import backend
 from gpurnn.training import distributed
 from gpurnn.training.checkpoint import load_checkpoint
 from gpurnn.training.config import TrainConfig

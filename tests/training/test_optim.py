@@ -5,7 +5,7 @@ import math
 import numpy
 import pytest
 
-from gpurnn.engine import backend
+from gpurnn.engine.arrays import backend
 
 from gpurnn.training import optim
 
@@ -229,7 +229,7 @@ def test_the_fused_update_runs_after_the_weight_decay(monkeypatch):
     """The fused kernels know no weight decay: step() shrinks the matrices first, in place,
     and the kernel then updates the shrunk weights; eps inside the root runs the plain update
     (test_recipes.py). Here the kernel launch is replaced by the plain update it stands for."""
-    from gpurnn.engine import fused
+    from gpurnn.engine.gpu import fused
     seen = {}
 
     def elementwise(launch, kernel, dtype, size, args):

@@ -7,7 +7,7 @@ import signal
 import numpy
 import pytest
 
-from gpurnn.engine import fused
+from gpurnn.engine.gpu import fused
 from gpurnn.training import optim
 from gpurnn.training.checkpoint import load_checkpoint
 from gpurnn.training.config import TrainConfig

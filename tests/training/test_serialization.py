@@ -10,7 +10,7 @@ import pytest
 
 import gpurnn
 from gpurnn.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from gpurnn.engine.parameters import elman_aliases
+from gpurnn.engine.models.parameters import elman_aliases
 from gpurnn.training.generate import load_language_model
 
 from conftest import host
