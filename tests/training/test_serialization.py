@@ -215,3 +215,17 @@ def test_the_seeds_names_are_aliases_of_one_array():
     assert stack.W_l1 is stack.params["weight_hh_l1"]
     with pytest.raises(AttributeError):
         gpurnn.GRU(5, 3, 5).U
+
+
+def test_every_moved_module_path_imports_its_new_module():
+    """Every old path in the table (0.1's flat modules, the engine before its rooms) gives the
+    module at its new place, and the new place exists."""
+    from gpurnn import _moved
+    assert "gpurnn.engine.gated" in _moved.MOVED and "gpurnn.engine.kernels" in _moved.MOVED
+    for old, new in _moved.MOVED.items():
+        target = importlib.import_module(new)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alias = importlib.import_module(old)
+        public = [name for name in dir(target) if not name.startswith("_")][:3]
+        assert all(getattr(alias, name) is getattr(target, name) for name in public), old
