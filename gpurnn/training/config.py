@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..engine.layers.dropout import DROPOUT_KINDS
-from ..engine.plan import KERNELS
+from ..engine.plan import KERNELS, TIME
 from ..engine.arrays.precision import MIXED_PRECISIONS, PRECISIONS
 from .data import LEVELS, RAW_LEVELS, SPECIAL_TOKENS
 
@@ -170,6 +170,9 @@ class TrainConfig:
                       "softmax and optimizer updates as CUDA kernels on the GPU; auto: plain, "
                       "per-step or persistent by the cost model (NumPy arrays always run "
                       "plain)", KERNELS)
+    time: str = _f("auto", "mingru, minlstm and lru: cross each block's steps by the "
+                   "associative scan or step by step; auto chooses by the block's size "
+                   "(the result is the same to rounding)", TIME)
     precision: str = _f("float32", "float32; tf32 (TF32 tensor-core GEMMs on the GPU, float32 "
                         "on the CPU); bf16-mixed or fp16-mixed: activations, caches and GEMM "
                         "inputs in bfloat16/float16, the loss, softmax, accumulation, optimizer "
@@ -309,7 +312,7 @@ class TrainConfig:
 RESUMABLE_FIELDS = frozenset({"corpus", "steps", "epochs", "lr", "clip", "clip_value",
                               "max_bad_steps", "corpus_limit",
                               "eval_every", "log_every", "checkpoint", "checkpoint_every", "resume",
-                              "metrics", "samples", "device", "quiet", "memory_budget", "kernels",
+                              "metrics", "samples", "device", "quiet", "memory_budget", "kernels", "time",
                               "overwrite", "log_every_seconds", "time_limit", "stop_signal"})
 
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

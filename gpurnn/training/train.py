@@ -167,7 +167,8 @@ class Trainer:
             self.model.dropout_stream.stream = comm.rank   # each rank its own masks
         self.model.plan = self.model.plan.replace(memory_budget=config.memory_budget,
                                                   kernels=config.kernels,
-                                                  precision=config.precision)
+                                                  precision=config.precision,
+                                                  time=config.time)
         # float16's dynamic loss scale (gpurnn.training.scaling); None: no scaling
         first_scale = config.loss_scale if config.loss_scale is not None else (
             DEFAULT_LOSS_SCALE if config.precision == "fp16-mixed" else None)

@@ -447,3 +447,20 @@ def test_the_launch_plan_in_the_gpu_docs_is_what_gpurnn_plan_prints(capsys):
     shown = text.split(f"$ {command}\n", 1)[1].split("```", 1)[0]
     assert cli.main(command.split()[1:]) == 0
     assert capsys.readouterr().out == shown
+
+
+def test_time_flag_trains_a_diagonal_cell_by_scan_or_loop_alike(corpus, tmp_path, capsys):
+    import gpurnn
+    params = {}
+    for time in ("scan", "loop"):
+        folder = tmp_path / time
+        folder.mkdir()
+        assert cli.main(small(corpus, folder, "--steps", "4", "--cell", "mingru", "--time",
+                              time, "--dtype", "float64", "--samples", "0", "--quiet")) == 0
+        params[time] = gpurnn.load(folder / "lm.npz").model.params
+        assert load_checkpoint(folder / "lm.npz").config["train"]["time"] == time
+    for name, value in params["scan"].items():   # the same training, to rounding
+        numpy.testing.assert_allclose(value, params["loop"][name], rtol=1e-9, atol=1e-12)
+    with pytest.raises(SystemExit):
+        cli.main(small(corpus, tmp_path, "--time", "sideways"))
+    assert "argument --time: invalid choice: 'sideways'" in capsys.readouterr().err
