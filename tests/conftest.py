@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gpurnn.engine.arrays import backend
+from gpurnn.engine.models.parameters import layer_name
 
 ROOT = Path(__file__).resolve().parents[1]   # the checkout: tests/ and gpurnn/ beside it
 _NO_GPU = backend.cuda_unavailable_reason()
@@ -60,6 +61,27 @@ def random_data(rng, I, O, batch, steps, *, tokens=True, output="softmax", maske
         lengths[0] = steps
         mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(float)
     return x, y, mask
+
+
+def split_params(model):
+    """The model's parameters as the reference takes them: per-layer dicts and V, c, E."""
+    layers = [{n: host(model.params[layer_name(n, l)]) for n in model._layer_names
+               if layer_name(n, l) in model.params} for l in range(model.num_layers)]
+    out = {k: host(model.params[k]) for k in ("V", "c", "E") if k in model.params}
+    return layers, out
+
+
+def per_layer(state, cell, layers):
+    """A model-format state (h0 / last_hidden) as the reference's per-layer list."""
+    if state is None:
+        return None
+    if cell == "lstm":
+        h, c = (np.asarray(host(s)) for s in state)
+        if layers == 1:
+            h, c = h[None], c[None]
+        return [(h[l], c[l]) for l in range(layers)]
+    s = np.asarray(host(state))
+    return [s] if layers == 1 else list(s)
 
 
 def host(array):

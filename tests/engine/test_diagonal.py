@@ -2,7 +2,7 @@
 and the parallel scan over time (gpurnn.engine.sweeps.scan) against the step-by-step loop."""
 import numpy as np
 import pytest
-from conftest import host, random_data
+from conftest import host, random_data, split_params
 
 import gpurnn
 from gpurnn import LRU, MinGRU, MinLSTM, Plan, gradcheck, make_model, model_spec
@@ -42,9 +42,7 @@ def make_case(rng, device, cell, *, time="scan", tokens=True, output="softmax", 
 
 
 def reference(model, x, y, mask=None, h0=None, truncate=None):
-    layers = [{n: host(model.params[layer_name(n, l)]) for n in model._layer_names
-               if layer_name(n, l) in model.params} for l in range(model.num_layers)]
-    out = {k: host(model.params[k]) for k in ("V", "c", "E") if k in model.params}
+    layers, out = split_params(model)
     if h0 is not None:
         h0 = [np.asarray(h0)] if model.num_layers == 1 else list(np.asarray(h0))
     return R.batch_bptt(model.cell_type, layers, out, x, y, output=model.output,

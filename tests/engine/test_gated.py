@@ -1,7 +1,7 @@
 """GRU, LSTM and stacked layers against plain loops written from their equations, in float64."""
 import numpy as np
 import pytest
-from conftest import host, random_data
+from conftest import host, per_layer, random_data, split_params
 
 import gpurnn
 from gpurnn import GRU, LSTM, ElmanRNN, StackedElmanRNN, make_model, model_spec
@@ -37,27 +37,6 @@ def make_case(rng, device, cell="gru", *, tokens=True, output="softmax", bias=Tr
         if cell == "lstm":
             h0 = (h0, rng.normal(size=shape))
     return model, x, y, mask, h0
-
-
-def split_params(model):
-    """The model's parameters as the reference takes them: per-layer dicts and V, c, E."""
-    layers = [{n: host(model.params[layer_name(n, l)]) for n in model._layer_names
-               if layer_name(n, l) in model.params} for l in range(model.num_layers)]
-    out = {k: host(model.params[k]) for k in ("V", "c", "E") if k in model.params}
-    return layers, out
-
-
-def per_layer(state, cell, layers):
-    """A model-format state (h0 / last_hidden) as the reference's per-layer list."""
-    if state is None:
-        return None
-    if cell == "lstm":
-        h, c = (np.asarray(host(s)) for s in state)
-        if layers == 1:
-            h, c = h[None], c[None]
-        return [(h[l], c[l]) for l in range(layers)]
-    s = np.asarray(host(state))
-    return [s] if layers == 1 else list(s)
 
 
 def reference(model, x, y, mask=None, h0=None, truncate=None):

@@ -2,7 +2,7 @@
 central differences and torch autograd, in float64; their models, checkpoints and training."""
 import numpy as np
 import pytest
-from conftest import host, random_data
+from conftest import host, per_layer, random_data, split_params
 
 import gpurnn
 from gpurnn import GRU, LSTM, gradcheck, make_model, model_spec
@@ -38,23 +38,8 @@ def make_case(rng, device, cell, *, tokens=True, output="softmax", bias=True, la
     return model, x, y, mask, h0
 
 
-def per_layer(state, cell, layers):
-    """A model-format state (h0 / last_hidden) as the reference's per-layer list."""
-    if state is None:
-        return None
-    if cell == "lstm":
-        h, c = (np.asarray(host(s)) for s in state)
-        if layers == 1:
-            h, c = h[None], c[None]
-        return [(h[l], c[l]) for l in range(layers)]
-    s = np.asarray(host(state))
-    return [s] if layers == 1 else list(s)
-
-
 def reference(model, x, y, mask=None, h0=None, truncate=None):
-    layers = [{n: host(model.params[layer_name(n, l)]) for n in model._layer_names
-               if layer_name(n, l) in model.params} for l in range(model.num_layers)]
-    out = {k: host(model.params[k]) for k in ("V", "c", "E") if k in model.params}
+    layers, out = split_params(model)
     return R.batch_bptt(model.cell_type, layers, out, x, y, output=model.output,
                         truncate=truncate, mask=mask,
                         h0=per_layer(h0, model.cell_type, model.num_layers))
