@@ -53,6 +53,7 @@ import numpy
 
 from ..sweeps import scan
 from ..arrays.backend import get_array_module, host_rng, scatter_add
+from .activations import apply
 from .cells import Cell
 from ..layers.stack import LayeredRNN
 from ..arrays.validation import check_size
@@ -211,14 +212,6 @@ class DiagonalCell(Cell):
         raise NotImplementedError
 
 
-def _sigmoid(xp, a, out=None):
-    out = xp.multiply(a, 0.5, out=out)
-    xp.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5                                                       # σ(a) = ½ tanh(a/2) + ½
-    return out
-
-
 class MinGRUCell(DiagonalCell):
     """minGRU (module docstring): a = 1 − z, b = z ⊙ h̃."""
 
@@ -227,7 +220,7 @@ class MinGRUCell(DiagonalCell):
     def coefficients(self, params, pre):
         xp = get_array_module(pre)
         H = pre.shape[-1] // 2
-        z = _sigmoid(xp, pre[..., :H])
+        z = apply("sigmoid", pre[..., :H])
         b = xp.multiply(z, pre[..., H:])                             # z ⊙ h̃
         a = xp.subtract(1.0, z, out=z)                               # 1 − z
         return a, b
@@ -238,7 +231,7 @@ class MinGRUCell(DiagonalCell):
         steps, batch, width = pre.shape
         H = width // 2
         K = self._buffer("K", (steps, batch, 2, H), pre)
-        z = _sigmoid(xp, pre[..., :H], out=K[:, :, 1])
+        z = apply("sigmoid", pre[..., :H], out=K[:, :, 1])
         kz = K[:, :, 0]
         xp.subtract(1.0, z, out=kz)
         kz *= z
@@ -254,8 +247,8 @@ class MinLSTMCell(DiagonalCell):
     def coefficients(self, params, pre):
         xp = get_array_module(pre)
         H = pre.shape[-1] // 3
-        f = _sigmoid(xp, pre[..., :H])
-        i = _sigmoid(xp, pre[..., H:2 * H])
+        f = apply("sigmoid", pre[..., :H])
+        i = apply("sigmoid", pre[..., H:2 * H])
         s = f + i
         a = xp.divide(f, s, out=f)                                   # f' = f / (f + i)
         b = xp.divide(i, s, out=i)
@@ -270,8 +263,8 @@ class MinLSTMCell(DiagonalCell):
         steps, batch, width = pre.shape
         H = width // 3
         K = self._buffer("K", (steps, batch, 3, H), pre)
-        f = _sigmoid(xp, pre[..., :H])
-        i = _sigmoid(xp, pre[..., H:2 * H])
+        f = apply("sigmoid", pre[..., :H])
+        i = apply("sigmoid", pre[..., H:2 * H])
         s = f + i
         xp.divide(i, s, out=K[:, :, 2])                              # i / s
         diff = xp.subtract(pre[..., 2 * H:], hprev)                  # h̃ − h_{t−1}
