@@ -9,8 +9,8 @@ same load of a shared machine); figures are medians with quartiles over the roun
 speed-ups medians of the per-round ratios:
 
 * ``recurrence``: the linear recurrence alone, h_t = a_t h_{t−1} + b_t on (T, 8, H), by
-  :func:`gpurnn.engine.sweeps.scan.linear_scan` (Blelloch) against
-  :func:`gpurnn.engine.sweeps.scan.linear_loop`; forward, and forward + the adjoint
+  :func:`gpurnn.engine.sweeps.scan.linear_scan` (``scan``: the host's chunked scan;
+  ``scan-blelloch``: Blelloch's) against :func:`gpurnn.engine.sweeps.scan.linear_loop`; forward, and forward + the adjoint
   (:func:`reverse_scan` / :func:`reverse_loop`), on the whole sequence at once;
 * ``model``: a one-layer minGRU (dense inputs of 16 features, identity output of 16,
   squared error, float32) through ``loss_and_grads`` (forward + backward) and ``forward``,
@@ -18,8 +18,9 @@ speed-ups medians of the per-round ratios:
   (blocks of 1024 batch·time rows, 128 steps at batch 8) and, for the scan, blocks of 1024
   steps (``block_steps=1024``).
 
-Sequential depth: dependent rounds of array operations, loop T, scan 2⌈log₂ T_block⌉ per
-block (Blelloch's up- and down-sweeps) times the blocks. The JSON also records the machine,
+Sequential depth: dependent rounds of array operations per the whole sequence, loop T,
+Blelloch's scan 2⌈log₂ T_block⌉ per block (up- and down-sweeps), the chunked scan
+2C + 2⌈log₂ n⌉ + 2 + its tail per block (:func:`gpurnn.engine.sweeps.scan.scan_depth`). The JSON also records the machine,
 the load average before and after, the threads (one BLAS thread).
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import gpurnn  # noqa: E402
-from gpurnn.engine import scan  # noqa: E402
+from gpurnn.engine.sweeps import scan  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 JSON = RESULTS / "parallel_time.json"
@@ -77,6 +78,11 @@ def recurrence_cases(T, H, rng):
     return {
         ("scan", "forward"): lambda: scan.linear_scan(a, b, h0, out=out, scratch=scratch),
         ("loop", "forward"): lambda: scan.linear_loop(a, b, h0, out=out),
+        ("scan-blelloch", "forward"): lambda: scan.linear_scan(a, b, h0, "blelloch", out=out,
+                                                               scratch=scratch),
+        ("scan-blelloch", "forward+backward"): lambda: (
+            scan.linear_scan(a, b, h0, "blelloch", out=out, scratch=scratch),
+            scan.reverse_scan(a, d, None, "blelloch", out=g, scratch=scratch)),
         ("scan", "forward+backward"): lambda: (
             scan.linear_scan(a, b, h0, out=out, scratch=scratch),
             scan.reverse_scan(a, d, None, out=g, scratch=scratch)),
@@ -107,11 +113,12 @@ def model_cases(T, H, rng, cell="mingru"):
     return cases
 
 
-def depth(T, block, kind):
-    if kind == "loop":
+def depth(T, block, variant):
+    if variant == "loop":
         return T
+    method = "blelloch" if variant == "scan-blelloch" else "chunked"
     blocks = -(-T // block)
-    return sum(scan.scan_depth(min(block, T - k * block)) for k in range(blocks))
+    return sum(scan.scan_depth(min(block, T - k * block), method) for k in range(blocks))
 
 
 def measure(level, T, H, quick, rng):
@@ -129,7 +136,7 @@ def measure(level, T, H, quick, rng):
                                                  max(1, -(-1024 // BATCH)))
         row = {"level": level, "T": T, "hidden": H, "batch": BATCH, "variant": variant,
                "what": what, "seconds": quartiles(values),
-               "depth": depth(T, min(block, T), "loop" if variant == "loop" else "scan"),
+               "depth": depth(T, min(block, T), variant),
                "speedup_over_loop": statistics.median(l / v for l, v in zip(loop, values))}
         rows.append(row)
         print(f"{level:10s} T={T:6d} H={H:3d} {variant:15s} {what:17s} "
@@ -168,6 +175,7 @@ def main(argv=None):
                                       "numpy": np.__version__, "blas_threads": 1,
                                       "load_before": load_before,
                                       "load_after": os.getloadavg()},
+                          "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                           "dtype": "float32", "cell": "mingru",
                           "command": " ".join(sys.argv), "rows": rows}
                 JSON.write_text(json.dumps(result, indent=1))          # after every case
@@ -182,7 +190,8 @@ def plot():
     data = json.loads(JSON.read_text())
     rows = data["rows"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
-    styles = {"scan": ("C0", "-"), "loop": ("C3", "--"), "scan-block1024": ("C2", ":")}
+    styles = {"scan": ("C0", "-"), "scan-blelloch": ("C1", "-."), "loop": ("C3", "--"),
+              "scan-block1024": ("C2", ":")}
     for i, level in enumerate(("recurrence", "model")):
         for j, what in enumerate(("forward", "forward+backward")):
             ax = axes[i][j]

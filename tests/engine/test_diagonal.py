@@ -194,9 +194,32 @@ def test_scans_equal_the_loop_within_the_rounding_bound(method, steps, device, r
     assert rel_error(scan.linear_scan(lam, b, h0, method), scan.linear_loop(lam, b, h0)) <= TIGHT
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 16])
+@pytest.mark.parametrize("steps", [4, 7, 16, 17, 50, 300])
+def test_chunked_scan_equals_the_loop_for_every_chunk(chunk, steps, device, rng):
+    """The chunked scan with chunks of 1 … 16 steps (few and many chunks, with and without a
+    tail), forward and adjoint, within the rounding bound."""
+    xp = gpurnn.get_device(device).xp
+    a = xp.asarray(rng.uniform(-1, 1, (steps, 2, 3)))
+    b = xp.asarray(rng.normal(size=(steps, 2, 3)))
+    h0 = xp.asarray(rng.normal(size=(2, 3)))
+    loop = scan.linear_loop(a, b, h0)
+    got = scan.linear_scan(a, b, h0, "chunked", chunk=chunk)
+    assert (np.abs(host(got) - host(loop))
+            <= host(scan.rounding_bound(a, b, h0, np.finfo(np.float64).eps / 2))).all()
+    carry = xp.asarray(rng.normal(size=(2, 3)))
+    G, before = scan.reverse_loop(a, b, carry)
+    G2, before2 = scan.reverse_scan(a, b, carry, "chunked", chunk=chunk)
+    assert rel_error(G2, G) <= TIGHT and rel_error(before2, before) <= TIGHT
+
+
 def test_scan_depth_is_logarithmic():
     assert scan.scan_depth(1) == 0 and scan.scan_depth(2) == 2
     assert scan.scan_depth(10**4) == 2 * 14 and scan.scan_depth(10**4, "hillis_steele") == 14
+    # chunked: 2 (C − 1) + Blelloch over the n chunks + 2 + the tail, C = 128 at T = 10^4
+    n = (10**4 - 1) // 128
+    assert scan.scan_depth(10**4, "chunked") == 2 * 127 + scan.scan_depth(n) + 2 + (10**4 - 1 - 128 * n)
+    assert scan.default_method(np.zeros(1)) == "chunked"
 
 
 def test_sweep_block_hook_equals_the_per_step_sweep(rng):

@@ -18,18 +18,27 @@ backward sweep: the adjoint G_t = dL/dh_t obeys the reverse linear recurrence
 (d_t the loss's gradient through output t alone, ``carry`` what the block after this one
 sends back: a_T ⊙ G_T), the same scan over reversed time.
 
-Two scans, both vectorised over (time, batch, hidden), each level a handful of array
-operations:
+Three scans, each vectorised over (time, batch, hidden):
 
+* :func:`chunked` — the host's default: time cut into chunks of C steps (about √T, 16 … 128),
+  solved in three passes. (1) Every chunk's composition (its transition product and its
+  state from a zero start) by a loop over the C positions, each operation over all chunks
+  at once; (2) the states entering the chunks, a scan of those n = T/C compositions
+  (Blelloch's, below); (3) every chunk re-run from its true entering state, again C
+  operations over all chunks. About 5 T·B·H element operations, as Blelloch's, but every
+  operation runs over contiguous (batch, hidden) rows of n chunks at once and the states
+  are written once, not level by level: on a CPU that decides (measured in
+  benchmarks/results/parallel_time.json). Depth 2C + 2⌈log₂ n⌉ + 2: O(log T) for a fixed
+  chunk, and C ≈ √T in practice.
 * :func:`blelloch` — the work-efficient scan, written as odd–even recursive doubling
   (Blelloch's up-sweep pairs neighbours, the recursion solves the half-length problem,
-  the down-sweep fills the even steps): 2⌈log₂ T⌉ levels, O(T) work (about 5 T·B·H
-  element operations in all). The default: on a CPU, where a few cores share the memory
-  bandwidth, total work decides, and every level is half the size of the one before.
+  the down-sweep fills the even steps): 2⌈log₂ T⌉ levels, O(T) work. The default on a
+  GPU without the scan kernel, where a level is a launch and depth decides; the chunked
+  scan's scan of the chunk compositions.
 * :func:`hillis_steele` — the step-efficient scan (Hillis and Steele 1986): ⌈log₂ T⌉
   levels, each on the whole (T, B, H) array, O(T log T) work. Fewer levels, so better
   where a level costs a launch and the work is spread over thousands of lanes (a GPU),
-  worse on a CPU; kept as the second oracle and for the benchmark.
+  worse on a CPU; kept as the third oracle and for the benchmark.
 
 Rounding. Every method computes h_t = Σ_s (Π_{r=s+1..t} a_r) b_s + (Π_{r≤t} a_r) h0, only
 associated differently. Write P_{s,t} = Π_{r=s+1..t} a_r and
@@ -37,13 +46,16 @@ associated differently. Write P_{s,t} = Π_{r=s+1..t} a_r and
     S_t = Σ_s |P_{s,t}| |b_s| + |P_{−1,t}| |h0|
 
 (the same recurrence run on |a|, |b|, |h0|). Each term of the loop passes through at most
-2(t − s) + 1 roundings; each term of a scan through at most 2⌈log₂ T⌉ + 1 (Blelloch: one
-product and one sum per level on the way up, one of each on the way down; Hillis–Steele
-one of each per level). With u the unit roundoff and γ_n = n u / (1 − n u),
+2(t − s) + 1 roundings; each term of a scan through at most k (Blelloch: one product and
+one sum per level on the way up, one of each on the way down, k = 4⌈log₂ T⌉ + 2;
+Hillis–Steele one of each per level; chunked: 2C in its own chunk, Blelloch's over the n
+chunk compositions, 2C in the chunk it reaches, k = 4C + 4⌈log₂ n⌉ + 4). With u the unit
+roundoff and γ_n = n u / (1 − n u),
 
-    |h_t^loop − h_t| ≤ γ_{2T+1} S_t,   |h_t^scan − h_t| ≤ γ_{4⌈log₂ T⌉+2} S_t,
+    |h_t^loop − h_t| ≤ γ_{2T+1} S_t,   |h_t^scan − h_t| ≤ γ_k S_t,
 
-so |scan − loop| ≤ (γ_{2T+1} + γ_{4⌈log₂T⌉+2}) S_t; :func:`rounding_bound` computes it, and
+so |scan − loop| ≤ (γ_{2T+1} + γ_k) S_t, k the largest of the methods';
+:func:`rounding_bound` computes it, and
 the tests hold the two to it. For |a_t| < 1 the products fade and only the last
 1/(1 − |a|) steps matter, so in practice the difference is a few units in the last place
 of S_t (float64: ≤ 1e-15 relative in the tests, far inside 1e-12). The adjoint is the same
@@ -55,11 +67,12 @@ import math
 
 from ..arrays.backend import get_array_module
 
-__all__ = ["TIME", "uses_scan", "AUTO_MIN_STEPS", "AUTO_MAX_ROW", "METHODS", "linear_scan", "reverse_scan", "linear_loop", "reverse_loop",
-           "blelloch", "hillis_steele", "scan_depth", "rounding_bound", "scratch_shape",
+__all__ = ["TIME", "uses_scan", "AUTO_MIN_STEPS", "AUTO_MAX_ROW", "METHODS", "linear_scan",
+           "reverse_scan", "linear_loop", "reverse_loop", "chunked", "chunk_length",
+           "default_method", "blelloch", "hillis_steele", "scan_depth", "rounding_bound", "scratch_shape",
            "stacked_sweep"]
 
-METHODS = ("blelloch", "hillis_steele")
+METHODS = ("chunked", "blelloch", "hillis_steele")
 TIME = ("auto", "scan", "loop")   # the plan's ``time`` field (gpurnn.engine.plan)
 
 # ``time="auto"`` on the host: the scan from this many steps in a block, and only while a
@@ -137,6 +150,75 @@ def _blelloch_inplace(xp, a, h, steps, scratch):
         evens += tail
 
 
+def chunk_length(steps: int) -> int:
+    """The chunked scan's chunk: the power of two nearest √T, within 16 … 128 (measured:
+    shorter chunks make more, smaller operations; longer ones leave the per-chunk rows
+    out of cache)."""
+    if steps < 4:
+        return 1
+    return int(min(128, max(16, 2 ** round(math.log2(math.sqrt(steps))))))
+
+
+def default_method(like) -> str:
+    """The scan for arrays like ``like``: chunked on the host, Blelloch's on a GPU (fewest
+    levels of the two work-efficient scans: a level there is a launch)."""
+    return "blelloch" if type(like).__module__.split(".")[0] == "cupy" else "chunked"
+
+
+def chunked(a, b, out=None, scratch=None, chunk=None):
+    """As :func:`blelloch` (h_{−1} = 0), by the chunked scan of the module docstring with
+    chunks of ``chunk`` steps (None: :func:`chunk_length`)."""
+    xp = get_array_module(b)
+    a = _axis_steps(a, b)
+    if out is None:
+        out = xp.empty(b.shape, dtype=b.dtype)
+    if out is not b:
+        out[...] = b
+    _chunked_inplace(xp, a[1:], out, _scratch(xp, b, scratch), chunk)
+    return out
+
+
+def _chunked_inplace(xp, coeff, h, scratch, chunk=None):
+    # h (T, ...) holds b on entry, h_0 already final, and the states on exit: h_t += c_{t−1}
+    # h_{t−1} for t ≥ 1, coeff = (c_0 … c_{T−2}). Either may be a reversed view (the
+    # adjoint's): splitting the time axis into (chunk, position) is a view of any stride.
+    steps = h.shape[0]
+    C = chunk_length(steps) if chunk is None else int(chunk)
+    n = (steps - 1) // C if C > 1 else 0
+    if n >= 2:
+        rest = h.shape[1:]
+        A = coeff[:n * C].reshape((n, C) + rest)                    # chunk c: steps 1 + cC …
+        H = h[1:1 + n * C].reshape((n, C) + rest)                  # a view: one axis split
+        if scratch.shape[0] < 6 * n + 2:                             # chunks under 3 steps
+            scratch = xp.empty((6 * n + 2,) + rest, dtype=h.dtype)
+        s, p, tmp = scratch[:n], scratch[n:2 * n], scratch[2 * n:3 * n]
+        finals, work = scratch[3 * n:4 * n], scratch[4 * n:]
+        # (1) each chunk's composition: state s from a zero start, transition product p
+        s[...] = H[:, 0]
+        p[...] = A[:, 0]
+        for j in range(1, C):
+            xp.multiply(A[:, j], s, out=tmp)
+            xp.add(tmp, H[:, j], out=s)
+            p *= A[:, j]
+        # (2) the state at the end of every chunk: a scan over the n compositions from h_0
+        xp.multiply(p[0], h[0], out=finals[0])
+        finals[0] += s[0]
+        finals[1:] = s[1:]
+        _blelloch_inplace(xp, p, finals, n, work)
+        # (3) every chunk re-run from its entering state (h_0, then the chunk before's end)
+        xp.multiply(A[0, 0], h[0], out=tmp[0])
+        xp.multiply(A[1:, 0], finals[:-1], out=tmp[1:])
+        H[:, 0] += tmp
+        for j in range(1, C):
+            xp.multiply(A[:, j], H[:, j - 1], out=tmp)
+            H[:, j] += tmp
+        start = 1 + n * C
+    else:
+        start = 1
+    for t in range(start, steps):                                   # the tail, step by step
+        h[t] += coeff[t - 1] * h[t - 1]
+
+
 def hillis_steele(a, b, out=None):
     """As :func:`blelloch`, by Hillis and Steele's doubling: after level k each step holds
     the composition of the 2^k steps ending at it."""
@@ -161,23 +243,34 @@ def _scratch(xp, like, scratch):
     return scratch if scratch is not None else xp.empty(scratch_shape(like.shape), like.dtype)
 
 
-def linear_scan(a, b, h0, method="blelloch", out=None, scratch=None):
+def linear_scan(a, b, h0, method=None, out=None, scratch=None, chunk=None):
     """States (T, batch, ...) of h_t = a_t ⊙ h_{t−1} + b_t from ``h0`` (batch, ...), by the
-    scan ``method`` ("blelloch" or "hillis_steele"). The first step is the loop's own
-    a_0 h0 + b_0; ``out`` receives the states if given."""
+    scan ``method`` (one of :data:`METHODS`; None: :func:`default_method`). The first step
+    is the loop's own a_0 h0 + b_0; ``out`` receives the states if given; ``chunk`` is the
+    chunked scan's chunk (None: :func:`chunk_length`)."""
     xp = get_array_module(b)
     a = _axis_steps(a, b)
+    method = _method(method, b)
     if out is None:
         out = xp.empty(b.shape, dtype=b.dtype)
     out[...] = b
     first = xp.multiply(a[0], h0)
     out[0] = first + b[0]                                    # h_0 = a_0 h0 + b_0, as the loop
-    if method == "blelloch":
+    if method == "chunked":
+        _chunked_inplace(xp, a[1:], out, _scratch(xp, b, scratch), chunk)
+    elif method == "blelloch":
         _blelloch_inplace(xp, a, out, b.shape[0], _scratch(xp, b, scratch))
-        return out
-    if method == "hillis_steele":
-        return hillis_steele(a, out, out=out)
-    raise ValueError(f"unknown scan method {method!r}; expected one of {', '.join(METHODS)}")
+    else:
+        hillis_steele(a, out, out=out)
+    return out
+
+
+def _method(method, like):
+    if method is None:
+        return default_method(like)
+    if method not in METHODS:
+        raise ValueError(f"unknown scan method {method!r}; expected one of {', '.join(METHODS)}")
+    return method
 
 
 def linear_loop(a, b, h0, out=None):
@@ -194,12 +287,13 @@ def linear_loop(a, b, h0, out=None):
     return out
 
 
-def reverse_scan(a, d, carry=None, method="blelloch", out=None, scratch=None):
+def reverse_scan(a, d, carry=None, method=None, out=None, scratch=None, chunk=None):
     """The adjoint of :func:`linear_scan` over one block: G (T, batch, ...) with
     G_t = d_t + a_{t+1} ⊙ G_{t+1} and G_{T−1} = d_{T−1} + ``carry`` (None: zero), and the
     carry for the block before, a_0 ⊙ G_0. ``d`` is dL/dh_t through output t alone."""
     xp = get_array_module(d)
     a = _axis_steps(a, d)
+    method = _method(method, d)
     steps = d.shape[0]
     if out is None:
         out = xp.empty(d.shape, dtype=d.dtype)
@@ -211,14 +305,12 @@ def reverse_scan(a, d, carry=None, method="blelloch", out=None, scratch=None):
         # "h0" is zero: the carry is already in).
         rev = out[::-1]
         coeff = a[:0:-1]                                     # a_{T−1}, …, a_1 for j = 1 …
-        if method == "blelloch":
+        if method == "chunked":
+            _chunked_inplace(xp, coeff, rev, _scratch(xp, d, scratch), chunk)
+        elif method == "blelloch":
             _reverse_blelloch(xp, coeff, rev, steps, _scratch(xp, d, scratch))
-        elif method == "hillis_steele":
-            g = hillis_steele(_shifted(xp, coeff), rev)
-            rev[...] = g
         else:
-            raise ValueError(f"unknown scan method {method!r}; expected one of "
-                             f"{', '.join(METHODS)}")
+            rev[...] = hillis_steele(_shifted(xp, coeff), rev)
     return out, xp.multiply(a[0], out[0])
 
 
@@ -257,12 +349,18 @@ def scan_depth(steps: int, method="blelloch") -> int:
     """Levels (dependent rounds of array operations) a scan of ``steps`` steps runs; the
     loop's depth is ``steps``."""
     levels = max(0, math.ceil(math.log2(steps))) if steps > 1 else 0
+    if method == "chunked":
+        C = chunk_length(steps)
+        n = (steps - 1) // C if C > 1 else 0
+        if n < 2:
+            return max(0, steps - 1)
+        return 2 * (C - 1) + scan_depth(n) + 2 + (steps - 1 - n * C)
     return 2 * levels if method == "blelloch" else levels
 
 
 def rounding_bound(a, b, h0, unit_roundoff):
-    """The bound (T, batch, ...) on |scan − loop| of the module docstring:
-    (γ_{2T+1} + γ_{4⌈log₂T⌉+2}) S_t, S from the loop on |a|, |b|, |h0|."""
+    """The bound (T, batch, ...) on |scan − loop| of the module docstring, for every method:
+    (γ_{2T+1} + γ_k) S_t, S from the loop on |a|, |b|, |h0|."""
     xp = get_array_module(b)
     steps = b.shape[0]
     S = linear_loop(xp.abs(_axis_steps(a, b)), xp.abs(b), xp.abs(h0))
@@ -270,7 +368,10 @@ def rounding_bound(a, b, h0, unit_roundoff):
     def gamma(n):
         return n * unit_roundoff / (1 - n * unit_roundoff)
     levels = max(1, math.ceil(math.log2(max(steps, 2))))
-    return (gamma(2 * steps + 1) + gamma(4 * levels + 2)) * S
+    C = chunk_length(steps)
+    chunks = max(2, (steps - 1) // max(C, 1))
+    k = max(4 * levels + 2, 4 * C + 4 * math.ceil(math.log2(chunks)) + 4)
+    return (gamma(2 * steps + 1) + gamma(k)) * S
 
 
 def stacked_sweep(sweeps, input_grads, between, width, hidden, dstates, carry, deltas):
