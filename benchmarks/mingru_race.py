@@ -37,13 +37,11 @@ def train(args, folder, name, extra):
     metrics = folder / f"{name}.jsonl"
     command = [sys.executable, "-m", "gpurnn", "train", *args, *extra,
                "--checkpoint", str(folder / f"{name}.npz"), "--metrics", str(metrics)]
-    start = time.perf_counter()
     subprocess.run(command, check=False, cwd=folder, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     end = next(r for r in records if r.get("event") == "end")
     evals = [r for r in records if "valid_loss" in r]
-    return wall, end, evals
+    return end, evals
 
 
 def main(argv=None):
@@ -59,11 +57,11 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         folder = pathlib.Path(scratch)
         for name, system in SYSTEMS.items():                       # a short timing first
-            _, end, _ = train(system, folder, f"{name}-timing", ["--steps", "12",
+            end, _ = train(system, folder, f"{name}-timing", ["--steps", "12",
                                                                   "--eval-every", "1000"])
             # 8 evaluations in the run, each about one step's cost per 40 held-out chunks
             steps = max(20, int(budget * 1000 / end["step_ms"] * 0.85))
-            _, end, evals = train(system, folder, name,
+            end, evals = train(system, folder, name,
                                   ["--steps", str(steps), "--eval-every", str(max(1, steps // 8)),
                                    "--warmup-steps", str(min(200, steps // 10)),
                                    "--time-limit", f"{int(budget * 1.25) + 5}s"])

@@ -206,7 +206,7 @@ def test_chunked_scan_equals_the_loop_for_every_chunk(chunk, steps, device, rng)
     loop = scan.linear_loop(a, b, h0)
     got = scan.linear_scan(a, b, h0, "chunked", chunk=chunk)
     assert (np.abs(host(got) - host(loop))
-            <= host(scan.rounding_bound(a, b, h0, np.finfo(np.float64).eps / 2))).all()
+            <= host(scan.rounding_bound(a, b, h0, np.finfo(np.float64).eps / 2, chunk))).all()
     carry = xp.asarray(rng.normal(size=(2, 3)))
     G, before = scan.reverse_loop(a, b, carry)
     G2, before2 = scan.reverse_scan(a, b, carry, "chunked", chunk=chunk)
@@ -220,6 +220,7 @@ def test_scan_depth_is_logarithmic():
     n = (10**4 - 1) // 128
     assert scan.scan_depth(10**4, "chunked") == 2 * 127 + scan.scan_depth(n) + 2 + (10**4 - 1 - 128 * n)
     assert scan.default_method(np.zeros(1)) == "chunked"
+    assert scan.default_method(gpurnn.get_device("cpu-strict").xp.zeros(1)) == "blelloch"
 
 
 def test_sweep_block_hook_equals_the_per_step_sweep(rng):

@@ -20,15 +20,15 @@ sends back: a_T ⊙ G_T), the same scan over reversed time.
 
 Three scans, each vectorised over (time, batch, hidden):
 
-* :func:`chunked` — the host's default: time cut into chunks of C steps (about √T, 16 … 128),
+* ``method="chunked"`` — the host's default: time cut into chunks of C steps (about √T, 16 … 128),
   solved in three passes. (1) Every chunk's composition (its transition product and its
   state from a zero start) by a loop over the C positions, each operation over all chunks
   at once; (2) the states entering the chunks, a scan of those n = T/C compositions
   (Blelloch's, below); (3) every chunk re-run from its true entering state, again C
   operations over all chunks. About 5 T·B·H element operations, as Blelloch's, but every
   operation runs over contiguous (batch, hidden) rows of n chunks at once and the states
-  are written once, not level by level: on a CPU that decides (measured in
-  benchmarks/results/parallel_time.json). Depth 2C + 2⌈log₂ n⌉ + 2: O(log T) for a fixed
+  are written once, not level by level: on a CPU that decides (benchmarks/parallel_time.py
+  times it beside Blelloch's). Depth 2C + 2⌈log₂ n⌉ + 2: O(log T) for a fixed
   chunk, and C ≈ √T in practice.
 * :func:`blelloch` — the work-efficient scan, written as odd–even recursive doubling
   (Blelloch's up-sweep pairs neighbours, the recursion solves the half-length problem,
@@ -65,10 +65,10 @@ from __future__ import annotations
 
 import math
 
-from ..arrays.backend import get_array_module
+from ..arrays.backend import get_array_module, is_device_array
 
 __all__ = ["TIME", "uses_scan", "AUTO_MIN_STEPS", "AUTO_MAX_ROW", "METHODS", "linear_scan",
-           "reverse_scan", "linear_loop", "reverse_loop", "chunked", "chunk_length",
+           "reverse_scan", "linear_loop", "reverse_loop", "chunk_length",
            "default_method", "blelloch", "hillis_steele", "scan_depth", "rounding_bound", "scratch_shape",
            "stacked_sweep"]
 
@@ -93,7 +93,7 @@ def uses_scan(time: str, steps: int, like) -> bool:
     if time == "scan":
         return True
     row = math.prod(like.shape[1:])
-    if type(like).__module__.split(".")[0] == "cupy":
+    if is_device_array(like):                                # a GPU's (or cpu-strict's)
         return steps >= AUTO_MIN_STEPS_GPU
     return steps >= AUTO_MIN_STEPS and row <= AUTO_MAX_ROW
 
@@ -159,23 +159,16 @@ def chunk_length(steps: int) -> int:
     return int(min(128, max(16, 2 ** round(math.log2(math.sqrt(steps))))))
 
 
+def _chunk_count(steps: int, C: int) -> int:
+    # whole chunks after step 0 (which starts the recurrence); the rest is the tail
+    return (steps - 1) // C if C > 1 else 0
+
+
 def default_method(like) -> str:
     """The scan for arrays like ``like``: chunked on the host, Blelloch's on a GPU (fewest
-    levels of the two work-efficient scans: a level there is a launch)."""
-    return "blelloch" if type(like).__module__.split(".")[0] == "cupy" else "chunked"
-
-
-def chunked(a, b, out=None, scratch=None, chunk=None):
-    """As :func:`blelloch` (h_{−1} = 0), by the chunked scan of the module docstring with
-    chunks of ``chunk`` steps (None: :func:`chunk_length`)."""
-    xp = get_array_module(b)
-    a = _axis_steps(a, b)
-    if out is None:
-        out = xp.empty(b.shape, dtype=b.dtype)
-    if out is not b:
-        out[...] = b
-    _chunked_inplace(xp, a[1:], out, _scratch(xp, b, scratch), chunk)
-    return out
+    levels of the two work-efficient scans: a level there is a launch) and on cpu-strict,
+    which stands in for one."""
+    return "blelloch" if is_device_array(like) else "chunked"
 
 
 def _chunked_inplace(xp, coeff, h, scratch, chunk=None):
@@ -184,7 +177,7 @@ def _chunked_inplace(xp, coeff, h, scratch, chunk=None):
     # adjoint's): splitting the time axis into (chunk, position) is a view of any stride.
     steps = h.shape[0]
     C = chunk_length(steps) if chunk is None else int(chunk)
-    n = (steps - 1) // C if C > 1 else 0
+    n = _chunk_count(steps, C)
     if n >= 2:
         rest = h.shape[1:]
         A = coeff[:n * C].reshape((n, C) + rest)                    # chunk c: steps 1 + cC …
@@ -351,15 +344,16 @@ def scan_depth(steps: int, method="blelloch") -> int:
     levels = max(0, math.ceil(math.log2(steps))) if steps > 1 else 0
     if method == "chunked":
         C = chunk_length(steps)
-        n = (steps - 1) // C if C > 1 else 0
+        n = _chunk_count(steps, C)
         if n < 2:
             return max(0, steps - 1)
         return 2 * (C - 1) + scan_depth(n) + 2 + (steps - 1 - n * C)
     return 2 * levels if method == "blelloch" else levels
 
 
-def rounding_bound(a, b, h0, unit_roundoff):
-    """The bound (T, batch, ...) on |scan − loop| of the module docstring, for every method:
+def rounding_bound(a, b, h0, unit_roundoff, chunk=None):
+    """The bound (T, batch, ...) on |scan − loop| of the module docstring, for every method
+    (the chunked scan's with chunks of ``chunk`` steps, None: :func:`chunk_length`):
     (γ_{2T+1} + γ_k) S_t, S from the loop on |a|, |b|, |h0|."""
     xp = get_array_module(b)
     steps = b.shape[0]
@@ -368,8 +362,8 @@ def rounding_bound(a, b, h0, unit_roundoff):
     def gamma(n):
         return n * unit_roundoff / (1 - n * unit_roundoff)
     levels = max(1, math.ceil(math.log2(max(steps, 2))))
-    C = chunk_length(steps)
-    chunks = max(2, (steps - 1) // max(C, 1))
+    C = chunk_length(steps) if chunk is None else int(chunk)
+    chunks = max(2, _chunk_count(steps, C))
     k = max(4 * levels + 2, 4 * C + 4 * math.ceil(math.log2(chunks)) + 4)
     return (gamma(2 * steps + 1) + gamma(k)) * S
 
