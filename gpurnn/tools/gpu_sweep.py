@@ -5,8 +5,11 @@ gpurnn plain and fused beside PyTorch's cuDNN ``nn.RNN`` / ``nn.GRU`` / ``nn.LST
 same sizes (an embedding, the recurrent layer, a linear layer and the cross-entropy), with
 peak GPU memory; plus each cell's recurrence alone at a small batch, per-step launches
 against the persistent kernels. One call measures one TF32 setting: the process's
-``CUPY_TF32`` (read by CuPy at import) must match ``tf32``, which sets PyTorch's.
-On the CPU the same code runs with PyTorch's CPU modules (what the tests use).
+``CUPY_TF32`` (read by CuPy at import) must match ``tf32``, which sets PyTorch's; with TF32
+on, gpurnn's steps run ``Plan(precision="tf32")``. With TF32 off the training steps are also
+measured in mixed precision, gpurnn's ``Plan(precision="bf16-mixed")`` beside the same
+PyTorch modules under ``torch.autocast(dtype=torch.bfloat16)``; each row says its
+``precision``. On the CPU the same code runs with PyTorch's CPU modules (what the tests use).
 """
 from __future__ import annotations
 
@@ -28,10 +31,10 @@ LENGTHS = (64, 256, 1024)
 SWEEP = dict(vocab=1024, hidden=256, batch=64, small_batch=8)
 
 
-def _gpurnn_step(cell, steps, batch, kernels, device, sizes):
+def _gpurnn_step(cell, steps, batch, kernels, device, sizes, precision="float32"):
     model = make_model(cell, sizes["vocab"], sizes["hidden"], sizes["vocab"],
                        embedding_size=sizes["hidden"], dtype="float32", device=device)
-    model.plan = Plan(kernels=kernels)
+    model.plan = Plan(kernels=kernels, precision=precision)
     optimizer = make_optimizer("sgd", 1e-4)
     optimizer.plan = model.plan
     rng = numpy.random.default_rng(0)
@@ -44,7 +47,11 @@ def _gpurnn_step(cell, steps, batch, kernels, device, sizes):
     return step
 
 
-def _torch_step(cell, steps, batch, device, sizes):
+def _torch_step(cell, steps, batch, device, sizes, precision="float32"):
+    """One PyTorch training step; under ``"bf16-mixed"`` its forward and loss run in
+    ``torch.autocast`` with bfloat16 (float32 weights and SGD update, as gpurnn's), under
+    the other precisions as the process's TF32 flags say."""
+    import contextlib
     import torch
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -58,10 +65,17 @@ def _torch_step(cell, steps, batch, device, sizes):
     x = torch.randint(0, sizes["vocab"], (steps, batch), device=dev)
     y = torch.randint(0, sizes["vocab"], (steps, batch), device=dev)
 
+    def autocast():
+        if precision != "bf16-mixed":
+            return contextlib.nullcontext()
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        out = head(rnn(embed(x))[0])
-        loss_fn(out.reshape(-1, sizes["vocab"]), y.reshape(-1)).backward()
+        with autocast():
+            out = head(rnn(embed(x))[0])
+            loss = loss_fn(out.reshape(-1, sizes["vocab"]), y.reshape(-1))
+        loss.backward()
         optimizer.step()
     return step
 
@@ -140,9 +154,11 @@ class _Memory:
 
 def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
           repeats=5, cells=("elman", "gru", "lstm"), progress=None, with_torch=True) -> list:
-    """Rows {cell, T, B, H, step, system, tf32, tokens_per_s, seconds (median), min_s,
-    max_s, peak_bytes} of the sweep; a row has ``error`` or ``skipped`` instead where a
-    system failed or the ``deadline`` (time.time()) had passed.
+    """Rows {cell, T, B, H, step, system, tf32, precision, tokens_per_s, seconds (median),
+    min_s, max_s, peak_bytes} of the sweep; a row has ``error`` or ``skipped`` instead where
+    a system failed or the ``deadline`` (time.time()) had passed. The training steps run
+    in ``"tf32"`` with ``tf32``, else in ``"float32"`` and then ``"bf16-mixed"`` (the
+    recurrence alone: float32 or TF32 only).
 
     Per configuration, each system's peak memory is taken alone (one step after a reset);
     then the systems' timed steps are interleaved, ``repeats`` rounds, so that a change in
@@ -167,17 +183,22 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
     configs = [(cell, T, B, H) for T in lengths for cell in cells]       # short T first
     configs += [(cell, lengths[len(lengths) // 2], sizes["small_batch"], H) for cell in cells]
     configs += [(cell, lengths[len(lengths) // 2], B, 2 * H) for cell in cells]
+    precisions = ("tf32",) if tf32 else ("float32", "bf16-mixed")
     rows = []
-    for cell, T, batch, hidden in configs:
-        size = {**sizes, "hidden": hidden}
-        makers = {f"gpurnn-{k}": (lambda k=k: _gpurnn_step(cell, T, batch, k, device, size))
-                  for k in ("plain", "fused")}
-        if torch_ok:
-            makers[torch_name] = lambda: _torch_step(cell, T, batch, device, size)
-        rows += _measure({"cell": cell, "T": T, "B": batch, "H": hidden, "tf32": tf32,
-                          "step": "train"}, makers, device, memory, repeats, deadline)
-        if progress:
-            progress(rows)
+    for precision in precisions:             # all of float32's rows before bf16's
+        for cell, T, batch, hidden in configs:
+            size = {**sizes, "hidden": hidden}
+            makers = {f"gpurnn-{k}": (lambda k=k: _gpurnn_step(cell, T, batch, k, device,
+                                                               size, precision))
+                      for k in ("plain", "fused")}
+            if torch_ok:
+                makers[torch_name] = lambda: _torch_step(cell, T, batch, device, size,
+                                                         precision)
+            rows += _measure({"cell": cell, "T": T, "B": batch, "H": hidden, "tf32": tf32,
+                              "precision": precision, "step": "train"}, makers, device,
+                             memory, repeats, deadline)
+            if progress:
+                progress(rows)
     for T in lengths[1:]:  # the recurrence alone, small batch: per-step launches or none
         for cell in ("elman", "gru", "lstm"):
             makers = {name: (lambda p=one_launch: _recurrence(cell, T, sizes["small_batch"],
@@ -185,8 +206,9 @@ def sweep(device="cuda", tf32=False, lengths=LENGTHS, sizes=None, deadline=None,
                       for name, one_launch in (("gpurnn-plain", False),
                                                ("gpurnn-persistent", True))}
             rows += _measure({"cell": cell, "T": T, "B": sizes["small_batch"], "H": H,
-                              "tf32": tf32, "step": "recurrence"}, makers, device, memory,
-                             repeats, deadline)
+                              "tf32": tf32, "precision": precisions[0],
+                              "step": "recurrence"}, makers, device, memory, repeats,
+                             deadline)
             if progress:
                 progress(rows)
     return rows
@@ -239,9 +261,10 @@ def summary_table(checks, rows) -> str:
     measured = [r for r in rows if "tokens_per_s" in r]
     if measured:
         lines.append("")
-        lines.append("step       cell   T     B   H     tf32  system              tokens/s  "
-                     "  peak MiB  vs ref   (ref: cuDNN for train, gpurnn-plain for recurrence)")
-        key = ("cell", "T", "B", "H", "tf32", "step")
+        lines.append("step       cell   T     B   H     precision   system              "
+                     "tokens/s    peak MiB  vs ref   (ref: cuDNN in the same precision for "
+                     "train, gpurnn-plain for recurrence)")
+        key = ("cell", "T", "B", "H", "tf32", "precision", "step")
         reference = {tuple(r[k] for k in key): r["tokens_per_s"] for r in measured
                      if r["system"].startswith("torch") or
                      (r["step"] == "recurrence" and r["system"] == "gpurnn-plain")}
@@ -250,19 +273,20 @@ def summary_table(checks, rows) -> str:
             ratio = f"{r['tokens_per_s'] / ref:.2f}x" if ref else "-"
             peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.0f}"
             lines.append(f"{r['step']:<10} {r['cell']:<6} {r['T']:<5} {r['B']:<3} {r['H']:<5} "
-                         f"{'on' if r['tf32'] else 'off':<5} {r['system']:<19} "
+                         f"{r['precision']:<11} {r['system']:<19} "
                          f"{r['tokens_per_s']:>10.0f}  {peak:>8}  {ratio}")
     failed = [r for r in rows if "error" in r or "skipped" in r]
     for r in failed:
         lines.append(f"not measured: {r['cell']} T={r['T']} B={r['B']} H={r.get('H')} "
-                     f"{r['system']}: "
+                     f"{r['system']} {r.get('precision', '')}: "
                      f"{r.get('error') or r.get('skipped')}")
     return "\n".join(lines)
 
 
 def plot_sweep(rows, path, title=None) -> str | None:
-    """tokens/s against T, one panel per cell, a line per system and TF32 setting; ``title``
-    above the panels (the dry run's note that its figures are no GPU speeds)."""
+    """tokens/s against T, one panel per cell, a line per system and precision (float32,
+    tf32, bf16-mixed); ``title`` above the panels (the dry run's note that its figures are
+    no GPU speeds)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -279,13 +303,13 @@ def plot_sweep(rows, path, title=None) -> str | None:
     figure, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4), squeeze=False)
     for axis, cell in zip(axes[0], cells):
         for system in sorted({r["system"] for r in measured}):
-            for tf32 in (False, True):
+            for precision, style in (("float32", "--"), ("tf32", "-"), ("bf16-mixed", ":")):
                 points = sorted((r["T"], r["tokens_per_s"]) for r in measured
                                 if r["cell"] == cell and r["system"] == system
-                                and r["tf32"] == tf32 and r["step"] == "train")
+                                and r["precision"] == precision)
                 if points:
-                    axis.plot(*zip(*points), marker="o", linestyle="-" if tf32 else "--",
-                              label=f"{system}, TF32 {'on' if tf32 else 'off'}")
+                    axis.plot(*zip(*points), marker="o", linestyle=style,
+                              label=f"{system}, {precision}")
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_title(cell)

@@ -8,7 +8,10 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
    loss and gradients on CuPy, plain and fused, against NumPy; full BPTT through the plan
    with the persistent kernels (``persistent=True``) and with ``kernels="auto"`` (the paths
    each ran are recorded); the plan's occupancy arithmetic against the driver's count;
-3. **fused** — fused against plain on the GPU in float32; the persistent Elman, GRU and
+3. **fused** — fused against plain on the GPU in float32; one step under bf16-mixed (plain
+   and fused) and tf32 against float64 within the unit round-off bound, beside PyTorch's
+   (cuDNN) step under ``torch.autocast`` (bfloat16) and TF32 against its own float64 step;
+   the persistent Elman, GRU and
    LSTM forward and backward against the per-step ones (Elman's also captured in one CUDA
    graph and replayed); a whole training step captured by
    :class:`gpurnn.engine.gpu.graphs.StepGraph` and replayed against the uncaptured steps (a
@@ -16,10 +19,11 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
 4. **sweep** (:mod:`gpurnn.tools.gpu_sweep`) — training throughput (forward, BPTT, SGD
    update; tokens/s) against the sequence length T, gpurnn plain and fused beside PyTorch's
    cuDNN ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` on the same sizes, with peak GPU memory,
-   TF32 off and on (matched: ``CUPY_TF32`` for gpurnn,
+   TF32 off and on (matched: ``CUPY_TF32`` and ``Plan(precision="tf32")`` for gpurnn,
    ``torch.backends.{cudnn,cuda.matmul}.allow_tf32`` for PyTorch), each TF32 setting in its
-   own process; plus each cell's recurrence alone (forward and backward sweep) at a small
-   batch, per-step launches against the persistent kernels.
+   own process, and in bf16-mixed against ``torch.autocast(dtype=torch.bfloat16)``; plus
+   each cell's recurrence alone (forward and backward sweep) at a small batch, per-step
+   launches against the persistent kernels.
 
 It writes ``selftest.json``, ``sweep.json`` and ``sweep.png`` under ``--output``
 (default ``benchmarks/results/gpu``) and prints one summary table; the exit status is 0
@@ -45,6 +49,7 @@ import time
 import numpy
 
 from ..engine.arrays import backend
+from ..engine.arrays.precision import unit_roundoff
 from ..engine.sweeps import bptt
 from ..engine.gpu import fused, persistent
 from ..engine.models.factory import make_model
@@ -53,8 +58,8 @@ from ..training.optim import make_optimizer
 from .arguments import UsageError
 from .gpu_sweep import LENGTHS, SWEEP, plot_sweep, summary_table, sweep
 
-__all__ = ["add_arguments", "execute", "run", "exactness_checks", "fused_checks", "suite",
-           "step_graph_check", "main"]
+__all__ = ["add_arguments", "execute", "run", "exactness_checks", "fused_checks",
+           "precision_checks", "suite", "step_graph_check", "main"]
 
 DEFAULT_OUTPUT = pathlib.Path("benchmarks") / "results" / "gpu"
 DRY_RUN_OUTPUT = pathlib.Path("gpurnn-selftest-dry-run")   # not the kept results
@@ -62,6 +67,8 @@ BUDGET_S = 450            # the whole command, startup excluded: under 8 minutes
 SUITE_S = 170             # at most this for the test suite
 EXACT = 1e-10             # float64, CuPy (cuBLAS, FMA) against NumPy: rounding only
 FUSED32 = 1e-5            # float32, fused against plain on the GPU
+MIXED_U = 8               # a 16-bit or TF32 step's gradients against float64, in units of u
+                          # (normwise, the worst parameter: tests/engine/test_precision.py)
 
 
 def _relative(got, expected) -> float:
@@ -202,6 +209,96 @@ def fused_checks(device="cuda", persistent_shapes=None):
         error = _relative(finals[1], finals[0])
         yield {"check": f"float64 {name} update, fused vs NumPy", "error": error,
                "tolerance": EXACT, "passed": error <= EXACT}
+
+
+PRECISION_STEPS = (("bf16-mixed", "plain"), ("bf16-mixed", "fused"), ("tf32", "plain"))
+
+
+def _normwise(got, exact) -> float:
+    """The worst parameter's ‖g̃ − g‖ / ‖g‖ (parameters with a zero gradient left out)."""
+    errors = [numpy.linalg.norm(numpy.asarray(backend.to_host(got[k]), numpy.float64) - g)
+              / numpy.linalg.norm(g) for k, g in exact.items() if numpy.linalg.norm(g) > 0]
+    return float(max(errors))
+
+
+def precision_checks(device="cuda", with_torch=True, cells=("elman", "gru", "lstm"),
+                     steps=PRECISION_STEPS):
+    """One training step of each cell (embedding 16, H 32, B 8, T 24: the sizes of
+    tests/engine/test_precision.py) under bf16-mixed, plain and fused, and tf32, against a
+    float64 model with the same weights: the worst parameter's normwise gradient error in
+    units of the precision's u (2^-8, 2^-11), within :data:`MIXED_U`. Beside it, as
+    ``torch_error`` (recorded, not judged), PyTorch's step on the same weights under
+    ``torch.autocast`` with bfloat16 or with TF32 allowed, against its own float64 step
+    (cuDNN on a GPU). On the CPU tf32 is float32 in both (an error far under u).
+    ``steps``: the (precision, kernels) pairs to run."""
+    rng = numpy.random.default_rng(2)
+    B, T, V, H = 8, 24, 30, 32
+    x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    for cell in cells:
+        model = make_model(cell, V, H, V, embedding_size=16, seed=1, device=device)
+        reference = model.copy(dtype="float64", device="cpu")      # the same weights
+        exact = reference.loss_and_grads(x, y).grads
+        torch_errors = _torch_precision_errors(reference, x, y, device) if with_torch else {}
+        for precision, kernels in steps:
+            model.plan = Plan(kernels=kernels, precision=precision)
+            got = model.loss_and_grads(backend.to_device(x, device),
+                                       backend.to_device(y, device))
+            error = _normwise(got.grads, exact) / unit_roundoff(precision)
+            record = {"check": f"{precision} {cell} {kernels} step vs float64 (in u)",
+                      "error": error, "tolerance": MIXED_U, "passed": error <= MIXED_U}
+            if precision in torch_errors:
+                record["torch_error"] = torch_errors[precision]
+            yield record
+
+
+def _torch_precision_errors(reference, x, y, device) -> dict:
+    """{precision: PyTorch's worst normwise gradient error in u} for bf16-mixed (autocast)
+    and tf32 (``allow_tf32``), each against PyTorch's float64 step on ``reference``'s
+    weights; {} without PyTorch (or without its CUDA build on a GPU)."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    on_gpu = device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
+        return {}
+    dev = torch.device("cuda" if on_gpu else "cpu")
+    modules = [m for m in reference.to_torch() if m is not None]   # rnn, linear, embedding
+    tokens, targets = (torch.as_tensor(a, device=dev) for a in (x, y))
+
+    def grads(dtype, autocast):
+        rnn, linear, embedding = (m.to(dev, dtype) for m in modules)    # (in place)
+        for m in (rnn, linear, embedding):
+            m.zero_grad(set_to_none=True)
+        with autocast:
+            out = linear(rnn(embedding(tokens))[0])
+            loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]),
+                                                     targets.reshape(-1))
+        loss.backward()
+        return {f"{i}.{n}": p.grad.double().cpu().numpy()
+                for i, m in enumerate((rnn, linear, embedding)) for n, p in m.named_parameters()}
+
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = [flag.allow_tf32 for flag in flags]
+    errors = {}
+    try:
+        for flag in flags:
+            flag.allow_tf32 = False
+        exact = grads(torch.float64, contextlib.nullcontext())
+        for precision, tf32, autocast in (
+                ("bf16-mixed", False, lambda: torch.autocast(dev.type, dtype=torch.bfloat16)),
+                ("tf32", True, contextlib.nullcontext)):
+            for flag in flags:
+                flag.allow_tf32 = tf32
+            try:   # (cuDNN may lack a bfloat16 RNN): the reason, and gpurnn's check goes on
+                errors[precision] = (_normwise(grads(torch.float32, autocast()), exact)
+                                     / unit_roundoff(precision))
+            except Exception as error:
+                errors[precision] = f"{type(error).__name__}: {error}"
+    finally:
+        for flag, value in zip(flags, before):
+            flag.allow_tf32 = value
+    return errors
 
 
 def _verdicts(name, dtype, tolerance, steps, batch, hidden, errors) -> list:
@@ -538,7 +635,8 @@ def main(argv=None) -> int:
         records = []
         shapes = DRY_RUN["persistent_shapes"] if dry else None
         with backend.get_device(device).use(), _emulation(dry):
-            for stage in (exactness_checks(device), fused_checks(device, shapes)):
+            for stage in (exactness_checks(device), fused_checks(device, shapes),
+                          precision_checks(device)):
                 try:
                     for record in stage:
                         records.append(record)

@@ -50,11 +50,44 @@ def test_the_sweep_and_its_reports_run_on_the_cpu(launch, tmp_path):
     systems = {r["system"] for r in rows}
     assert systems == {"gpurnn-plain", "gpurnn-fused", "torch"}
     assert {(r["B"], r["H"]) for r in rows} == {(3, 6), (2, 6), (3, 12)}  # + small B, wide H
+    # every configuration and system in float32, then in bf16-mixed (torch: autocast)
+    by_precision = {p: {(r["system"], r["B"], r["H"]) for r in rows if r["precision"] == p}
+                    for p in ("float32", "bf16-mixed")}
+    assert by_precision["float32"] == by_precision["bf16-mixed"] and len(rows) == 18
     table = gpu_sweep.summary_table([{"check": "x", "error": 0.0, "passed": True}], rows)
     assert "gpurnn-fused" in table and "vs ref" in table
     assert gpu_sweep.plot_sweep(rows, tmp_path / "sweep.png") is None or \
         (tmp_path / "sweep.png").stat().st_size > 0
     json.dumps(rows)                                            # what selftest.json holds
+
+
+def test_with_tf32_the_sweep_runs_the_tf32_plan():
+    rows = gpu_sweep.sweep("cpu", tf32=True, lengths=(3,), cells=("elman",), repeats=1,
+                          sizes=dict(vocab=5, hidden=2, batch=1, small_batch=1))
+    assert rows and {(r["precision"], r["tf32"]) for r in rows} == {("tf32", True)}
+    assert not [r for r in rows if "error" in r or "skipped" in r], rows
+
+
+def test_the_precision_checks_run_on_the_cpu_beside_pytorch():
+    """bf16-mixed (plain and fused) and tf32 steps against float64 in units of u, with
+    PyTorch's autocast and TF32 steps against its own float64 one beside them; cpu-strict
+    runs the tf32 ones and refuses a 16-bit step in one line."""
+    pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    records = list(selftest.precision_checks("cpu"))
+    assert len(records) == 3 * len(selftest.PRECISION_STEPS)
+    assert all(r["passed"] and r["tolerance"] == selftest.MIXED_U for r in records), records
+    bf16 = [r for r in records if r["check"].startswith("bf16-mixed")]
+    # both really ran in bfloat16: errors of a few u, not float32's 2^-16 u
+    assert all(1 / 64 < r["error"] and 1 / 64 < r["torch_error"] < selftest.MIXED_U
+               for r in bf16), bf16
+    tf32 = [r for r in records if r["check"].startswith("tf32")]
+    assert all(r["error"] < 1 / 64 and r["torch_error"] < 1 / 64 for r in tf32)  # the CPU
+    strict = list(selftest.precision_checks("cpu-strict", cells=("gru",),
+                                            steps=(("tf32", "plain"),)))
+    assert strict[0]["passed"] and strict[0]["error"] == tf32[1]["error"]
+    with pytest.raises(ValueError, match="cpu-strict device has no 16-bit emulation"):
+        list(selftest.precision_checks("cpu-strict", with_torch=False, cells=("gru",)))
 
 
 def test_a_deadline_skips_what_it_cannot_start():
@@ -78,9 +111,10 @@ def test_a_dry_run_goes_through_every_stage_on_the_cpu(launch):
     checks = report["checks"]
     # per cell: float64 plain and fused, float32 fused, float64 full BPTT through the
     # persistent and the auto plan; persistent: 2 dtypes × (Elman, GRU,
-    # LSTM) × (forward, backward); the optimizers; no CUDA graph without a GPU
+    # LSTM) × (forward, backward); the optimizers; the precision steps of 3 cells; no CUDA
+    # graph without a GPU
     assert len(checks) == (3 + len(selftest.PLANNED)) * len(selftest.CELLS) + 12 \
-        + len(fused.OPTIMIZERS)
+        + len(fused.OPTIMIZERS) + 3 * len(selftest.PRECISION_STEPS)
     planned = [c for c in checks if "persistent plan" in c["check"]]
     assert len(planned) == len(selftest.CELLS)
     assert all("backward persistent" in c["paths"] for c in planned), planned

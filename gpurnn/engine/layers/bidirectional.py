@@ -38,7 +38,9 @@ from ..arrays.backend import get_array_module
 from .embedding import embed, embedding_grad
 from ..models.losses import output_forward, output_loss, output_loss_and_grads
 from .dropout import dropped_input_grads, dropped_inputs
-from ..models.model import LossAndGrads, RecurrentModel, _output_dropped, _time_major
+from ..arrays.precision import mixed_policy, tf32_mode
+from ..models.model import (LossAndGrads, RecurrentModel, _output_dropped, _time_major,
+                            _unscaled)
 from ..models.parameters import direction_name, layer_name
 from ..arrays.validation import as_inputs, as_mask, as_targets, check_reduction
 from ..arrays.workspace import Workspace
@@ -159,9 +161,11 @@ class BidirectionalStack:
         """All layers on time-major ``inputs`` (time, batch[, features]) of sequences of
         ``lengths`` (batch,): the pass (for :meth:`backward`) and the top layer's
         [h_fwd, h_bwd] (time, batch, 2H)."""
-        xp = get_array_module(lengths)
         steps, batch = inputs.shape[:2]
         index = reversal(lengths, steps)
+        # the weights' module: under a 16-bit precision on NumPy it keeps the states and
+        # the layers' concatenations 16-bit arrays of the emulation (numpy's would not)
+        xp = get_array_module(params["V"])
         h0 = xp.zeros((batch, self.state_width), dtype=params["V"].dtype)
         x = embed(params["E"], inputs) if self.embedding else inputs
         runs = []
@@ -295,11 +299,16 @@ class BidirectionalModel:
         _refuse_plan(plan)
         return as_inputs(inputs, self.input_size, self.dtype, self.device)
 
-    def _pass(self, x, weights, plan):
+    def _pass(self, x, weights, plan, mixed=None):
         """The forward pass over ``x`` (batch-major), each sequence ending after its last
-        step of non-zero ``weights``: (pass, top [h_fwd, h_bwd] (time, batch, 2H))."""
+        step of non-zero ``weights``: (pass, top [h_fwd, h_bwd] (time, batch, 2H)). With a
+        :class:`gpurnn.engine.arrays.precision.MixedPolicy` ``mixed`` the layers run on a
+        16-bit copy of the (weight-dropped) parameters and inputs, as a one-recurrence
+        step does (:meth:`gpurnn.engine.models.model.RecurrentModel.loss_and_grads`)."""
         batch, steps = x.shape[:2]
         params, masks = self._call_params(x)
+        if mixed is not None:
+            params, x = mixed.weights(params), mixed.store(x)
         self.cell.plan = plan
         state, hidden = self.cell.forward(params, _time_major(x),
                                           sequence_lengths(weights, batch, steps,
@@ -311,9 +320,12 @@ class BidirectionalModel:
         return _time_major(as_targets(targets, self.output, self.output_size, x.shape[0],
                                       x.shape[1], self.dtype, self.device))
 
-    def _final(self, state):
-        """The final states as ``return_state`` / ``last_hidden`` give them."""
+    def _final(self, state, mixed=None):
+        """The final states as ``return_state`` / ``last_hidden`` give them (in the model's
+        dtype after a 16-bit step)."""
         states = self.cell.final_states(state)
+        if mixed is not None:
+            states = mixed.wide(states, self.dtype)
         if not self._pair_state:
             return states
         xp = get_array_module(states)
@@ -347,37 +359,47 @@ class BidirectionalModel:
     def _both_loss_and_grads(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                              reduction="mean", memory_budget=None, checkpoint_every=None,
                              precision=None, loss_scale=1.0) -> LossAndGrads:
-        if (precision or self.plan.precision) != "float32" or loss_scale != 1.0:
-            raise ValueError("a bidirectional model trains in float32 only: precision "
-                             "(tf32, bf16-mixed, fp16-mixed) and loss_scale are not yet "
-                             "supported on its layer-by-layer path; leave them at their "
-                             "defaults")
         if truncate is not None:
             raise ValueError("truncate=k is refused for a bidirectional model: truncation "
                              "cuts the error k steps back in time, but the reverse "
                              "direction's error flows forward; it trains with full BPTT")
         reduction = check_reduction(reduction)
-        plan = self.plan.replace(memory_budget=memory_budget, checkpoint_every=checkpoint_every)
+        plan = self.plan.replace(memory_budget=memory_budget, checkpoint_every=checkpoint_every,
+                                 precision=precision)
         x = self._checked_inputs(inputs, h0, plan)
         m = as_mask(mask, x.shape[0], x.shape[1], self.dtype, self.device)
         scale = 1.0
         if reduction == "mean":
             counted = float(m.sum()) if m is not None else float(x.shape[0] * x.shape[1])
             scale = 1.0 / max(1.0, counted)
-        state, hidden = self._pass(x, m, plan)
-        masks = state.masks
-        out = output_loss_and_grads(self.output, self._params["V"], self._params.get("c"),
-                                    _output_dropped(hidden, masks), self._targets(targets, x),
-                                    None if m is None else _time_major(m), scale,
-                                    self.cell.workspace, plan=plan)
-        dhidden = out.dstates
-        if masks is not None and masks.output is not None:
-            dhidden *= masks.output                      # the output layer read h ⊙ m
-        grads = self.cell.backward(state.params, state, dhidden)
+        loss_scale = float(loss_scale)
+        if loss_scale != 1.0:                            # (1: the float32 arithmetic exactly)
+            scale *= loss_scale
+        # Mixed precision as in the one-recurrence step: both directions of every layer on
+        # the 16-bit weight copy, the output layer in float32 on the states and V upcast.
+        mixed = mixed_policy(plan, self)
+        with tf32_mode(plan.precision, self._params["V"]):
+            state, hidden = self._pass(x, m, plan, mixed)
+            masks, V, c = state.masks, state.params["V"], state.params.get("c")
+            if mixed is not None:
+                hidden, V, c = mixed.wide(hidden), mixed.wide(V), mixed.wide(c)
+            out = output_loss_and_grads(self.output, V, c, _output_dropped(hidden, masks),
+                                        self._targets(targets, x),
+                                        None if m is None else _time_major(m), scale,
+                                        self.cell.workspace, plan=plan)
+            dhidden = out.dstates
+            if masks is not None and masks.output is not None:
+                dhidden *= masks.output                  # the output layer read h ⊙ m
+            if mixed is not None:
+                dhidden = mixed.store(dhidden)           # the sweeps run in the storage type
+            grads = self.cell.backward(state.params, state, dhidden)
+        if mixed is not None:                            # float32 for the master weights
+            grads = {name: mixed.wide(value, self.dtype) for name, value in grads.items()}
         if masks is not None:
             masks.mask_weight_grads(grads)
         grads["V"] = out.dV
         if self.bias:
             grads["c"] = out.dc
-        grads = {name: grads[name] for name in self._params}
-        return LossAndGrads(out.loss, grads, self._final(state))
+        loss, grads = _unscaled(out.loss, {name: grads[name] for name in self._params},
+                                loss_scale)
+        return LossAndGrads(loss, grads, self._final(state, mixed))

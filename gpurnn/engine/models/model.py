@@ -425,11 +425,9 @@ class RecurrentModel(_ParamsMixin):
         grads["V"] = out["dV"]
         if self.bias:
             grads["c"] = out["dc"]
-        grads = {name: grads[name] for name in self._params}
-        if loss_scale != 1.0:
-            grads = {name: value / loss_scale for name, value in grads.items()}
-            out["loss"] /= loss_scale
-        return LossAndGrads(out["loss"], grads, self._final_state(final))
+        loss, grads = _unscaled(out["loss"], {name: grads[name] for name in self._params},
+                                loss_scale)
+        return LossAndGrads(loss, grads, self._final_state(final))
 
     def schedule(self, inputs, targets, *, truncate=None, mask=None, h0=None,
                  memory_budget=None, checkpoint_every=None) -> recompute.Schedule:
@@ -521,6 +519,14 @@ def _output_dropped(hidden, masks):
     if masks is None or masks.output is None:
         return hidden
     return hidden * masks.output
+
+
+def _unscaled(loss, grads, loss_scale):
+    """The loss and gradients of a step whose loss was multiplied by ``loss_scale``,
+    divided back (in float32: the gradients are the master weights' dtype by then)."""
+    if loss_scale == 1.0:
+        return loss, grads
+    return loss / loss_scale, {name: value / loss_scale for name, value in grads.items()}
 
 
 def _layered(state):
