@@ -39,7 +39,8 @@ import numpy
 __all__ = ["GpuSpec", "GPUS", "gpu_spec", "RESOURCES", "load_resources", "ptxas_resources",
            "check_resources", "resources", "parse_ptxas", "write_resources",
            "Occupancy", "occupancy", "Launch", "persistent_shape", "persistent_launch",
-           "step_launches", "scan_launches", "elementwise_grid", "COSTS", "sweep_costs",
+           "step_launches", "scan_launches", "scan_phases", "chunk_length",
+           "elementwise_grid", "COSTS", "sweep_costs",
            "FAMILIES", "PERSISTENT_KERNELS"]
 
 KIB = 1024
@@ -426,12 +427,28 @@ def _elementwise_launch(kernel, dtype, items, spec, threads) -> Launch:
     return Launch(kernel, grid, threads, 0, used["registers"], occ, False, not reason, reason)
 
 
+def chunk_length(steps: int) -> int:
+    """Steps per chunk of the scan kernels, ⌈√T⌉: balances the chunks' L steps against the
+    carries' C = ⌈T / L⌉."""
+    return math.isqrt(max(steps, 1) - 1) + 1
+
+
+def scan_phases(steps: int, lanes: int, chunk: int | None = None) -> list:
+    """[(kernel, items)] the scan kernels (:mod:`gpurnn.engine.gpu.scan`) launch for a
+    (steps, lanes) problem in ``chunk``-step chunks (default :func:`chunk_length`), in order:
+    the totals and carries only where there is more than one chunk."""
+    chunk = chunk or chunk_length(steps)
+    chunks = -(-steps // chunk)
+    last = [("scan_chunk_states", chunks * lanes)]
+    if chunks == 1:
+        return last
+    return [("scan_chunk_totals", (chunks - 1) * lanes), ("scan_carries", lanes)] + last
+
+
 def scan_launches(steps, batch, hidden, dtype, spec, threads=256, chunk=None) -> list:
     """The launches of one block's scan over time of a diagonal cell
-    (:mod:`gpurnn.engine.gpu.scan`: chunk totals, carries, chunk states; one launch for a
-    single chunk), checked the same way."""
-    from .scan import scan_phases
-
+    (:func:`scan_phases`: chunk totals, carries, chunk states; one launch for a single
+    chunk), checked the same way."""
     spec = gpu_spec(spec)
     return [_elementwise_launch(kernel, dtype, items, spec, threads)
             for kernel, items in scan_phases(steps, batch * hidden, chunk)]

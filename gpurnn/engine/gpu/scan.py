@@ -7,7 +7,8 @@ kernel launcher (:func:`gpurnn.engine.gpu.fused.launcher_for`); without one, or 
 the kernels are not built for, they call those functions.
 
 Design: a chunked scan, one thread per (chunk, lane), a lane being one (batch, hidden)
-element. Time is cut into C = ⌈T / L⌉ chunks of L = ⌈√T⌉ steps (:func:`chunk_length`):
+element. Time is cut into C = ⌈T / L⌉ chunks of L = ⌈√T⌉ steps
+(:func:`gpurnn.engine.gpu.launches.chunk_length`; the launches: ``launches.scan_phases``):
 
 1. ``scan_chunk_totals`` — every chunk but the last composes its L steps from zero into one
    affine map h ↦ A h + B (C − 1 chunks × lanes threads);
@@ -40,29 +41,11 @@ from ..arrays.backend import get_array_module
 from ..sweeps import scan
 from . import kernels
 from .fused import _elementwise, contiguous
+from .launches import chunk_length, scan_phases
 
-__all__ = ["linear_scan", "reverse_scan", "chunk_length", "scan_phases", "BOUND_FACTOR",
-           "KERNELS"]
+__all__ = ["linear_scan", "reverse_scan", "BOUND_FACTOR"]
 
-KERNELS = ("scan_chunk_totals", "scan_carries", "scan_chunk_states")   # launch order
 BOUND_FACTOR = 2
-
-
-def chunk_length(steps: int) -> int:
-    """Steps per chunk, ⌈√T⌉: balances the chunks' L steps against the carries' C."""
-    return math.isqrt(max(steps, 1) - 1) + 1
-
-
-def scan_phases(steps: int, lanes: int, chunk: int | None = None) -> list:
-    """[(kernel, items)] launched for a (steps, lanes) problem in ``chunk``-step chunks
-    (default :func:`chunk_length`), in order: the totals and carries only where there is
-    more than one chunk."""
-    chunk = chunk or chunk_length(steps)
-    chunks = -(-steps // chunk)
-    last = [("scan_chunk_states", chunks * lanes)]
-    if chunks == 1:
-        return last
-    return [("scan_chunk_totals", (chunks - 1) * lanes), ("scan_carries", lanes)] + last
 
 
 def _has_kernels(dtype) -> bool:
@@ -75,7 +58,7 @@ def linear_scan(a, b, h0, *, out=None, scratch=None, launch=None, chunk=None):
     else :func:`gpurnn.engine.sweeps.scan.linear_scan`. ``out`` (may be ``b``) receives the
     states; ``scratch`` (any contiguous array of the dtype with 2 (C − 1) · batch · ...
     elements or more, such as ``scan.scratch_shape``'s) holds the chunk totals; ``chunk``
-    overrides :func:`chunk_length`."""
+    overrides ``launches.chunk_length``."""
     if launch is None or not _has_kernels(b.dtype):
         return scan.linear_scan(a, b, h0, out=out, scratch=scratch)
     states, _ = _solve(launch, a, b, h0, out, scratch, chunk, reverse=False)
