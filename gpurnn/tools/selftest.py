@@ -16,6 +16,8 @@ Four stages, each bounded in time so the whole fits in under 8 minutes on one H1
    graph and replayed); a whole training step captured by
    :class:`gpurnn.engine.gpu.graphs.StepGraph` and replayed against the uncaptured steps (a
    refusal is recorded with its reason); the optimizer kernels against their NumPy updates;
+   the diagonal cells' scan kernels against the loops, and timed against the array-op scan
+   and the loop;
 4. **sweep** (:mod:`gpurnn.tools.gpu_sweep`) — training throughput (forward, BPTT, SGD
    update; tokens/s) against the sequence length T, gpurnn plain and fused beside PyTorch's
    cuDNN ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` on the same sizes, with peak GPU memory,
@@ -59,7 +61,7 @@ from .arguments import UsageError
 from .gpu_sweep import LENGTHS, SWEEP, plot_sweep, summary_table, sweep
 
 __all__ = ["add_arguments", "execute", "run", "exactness_checks", "fused_checks",
-           "precision_checks", "suite", "step_graph_check", "main"]
+           "precision_checks", "scan_checks", "suite", "step_graph_check", "main"]
 
 DEFAULT_OUTPUT = pathlib.Path("benchmarks") / "results" / "gpu"
 DRY_RUN_OUTPUT = pathlib.Path("gpurnn-selftest-dry-run")   # not the kept results
@@ -301,6 +303,53 @@ def _torch_precision_errors(reference, x, y, device) -> dict:
     return errors
 
 
+SCAN_SHAPE = (1024, 8, 256)   # (steps, batch, hidden) of the scan kernels' check
+
+
+def scan_checks(device="cuda", shape=SCAN_SHAPE, repeats=5):
+    """The diagonal cells' scan kernels (:mod:`gpurnn.engine.gpu.scan`) against the loops in
+    float64 and float32 (forward within their rounding bound, the adjoint to EXACT/FUSED32),
+    then the forward timed against the array-op scan and the loop (float32, medians of
+    ``repeats`` interleaved rounds); yields one verdict per check."""
+    from ..engine.gpu import scan as gpu_scan
+    from ..engine.sweeps import scan
+
+    xp = backend.get_device(device).xp
+    rng = numpy.random.default_rng(5)
+    where = "T={} B={} H={}".format(*shape)
+    for dtype, tolerance in (("float64", EXACT), ("float32", FUSED32)):
+        a = xp.asarray(rng.uniform(-1, 1, shape), dtype=dtype)
+        b, d = (xp.asarray(rng.standard_normal(shape), dtype=dtype) for _ in range(2))
+        h0 = xp.asarray(rng.standard_normal(shape[1:]), dtype=dtype)
+        launch = fused.launcher_for(Plan(kernels="fused"), b)
+        bound = gpu_scan.BOUND_FACTOR * scan.rounding_bound(a, b, h0, numpy.finfo(dtype).eps / 2)
+        got = gpu_scan.linear_scan(a, b, h0, launch=launch)
+        excess = float((xp.abs(got - scan.linear_loop(a, b, h0)) / bound).max())
+        yield {"check": f"{dtype} scan kernels forward {where}, error / bound", "error": excess,
+               "tolerance": 1.0, "passed": excess <= 1.0}
+        G, before = gpu_scan.reverse_scan(a, d, h0, launch=launch)
+        G_loop, before_loop = scan.reverse_loop(a, d, h0)
+        error = max(_relative(G, G_loop), _relative(before, before_loop))
+        yield {"check": f"{dtype} scan kernels adjoint {where} vs loop", "error": error,
+               "tolerance": tolerance, "passed": error <= tolerance}
+    runs = {"kernels": lambda: gpu_scan.linear_scan(a, b, h0, launch=launch),
+            "array scan": lambda: scan.linear_scan(a, b, h0),
+            "loop": lambda: scan.linear_loop(a, b, h0)}
+    seconds = {name: [] for name in runs}
+    for _ in range(repeats + 1):                    # the first round compiles and allocates
+        for name, run in runs.items():
+            backend.synchronize(device)
+            start = time.perf_counter()
+            run()
+            backend.synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    medians = {name: float(numpy.median(times[1:])) for name, times in seconds.items()}
+    yield {"check": f"float32 scan forward {where}: kernels "
+                    f"{medians['kernels'] * 1e3:.3g} ms, array scan "
+                    f"{medians['array scan'] * 1e3:.3g}, loop {medians['loop'] * 1e3:.3g}",
+           "error": None, "passed": True, "seconds": medians}
+
+
 def _verdicts(name, dtype, tolerance, steps, batch, hidden, errors) -> list:
     return [{"check": f"{dtype} persistent {name} {part} T={steps} B={batch} H={hidden}",
              "error": error, "tolerance": tolerance, "passed": error <= tolerance}
@@ -485,7 +534,8 @@ def _suite_verdict(returncode, summary, require_ran) -> dict:
 # ---------------------------------------------------------------------- command
 # --dry-run: every stage on the CPU, kernels emulated (gpurnn.engine.gpu.kernels.host), tiny sizes:
 # the command's own plumbing checked before a GPU is spent on it.
-DRY_RUN = dict(persistent_shapes=((4, 2, 7),), lengths=(3, 5), repeats=1, with_torch=False,
+DRY_RUN = dict(persistent_shapes=((4, 2, 7),), scan_shape=(10, 2, 3), lengths=(3, 5),
+               repeats=1, with_torch=False,
                sizes=dict(vocab=9, hidden=4, batch=2, small_batch=1))
 CHECKS_S = 150            # at most this for the exactness and fused checks
 DRY_RUN_NOTE = ("dry run: every tokens/s and ratio here is the CPU emulating the kernels at "
@@ -634,9 +684,10 @@ def main(argv=None) -> int:
         device, dry, out = argv[1], bool(int(argv[2])), pathlib.Path(argv[3])
         records = []
         shapes = DRY_RUN["persistent_shapes"] if dry else None
+        scan_shape = DRY_RUN["scan_shape"] if dry else SCAN_SHAPE
         with backend.get_device(device).use(), _emulation(dry):
             for stage in (exactness_checks(device), fused_checks(device, shapes),
-                          precision_checks(device)):
+                          precision_checks(device), scan_checks(device, scan_shape)):
                 try:
                     for record in stage:
                         records.append(record)

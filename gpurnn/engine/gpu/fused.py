@@ -18,6 +18,7 @@ import math
 
 from ..recurrences.activations import ACTIVATIONS
 from ..arrays.backend import device_of, get_array_module
+from .launches import elementwise_grid
 
 __all__ = ["launcher_for", "emulate_on_host", "threads_per_block", "contiguous",
            "elman_forward", "elman_backward_stepper",
@@ -65,7 +66,7 @@ def threads_per_block(launch) -> int:
 def _elementwise(launch, kernel, dtype, n, args):
     """Launch a grid-stride elementwise kernel over ``n`` elements."""
     threads = threads_per_block(launch)
-    blocks = max(1, min(-(-n // threads), getattr(launch, "max_blocks", 65535)))
+    blocks = elementwise_grid(n, threads, getattr(launch, "max_blocks", 65535))
     launch(kernel, dtype, (blocks,), (threads,), args)
 
 

@@ -39,7 +39,9 @@ import numpy
 __all__ = ["GpuSpec", "GPUS", "gpu_spec", "RESOURCES", "load_resources", "ptxas_resources",
            "check_resources", "resources", "parse_ptxas", "write_resources",
            "Occupancy", "occupancy", "Launch", "persistent_shape", "persistent_launch",
-           "step_launches", "COSTS", "sweep_costs", "FAMILIES", "PERSISTENT_KERNELS"]
+           "step_launches", "scan_launches", "scan_phases", "kernel_chunk_length",
+           "elementwise_grid", "COSTS", "sweep_costs",
+           "FAMILIES", "PERSISTENT_KERNELS"]
 
 KIB = 1024
 
@@ -408,12 +410,49 @@ def step_launches(family, phase, dtype, hidden, batch, spec, threads=256) -> lis
               ("gru", "forward"): "gru_step", ("gru", "backward"): "gru_backward_step",
               ("lstm", "forward"): "lstm_step", ("lstm", "backward"): "lstm_backward_step"}[
         (family, phase)]
-    n = batch * hidden
-    grid = max(1, min(-(-n // threads), 32 * spec.sms))
+    return [_elementwise_launch(kernel, dtype, batch * hidden, spec, threads)]
+
+
+def elementwise_grid(items: int, threads: int, max_blocks: int) -> int:
+    """Blocks of a grid-stride launch over ``items``: one item a thread, at most
+    ``max_blocks`` (the launchers' 32 per SM; the loop covers the rest)."""
+    return max(1, min(-(-items // threads), max_blocks))
+
+
+def _elementwise_launch(kernel, dtype, items, spec, threads) -> Launch:
+    grid = elementwise_grid(items, threads, 32 * spec.sms)
     used = resources(_function(kernel, dtype), spec.arch)
     occ = occupancy(spec, threads, used["registers"], 0, used["static_shared"])
     reason = "" if occ.blocks_per_sm > 0 else f"one block is over the {occ.limited_by} limit"
-    return [Launch(kernel, grid, threads, 0, used["registers"], occ, False, not reason, reason)]
+    return Launch(kernel, grid, threads, 0, used["registers"], occ, False, not reason, reason)
+
+
+def kernel_chunk_length(steps: int) -> int:
+    """Steps per chunk of the scan kernels, ⌈√T⌉: balances the chunks' L steps against the
+    carries' C = ⌈T / L⌉ (a thread's depth; the host's chunked scan picks its chunk for
+    cache and operation count instead, :func:`gpurnn.engine.sweeps.scan.chunk_length`)."""
+    return math.isqrt(max(steps, 1) - 1) + 1
+
+
+def scan_phases(steps: int, lanes: int, chunk: int | None = None) -> list:
+    """[(kernel, items)] the scan kernels (:mod:`gpurnn.engine.gpu.scan`) launch for a
+    (steps, lanes) problem in ``chunk``-step chunks (default :func:`kernel_chunk_length`),
+    in order: the totals and carries only where there is more than one chunk."""
+    chunk = chunk or kernel_chunk_length(steps)
+    chunks = -(-steps // chunk)
+    last = [("scan_chunk_states", chunks * lanes)]
+    if chunks == 1:
+        return last
+    return [("scan_chunk_totals", (chunks - 1) * lanes), ("scan_carries", lanes)] + last
+
+
+def scan_launches(steps, batch, hidden, dtype, spec, threads=256, chunk=None) -> list:
+    """The launches of one block's scan over time of a diagonal cell
+    (:func:`scan_phases`: chunk totals, carries, chunk states; one launch for a single
+    chunk), checked the same way."""
+    spec = gpu_spec(spec)
+    return [_elementwise_launch(kernel, dtype, items, spec, threads)
+            for kernel, items in scan_phases(steps, batch * hidden, chunk)]
 
 
 # ------------------------------------------------------------------------ the cost model

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import numpy
 
+from ..gpu import scan as gpu_scan
 from ..sweeps import scan
 from ..arrays.backend import get_array_module, host_rng, scatter_add
 from .activations import apply
@@ -139,7 +140,8 @@ class DiagonalCell(Cell):
         states = self._buffer("states", b.shape, b)
         if self.uses_scan(steps, b):
             scratch = self._buffer("scratch", scan.scratch_shape(b.shape), b)
-            return scan.linear_scan(a, b, h0, out=states, scratch=scratch)
+            return gpu_scan.linear_scan(a, b, h0, out=states, scratch=scratch,
+                                        launch=self.launcher(b))
         return scan.linear_loop(a, b, h0, out=states)
 
     def backward_stepper(self, params, xin, h0, states):
@@ -159,7 +161,8 @@ class DiagonalCell(Cell):
         if self.uses_scan(states.shape[0], states):
             def sweep_block(dstates, carry, deltas):                 # the reverse scan
                 scratch = self._buffer("scratch", scan.scratch_shape(dstates.shape), dstates)
-                _, before = scan.reverse_scan(a, dstates, carry, out=deltas, scratch=scratch)
+                _, before = gpu_scan.reverse_scan(a, dstates, carry, out=deltas, scratch=scratch,
+                                                  launch=self.launcher(dstates))
                 return before
             back.sweep_block = sweep_block
         return back

@@ -88,6 +88,12 @@ KERNELS = {
     "lstm_persistent_backward": Kernel("persistent.cu", ("T*", "T*", "T*", "T*", "T*", "T*",
                                                          "T*", "T*", "u32*", "i32", "i32",
                                                          "i32", "i32", "i32"), "grid"),
+    # the chunked scan of the diagonal cells (gpurnn.engine.gpu.scan), in launch order
+    "scan_chunk_totals": Kernel("scan.cu", ("T*", "T*", "T*", "T*", "i64", "i32", "i32", "i32",
+                                            "i32", "i32")),
+    "scan_carries": Kernel("scan.cu", ("T*", "T*", "T*?", "i64", "i32")),
+    "scan_chunk_states": Kernel("scan.cu", ("T*", "T*", "T*", "T*?", "T*?", "T*?", "i64", "i32",
+                                            "i32", "i32", "i32", "i32")),
 }
 
 # Kernels instantiated for the 16-bit storage types too (the mixed precisions' cell steps
