@@ -13,6 +13,7 @@ from .engine.recurrences.cells import Cell, ElmanCell
 from .engine.models.factory import from_torch, make_model, model_spec
 from .engine.recurrences.diagonal import LRU, LRUCell, MinGRU, MinGRUCell, MinLSTM, MinLSTMCell
 from .engine.recurrences.gated import GRU, LSTM, GRUCell, LSTMCell
+from .engine.recurrences.paragru import ParaGRU, ParaGRUCell
 from .engine.plan import Plan
 from .engine.recurrences.normalized import LayerNormGRUCell, LayerNormLSTMCell
 from .engine.models.model import ElmanRNN, LinearRNN, LossAndGrads, RecurrentModel
@@ -40,8 +41,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'gpurnn' has no attribute {name!r}")
 
 
-__all__ = ["ElmanRNN", "GRU", "LSTM", "MinGRU", "MinLSTM", "LRU", "MinGRUCell", "MinLSTMCell",
-           "LRUCell", "Plan", "LinearRNN", "StackedElmanRNN", "RecurrentModel",
+__all__ = ["ElmanRNN", "GRU", "LSTM", "MinGRU", "MinLSTM", "LRU", "ParaGRU", "MinGRUCell", "MinLSTMCell",
+           "LRUCell", "ParaGRUCell", "Plan", "LinearRNN", "StackedElmanRNN", "RecurrentModel",
            "make_model", "model_spec", "from_torch", "LossAndGrads", "Cell", "ElmanCell", "GRUCell",
            "LSTMCell", "LayerNormGRUCell", "LayerNormLSTMCell", "StackedCell", "gradcheck", "GradcheckResult", "bptt", "reference",
            "save", "load", "Saved", "Optimizer", "SGD", "Momentum", "Adagrad", "RMSprop", "Adam",

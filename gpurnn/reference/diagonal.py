@@ -1,4 +1,5 @@
-"""Plain per-sequence loops for minGRU, minLSTM and the real-diagonal LRU, from their papers.
+"""Plain per-sequence loops for minGRU, minLSTM, the real-diagonal LRU and the ParaGRU, from
+their papers.
 
 The test oracle for :mod:`gpurnn.engine.recurrences.diagonal` (its loop and its scan alike): one
 sequence at a time, one step at a time, one layer at a time, vectors only, NumPy, float64;
@@ -13,8 +14,13 @@ Equations (σ the logistic function; W = weight_ih, b = bias_ih, zero where abse
                                  h' = f/(f + i) h + i/(f + i) h̃
     LRU     (Orvieto et al. 2023, real λ)   λ = exp(−exp(ν))   γ = exp(γ_log)
                                  h' = λ h + γ (B x)      (B = weight_ih, ν = nu_log, γ_log = gamma_log)
+    ParaGRU (Danieli et al. 2025: PyTorch's GRU, each recurrent matrix a diagonal)
+                                 p = W x + b    q = a ⊙ [h; h; h] + b_h    (a = weight_hh, b_h = bias_hh)
+                                 r = σ(p_r + q_r)   z = σ(p_z + q_z)   n = tanh(p_n + r q_n)
+                                 h' = (1 − z) n + z h
 
-weight_ih's rows are [z; h̃] (minGRU), [f; i; h̃] (minLSTM). Output y_t = g(V h_t + c) of
+weight_ih's rows are [z; h̃] (minGRU), [f; i; h̃] (minLSTM), [r; z; n] (ParaGRU, as are
+weight_hh's, bias_ih's and bias_hh's). Output y_t = g(V h_t + c) of
 the top layer, losses and truncation exactly as :mod:`gpurnn.reference.gated`.
 """
 import numpy as np
@@ -23,7 +29,7 @@ from . import gated
 
 __all__ = ["GATES", "layer_step", "layer_step_backward", "forward", "bptt", "batch_bptt"]
 
-GATES = {"mingru": 2, "minlstm": 3, "lru": 1}
+GATES = {"mingru": 2, "minlstm": 3, "lru": 1, "paragru": 3}
 
 
 def _sigmoid(a):
@@ -51,6 +57,11 @@ def layer_step(kind, p, x, h):
         lam, gamma = np.exp(-np.exp(p["nu_log"])), np.exp(p["gamma_log"])
         u = p["weight_ih"] @ x
         return lam * h + gamma * u, dict(x=x, h=h, u=u, lam=lam, gamma=gamma)
+    if kind == "paragru":
+        p_, q = _pre(p, x), p["weight_hh"] * np.tile(h, 3) + p.get("bias_hh", 0.0)
+        r, z = _sigmoid(p_[:H] + q[:H]), _sigmoid(p_[H:2 * H] + q[H:2 * H])
+        n = np.tanh(p_[2 * H:] + r * q[2 * H:])
+        return (1 - z) * n + z * h, dict(x=x, h=h, r=r, z=z, n=n, qn=q[2 * H:])
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
@@ -74,6 +85,18 @@ def layer_step_backward(kind, p, cache, dh, grads):
         dz = dh * (ht - h)
         dpre = np.concatenate([dz * z * (1 - z), dh * z])
         dh_prev = dh * (1 - z)
+    elif kind == "paragru":
+        r, z, n, qn = cache["r"], cache["z"], cache["n"], cache["qn"]
+        dn = dh * (1 - z) * (1 - n ** 2)                             # dL/dp_n
+        dz = dh * (h - n) * z * (1 - z)
+        dr = dn * qn * r * (1 - r)
+        dpre = np.concatenate([dr, dz, dn])
+        dq = np.concatenate([dr, dz, dn * r])                        # dL/dq
+        _add(grads, "weight_hh", dq * np.tile(h, 3))
+        _add(grads, "bias_hh", dq)
+        a = p["weight_hh"]
+        H = len(h)
+        dh_prev = dh * z + a[:H] * dq[:H] + a[H:2 * H] * dq[H:2 * H] + a[2 * H:] * dq[2 * H:]
     elif kind == "minlstm":
         f, i, ht = cache["f"], cache["i"], cache["ht"]
         s = f + i

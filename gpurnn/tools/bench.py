@@ -238,7 +238,7 @@ def gemm_shapes(config: Config, steps: int):
     """(m, k, n, count) of every matrix product in one gpurnn step (forward, BPTT, dW, dU)."""
     B, H, I, O = config.batch, config.hidden, config.input_size, config.output_size
     G = {"elman": 1, "gru": 3, "lstm": 4, "mingru": 2, "minlstm": 3,
-         "lru": 1}[config.cell]                            # gates share one product
+         "lru": 1, "paragru": 3}[config.cell]                            # gates share one product
     rows = B * steps
     width = 1 if config.truncate is None else min(config.truncate + 1, steps)
     shapes = [

@@ -32,7 +32,7 @@ MODES = ("stream", "sentence")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "rprop")
 REDUCTIONS = ("mean", "sum")
 DTYPES = ("float32", "float64")
-CELLS = ("elman", "gru", "lstm", "mingru", "minlstm", "lru")
+CELLS = ("elman", "gru", "lstm", "mingru", "minlstm", "lru", "paragru")
 SCHEDULES = ("auto", "halve", "cosine", "none")
 EPS_PLACEMENTS = ("outside", "inside")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "cpu-strict")
@@ -68,7 +68,9 @@ class TrainConfig:
     # --- model and BPTT -------------------------------------------------------------------
     cell: str = _f("elman", "recurrent cell: elman (the tutorial's tanh RNN), gru or lstm "
                    "(PyTorch's gate equations), mingru or minlstm (Feng et al. 2024) or lru (real-"
-                   "diagonal, Orvieto et al. 2023): diagonal cells, time by parallel scan", CELLS)
+                   "diagonal, Orvieto et al. 2023): diagonal cells, time by parallel scan; "
+                   "paragru (a GRU with diagonal recurrent weights, Danieli et al. 2025): "
+                   "time by Newton iterations of scans", CELLS)
     layer_norm: bool = _f(False, "layer-normalised gru or lstm cells (Ba et al. 2016): LN on "
                           "the input and recurrent projections, and on the LSTM's cell state")
     layers: int = _f(1, "stacked recurrent layers")
@@ -170,9 +172,13 @@ class TrainConfig:
                       "softmax and optimizer updates as CUDA kernels on the GPU; auto: plain, "
                       "per-step or persistent by the cost model (NumPy arrays always run "
                       "plain)", KERNELS)
-    time: str = _f("auto", "mingru, minlstm and lru: cross each block's steps by the "
-                   "associative scan or step by step; auto chooses by the block's size "
-                   "(the result is the same to rounding)", TIME)
+    time: str = _f("auto", "mingru, minlstm, lru and paragru: cross each block's steps by "
+                   "the associative scan (paragru: Newton's method, a scan per iteration) or "
+                   "step by step; auto chooses by the block's size and device (the result is "
+                   "the same to rounding)", TIME)
+    newton_tol: Optional[float] = _f(None, "paragru with --time scan: stop the forward's Newton "
+                                     "iterations when no state changes by more than this "
+                                     "(default: to rounding)")
     precision: str = _f("float32", "float32; tf32 (TF32 tensor-core GEMMs on the GPU, float32 "
                         "on the CPU); bf16-mixed or fp16-mixed: activations, caches and GEMM "
                         "inputs in bfloat16/float16, the loss, softmax, accumulation, optimizer "
@@ -198,6 +204,9 @@ class TrainConfig:
                                  f"got {getattr(self, f.name)!r}")
         if self.layer_norm and self.cell not in ("gru", "lstm"):
             raise ValueError(f"--layer-norm applies to --cell gru or lstm, not {self.cell}")
+        if self.newton_tol is not None and (self.cell != "paragru" or not self.newton_tol > 0):
+            raise ValueError(f"--newton-tol takes a positive number and applies to --cell "
+                             f"paragru only, got {self.newton_tol} with --cell {self.cell}")
         if self.vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 1}: "
                              f"{len(SPECIAL_TOKENS)} ids are the special tokens "
@@ -313,6 +322,7 @@ RESUMABLE_FIELDS = frozenset({"corpus", "steps", "epochs", "lr", "clip", "clip_v
                               "max_bad_steps", "corpus_limit",
                               "eval_every", "log_every", "checkpoint", "checkpoint_every", "resume",
                               "metrics", "samples", "device", "quiet", "memory_budget", "kernels", "time",
+                              "newton_tol",
                               "overwrite", "log_every_seconds", "time_limit", "stop_signal"})
 
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

@@ -12,8 +12,9 @@ import os
 __all__ = ["GATES", "OPTIMIZER_SLOTS", "parameter_count", "training_bytes", "available_bytes",
            "check_fits", "format_bytes"]
 
-GATES = {"elman": 1, "gru": 3, "lstm": 4, "mingru": 2, "minlstm": 3, "lru": 1}
-DIAGONAL = ("mingru", "minlstm", "lru")  # no weight_hh (gpurnn.engine.recurrences.diagonal)
+GATES = {"elman": 1, "gru": 3, "lstm": 4, "mingru": 2, "minlstm": 3, "lru": 1, "paragru": 3}
+# no dense weight_hh (gpurnn.engine.recurrences.diagonal; the ParaGRU's is a diagonal)
+DIAGONAL = ("mingru", "minlstm", "lru", "paragru")
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adagrad": 1, "rmsprop": 1, "adam": 2, "rprop": 2}
 
 
@@ -21,8 +22,9 @@ def parameter_count(config, vocab_size: int) -> int:
     gates, hidden, layers = GATES[config.cell], config.hidden, config.layers
     first = vocab_size * gates * hidden  # the input rows of the first layer
     biases = hidden if config.cell == "elman" else 2 * gates * hidden  # b; or b_ih and b_hh
-    if config.cell in DIAGONAL:  # weight_ih and bias_ih (the LRU: B, ν, γ_log)
-        biases = gates * hidden if config.cell != "lru" else 2 * hidden
+    if config.cell in DIAGONAL:  # bias_ih (the LRU: ν, γ_log; the ParaGRU: weight_hh, both biases)
+        biases = {"lru": 2 * hidden, "paragru": 3 * gates * hidden}.get(config.cell,
+                                                                        gates * hidden)
     per_layer = hidden * gates * hidden * (config.cell not in DIAGONAL) + biases
     deeper = (layers - 1) * hidden * gates * hidden
     return first + layers * per_layer + deeper + hidden * vocab_size + vocab_size

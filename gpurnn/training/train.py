@@ -161,6 +161,8 @@ class Trainer:
                                 embedding_size=config.embedding_size,
                                 layer_norm=config.layer_norm, dtype=config.dtype,
                                 device=self.device, seed=config.seed,
+                                **({"newton_tol": config.newton_tol}
+                                   if config.newton_tol is not None else {}),
                                 **{kind: getattr(config, kind) for kind in DROPOUT_KINDS
                                    if getattr(config, kind) > 0})
         if hasattr(self.model, "dropout_stream"):

@@ -1,17 +1,18 @@
-"""minGRU, minLSTM and the real-diagonal LRU against plain loops written from their papers,
-and the parallel scan over time (gpurnn.engine.sweeps.scan) against the step-by-step loop."""
+"""minGRU, minLSTM, the real-diagonal LRU and the ParaGRU against plain loops written from
+their papers, and the parallel scan over time (gpurnn.engine.sweeps.scan; the ParaGRU's
+Newton iterations of scans) against the step-by-step loop."""
 import numpy as np
 import pytest
 from conftest import host, random_data, split_params
 
 import gpurnn
-from gpurnn import LRU, MinGRU, MinLSTM, Plan, gradcheck, make_model, model_spec
+from gpurnn import LRU, MinGRU, MinLSTM, ParaGRU, Plan, gradcheck, make_model, model_spec
 from gpurnn.engine.sweeps import bptt, scan
 from gpurnn.engine.layers.stack import layer_name
 from gpurnn.reference import diagonal as R
 
 TIGHT = 1e-12
-MODELS = {"mingru": MinGRU, "minlstm": MinLSTM, "lru": LRU}
+MODELS = {"mingru": MinGRU, "minlstm": MinLSTM, "lru": LRU, "paragru": ParaGRU}
 CELLS = tuple(MODELS)
 TIMES = ("loop", "scan")
 
@@ -70,7 +71,7 @@ def random_configs(count, seed=27):
     for k in range(count):
         steps = int(rng.integers(1, 40))
         tokens = bool(rng.integers(2))
-        yield dict(cell=CELLS[k % 3], time=TIMES[(k // 3) % 2], tokens=tokens,
+        yield dict(cell=CELLS[k % len(CELLS)], time=TIMES[(k // len(CELLS)) % 2], tokens=tokens,
                    output=str(rng.choice(["softmax", "identity", "sigmoid", "tanh"])),
                    bias=bool(rng.integers(2)), layers=int(rng.choice([1, 1, 2, 3])),
                    embedding=int(rng.integers(2, 5)) if tokens and rng.integers(2) else None,

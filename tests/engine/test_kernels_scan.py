@@ -151,11 +151,12 @@ def test_a_planted_fault_in_the_carries_is_caught(rng):
     assert (one == scan.linear_loop(a[:2], b[:2], h0)).all()
 
 
-@pytest.mark.parametrize("cell", ["mingru", "minlstm", "lru"])
+@pytest.mark.parametrize("cell", ["mingru", "minlstm", "lru", "paragru"])
 def test_the_diagonal_cells_run_the_kernels_under_a_fused_plan(cell, launch, rng):
-    """A diagonal model's scan blocks go through the kernels (3 launches forward, 3 back
-    per block) when the plan is fused and a launcher is on, with the plain plan's loss and
-    gradients; the plain plan launches nothing."""
+    """A diagonal model's scan blocks go through the kernels (3 launches a scan: one scan
+    forward, the ParaGRU's one per Newton iteration, and one back per block) when the plan
+    is fused and a launcher is on, with the plain plan's loss and gradients; the plain plan
+    launches nothing."""
     from gpurnn import Plan as P, make_model
     calls = []
 
@@ -170,10 +171,16 @@ def test_the_diagonal_cells_run_the_kernels_under_a_fused_plan(cell, launch, rng
         plain = model.loss_and_grads(x, y)
         assert calls == []
         model.plan = model.plan.replace(kernels="fused")
+        log = getattr(model, "newton_log", None)
+        if log is not None:
+            log.clear()
         fast = model.loss_and_grads(x, y)
+    newton = list(log.iterations) if log is not None else []
     scans = [name for name in calls if name.startswith("scan_")]
-    # 2 layers × 2 blocks × (forward, adjoint) × 3 phases
-    assert len(scans) == 2 * 2 * 2 * 3, calls
+    # 2 layers × 2 blocks × (forward scans, adjoint) × 3 phases
+    forward = sum(newton) if cell == "paragru" else 2 * 2
+    assert cell != "paragru" or (len(newton) == 4 and min(newton) >= 2)
+    assert len(scans) == (forward + 2 * 2) * 3, calls
     assert fast.loss == pytest.approx(plain.loss, rel=1e-13)
     for name, grad in plain.grads.items():
         np.testing.assert_allclose(fast.grads[name], grad, rtol=1e-11, atol=1e-14,

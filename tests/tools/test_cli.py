@@ -449,13 +449,14 @@ def test_the_launch_plan_in_the_gpu_docs_is_what_gpurnn_plan_prints(capsys):
     assert capsys.readouterr().out == shown
 
 
-def test_time_flag_trains_a_diagonal_cell_by_scan_or_loop_alike(corpus, tmp_path, capsys):
+@pytest.mark.parametrize("cell", ["mingru", "paragru"])
+def test_time_flag_trains_a_diagonal_cell_by_scan_or_loop_alike(cell, corpus, tmp_path, capsys):
     import gpurnn
     params = {}
     for time in ("scan", "loop"):
         folder = tmp_path / time
         folder.mkdir()
-        assert cli.main(small(corpus, folder, "--steps", "4", "--cell", "mingru", "--time",
+        assert cli.main(small(corpus, folder, "--steps", "4", "--cell", cell, "--time",
                               time, "--dtype", "float64", "--samples", "0", "--quiet")) == 0
         params[time] = gpurnn.load(folder / "lm.npz").model.params
         assert load_checkpoint(folder / "lm.npz").config["train"]["time"] == time

@@ -198,7 +198,7 @@ def test_junk_and_foreign_checkpoints_are_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("cell, layers", [("lstm", 1), ("gru", 2), ("elman", 2), ("mingru", 2),
-                                         ("minlstm", 1), ("lru", 2)])
+                                         ("minlstm", 1), ("lru", 2), ("paragru", 2)])
 def test_gated_and_stacked_models_train_and_generate(tmp_path, cell, layers):
     """The checkpoint rebuilds the cell it was trained with, and sampling carries its whole
     state (an LSTM's (h, c), every layer) from token to token."""

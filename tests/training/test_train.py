@@ -535,7 +535,8 @@ def test_sizes_that_would_not_fit_are_refused_before_allocating(tmp_path):
 
 
 @pytest.mark.parametrize("cell, layers", [("elman", 1), ("elman", 2), ("gru", 1), ("gru", 2),
-                                          ("lstm", 3)])
+                                          ("lstm", 3), ("mingru", 2), ("minlstm", 1),
+                                          ("lru", 2), ("paragru", 2)])
 def test_the_memory_estimate_counts_the_parameters_of_every_cell(cell, layers):
     from gpurnn import make_model
     config = TrainConfig(cell=cell, layers=layers, hidden=7)

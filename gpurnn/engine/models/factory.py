@@ -5,25 +5,27 @@ from ..recurrences import normalized  # noqa: F401  (gives GRU and LSTM their la
 from ..recurrences.diagonal import LRU, MinGRU, MinLSTM
 from ..layers.dropout import DROPOUT_KINDS
 from ..recurrences.gated import GRU, LSTM
+from ..recurrences.paragru import ParaGRU
 from .model import ElmanRNN
 from ..layers.stack import LayeredRNN, StackedElmanRNN
 from ..arrays.validation import check_size
 
 __all__ = ["CELL_TYPES", "make_model", "model_spec", "from_torch"]
 
-CELL_TYPES = ("elman", "gru", "lstm", "mingru", "minlstm", "lru")
-# the diagonal cells (gpurnn.engine.recurrences.diagonal): time by scan or loop, no recurrent weight
-DIAGONAL = {"mingru": MinGRU, "minlstm": MinLSTM, "lru": LRU}
+CELL_TYPES = ("elman", "gru", "lstm", "mingru", "minlstm", "lru", "paragru")
+# the diagonal cells (gpurnn.engine.recurrences.diagonal, .paragru): time by scan or loop
+DIAGONAL = {"mingru": MinGRU, "minlstm": MinLSTM, "lru": LRU, "paragru": ParaGRU}
 
 
 def make_model(cell, input_size, hidden_size, output_size, *, num_layers=1, **kw):
     """A model by cell name: ``"elman"`` | ``"gru"`` | ``"lstm"`` | ``"mingru"`` | ``"minlstm"``
-    | ``"lru"``.
+    | ``"lru"`` | ``"paragru"``.
 
     ``kw`` are the constructors' keywords (``embedding_size``, ``bidirectional``, ``output``,
     ``bias``, ``dtype``, ``device``, ``seed``, the dropout rates of
     :mod:`gpurnn.engine.layers.dropout`; ``activation`` for Elman only, ``proj_size`` for LSTM only,
-    ``layer_norm`` for GRU and LSTM, ``r_min``/``r_max`` for LRU). One unidirectional Elman layer without an embedding or
+    ``layer_norm`` for GRU and LSTM, ``r_min``/``r_max`` for LRU, ``newton_tol``/``newton_max_iterations`` for
+    ParaGRU). One unidirectional Elman layer without an embedding or
     dropout gives :class:`gpurnn.ElmanRNN`, the seeds' model. ``make_model(**model_spec(m))``
     rebuilds a model like ``m``.
     """
@@ -62,7 +64,7 @@ def model_spec(model) -> dict:
         return {"cell": model.cell_type, **model.config}
     if isinstance(model, ElmanRNN):
         return {"cell": "elman", "num_layers": 1, **model.config}
-    raise TypeError(f"model_spec takes a gpurnn Elman, GRU, LSTM, minGRU, minLSTM or LRU model, "
+    raise TypeError(f"model_spec takes a gpurnn Elman, GRU, LSTM, minGRU, minLSTM, LRU or ParaGRU model, "
                     f"got {type(model).__name__}")
 
 

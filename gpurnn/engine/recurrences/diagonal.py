@@ -81,7 +81,9 @@ class DiagonalCache:
 class DiagonalCell(Cell):
     """What the diagonal cells share: the input projection, the two time paths (loop and
     scan) forward and back, the weight gradients. A subclass gives ``gates`` (G),
-    ``coefficients(params, pre) -> (a, b)`` and ``factors(params, pre, hprev) -> K``."""
+    ``coefficients(params, pre) -> (a, b)`` and ``factors(params, xin, hprev, states) -> K``
+    (which may also set ``xin.a``: a nonlinear cell's transition is its Jacobian at the
+    states, :mod:`gpurnn.engine.recurrences.paragru`)."""
 
     gates = 1
 
@@ -104,10 +106,13 @@ class DiagonalCell(Cell):
     def _buffer(self, name, shape, like):
         return self.workspace.empty("diag_" + name, shape, like.dtype, get_array_module(like))
 
+    # why dropout_state and weight_drop do not apply (a cell with a recurrent weight says its own)
+    state_mask_refusal = "it has no recurrent weight (its transition is elementwise)"
+
     def _refuse_state_mask(self):
         if self.state_mask is not None:
-            raise ValueError(f"{type(self).__name__} has no recurrent weight for dropout_state "
-                             f"to mask (its transition is elementwise)")
+            raise ValueError(f"{type(self).__name__} takes no dropout_state: "
+                             f"{self.state_mask_refusal}")
 
     # --- the step and the whole-block paths -----------------------------------------
     def project_inputs(self, params, inputs):
@@ -146,12 +151,12 @@ class DiagonalCell(Cell):
 
     def backward_stepper(self, params, xin, h0, states):
         xp = get_array_module(states)
-        a = xin.a
         hprev = self._buffer("hprev", states.shape, states)
         hprev[0] = h0
         hprev[1:] = states[:-1]
         xin.hprev = hprev
-        xin.K = self.factors(params, xin.pre, hprev, states)
+        xin.K = self.factors(params, xin, hprev, states)
+        a = xin.a                                  # a nonlinear cell's: its Jacobian, by factors
 
         def back(t, g):                                              # the loop: one step
             g_prev = self.workspace.empty(("step", t % 2), g.shape, g.dtype, xp)
@@ -187,7 +192,7 @@ class DiagonalCell(Cell):
         steps, batch, H = deltas.shape
         D = self._pre_grads(xin, deltas, out=self._buffer("D", xin.K.shape, deltas))
         grads = self._weight_grads(params, inputs, D.reshape(steps * batch, -1))
-        grads.update(self.extra_grads(params, xin, deltas))
+        grads.update(self.extra_grads(params, xin, deltas, D.reshape(xin.K.shape)))
         return grads
 
     def _weight_grads(self, params, inputs, rows):
@@ -203,15 +208,16 @@ class DiagonalCell(Cell):
             grads["bias_ih"] = rows.sum(axis=0)
         return grads
 
-    def extra_grads(self, params, xin, deltas) -> dict:
-        """Gradients of parameters other than weight_ih and bias_ih (the LRU's)."""
+    def extra_grads(self, params, xin, deltas, dpre) -> dict:
+        """Gradients of parameters other than weight_ih and bias_ih (the LRU's, the
+        ParaGRU's), from dL/dh ``deltas`` (time, batch, H) and dL/dpre (time, batch, G, H)."""
         return {}
 
     # --- what a subclass defines --------------------------------------------------
     def coefficients(self, params, pre):
         raise NotImplementedError
 
-    def factors(self, params, pre, hprev, states):
+    def factors(self, params, xin, hprev, states):
         raise NotImplementedError
 
 
@@ -228,8 +234,9 @@ class MinGRUCell(DiagonalCell):
         a = xp.subtract(1.0, z, out=z)                               # 1 − z
         return a, b
 
-    def factors(self, params, pre, hprev, states):
+    def factors(self, params, xin, hprev, states):
         # dL/dk = g (h̃ − h_{t−1}) z (1 − z),  dL/dh̃ = g z
+        pre = xin.pre
         xp = get_array_module(pre)
         steps, batch, width = pre.shape
         H = width // 2
@@ -258,10 +265,11 @@ class MinLSTMCell(DiagonalCell):
         b *= pre[..., 2 * H:]                                        # i' ⊙ h̃
         return a, b
 
-    def factors(self, params, pre, hprev, states):
+    def factors(self, params, xin, hprev, states):
         # a = f/s, b = i h̃/s with s = f + i:
         # dL/dP_f = g i (h_{t−1} − h̃) / s² · f (1 − f),  dL/dP_i = g f (h̃ − h_{t−1}) / s² · i (1 − i),
         # dL/dh̃ = g i / s
+        pre = xin.pre
         xp = get_array_module(pre)
         steps, batch, width = pre.shape
         H = width // 3
@@ -305,13 +313,13 @@ class LRUCell(DiagonalCell):
         lam, gamma = self.transition(params)
         return lam, pre * gamma
 
-    def factors(self, params, pre, hprev, states):
-        steps, batch, H = pre.shape
-        K = self._buffer("K", (steps, batch, 1, H), pre)
+    def factors(self, params, xin, hprev, states):
+        steps, batch, H = xin.pre.shape
+        K = self._buffer("K", (steps, batch, 1, H), xin.pre)
         K[...] = self.transition(params)[1].reshape(1, 1, 1, H)
         return K                                                     # dL/d(Bx) = g γ
 
-    def extra_grads(self, params, xin, deltas):
+    def extra_grads(self, params, xin, deltas, dpre):
         # dλ/dν = −exp(ν) λ; dγ/dγ_log = γ
         xp = get_array_module(deltas)
         steps, batch, H = deltas.shape
@@ -341,9 +349,9 @@ class _DiagonalRNN(LayeredRNN):
         super()._check_dropout()
         for kind in ("dropout_state", "weight_drop"):
             if getattr(self.dropout, kind) > 0:
-                raise ValueError(f"{kind} acts on weight_hh, and {type(self).__name__} has no "
-                                 f"recurrent weight (its transition is elementwise); use "
-                                 f"dropout, dropout_input, dropout_output or dropout_embedding")
+                raise ValueError(f"{kind} does not apply to {type(self).__name__}: "
+                                 f"{self._cell_class.state_mask_refusal}; use dropout, "
+                                 f"dropout_input, dropout_output or dropout_embedding")
 
     def _make_cell(self):
         return self._cell_class(self.bias)
