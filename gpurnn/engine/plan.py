@@ -38,7 +38,10 @@ Fields:
   :mod:`gpurnn.engine.recurrences.diagonal`) crosses the steps of a block: ``"scan"`` by a parallel
   associative scan forward and a reverse scan back (:mod:`gpurnn.engine.sweeps.scan`), ``"loop"``
   step by step, ``"auto"`` (the default) the scan for blocks long enough that it is faster.
-  Equal to rounding (bounded in :mod:`gpurnn.engine.sweeps.scan`); other cells always loop, and
+  Equal to rounding (bounded in :mod:`gpurnn.engine.sweeps.scan`). The ParaGRU
+  (:mod:`gpurnn.engine.recurrences.paragru`), nonlinear with a diagonal Jacobian, takes
+  ``"scan"`` as Newton's method in time (:mod:`gpurnn.engine.sweeps.newton`) for its forward
+  and ``"auto"`` as Newton on a GPU and the loop on a CPU. Other cells always loop, and
   windowed truncation (``truncate=k``) sweeps back by the loop.
 * ``graph``: True lets :class:`gpurnn.engine.gpu.graphs.StepGraph` capture a whole training
   step (forward, backward, optimizer update) as one CUDA graph and replay it while the
