@@ -1,11 +1,13 @@
-"""minGRU trained by the parallel scan against the GRU of the same size, at equal wall time.
+"""minGRU trained by the parallel scan and the ParaGRU against the GRU of the same size, at
+equal wall time.
 
     python benchmarks/mingru_race.py [--seconds 120] [--quick] [--save]
 
 Both run ``gpurnn train`` on the built-in corpus as raw text with the same sizes, optimizer
 and cosine schedule: ``recipes/char-gru.toml`` (GRU, 320 units) and
-``recipes/char-mingru.toml`` (minGRU, 320 units, ``time = "scan"``), plus the minGRU with
-``--time loop`` (the same model step by step). Each system first times a few steps; its
+``recipes/char-mingru.toml`` (minGRU, 320 units, ``time = "scan"``), the minGRU with
+``--time loop`` (the same model step by step) and ``recipes/char-paragru.toml`` (the ParaGRU,
+320 units, ``time = "auto"``: on a CPU the loop forward and the reverse-scan backward). Each system first times a few steps; its
 run then gets the steps that fill the budget, so that its schedule ends in time, and
 ``--time-limit`` as the guard. Runs alternate system by system (so a shared machine's load
 falls on all of them alike); each reports the held-out validation loss in bits per
@@ -30,7 +32,8 @@ from gpurnn.tools.harness import machine_info  # noqa: E402
 SYSTEMS = {"gru": ["--config", str(ROOT / "recipes" / "char-gru.toml")],
            "mingru-scan": ["--config", str(ROOT / "recipes" / "char-mingru.toml")],
            "mingru-loop": ["--config", str(ROOT / "recipes" / "char-mingru.toml"),
-                           "--time", "loop"]}
+                           "--time", "loop"],
+           "paragru": ["--config", str(ROOT / "recipes" / "char-paragru.toml")]}
 
 
 def train(args, folder, name, extra):
