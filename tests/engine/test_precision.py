@@ -250,7 +250,7 @@ def test_a_16_bit_step_keeps_twice_the_states_in_a_budget(precision):
 def test_a_16_bit_step_holds_half_the_bytes_of_a_float32_one():
     """The cache is really 16-bit: keeping every state of a long sequence, the step's peak
     is well under float32's. (On NumPy each emulated operation also makes short-lived
-    float32 copies of its operands, which a budget does not count; CuPy makes none.)"""
+    float32 copies of its operands, which a memory budget counts; CuPy makes none.)"""
     import tracemalloc
     rng = np.random.default_rng(5)
     x = rng.normal(size=(8, 2000, 8)).astype(np.float32)

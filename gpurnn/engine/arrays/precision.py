@@ -151,7 +151,9 @@ class MixedArray(numpy.ndarray):
             if isinstance(result, tuple):
                 return tuple(_round(part, storage) for part in result)
             return _round(result, storage)
-        outs = tuple(_raw(value) for value in out)
+        # (from a list: a tuple grown from a generator is allocated afresh on each call and
+        # parked in the interpreter's free list when freed, which a step fills to ~100 KiB)
+        outs = tuple([_raw(value) for value in out])
         if not any(_is_storage(value.dtype) for value in outs):
             call(*wide, out=outs if len(outs) > 1 else outs[0], **kwargs)
         else:                                            # compute wide, round into out

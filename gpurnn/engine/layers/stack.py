@@ -119,6 +119,13 @@ class StackedCell(Cell):
             backward += rows * (width + 4 * S)
         return forward, backward
 
+    def row_width(self, params, state_size) -> int:
+        # each layer works on its own arrays (the concatenated state is only copied), and
+        # layer 0 on the embedded rows E[x_t]
+        width = max(cell.row_width(self.layer_params(params, layer), self.state_width)
+                    for layer, cell in enumerate(self.cells))
+        return max(width, params["E"].shape[1]) if self.embedding else width
+
     @property
     def plan(self):
         return self.cells[0].plan

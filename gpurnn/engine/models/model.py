@@ -380,9 +380,17 @@ class RecurrentModel(_ParamsMixin):
         if mixed is not None:
             params = mixed.weights(params)
             V, c = mixed.wide(params["V"]), mixed.wide(params.get("c"))
-            x, h0 = mixed.store(x), mixed.store(h0)
+            h0 = mixed.store(h0)
             # the fused cell kernels take the 16-bit arrays (float32 maths inside), the
             # softmax kernel the float32 output layer; the persistent ones decline (plan)
+
+        def inputs(a, b):                                # the inputs of steps a … b − 1
+            block = x[:, a:b]
+            if mixed is not None:
+                # rounded to the storage type block by block, as the engine reads them: a
+                # 16-bit copy of the whole sequence would grow with T, outside the budget
+                block = mixed.store(block)
+            return _time_major(block)
         workspace = self.cell.workspace
         out = {"loss": 0.0, "dV": None, "dc": None}
         output_mask = None if masks is None else masks.output
@@ -414,8 +422,8 @@ class RecurrentModel(_ParamsMixin):
         last = _LastStates(m, h0)
         self.cell.plan = plan                            # kernels: see gpurnn.engine.plan
         with tf32_mode(plan.precision, h0):
-            grads, final = bptt.run(self.cell, params, lambda a, b: _time_major(x[:, a:b]),
-                                    h0, schedule, head, truncate, last.see)
+            grads, final = bptt.run(self.cell, params, inputs, h0, schedule, head, truncate,
+                                    last.see)
         final = final if m is None else last.states
         if mixed is not None:                            # float32 for the master weights
             grads = {name: mixed.wide(value, self.dtype) for name, value in grads.items()}
@@ -466,7 +474,8 @@ class RecurrentModel(_ParamsMixin):
         cache (:meth:`gpurnn.engine.recurrences.cells.Cell.cache_bytes`), the output layer's row
         blocks, the sweep's deltas and window, the gradients. Under a 16-bit
         ``precision`` the cache, states, deltas and dense inputs take the storage type's
-        bytes (the output layer and the gradients stay float32), plus the weight copy."""
+        bytes (the output layer and the gradients stay float32), plus the weight copy and,
+        on NumPy, the emulation's float32 copies (``_emulation_bytes``)."""
         batch, S = h0.shape
         H, O = self.hidden_size, self.output_size
         item = self.dtype.itemsize
@@ -486,17 +495,36 @@ class RecurrentModel(_ParamsMixin):
         backward = (cell_backward + y[:1, :1].nbytes * rows + masked * rows * item
                     + rows * (H + S) * store             # dL/dh_t, the deltas
                     + output)
+        window = truncate + 1 if truncate is not None and truncate < x.shape[1] - 1 else 1
         if mixed:                                        # the float32 h and dL/dh of a block
             backward += 2 * rows * H * item
+            if isinstance(x, numpy.ndarray):             # MixedArrays: their float32 copies
+                backward += self._emulation_bytes(x, rows, window * batch, S)
         if S != H:                                       # h read out of [h, c] / layers
             backward += rows * (H + S) * store
-        window = truncate + 1 if truncate is not None and truncate < x.shape[1] - 1 else 1
         params = sum(value.nbytes for value in self._params.values())
         fixed = (4 * params + 6 * O * (H + 1) * item     # gradients, weight copies, output
                  + 6 * window * batch * S * store         # carried states and errors
                  + (params * store // item if mixed else 0)   # the step's 16-bit weight copy
                  + self._dropout_bytes(batch, x.shape[1]))
         return recompute.Footprint(forward, backward, batch * S * store, fixed)
+
+    def _emulation_bytes(self, x, rows, origins, S) -> int:
+        """The float32 working set of a 16-bit step on NumPy, beyond its arrays: there every
+        operation on 16-bit arrays (:class:`gpurnn.engine.arrays.precision.MixedArray`)
+        computes on float32 copies of its 16-bit operands into a float32 result, all freed
+        when it returns, so at most three float32 arrays (two operands, the result) are
+        alive at once. Each is at most the widest array the step computes on: a block's
+        ``rows`` (steps · batch) of the cell's widest row or of the dense inputs, the state
+        of a step's window ``origins`` (window · batch, for truncated BPTT), or a parameter
+        of the cell (the GEMMs with the weights, the float32 sum of a scatter-add). CuPy
+        computes on 16-bit arrays without such copies."""
+        width = self.cell.row_width(self._params, S)
+        if x.dtype.kind not in "iu":                     # dense inputs (batch, time, input)
+            width = max(width, x.shape[2])
+        largest = max(value.size for name, value in self._params.items()
+                      if name not in ("V", "c"))         # the output layer runs in float32
+        return 3 * self.dtype.itemsize * max(rows * width, origins * max(width, S), largest)
 
 
 @contextlib.contextmanager

@@ -129,6 +129,14 @@ class Cell:
         with larger intermediates should say so."""
         return 2 * steps * batch * state_size * itemsize, 4 * batch * state_size * itemsize
 
+    def row_width(self, params, state_size) -> int:
+        """Elements per step and batch entry of the widest arrays a block of this cell
+        computes on: the state's, or the input projection's (``weight_ih``'s rows, G·H for a
+        GRU or LSTM) where that is wider. A memory budget sizes by it the float32 copies
+        that the NumPy emulation of a 16-bit step makes (:mod:`gpurnn.engine.arrays.precision`)."""
+        W = params.get("weight_ih")
+        return max(state_size, W.shape[0] if W is not None and W.ndim == 2 else 0)
+
     # --- the protocol a user implements -----------------------------------------------
     def step(self, params, x_t, s_prev):
         raise NotImplementedError

@@ -251,6 +251,9 @@ def run(cell, params, inputs, h0, schedule, head, truncate=None, first=None):
                         grads[name] += value
                 if not keep_all and c.workspace is not work:
                     c.workspace.clear()                  # a kept cache: free it now
+                # Views into this block's buffers (its cache, the stepper's factors) would
+                # keep them alive until the next block's backward had made its own.
+                c = back = dstates = deltas = block_grads = None
     finally:
         cell.use_workspace(home)
     return grads, final
