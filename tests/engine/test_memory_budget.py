@@ -343,12 +343,15 @@ def traced_peak(model, x, y, budget):
 SLACK = 256 * 1024
 
 
-@pytest.mark.parametrize("cell,layers,kib", [("elman", 1, 400), ("lstm", 1, 800),
-                                             ("gru", 2, 1000)])
-def test_step_stays_in_its_budget_flat_in_time(cell, layers, kib):
+@pytest.mark.parametrize("cell,layers,kib,time", [("elman", 1, 400, "auto"), ("lstm", 1, 800, "auto"),
+                                                  ("gru", 2, 1000, "auto"), ("lru", 2, 800, "scan"),
+                                                  ("paragru", 2, 1600, "scan")])
+def test_step_stays_in_its_budget_flat_in_time(cell, layers, kib, time):
+    """float32 peaks within the budget (the diagonal cells by scan, the ParaGRU's forward
+    by Newton), and flat in the sequence's length."""
     rng = np.random.default_rng(5)
     model = make_model(cell, 8, 16, 8, num_layers=layers, output="identity", seed=0)
-    model.plan = Plan(block_steps=24)
+    model.plan = Plan(block_steps=24, time=time)
     budget = kib * 1024
     peaks = []
     for steps in (1000, 4000):
