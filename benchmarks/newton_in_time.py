@@ -42,40 +42,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# parallel_time pins one BLAS thread before NumPy loads; its helpers are shared
+from parallel_time import BATCH, FEATURES, RESULTS, machine, quartiles, rounds_for  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 import gpurnn  # noqa: E402
 from gpurnn.engine.sweeps import newton, scan  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 JSON = RESULTS / "newton_in_time.json"
 PNG = RESULTS / "newton_in_time.png"
-BATCH, FEATURES = 8, 16
 SCALES = (2.0, 3.0, 4.0)          # weight_hh × s for the dense GRU's larger-weight cases
 EXTRA = 5                         # iterations past convergence that the curve shows
 FRONT = 1e-13                     # a step's error at most this: at rounding
 TINY = 1e-300                     # the curve's tolerance: run all max_iterations
-
-
-def rounds_for(T, quick):
-    return 3 if quick else (5 if T >= 10**4 else 9)
-
-
-def quartiles(values):
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "runs": values}
 
 
 def sigmoid(a):
@@ -294,13 +280,6 @@ def timing(T, H, dtype, quick, rng):
               f"{row['seconds']['median'] * 1e3:9.2f} ms  ×{row['speedup_over_loop']:.2f}  "
               f"{its}", flush=True)
     return rows
-
-
-def machine(load_before):
-    return {"processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "gpurnn": getattr(gpurnn, "__version__", None),
-            "blas_threads": 1, "load_before": load_before, "load_after": os.getloadavg()}
 
 
 def main(argv=None):

@@ -62,6 +62,14 @@ def quartiles(values):
     return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "runs": values}
 
 
+def machine(load_before):
+    """The machine, versions, BLAS threads and load averages (before the run and now)."""
+    return {"processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "gpurnn": getattr(gpurnn, "__version__", None),
+            "blas_threads": 1, "load_before": load_before, "load_after": os.getloadavg()}
+
+
 def timed(f):
     start = time.perf_counter()
     f()
@@ -169,12 +177,7 @@ def main(argv=None):
                 if level == "model" and args.model_max is not None and T > args.model_max:
                     continue
                 rows += measure(level, T, H, args.quick, rng)
-                result = {"machine": {"processor": platform.processor() or platform.machine(),
-                                      "cpu_count": os.cpu_count(),
-                                      "python": platform.python_version(),
-                                      "numpy": np.__version__, "blas_threads": 1,
-                                      "load_before": load_before,
-                                      "load_after": os.getloadavg()},
+                result = {"machine": machine(load_before),
                           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                           "dtype": "float32", "cell": "mingru",
                           "command": " ".join(sys.argv), "rows": rows}
