@@ -348,6 +348,56 @@ def scan_checks(device="cuda", shape=SCAN_SHAPE, repeats=5):
                     f"{medians['kernels'] * 1e3:.3g} ms, array scan "
                     f"{medians['array scan'] * 1e3:.3g}, loop {medians['loop'] * 1e3:.3g}",
            "error": None, "passed": True, "seconds": medians}
+    yield from _paragru_checks(device, shape, repeats)
+
+
+def _paragru_checks(device, shape, repeats):
+    """The ParaGRU's step with its forward by Newton in time on the scan kernels (fused
+    plan) against the loop (plain plan), float64, and the float32 forward timed both ways;
+    the verdicts carry the Newton iterations."""
+    from .. import ParaGRU
+    steps, batch, hidden = shape[0], shape[1], min(shape[2], 64)
+    rng = numpy.random.default_rng(6)
+    xp = backend.get_device(device).xp
+    x = rng.standard_normal((batch, steps, 16))
+    y = rng.standard_normal((batch, steps, 16))
+    where = f"T={steps} B={batch} H={hidden}"
+    models = {}
+    for dtype in ("float64", "float32"):
+        model = ParaGRU(16, hidden, 16, output="identity", dtype=dtype, device=device, seed=4)
+        models[dtype] = (model, xp.asarray(x, dtype=dtype), xp.asarray(y, dtype=dtype))
+    model, xd, yd = models["float64"]
+    newton, loop = Plan(time="scan", kernels="fused"), Plan(time="loop")
+    model.plan = newton
+    fast = model.loss_and_grads(xd, yd)
+    model.plan = loop
+    plain = model.loss_and_grads(xd, yd)
+    error = max(_relative(fast.grads[name], plain.grads[name]) for name in plain.grads)
+    log = model.newton_log
+    yield {"check": f"float64 ParaGRU Newton (scan kernels) {where} vs loop, "
+                    f"{min(log.iterations)}-{max(log.iterations)} iterations",
+           "error": error, "tolerance": EXACT, "passed": error <= EXACT and not log.fallbacks,
+           "iterations": list(log.iterations), "fallbacks": log.fallbacks}
+    model, xs, _ = models["float32"]
+
+    def forward(plan):
+        model.plan = plan
+        model.forward(xs)
+
+    runs = {"Newton": lambda: forward(newton), "loop": lambda: forward(loop)}
+    seconds = {name: [] for name in runs}
+    for _ in range(repeats + 1):                    # the first round compiles and allocates
+        for name, run in runs.items():
+            backend.synchronize(device)
+            start = time.perf_counter()
+            run()
+            backend.synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    medians = {name: float(numpy.median(times[1:])) for name, times in seconds.items()}
+    yield {"check": f"float32 ParaGRU forward {where}: Newton {medians['Newton'] * 1e3:.3g} ms "
+                    f"({max(model.newton_log.iterations)} iterations), loop "
+                    f"{medians['loop'] * 1e3:.3g}",
+           "error": None, "passed": True, "seconds": medians}
 
 
 def _verdicts(name, dtype, tolerance, steps, batch, hidden, errors) -> list:

@@ -112,10 +112,13 @@ def test_a_dry_run_goes_through_every_stage_on_the_cpu(launch):
     # per cell: float64 plain and fused, float32 fused, float64 full BPTT through the
     # persistent and the auto plan; persistent: 2 dtypes × (Elman, GRU,
     # LSTM) × (forward, backward); the optimizers; the precision steps of 3 cells; no CUDA
-    # graph without a GPU; the scan kernels: 2 dtypes × (forward, adjoint) and their timing
+    # graph without a GPU; the scan kernels: 2 dtypes × (forward, adjoint) and their timing;
+    # the ParaGRU by Newton on them against the loop, and its timing
     assert len(checks) == (3 + len(selftest.PLANNED)) * len(selftest.CELLS) + 12 \
-        + len(fused.OPTIMIZERS) + 3 * len(selftest.PRECISION_STEPS) + 5
-    assert sum("scan kernels" in c["check"] for c in checks) == 4
+        + len(fused.OPTIMIZERS) + 3 * len(selftest.PRECISION_STEPS) + 7
+    assert sum("scan kernels" in c["check"] for c in checks) == 5
+    newton = [c for c in checks if "ParaGRU Newton" in c["check"]]
+    assert len(newton) == 1 and newton[0]["iterations"] and newton[0]["fallbacks"] == 0
     planned = [c for c in checks if "persistent plan" in c["check"]]
     assert len(planned) == len(selftest.CELLS)
     assert all("backward persistent" in c["paths"] for c in planned), planned
