@@ -155,6 +155,19 @@ def test_bidirectional_gradients_within_the_unit_roundoff_bound(cell, options, p
     assert errors[worst] > u / 64
 
 
+@pytest.mark.parametrize("time", ["loop", "scan"])
+@pytest.mark.parametrize("precision", MIXED)
+def test_the_paragru_by_the_loop_or_by_newton_within_the_bound(time, precision):
+    """The ParaGRU's forward step by step or by Newton's iterations in 16 bits (stopping at
+    the storage type's rounding), 2 layers, against float64 run the same way."""
+    u = P.unit_roundoff(precision)
+    errors, loss_error, _ = relative_errors("paragru", dict(num_layers=2), precision,
+                                            time=time)
+    assert loss_error <= C * u
+    worst = max(errors, key=errors.get)
+    assert u / 64 < errors[worst] <= C * u, (worst, errors[worst] / u)
+
+
 @pytest.mark.parametrize("precision", MIXED)
 def test_bidirectional_ragged_and_loss_scaled_within_the_bound(precision):
     """A ragged batch (each reverse direction starting at its own last step) with the loss
