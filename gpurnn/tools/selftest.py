@@ -355,7 +355,7 @@ def _paragru_checks(device, shape, repeats):
     """The ParaGRU's step with its forward by Newton in time on the scan kernels (fused
     plan) against the loop (plain plan), float64, and the float32 forward timed both ways;
     the verdicts carry the Newton iterations."""
-    from .. import ParaGRU
+    from ..engine.recurrences.paragru import ParaGRU
     steps, batch, hidden = shape[0], shape[1], min(shape[2], 64)
     rng = numpy.random.default_rng(6)
     xp = backend.get_device(device).xp
