@@ -159,3 +159,23 @@ def test_parameters_config_and_refusals():
             make_model("paragru", 6, 4, 5, **kw)
     with pytest.raises(ValueError, match="--newton-tol"):
         gpurnn.TrainConfig(cell="gru", newton_tol=1e-6).validate()
+
+
+def test_a_long_block_is_solved_in_pieces_each_from_the_last_state(monkeypatch, rng):
+    """model.forward runs a sequence as one block: Newton takes it NEWTON_STEPS at a time
+    (5 pieces here, the last one short), equal to the loop, and a piece that does not
+    converge runs by the loop on its own."""
+    from gpurnn.engine.recurrences import paragru
+    monkeypatch.setattr(paragru, "NEWTON_STEPS", 7)
+    model = ParaGRU(5, 6, 5, dtype="float64", seed=4)
+    x = rng.integers(0, 5, (3, 30))
+    model.plan = Plan(time="loop")
+    exact = host(model.forward(x)[1])
+    model.plan = Plan(time="scan")
+    assert np.abs(host(model.forward(x)[1]) - exact).max() <= 1e-14
+    assert len(model.newton_log.iterations) == 5 and model.newton_log.fallbacks == 0
+    capped = ParaGRU(5, 6, 5, dtype="float64", seed=4, newton_max_iterations=3)
+    capped.plan = Plan(time="scan")
+    assert np.abs(host(capped.forward(x)[1]) - exact).max() <= 1e-14
+    log = capped.newton_log
+    assert len(log.iterations) == 5 and log.fallbacks == 4          # the 2-step piece converges

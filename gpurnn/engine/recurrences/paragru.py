@@ -36,8 +36,9 @@ multiplies the Jacobians along the block, and at a poor first guess they can exc
 long stretches (random large weights): the iterate then overshoots by many orders before it
 settles (DEER's known instability). Every guess is clipped to the bound that the true
 states obey (|h_t| ≤ max(1, |h0|): each is a convex mix of tanh's n and h_{t−1}), and a
-block that has not converged in ``max_iterations`` (default :data:`MAX_ITERATIONS`) runs by
-the loop instead: the states are always the loop's to rounding. The model's
+block longer than :data:`NEWTON_STEPS` is solved in pieces of that length, each from the
+last state of the one before, and a piece that has not converged in ``max_iterations``
+(default :data:`MAX_ITERATIONS`) runs by the loop instead: the states are always the loop's to rounding. The model's
 ``newton_log`` records every solve's iteration count and the blocks that fell back.
 """
 from __future__ import annotations
@@ -52,12 +53,17 @@ from ..sweeps import newton, scan
 from .activations import apply
 from .diagonal import DiagonalCache, DiagonalCell, _DiagonalRNN
 
-__all__ = ["ParaGRUCell", "ParaGRU", "NewtonLog", "MAX_ITERATIONS"]
+__all__ = ["ParaGRUCell", "ParaGRU", "NewtonLog", "MAX_ITERATIONS", "NEWTON_STEPS"]
 
 # Newton iterations before a block falls back to the loop: ParaRNN's trained models need
 # about three; an untrained model at nn.GRU's initialisation five; random weights of scale
 # 0.8 about ten (tests/engine/test_paragru.py)
 MAX_ITERATIONS = 50
+# the longest stretch one Newton solve takes: a longer block (model.forward runs a whole
+# sequence as one) is solved piece by piece, each from the last state of the one before,
+# which bounds the solver's working arrays (about a dozen of the piece's states) and keeps
+# them in cache on a CPU (benchmarks/newton_in_time.py: 128-step blocks beat 10^4-step ones)
+NEWTON_STEPS = 1024
 
 
 class NewtonLog:
@@ -182,16 +188,26 @@ class ParaGRUCell(DiagonalCell):
         self._refuse_state_mask()
         pre = xin.pre
         states = self._buffer("states", pre.shape[:-1] + (pre.shape[-1] // 3,), pre)
-        if self.uses_newton(steps, pre) and self._newton(params, pre, h0, steps, states):
-            return states
+        if not self.uses_newton(steps, pre):
+            return self._loop(params, pre, h0, states)
         h = h0
-        for t in range(steps):
+        for start in range(0, steps, NEWTON_STEPS):                 # a long block in pieces
+            piece = slice(start, min(steps, start + NEWTON_STEPS))
+            if not self._newton(params, pre[piece], h, states[piece]):
+                self._loop(params, pre[piece], h, states[piece])
+            h = states[piece.stop - 1]
+        return states
+
+    def _loop(self, params, pre, h0, states):
+        h = h0
+        for t in range(pre.shape[0]):
             states[t] = self.step(params, pre[t], h)
             h = states[t]
         return states
 
-    def _newton(self, params, pre, h0, steps, states) -> bool:
-        """The block's states into ``states`` by Newton; False if it did not converge."""
+    def _newton(self, params, pre, h0, states) -> bool:
+        """The states of the steps of ``pre`` into ``states`` by Newton; False if it did not
+        converge."""
         xp = get_array_module(pre)
         launch = self.launcher(pre)
 
@@ -201,7 +217,7 @@ class ParaGRUCell(DiagonalCell):
 
         bound = max(1.0, float(xp.abs(h0).max()))                    # |h_t| ≤ max(1, |h0|)
         solution = newton.solve(
-            lambda hprev: self.linearise(params, pre, hprev)[:2], h0, steps,
+            lambda hprev: self.linearise(params, pre, hprev)[:2], h0, pre.shape[0],
             tol=self.tol, max_iterations=self.max_iterations or MAX_ITERATIONS, bound=bound,
             out=states, hprev=self._buffer("hprev", states.shape, pre), scan=solve_linear)
         self.log.iterations.append(solution.iterations)
