@@ -335,20 +335,26 @@ def scan_checks(device="cuda", shape=SCAN_SHAPE, repeats=5):
     runs = {"kernels": lambda: gpu_scan.linear_scan(a, b, h0, launch=launch),
             "array scan": lambda: scan.linear_scan(a, b, h0),
             "loop": lambda: scan.linear_loop(a, b, h0)}
+    medians = _interleaved_medians(device, runs, repeats)
+    yield {"check": f"float32 scan forward {where}: kernels "
+                    f"{medians['kernels'] * 1e3:.3g} ms, array scan "
+                    f"{medians['array scan'] * 1e3:.3g}, loop {medians['loop'] * 1e3:.3g}",
+           "error": None, "passed": True, "seconds": medians}
+    yield from _paragru_checks(device, shape, repeats)
+
+
+def _interleaved_medians(device, runs, repeats) -> dict:
+    """Median seconds of each of ``runs`` {name: callable}, timed in ``repeats`` interleaved
+    rounds after one untimed round (which compiles and allocates), synchronised."""
     seconds = {name: [] for name in runs}
-    for _ in range(repeats + 1):                    # the first round compiles and allocates
+    for _ in range(repeats + 1):
         for name, run in runs.items():
             backend.synchronize(device)
             start = time.perf_counter()
             run()
             backend.synchronize(device)
             seconds[name].append(time.perf_counter() - start)
-    medians = {name: float(numpy.median(times[1:])) for name, times in seconds.items()}
-    yield {"check": f"float32 scan forward {where}: kernels "
-                    f"{medians['kernels'] * 1e3:.3g} ms, array scan "
-                    f"{medians['array scan'] * 1e3:.3g}, loop {medians['loop'] * 1e3:.3g}",
-           "error": None, "passed": True, "seconds": medians}
-    yield from _paragru_checks(device, shape, repeats)
+    return {name: float(numpy.median(times[1:])) for name, times in seconds.items()}
 
 
 def _paragru_checks(device, shape, repeats):
@@ -385,15 +391,7 @@ def _paragru_checks(device, shape, repeats):
         model.forward(xs)
 
     runs = {"Newton": lambda: forward(newton), "loop": lambda: forward(loop)}
-    seconds = {name: [] for name in runs}
-    for _ in range(repeats + 1):                    # the first round compiles and allocates
-        for name, run in runs.items():
-            backend.synchronize(device)
-            start = time.perf_counter()
-            run()
-            backend.synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
-    medians = {name: float(numpy.median(times[1:])) for name, times in seconds.items()}
+    medians = _interleaved_medians(device, runs, repeats)
     yield {"check": f"float32 ParaGRU forward {where}: Newton {medians['Newton'] * 1e3:.3g} ms "
                     f"({max(model.newton_log.iterations)} iterations), loop "
                     f"{medians['loop'] * 1e3:.3g}",
