@@ -25,6 +25,11 @@ linear scan on the diagonal Jacobian J_t. Two sections:
   measures each iterate, checked at T = 100 against separate solves). Every solve caps
   its iterations at min(T, ``--cap``) (T is always enough) and passes the states' bound
   max(1, |h0|).
+* ``trained``: a character ParaGRU trained by ``recipes/char-paragru.toml`` for
+  ``--trained-steps`` steps on the built-in corpus (320 units), then its ``forward`` by Newton
+  on 8 streams of the held-out text, float32 and float64: the iterations of each solve
+  (``model.newton_log``; a solve covers at most 1024 steps), the fallbacks, the largest
+  difference from the loop, and the size of the trained diagonals |a_r|, |a_z|, |a_n|.
 * ``timing`` (this CPU, one BLAS thread): a one-layer ParaGRU model (dense inputs of 16
   features, identity output of 16, squared error, H = 64, batch 8), float32 and float64,
   ``forward`` and ``loss_and_grads`` (forward + backward) with ``Plan(time="scan")``
@@ -49,7 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # parallel_time pins one BLAS thread before NumPy loads; its helpers are shared
-from parallel_time import BATCH, FEATURES, RESULTS, machine, quartiles, rounds_for  # noqa: E402
+from parallel_time import BATCH, FEATURES, RESULTS, ROOT, machine, quartiles, rounds_for  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -167,6 +172,48 @@ def recording_scan(expected, bound, errors):
         errors.append(float(np.abs(out - expected).max()))
         return out
     return solve_linear
+
+
+def trained_case(steps, lengths):
+    """The ``trained`` section's rows: train, then solve the held-out text by Newton."""
+    import subprocess
+    import tempfile
+    from gpurnn.engine.recurrences import paragru
+    from gpurnn.training import data
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Path(folder) / "paragru.npz"
+        subprocess.run([sys.executable, "-m", "gpurnn", "train", "--config",
+                        str(ROOT / "recipes" / "char-paragru.toml"), "--steps", str(steps),
+                        "--eval-every", str(steps), "--checkpoint", str(checkpoint),
+                        "--samples", "0", "--quiet"], check=True, cwd=folder)
+        saved = gpurnn.load(checkpoint)
+    _, valid = data.split_text(data.load_builtin_text(), 0.1)
+    ids = np.asarray(saved.vocab.encode(list(valid)))
+    T = min(max(lengths), len(ids) // BATCH)
+    x = ids[:BATCH * T].reshape(BATCH, T)
+    diagonals = np.abs(np.asarray(saved.model.params["weight_hh"], np.float64)).reshape(3, -1)
+    for dtype in ("float32", "float64"):
+        model = saved.model.copy(dtype=dtype)
+        model.plan = gpurnn.Plan(time="loop")
+        expected = np.asarray(model.forward(x)[1], np.float64)
+        for length in sorted({t for t in lengths if t < T} | {T}):
+            model.newton_log.clear()
+            model.plan = gpurnn.Plan(time="scan")
+            got = np.asarray(model.forward(x[:, :length])[1], np.float64)
+            row = {"section": "trained", "training_steps": steps, "hidden": model.hidden_size,
+                   "batch": BATCH, "T": length, "dtype": dtype,
+                   "piece_steps": paragru.NEWTON_STEPS,
+                   "iterations": list(model.newton_log.iterations),
+                   "fallbacks": model.newton_log.fallbacks,
+                   "max_abs_difference_vs_loop": float(np.abs(got - expected[:, :length]).max()),
+                   "diagonal_abs_max": dict(zip("rzn", diagonals.max(axis=1).tolist())),
+                   "diagonal_abs_mean": dict(zip("rzn", diagonals.mean(axis=1).tolist()))}
+            rows.append(row)
+            print(f"trained {dtype} T={length:5d}: iterations {row['iterations']}, "
+                  f"{row['fallbacks']} fallbacks, difference "
+                  f"{row['max_abs_difference_vs_loop']:.1e}", flush=True)
+    return rows
 
 
 def iterations_case(system, H, T, cap, seed=0):
@@ -297,6 +344,8 @@ def main(argv=None):
                         help="the scaled dense GRU only up to this T")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--trained-steps", type=int, default=600,
+                        help="training steps of the trained section's model (0: skip it)")
     args = parser.parse_args(argv)
     if args.plot:
         plot()
@@ -324,6 +373,9 @@ def main(argv=None):
             for system in systems:
                 rows.append(iterations_case(system, H, T, args.cap))
                 write()
+    if args.trained_steps:
+        rows += trained_case(args.trained_steps, [64, 256, 1024, 2048])
+        write()
     if not args.skip_timing:
         rng = np.random.default_rng(0)
         for dtype in args.dtypes:
