@@ -58,7 +58,7 @@ __all__ = ["ParaGRUCell", "ParaGRU", "NewtonLog", "MAX_ITERATIONS", "NEWTON_STEP
 # Newton iterations before a block falls back to the loop: ParaRNN's trained models need
 # about three; an untrained model at nn.GRU's initialisation five; random weights of scale
 # 0.8 about ten (tests/engine/test_paragru.py); a character model trained here 12-43
-# (benchmarks/newton_in_time.py); beyond about this many a GPU's loop is no slower
+# (benchmarks/newton_in_time.py). A cap on wasted work, not a measured break-even point
 MAX_ITERATIONS = 50
 # the longest stretch one Newton solve takes: a longer block (model.forward runs a whole
 # sequence as one) is solved piece by piece, each from the last state of the one before,
