@@ -12,7 +12,7 @@ import numpy
 
 from ..sweeps import bptt, recompute
 from ..recurrences.activations import OUTPUTS, check_activation
-from ..arrays.backend import get_array_module, get_device, host_rng, to_device
+from ..arrays.backend import get_array_module, get_device, host_rng, is_device_array, to_device
 from ..recurrences.cells import ElmanCell
 from .losses import (LOGIT_BLOCK_ELEMENTS, output_forward, output_loss,
                      output_loss_and_grads)
@@ -498,7 +498,7 @@ class RecurrentModel(_ParamsMixin):
         window = truncate + 1 if truncate is not None and truncate < x.shape[1] - 1 else 1
         if mixed:                                        # the float32 h and dL/dh of a block
             backward += 2 * rows * H * item
-            if isinstance(x, numpy.ndarray):             # MixedArrays: their float32 copies
+            if not is_device_array(x):                   # MixedArrays: their float32 copies
                 backward += self._emulation_bytes(x, rows, window * batch, S)
         if S != H:                                       # h read out of [h, c] / layers
             backward += rows * (H + S) * store
