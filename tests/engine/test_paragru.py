@@ -179,3 +179,27 @@ def test_a_long_block_is_solved_in_pieces_each_from_the_last_state(monkeypatch, 
     assert np.abs(host(capped.forward(x)[1]) - exact).max() <= 1e-14
     log = capped.newton_log
     assert len(log.iterations) == 5 and log.fallbacks == 4          # the 2-step piece converges
+
+
+def test_an_overflowed_guess_is_never_converged_and_the_bound_prevents_it():
+    """float32, weights of scale 0.8 and h0 ~ N(0, 1) at T = 3000: the first linearisation
+    overflows to inf. Without ``bound`` the solve must not call that converged (its change
+    is inf, and so is the largest state it would be measured against); with the states'
+    bound every guess stays finite and Newton reaches the loop."""
+    rng = np.random.default_rng(1)
+    cell, params = layer(rng)
+    steps = 3000
+    pre = rng.normal(size=(steps, 3, 18)).astype(np.float32)
+    h0 = rng.normal(size=(3, 6)).astype(np.float32)
+    params = {name: value.astype(np.float32) for name, value in params.items()}
+    expected = loop_states(cell, params, pre, h0)
+
+    def linearise(hprev):
+        return cell.linearise(params, pre, hprev)[:2]
+
+    with np.errstate(all="ignore"):
+        free = newton.solve(linearise, h0, steps, max_iterations=20)
+    assert not np.isfinite(free.states).all() and not free.converged
+    bounded = newton.solve(linearise, h0, steps, max_iterations=20,
+                           bound=max(1.0, float(np.abs(h0).max())))
+    assert bounded.converged and np.abs(bounded.states - expected).max() <= 1e-6

@@ -25,6 +25,7 @@ rounding in f and in the scan (whose reassociation :mod:`gpurnn.engine.sweeps.sc
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy
@@ -93,22 +94,30 @@ def solve(linearise, h0, steps, *, tol=None, max_iterations=None, bound=None, ou
         if bound is not None:
             xp.nan_to_num(F, copy=False, nan=0.0, posinf=bound, neginf=-bound)
             xp.clip(F, -bound, bound, out=F)
-        change = max(_largest_change(xp, F[:-1], hprev[1:], out[:-1]),
-                     _largest_change(xp, F[-1], last, out[-1]))
+        changes = (_largest_change(xp, F[:-1], hprev[1:], out[:-1]),
+                   _largest_change(xp, F[-1], last, out[-1]))
+        change = math.nan if any(map(math.isnan, changes)) else max(changes)  # (max drops nan)
         hprev[1:] = F[:-1]
         last[...] = F[-1]
         iterations += 1
-        if tol is not None:
+        if not math.isfinite(change):
+            # an overflowed guess (no ``bound`` to hold it) is no solution, however small
+            # its change looks against a largest state that is itself inf
+            converged = False
+        elif tol is not None:
             converged = change <= tol
         else:
             floor = rounding_tolerance(F.dtype, float(xp.abs(F).max()))
             converged = change <= floor or (change >= previous and change <= floor ** 0.5)
             previous = change
     out[...] = F
-    return Solution(out, iterations, change, converged or iterations >= steps)
+    # T iterations are exact in exact arithmetic, not once a guess has overflowed
+    return Solution(out, iterations, change,
+                    converged or (iterations >= steps and math.isfinite(change)))
 
 
 def _largest_change(xp, new, old, work):
+    """max |new − old|; inf or nan where either holds them (the max propagates nan)."""
     if new.size == 0:
         return 0.0
     xp.subtract(new, old, out=work)
