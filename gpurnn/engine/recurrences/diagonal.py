@@ -86,6 +86,7 @@ class DiagonalCell(Cell):
     states, :mod:`gpurnn.engine.recurrences.paragru`)."""
 
     gates = 1
+    cache_class = DiagonalCache                  # what project_inputs returns as ``xin``
 
     def __init__(self, bias: bool = True):
         self.bias = bool(bias)
@@ -127,7 +128,7 @@ class DiagonalCell(Cell):
                       out=pre.reshape(steps * batch, -1))            # one GEMM for all steps
         if self.bias and "bias_ih" in params:
             pre += params["bias_ih"]
-        return DiagonalCache(pre)
+        return self.cache_class(pre)
 
     def step(self, params, x_t, s_prev):
         a, b = self.coefficients(params, x_t[None])

@@ -105,6 +105,7 @@ class ParaGRUCell(DiagonalCell):
     :class:`NewtonLog` that records the solves (None: one of its own)."""
 
     gates = 3
+    cache_class = ParaGRUCache
     state_mask_refusal = ("its recurrent weight is diagonal and Newton in time solves the "
                           "unmasked recurrence")
 
@@ -119,9 +120,6 @@ class ParaGRUCell(DiagonalCell):
         # projections, 6), K (3), F, J, the scan's scratch (2); backward: hprev, K (3), J,
         # r, dL/dpre (3), the gate arrays (6), the reverse scan's copies and scratch (4)
         return 17 * rows + 8 * batch * state_size * itemsize, 19 * rows
-
-    def project_inputs(self, params, inputs):
-        return ParaGRUCache(super().project_inputs(params, inputs).pre)
 
     # --- the gate maths: one function for the step and for whole blocks ---------------
     def _gates(self, params, pre, h):
