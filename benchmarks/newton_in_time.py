@@ -36,7 +36,8 @@ linear scan on the diagonal Jacobian J_t. Two sections:
   (Newton; ``loss_and_grads`` also in 1024-step blocks, ``scan-block1024``) against
   ``Plan(time="loop")``, interleaved round by round; medians with quartiles, the speed-up
   the median of the per-round ratios loop / scan, and the Newton iteration counts of the
-  call (``model.newton_log``). ``forward`` solves the whole sequence as one block,
+  call (``model.newton_log``). ``forward`` runs the whole sequence as one block (Newton
+  takes it in pieces of at most 1024 steps),
   ``loss_and_grads`` runs the engine's grid (128-step blocks at batch 8).
 
 The JSON also records the machine, the versions, the date, the load average before and
@@ -54,7 +55,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # parallel_time pins one BLAS thread before NumPy loads; its helpers are shared
-from parallel_time import BATCH, FEATURES, RESULTS, ROOT, machine, quartiles, rounds_for  # noqa: E402
+from parallel_time import (BATCH, FEATURES, RESULTS, ROOT, interleaved, machine,  # noqa: E402
+                           quartiles, rounds_for, speedup)
 
 import numpy as np  # noqa: E402
 
@@ -291,29 +293,23 @@ def timing_cases(T, H, dtype, rng):
     for name in plans:
         for what in ("forward", "forward+backward"):
             if what == "forward" and name == "scan-block1024":
-                continue                                             # forward: one block
+                continue                             # forward runs the sequence as one block
             cases[(name, what)] = run(name, what)
     return cases, outputs
 
 
 def timing(T, H, dtype, quick, rng):
     cases, outputs = timing_cases(T, H, dtype, rng)
-    logs = {key: f() for key, f in cases.items()}                    # warm up, and the counts
+    logs = {}                                                        # each call's Newton counts
+    times = interleaved(cases, rounds_for(T, quick), logs)
     difference = float(np.abs(outputs["scan"] - outputs["loop"]).max())
-    times = {key: [] for key in cases}
-    for _ in range(rounds_for(T, quick)):
-        for key, f in cases.items():                                 # interleaved
-            start = time.perf_counter()
-            logs[key] = f()
-            times[key].append(time.perf_counter() - start)
     rows = []
     for (variant, what), values in times.items():
         loop_times = times[("loop", what)]
         counts, fallbacks = logs[(variant, what)]
         row = {"section": "timing", "T": T, "hidden": H, "batch": BATCH, "dtype": dtype,
                "variant": variant, "what": what, "seconds": quartiles(values),
-               "speedup_over_loop": statistics.median(
-                   l / v for l, v in zip(loop_times, values)),
+               "speedup_over_loop": speedup(loop_times, values),
                "newton": ({"solves": len(counts), "iterations_min": min(counts),
                            "iterations_median": statistics.median(counts),
                            "iterations_max": max(counts), "iterations_total": sum(counts),

@@ -70,10 +70,25 @@ def machine(load_before):
             "blas_threads": 1, "load_before": load_before, "load_after": os.getloadavg()}
 
 
-def timed(f):
-    start = time.perf_counter()
-    f()
-    return time.perf_counter() - start
+def interleaved(cases, rounds, results=None):
+    """Seconds of each of ``cases`` {key: callable}, one call each per round, the cases
+    interleaved within a round (after one untimed warm-up call each: buffers, pages);
+    ``results``, if given, receives each case's latest return value."""
+    results = {} if results is None else results
+    for key, f in cases.items():
+        results[key] = f()
+    times = {key: [] for key in cases}
+    for _ in range(rounds):
+        for key, f in cases.items():
+            start = time.perf_counter()
+            results[key] = f()
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def speedup(loop, values):
+    """The median of the per-round ratios loop / this."""
+    return statistics.median(l / v for l, v in zip(loop, values))
 
 
 def recurrence_cases(T, H, rng):
@@ -131,12 +146,7 @@ def depth(T, block, variant):
 
 def measure(level, T, H, quick, rng):
     cases = recurrence_cases(T, H, rng) if level == "recurrence" else model_cases(T, H, rng)
-    for f in cases.values():                                         # warm up: buffers, pages
-        f()
-    times = {key: [] for key in cases}
-    for _ in range(rounds_for(T, quick)):
-        for key, f in cases.items():                                 # interleaved
-            times[key].append(timed(f))
+    times = interleaved(cases, rounds_for(T, quick))
     rows = []
     for (variant, what), values in times.items():
         loop = times[("loop", what)]
@@ -145,7 +155,7 @@ def measure(level, T, H, quick, rng):
         row = {"level": level, "T": T, "hidden": H, "batch": BATCH, "variant": variant,
                "what": what, "seconds": quartiles(values),
                "depth": depth(T, min(block, T), variant),
-               "speedup_over_loop": statistics.median(l / v for l, v in zip(loop, values))}
+               "speedup_over_loop": speedup(loop, values)}
         rows.append(row)
         print(f"{level:10s} T={T:6d} H={H:3d} {variant:15s} {what:17s} "
               f"{row['seconds']['median'] * 1e3:9.2f} ms  ×{row['speedup_over_loop']:.2f}  "
