@@ -94,9 +94,7 @@ def layer_step_backward(kind, p, cache, dh, grads):
         dq = np.concatenate([dr, dz, dn * r])                        # dL/dq
         _add(grads, "weight_hh", dq * np.tile(h, 3))
         _add(grads, "bias_hh", dq)
-        a = p["weight_hh"]
-        H = len(h)
-        dh_prev = dh * z + a[:H] * dq[:H] + a[H:2 * H] * dq[H:2 * H] + a[2 * H:] * dq[2 * H:]
+        dh_prev = dh * z + (p["weight_hh"] * dq).reshape(3, -1).sum(axis=0)  # Σ_g a_g dq_g
     elif kind == "minlstm":
         f, i, ht = cache["f"], cache["i"], cache["ht"]
         s = f + i
